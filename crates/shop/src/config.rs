@@ -1,0 +1,183 @@
+//! Command line and configuration. Every setting is a `--flag` with an
+//! environment fallback; nothing else in the crate reads the environment, and
+//! tests build a [`Config`] directly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shop",
+    version,
+    about = "An e-commerce backend that stays correct under contention"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings of `serve`, which is what a bare `shop` runs.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate the database, ensure the admin account, seed demo data and serve HTTP.
+    Serve(Config),
+    /// Create the database if it is missing and run the migrations, then exit.
+    Migrate(DatabaseConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL; the database is created if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/shop"
+    )]
+    pub database_url: String,
+    /// Connections in this instance's pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key, so several shops (or tests) share one Redis.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "shop:")]
+    pub redis_key_prefix: String,
+    /// Listen address; a port of 0 picks a free one, which is printed.
+    /// `:PORT` listens on every interface.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080", value_parser = parse_bind_addr)]
+    pub bind_addr: SocketAddr,
+    /// HS256 secret for tokens; random per start (with a warning) when unset.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[arg(long, env = "JWT_ACCESS_TTL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwt_access_ttl_secs: u64,
+    #[arg(long, env = "ADMIN_EMAIL", default_value = "admin@shop.local")]
+    pub admin_email: String,
+    #[arg(
+        long,
+        env = "ADMIN_PASSWORD",
+        default_value = "admin-password",
+        hide_env_values = true
+    )]
+    pub admin_password: String,
+    #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Atomic)]
+    pub points_strategy: PointsStrategyKind,
+    /// Successful charges per user per day; 0 = no limit.
+    #[arg(long, env = "POINTS_DAILY_CHARGE_LIMIT", default_value_t = 3)]
+    pub points_daily_charge_limit: u32,
+    /// Successful charges per user per calendar month; 0 = no limit.
+    #[arg(long, env = "POINTS_MONTHLY_CHARGE_LIMIT", default_value_t = 10)]
+    pub points_monthly_charge_limit: u32,
+    /// Seed demo products and coupon types into an empty database.
+    #[arg(long, env = "SEED_DEMO_DATA", default_value_t = true, action = ArgAction::Set)]
+    pub seed_demo_data: bool,
+    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = 19456)]
+    pub argon2_memory_kib: u32,
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+    /// Time zone of calendar days (charge limits, top sellers).
+    #[arg(long, env = "SHOP_TIMEZONE", default_value = "Asia/Seoul")]
+    pub shop_timezone: chrono_tz::Tz,
+    #[command(flatten)]
+    pub locks: LockConfig,
+    /// `text` for people, `json` for log shippers.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// How long the concurrency strategies may wait before answering
+/// `CONCURRENCY_CONFLICT`.
+#[derive(Debug, Clone, Args)]
+pub struct LockConfig {
+    /// `pessimistic`: PostgreSQL `lock_timeout` for row locks.
+    #[arg(long, env = "DB_LOCK_TIMEOUT_MS", default_value_t = 3000)]
+    pub db_lock_timeout_ms: u64,
+    /// `optimistic`: attempts after the first lost race.
+    #[arg(long, env = "OPTIMISTIC_MAX_RETRIES", default_value_t = 12)]
+    pub optimistic_max_retries: u32,
+    /// `redis-lock`: lease of a lock; renewed while its holder works.
+    #[arg(long, env = "REDIS_LOCK_LEASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(30..))]
+    pub redis_lock_lease_ms: u64,
+    /// `redis-lock`: how long a request waits for a lock.
+    #[arg(long, env = "REDIS_LOCK_WAIT_MS", default_value_t = 3000)]
+    pub redis_lock_wait_ms: u64,
+}
+
+impl LockConfig {
+    pub fn db_lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_lock_timeout_ms)
+    }
+
+    pub fn redis_lock_lease(&self) -> Duration {
+        Duration::from_millis(self.redis_lock_lease_ms)
+    }
+
+    pub fn redis_lock_wait(&self) -> Duration {
+        Duration::from_millis(self.redis_lock_wait_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PointsStrategyKind {
+    Optimistic,
+    Pessimistic,
+    Atomic,
+    RedisLock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Accepts `host:port`, and `:port` for every interface as Go servers do.
+fn parse_bind_addr(value: &str) -> Result<SocketAddr, String> {
+    let full = match value.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => value.to_owned(),
+    };
+    full.parse()
+        .map_err(|e| format!("`{value}` is not an address like 127.0.0.1:8080 ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addr_accepts_a_bare_port() {
+        assert_eq!(parse_bind_addr(":0").unwrap(), "0.0.0.0:0".parse().unwrap());
+        assert_eq!(
+            parse_bind_addr("127.0.0.1:8080").unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert!(parse_bind_addr("localhost").is_err());
+    }
+
+    #[test]
+    fn bare_shop_means_serve_with_defaults() {
+        let cli = Cli::try_parse_from(["shop"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.points_daily_charge_limit, 3);
+        let cli = Cli::try_parse_from(["shop", "serve", "--seed-demo-data", "false"]).unwrap();
+        let Some(Command::Serve(config)) = cli.command else {
+            panic!("expected serve")
+        };
+        assert!(!config.seed_demo_data);
+    }
+}

@@ -1,0 +1,183 @@
+//! Sign-up, login, token refresh and the caller's own profile.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{AppError, Problem, ResultExt};
+use super::extract::Json;
+use crate::auth::{Caller, TokenKind};
+use crate::domain::user::{Email, Password, Role, UserName};
+use crate::storage::users::{self, UserRow};
+
+#[derive(Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    /// A valid address of at most 254 characters; stored trimmed and lower-cased.
+    #[schema(example = "kim@example.com")]
+    email: String,
+    /// 8 to 64 characters.
+    #[schema(example = "correct horse battery")]
+    password: String,
+    /// 1 to 50 characters after trimming.
+    #[schema(example = "김철수")]
+    name: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthResponse {
+    user_id: i64,
+    email: String,
+    name: String,
+    role: Role,
+    access_token: String,
+    refresh_token: String,
+    /// When the access token expires.
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    user_id: i64,
+    email: String,
+    name: String,
+    role: Role,
+    created_at: DateTime<Utc>,
+}
+
+/// Registers an account. Exactly one of many simultaneous sign-ups of one email succeeds.
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, body = AuthResponse),
+        (status = 400, description = "VALIDATION_FAILED", body = Problem),
+        (status = 409, description = "EMAIL_TAKEN", body = Problem)))]
+pub async fn register(
+    State(state): State<AppState>,
+    Json(request): Json<RegisterRequest>,
+) -> Result<(StatusCode, Json<AuthResponse>), AppError> {
+    let email = Email::parse(&request.email)?;
+    let password = Password::parse(request.password)?;
+    let name = UserName::parse(&request.name)?;
+    // Spares a hash for the common case; the unique constraint decides races.
+    if users::find_by_email(&mut *state.db.acquire().await?, email.as_str())
+        .await?
+        .is_some()
+    {
+        return Err(AppError::EmailTaken);
+    }
+    let hash = state
+        .passwords
+        .hash(password.expose())
+        .await
+        .map_err(AppError::Internal)?;
+    let user = users::insert(
+        &mut *state.db.acquire().await?,
+        email.as_str(),
+        name.as_str(),
+        &hash,
+        Role::User,
+    )
+    .await
+    .on_constraint("users_email_key", || AppError::EmailTaken)?;
+    Ok((StatusCode::CREATED, Json(signed_in(&state, user)?)))
+}
+
+/// Exchanges email and password for tokens.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, body = AuthResponse),
+        (status = 400, description = "VALIDATION_FAILED", body = Problem),
+        (status = 401, description = "INVALID_CREDENTIALS, for a wrong email and a wrong password alike", body = Problem)))]
+pub async fn login(
+    State(state): State<AppState>,
+    Json(request): Json<LoginRequest>,
+) -> Result<Json<AuthResponse>, AppError> {
+    let email = request.email.trim().to_lowercase();
+    let user = users::find_by_email(&mut *state.db.acquire().await?, &email).await?;
+    let hash = user.as_ref().map(|user| user.password_hash.as_str());
+    if !state
+        .passwords
+        .verify(&request.password, hash)
+        .await
+        .map_err(AppError::Internal)?
+    {
+        return Err(AppError::InvalidCredentials);
+    }
+    let user = user.ok_or(AppError::InvalidCredentials)?;
+    Ok(Json(signed_in(&state, user)?))
+}
+
+/// Exchanges a refresh token for a new token pair. Access tokens are refused here.
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, body = AuthResponse),
+        (status = 400, description = "VALIDATION_FAILED", body = Problem),
+        (status = 401, description = "UNAUTHENTICATED", body = Problem)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    Json(request): Json<RefreshRequest>,
+) -> Result<Json<AuthResponse>, AppError> {
+    let caller = state
+        .tokens
+        .verify(&request.refresh_token, TokenKind::Refresh)
+        .ok_or(AppError::Unauthenticated(
+            "the refresh token is invalid or expired",
+        ))?;
+    // The account's current role goes into the new tokens.
+    let user = users::find(&mut *state.db.acquire().await?, caller.user_id)
+        .await?
+        .ok_or(AppError::Unauthenticated("the account no longer exists"))?;
+    Ok(Json(signed_in(&state, user)?))
+}
+
+/// The caller's profile.
+#[utoipa::path(get, path = "/api/users/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, description = "UNAUTHENTICATED", body = Problem)))]
+pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, AppError> {
+    let user = users::find(&mut *state.db.acquire().await?, caller.user_id)
+        .await?
+        .ok_or(AppError::Unauthenticated("the account no longer exists"))?;
+    Ok(Json(Me {
+        user_id: user.id,
+        role: user.role(),
+        email: user.email,
+        name: user.name,
+        created_at: user.created_at,
+    }))
+}
+
+fn signed_in(state: &AppState, user: UserRow) -> Result<AuthResponse, AppError> {
+    let role = user.role();
+    let tokens = state
+        .tokens
+        .issue(Caller {
+            user_id: user.id,
+            role,
+        })
+        .map_err(AppError::Internal)?;
+    Ok(AuthResponse {
+        user_id: user.id,
+        email: user.email,
+        name: user.name,
+        role,
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        expires_at: tokens.expires_at,
+    })
+}

@@ -1,0 +1,198 @@
+//! The one place where errors become responses: `application/problem+json`
+//! (RFC 9457) with the machine-readable `code` of API.md.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Seconds a client should wait before retrying a lost race.
+const CONFLICT_RETRY_AFTER_SECS: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("wrong email or password")]
+    InvalidCredentials,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("this route does not accept that method")]
+    MethodNotAllowed,
+    #[error("the body is larger than 64 KiB")]
+    PayloadTooLarge,
+    #[error("the body must be application/json")]
+    UnsupportedMediaType,
+    #[error("this email is already registered")]
+    EmailTaken,
+    #[error("{0}")]
+    ChargeLimitExceeded(String),
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still running")]
+    IdempotencyKeyInUse,
+    #[error("{0}; retry later")]
+    ConcurrencyConflict(&'static str),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The problem document of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URN naming the problem type.
+    #[serde(rename = "type")]
+    #[schema(example = "urn:shop:problem:email-taken")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The machine-readable part, one of the codes of the API contract.
+    #[schema(example = "EMAIL_TAKEN")]
+    pub code: &'static str,
+}
+
+/// The internal error behind a 500, carried to the logging middleware in a
+/// response extension so it is logged once, in the request span, and never
+/// shown to the client.
+#[derive(Clone)]
+pub struct InternalErrorReport(pub Arc<anyhow::Error>);
+
+impl AppError {
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(error.into())
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::NotFound(what.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(_) | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::EmailTaken
+            | Self::ChargeLimitExceeded(_)
+            | Self::IdempotencyKeyInUse
+            | Self::ConcurrencyConflict(_) => StatusCode::CONFLICT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Validation(_) => "VALIDATION_FAILED",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::Forbidden(_) => "FORBIDDEN",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::EmailTaken => "EMAIL_TAKEN",
+            Self::ChargeLimitExceeded(_) => "CHARGE_LIMIT_EXCEEDED",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
+            Self::ConcurrencyConflict(_) => "CONCURRENCY_CONFLICT",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// Whether a retry of the same request could get another answer; such
+    /// answers are not stored under an Idempotency-Key (API.md).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::ConcurrencyConflict(_) | Self::IdempotencyKeyInUse | Self::Internal(_)
+        )
+    }
+
+    pub fn problem(&self) -> Problem {
+        let status = self.status();
+        let code = self.code();
+        Problem {
+            kind: format!(
+                "urn:shop:problem:{}",
+                code.to_ascii_lowercase().replace('_', "-")
+            ),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let mut response = problem_response(self.status(), &self.problem());
+        match self {
+            Self::ConcurrencyConflict(_) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(CONFLICT_RETRY_AFTER_SECS),
+                );
+            }
+            Self::Internal(error) => {
+                response
+                    .extensions_mut()
+                    .insert(InternalErrorReport(Arc::new(error)));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A problem document as a response; also used to replay stored problems.
+pub fn problem_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).expect("a problem serializes");
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        )],
+        bytes,
+    )
+        .into_response()
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<redis::RedisError> for AppError {
+    fn from(error: redis::RedisError) -> Self {
+        Self::internal(error)
+    }
+}
+
+/// Maps a violation of one named constraint to a client error right beside
+/// the query, so uniqueness needs no racy check-then-insert.
+pub trait ResultExt<T> {
+    fn on_constraint(self, name: &str, to_error: impl FnOnce() -> AppError) -> Result<T, AppError>;
+}
+
+impl<T> ResultExt<T> for Result<T, sqlx::Error> {
+    fn on_constraint(self, name: &str, to_error: impl FnOnce() -> AppError) -> Result<T, AppError> {
+        self.map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.constraint() == Some(name) => to_error(),
+            _ => AppError::from(error),
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! Extractors whose rejections are the app's problem documents: 401 for a
+//! missing or bad token, 400 naming the field for bad input, 413 and 415 for
+//! bodies that are too large or not JSON.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::AppState;
+use super::error::AppError;
+use crate::auth::{Caller, TokenKind};
+use crate::domain::ValidationError;
+use crate::idempotency::IdempotencyKey;
+
+impl From<ValidationError> for AppError {
+    fn from(error: ValidationError) -> Self {
+        AppError::Validation(error.to_string())
+    }
+}
+
+/// A JSON body. It is parsed to a `serde_json::Value` first and then to `T`,
+/// so a type error names the field (`amount: invalid type: floating point…`).
+/// `Json<Value>` keeps the raw body, e.g. to fingerprint it.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        let axum::Json(value) = axum::Json::<Value>::from_request(request, state)
+            .await
+            .map_err(json_rejection)?;
+        decode(&value).map(Json)
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Reads `T` out of a JSON value, naming the field that does not fit.
+pub fn decode<T: DeserializeOwned>(value: &Value) -> Result<T, AppError> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." { "body".to_owned() } else { path };
+        AppError::Validation(format!("{field}: {}", error.inner()))
+    })
+}
+
+fn json_rejection(rejection: JsonRejection) -> AppError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::UnsupportedMediaType,
+        _ => AppError::Validation(format!("body: {}", rejection.body_text())),
+    }
+}
+
+/// The single id of a path such as `/api/users/{userId}/points`: a positive
+/// integer, else 400 naming the parameter.
+pub struct PathId(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| AppError::Validation(rejection.body_text()))?;
+        let (name, value) = params.iter().next().ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!("PathId used on a route without parameters"))
+        })?;
+        value
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .map(PathId)
+            .ok_or_else(|| AppError::Validation(format!("{name}: must be a positive integer")))
+    }
+}
+
+/// Query parameters, with errors naming the parameter.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Query)
+            .map_err(|error| AppError::Validation(format!("{}: {}", error.path(), error.inner())))
+    }
+}
+
+/// The caller proven by `Authorization: Bearer <accessToken>`.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(AppError::Unauthenticated("an access token is required"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or(AppError::Unauthenticated(
+                "the Authorization header must be `Bearer <accessToken>`",
+            ))?;
+        state
+            .tokens
+            .verify(token, TokenKind::Access)
+            .ok_or(AppError::Unauthenticated(
+                "the access token is invalid or expired",
+            ))
+    }
+}
+
+impl Caller {
+    /// A path `userId` must be the caller's own, unless the caller is an admin.
+    pub fn may_act_for(&self, user_id: i64) -> Result<(), AppError> {
+        if self.user_id == user_id || self.is_admin() {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden("you may only act on your own account"))
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), AppError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden("this needs the admin role"))
+        }
+    }
+}
+
+/// What an `Idempotency-Key` request needs besides its body: the key (if
+/// sent, and valid) and the method and path it is bound to.
+pub struct IdempotencyHeader {
+    pub key: Option<IdempotencyKey>,
+    pub method: axum::http::Method,
+    pub path: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        let key = parts
+            .headers
+            .get("idempotency-key")
+            .map(|value| IdempotencyKey::parse(value.as_bytes()))
+            .transpose()?;
+        Ok(Self {
+            key,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+        })
+    }
+}

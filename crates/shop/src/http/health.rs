@@ -1,0 +1,79 @@
+//! Liveness, readiness and Prometheus metrics.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::extract::Json;
+
+/// How long readiness waits for each dependency.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `ready` or `unavailable`.
+    status: &'static str,
+    /// Each dependency that was checked: `up` or `down`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<&'static str>,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Health)))]
+pub async fn live() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        postgres: None,
+        redis: None,
+    })
+}
+
+/// PostgreSQL and Redis both answer.
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses((status = 200, body = Health), (status = 503, description = "names the dependency that is down", body = Health)))]
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let postgres = async {
+        let ping = sqlx::query("SELECT 1").execute(&state.db);
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, ping).await, Ok(Ok(_)))
+    };
+    let redis = async {
+        let mut redis = state.redis.clone();
+        let ping = redis::cmd("PING");
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, ping.query_async::<String>(&mut redis)).await,
+            Ok(Ok(_))
+        )
+    };
+    let (postgres, redis) = tokio::join!(postgres, redis);
+    let word = |up: bool| if up { "up" } else { "down" };
+    let (status, code) = if postgres && redis {
+        ("ready", StatusCode::OK)
+    } else {
+        ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
+    };
+    (
+        code,
+        Json(Health {
+            status,
+            postgres: Some(word(postgres)),
+            redis: Some(word(redis)),
+        }),
+    )
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

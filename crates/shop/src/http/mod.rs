@@ -1,0 +1,170 @@
+//! HTTP: the shared state, the router (one module per resource) and the
+//! middleware every request passes through.
+
+mod auth;
+pub mod error;
+pub mod extract;
+mod health;
+mod idempotent;
+mod openapi;
+mod pagination;
+mod points;
+mod products;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::HeaderName;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use metrics_exporter_prometheus::PrometheusHandle;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::auth::{PasswordHasher, Tokens};
+use crate::domain::points::{ChargeDay, ChargeLimits};
+use crate::strategy::points::PointsStrategy;
+use error::{AppError, InternalErrorReport};
+
+const MAX_BODY_BYTES: usize = 64 * 1024;
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub db: PgPool,
+    pub redis: ConnectionManager,
+    pub tokens: Tokens,
+    pub passwords: PasswordHasher,
+    pub points: PointsStrategy,
+    pub charge_limits: ChargeLimits,
+    pub timezone: chrono_tz::Tz,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+
+    /// Today in the shop's time zone.
+    pub fn today(&self) -> ChargeDay {
+        ChargeDay::new(Utc::now().with_timezone(&self.timezone).date_naive())
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, openapi) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::me))
+        .routes(routes!(points::balance, points::charge))
+        .routes(routes!(points::history))
+        .routes(routes!(products::list))
+        .routes(routes!(products::detail))
+        .routes(routes!(products::create))
+        .routes(routes!(products::update))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .split_for_parts();
+
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_response)
+                .on_failure(()),
+        )
+        .layer(middleware::from_fn(record_metrics))
+        .layer(CatchPanicLayer::custom(|_| {
+            AppError::internal(anyhow::anyhow!("a handler panicked")).into_response()
+        }))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+
+    api.merge(SwaggerUi::new("/swagger-ui").url("/api/openapi.json", openapi))
+        .fallback(async || AppError::not_found("no such route"))
+        .method_not_allowed_fallback(async || AppError::MethodNotAllowed)
+        .layer(layers)
+        .with_state(state)
+}
+
+fn route_of(request: &Request<Body>) -> &str {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+}
+
+fn request_span(request: &Request<Body>) -> Span {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = route_of(request),
+        request_id,
+    )
+}
+
+/// The one log line per request; a 500's cause is logged here, once, in the
+/// request span, and never sent to the client.
+fn log_response(response: &Response<Body>, latency: Duration, _: &Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    if let Some(InternalErrorReport(error)) = response.extensions().get::<InternalErrorReport>() {
+        tracing::error!(
+            status,
+            latency_ms,
+            error = format!("{error:#}"),
+            "request failed"
+        );
+    } else {
+        tracing::info!(status, latency_ms, "request");
+    }
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = route_of(&request).to_owned();
+    let response = next.run(request).await;
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed());
+    response
+}

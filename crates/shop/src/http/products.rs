@@ -1,0 +1,175 @@
+//! The catalogue: public reads, admin writes.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::{AppError, Problem};
+use super::extract::{Json, PathId, Query};
+use super::pagination::{Page, PageRequest};
+use crate::auth::Caller;
+use crate::domain::product::{Category, Price, ProductName, Stock};
+use crate::storage::products::{self, ProductRow};
+
+#[derive(Serialize, ToSchema)]
+pub struct Product {
+    id: i64,
+    #[schema(example = "아메리카노")]
+    name: String,
+    /// Won.
+    #[schema(example = 3000)]
+    price: i64,
+    stock: i64,
+    #[schema(example = "음료")]
+    category: String,
+}
+
+impl From<ProductRow> for Product {
+    fn from(row: ProductRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            price: row.price,
+            stock: row.stock,
+            category: row.category,
+        }
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProductListQuery {
+    /// Only products of this category.
+    category: Option<String>,
+    /// 1 to 100, default 50.
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct NewProduct {
+    /// 1 to 100 characters.
+    name: String,
+    /// 1 to 100,000,000 won.
+    price: i64,
+    /// 0 to 1,000,000,000.
+    stock: i64,
+    /// 1 to 50 characters.
+    category: String,
+}
+
+/// Fields to change; at least one. A new `stock` is the level in stock now.
+#[derive(Deserialize, ToSchema)]
+pub struct ProductPatch {
+    name: Option<String>,
+    price: Option<i64>,
+    stock: Option<i64>,
+    category: Option<String>,
+}
+
+/// Products by ascending id.
+#[utoipa::path(get, path = "/api/products", tag = "products", params(ProductListQuery),
+    responses((status = 200, body = Page<Product>), (status = 400, description = "VALIDATION_FAILED", body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ProductListQuery>,
+) -> Result<Json<Page<Product>>, AppError> {
+    let page = PageRequest::parse(query.limit, query.cursor.as_deref(), 50)?;
+    let category = query
+        .category
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    let rows = products::page(
+        &mut *state.db.acquire().await?,
+        category,
+        page.after,
+        page.fetch(),
+    )
+    .await?;
+    Ok(Json(page.page(rows, |row| row.id, Product::from)))
+}
+
+/// One product.
+#[utoipa::path(get, path = "/api/products/{id}", tag = "products", params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = Product),
+        (status = 400, description = "VALIDATION_FAILED", body = Problem),
+        (status = 404, description = "NOT_FOUND", body = Problem)))]
+pub async fn detail(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<Product>, AppError> {
+    let row = products::find(&mut *state.db.acquire().await?, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("product not found"))?;
+    Ok(Json(row.into()))
+}
+
+/// Adds a product (admin).
+#[utoipa::path(post, path = "/api/admin/products", tag = "admin", security(("bearer" = [])), request_body = NewProduct,
+    responses(
+        (status = 201, body = Product),
+        (status = 400, description = "VALIDATION_FAILED", body = Problem),
+        (status = 401, description = "UNAUTHENTICATED", body = Problem),
+        (status = 403, description = "FORBIDDEN", body = Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(new): Json<NewProduct>,
+) -> Result<(StatusCode, Json<Product>), AppError> {
+    let name = ProductName::parse(&new.name)?;
+    let price = Price::parse(new.price)?;
+    let stock = Stock::parse(new.stock)?;
+    let category = Category::parse(&new.category)?;
+    caller.require_admin()?;
+    let row = products::insert(
+        &mut *state.db.acquire().await?,
+        name.as_str(),
+        price.won(),
+        stock.units(),
+        category.as_str(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+/// Changes a product (admin).
+#[utoipa::path(patch, path = "/api/admin/products/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), request_body = ProductPatch,
+    responses(
+        (status = 200, body = Product),
+        (status = 400, description = "VALIDATION_FAILED", body = Problem),
+        (status = 401, description = "UNAUTHENTICATED", body = Problem),
+        (status = 403, description = "FORBIDDEN", body = Problem),
+        (status = 404, description = "NOT_FOUND", body = Problem)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    Json(patch): Json<ProductPatch>,
+) -> Result<Json<Product>, AppError> {
+    let name = patch.name.as_deref().map(ProductName::parse).transpose()?;
+    let price = patch.price.map(Price::parse).transpose()?;
+    let stock = patch.stock.map(Stock::parse).transpose()?;
+    let category = patch.category.as_deref().map(Category::parse).transpose()?;
+    if name.is_none() && price.is_none() && stock.is_none() && category.is_none() {
+        return Err(AppError::Validation(
+            "body: give at least one of name, price, stock, category".into(),
+        ));
+    }
+    caller.require_admin()?;
+    let row = products::update(
+        &mut *state.db.acquire().await?,
+        id,
+        name.as_ref().map(ProductName::as_str),
+        price.map(Price::won),
+        stock.map(Stock::units),
+        category.as_ref().map(Category::as_str),
+    )
+    .await?
+    .ok_or_else(|| AppError::not_found("product not found"))?;
+    Ok(Json(row.into()))
+}

@@ -1,0 +1,322 @@
+//! `Idempotency-Key`: a retried request gets the first answer, and its effect
+//! happens once.
+//!
+//! 1. [`begin`] claims the key with an `INSERT … ON CONFLICT DO NOTHING` in
+//!    its own statement, so a second request with the key sees the claim at
+//!    once (`IDEMPOTENCY_KEY_IN_USE`) instead of queueing behind it.
+//! 2. The operation stores its response with [`Claim::save`] *inside the
+//!    transaction that commits its effect*: there is never an effect without
+//!    its stored answer, nor a stored answer without its effect.
+//! 3. If the operation fails, [`Claim::settle`] stores a final answer (a
+//!    domain 4xx, which happened without effect) or frees the key for an
+//!    answer a retry could change (5xx, `CONCURRENCY_CONFLICT`).
+//!
+//! A claim left by a server that died mid-request had no effect (step 2), so
+//! once it is older than any request can run it is taken over.
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::ValidationError;
+use crate::http::error::AppError;
+
+/// Longer than any request runs (lock waits are a few seconds).
+const STALE_CLAIM: Duration = Duration::from_secs(60);
+/// Keys live at least this long (API.md: ≥ 24 h).
+pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// 1–255 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &[u8]) -> Result<Self, ValidationError> {
+        let printable = raw.iter().all(|b| (0x20..=0x7e).contains(b));
+        if raw.is_empty() || raw.len() > 255 || !printable {
+            return Err(ValidationError::new(
+                "Idempotency-Key",
+                "must be 1 to 255 printable ASCII characters",
+            ));
+        }
+        Ok(Self(String::from_utf8_lossy(raw).into_owned()))
+    }
+}
+
+/// What makes two requests "the same" under one key: method, path and a
+/// JSON-equal body (object keys in any order).
+#[derive(Debug, Clone)]
+pub struct Fingerprint {
+    method: String,
+    path: String,
+    body_hash: Vec<u8>,
+}
+
+impl Fingerprint {
+    pub fn new(method: &Method, path: &str, body: &Value) -> Self {
+        let mut canonical = String::new();
+        write_canonical(body, &mut canonical);
+        Self {
+            method: method.to_string(),
+            path: path.to_owned(),
+            body_hash: Sha256::digest(canonical.as_bytes()).to_vec(),
+        }
+    }
+}
+
+/// JSON with object keys sorted, so JSON-equal bodies give equal text
+/// whatever the order their keys came in.
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(value, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// The answer first given to a request, replayed for its repeats.
+pub struct StoredResponse {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+pub enum Begun {
+    /// This request owns the key and must run.
+    Fresh(Claim),
+    /// A request with this key and fingerprint already finished.
+    Replay(StoredResponse),
+}
+
+/// Ownership of a key by the running request.
+#[derive(Debug)]
+pub struct Claim {
+    user_id: i64,
+    key: String,
+    token: Uuid,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    request_method: String,
+    request_path: String,
+    request_hash: Vec<u8>,
+    claim_token: Uuid,
+    stale: bool,
+    response_status: Option<i16>,
+    response_body: Option<Value>,
+}
+
+pub async fn begin(
+    db: &PgPool,
+    user_id: i64,
+    key: &IdempotencyKey,
+    fingerprint: &Fingerprint,
+) -> Result<Begun, AppError> {
+    let mut conn = db.acquire().await?;
+    // The row can vanish between the INSERT and the SELECT (its request failed
+    // transiently and freed it); then the next round claims it.
+    for _ in 0..3 {
+        let claim = Claim {
+            user_id,
+            key: key.0.clone(),
+            token: Uuid::new_v4(),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, request_method, request_path, request_hash, claim_token)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(&claim.key)
+        .bind(&fingerprint.method)
+        .bind(&fingerprint.path)
+        .bind(&fingerprint.body_hash)
+        .bind(claim.token)
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Begun::Fresh(claim));
+        }
+        let Some(row) = find(&mut conn, user_id, &claim.key).await? else {
+            continue;
+        };
+        if row.request_method != fingerprint.method
+            || row.request_path != fingerprint.path
+            || row.request_hash != fingerprint.body_hash
+        {
+            return Err(AppError::IdempotencyKeyReused);
+        }
+        if let (Some(status), Some(body)) = (row.response_status, row.response_body) {
+            let status = StatusCode::from_u16(status as u16).map_err(AppError::internal)?;
+            return Ok(Begun::Replay(StoredResponse { status, body }));
+        }
+        if row.stale && take_over(&mut conn, &claim, row.claim_token).await? {
+            return Ok(Begun::Fresh(claim));
+        }
+        return Err(AppError::IdempotencyKeyInUse);
+    }
+    Err(AppError::IdempotencyKeyInUse)
+}
+
+async fn find(
+    conn: &mut PgConnection,
+    user_id: i64,
+    key: &str,
+) -> Result<Option<KeyRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT request_method, request_path, request_hash, claim_token,
+                claimed_at < now() - make_interval(secs => $3) AS stale, response_status, response_body
+         FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user_id)
+    .bind(key)
+    .bind(STALE_CLAIM.as_secs_f64())
+    .fetch_optional(conn)
+    .await
+}
+
+async fn take_over(
+    conn: &mut PgConnection,
+    claim: &Claim,
+    stale_token: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query(
+        "UPDATE idempotency_keys SET claim_token = $3, claimed_at = now()
+         WHERE user_id = $1 AND key = $2 AND claim_token = $4 AND response_status IS NULL",
+    )
+    .bind(claim.user_id)
+    .bind(&claim.key)
+    .bind(claim.token)
+    .bind(stale_token)
+    .execute(conn)
+    .await?;
+    Ok(taken.rows_affected() == 1)
+}
+
+impl Claim {
+    /// Stores the response; call it in the transaction that commits the
+    /// effect. Fails (and so rolls the effect back) if the claim was taken
+    /// over meanwhile, which only happens to a request stuck past
+    /// [`STALE_CLAIM`].
+    pub async fn save(
+        &self,
+        conn: &mut PgConnection,
+        status: StatusCode,
+        body: &impl Serialize,
+    ) -> Result<(), AppError> {
+        let body = serde_json::to_value(body).map_err(AppError::internal)?;
+        self.store(conn, status, &body).await?;
+        Ok(())
+    }
+
+    /// After the operation failed without effect: keep a final answer, free
+    /// the key when a retry could be answered differently.
+    pub async fn settle(self, db: &PgPool, error: &AppError) -> Result<(), AppError> {
+        let mut conn = db.acquire().await?;
+        if error.is_transient() {
+            sqlx::query(
+                "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND claim_token = $3",
+            )
+            .bind(self.user_id)
+            .bind(&self.key)
+            .bind(self.token)
+            .execute(&mut *conn)
+            .await?;
+        } else {
+            let body = serde_json::to_value(error.problem()).map_err(AppError::internal)?;
+            // Nothing to roll back: the failed operation changed nothing.
+            self.store(&mut conn, error.status(), &body).await?;
+        }
+        Ok(())
+    }
+
+    async fn store(
+        &self,
+        conn: &mut PgConnection,
+        status: StatusCode,
+        body: &Value,
+    ) -> Result<(), AppError> {
+        let stored = sqlx::query(
+            "UPDATE idempotency_keys SET response_status = $4, response_body = $5
+             WHERE user_id = $1 AND key = $2 AND claim_token = $3 AND response_status IS NULL",
+        )
+        .bind(self.user_id)
+        .bind(&self.key)
+        .bind(self.token)
+        .bind(status.as_u16() as i16)
+        .bind(body)
+        .execute(conn)
+        .await?;
+        if stored.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(AppError::ConcurrencyConflict(
+                "the Idempotency-Key was taken over by a retry",
+            ))
+        }
+    }
+}
+
+/// Deletes keys past their retention; run periodically by every instance
+/// (concurrent runs only delete the same rows).
+pub async fn purge_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
+    let purged = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(RETENTION.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(purged.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_rules() {
+        assert!(IdempotencyKey::parse(b"order-2026-11-25#1").is_ok());
+        assert!(IdempotencyKey::parse(&[b'k'; 255]).is_ok());
+        assert!(IdempotencyKey::parse(&[b'k'; 256]).is_err());
+        assert!(IdempotencyKey::parse(b"").is_err());
+        assert!(IdempotencyKey::parse(b"tab\there").is_err());
+        assert!(IdempotencyKey::parse("키".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn json_equal_bodies_share_a_fingerprint() {
+        let a: Value =
+            serde_json::from_str(r#"{"amount": 1000, "meta": {"b": 1, "a": [1, 2]}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"meta":{"a":[1,2],"b":1},"amount":1000}"#).unwrap();
+        let c: Value = serde_json::from_str(r#"{"amount": 2000}"#).unwrap();
+        let print = |v: &Value| Fingerprint::new(&Method::POST, "/api/x", v).body_hash;
+        assert_eq!(print(&a), print(&b));
+        assert_ne!(print(&a), print(&c));
+    }
+}

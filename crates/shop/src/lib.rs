@@ -1,0 +1,26 @@
+//! `shop`: an e-commerce backend (points, products, coupons, orders,
+//! payments) built to stay correct when thousands of requests contend for
+//! the same balance, stock or coupon, across many server instances.
+//!
+//! - [`config`]: the command line and its environment fallbacks.
+//! - [`startup`]: reaching PostgreSQL and Redis, migrating, serving.
+//! - [`http`]: the router, one module per resource; errors become
+//!   problem+json in `http::error` only.
+//! - [`domain`]: pure rules and the newtypes that carry them.
+//! - [`strategy`]: the concurrency strategies, chosen by config.
+//! - [`lock`]: Redis lease locks with fencing tokens.
+//! - [`idempotency`]: `Idempotency-Key` replay, shared by every state-changing POST.
+//! - [`storage`]: SQL, one module per table family.
+//! - [`auth`]: password hashes and tokens.
+//! - [`seed`]: the admin account and demo data.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod idempotency;
+pub mod lock;
+pub mod seed;
+pub mod startup;
+pub mod storage;
+pub mod strategy;

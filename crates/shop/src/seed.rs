@@ -1,0 +1,100 @@
+//! Data ensured at start: the admin account, and the demo catalogue in an
+//! empty database. Safe when several instances start together.
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::auth::PasswordHasher;
+use crate::domain::user::{Email, Password, Role};
+use crate::storage::users;
+
+/// Makes sure `email` can log in as admin with `password`.
+pub async fn ensure_admin(
+    db: &PgPool,
+    passwords: &PasswordHasher,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    let email = Email::parse(email).context("ADMIN_EMAIL")?;
+    let password = Password::parse(password.to_owned()).context("ADMIN_PASSWORD")?;
+    let mut conn = db.acquire().await?;
+    match users::find_by_email(&mut conn, email.as_str()).await? {
+        Some(user) => {
+            let current = user.role() == Role::Admin
+                && passwords
+                    .verify(password.expose(), Some(&user.password_hash))
+                    .await?;
+            if !current {
+                let hash = passwords.hash(password.expose()).await?;
+                users::promote_to_admin(&mut conn, user.id, &hash).await?;
+            }
+        }
+        None => {
+            let hash = passwords.hash(password.expose()).await?;
+            match users::insert(&mut conn, email.as_str(), "Admin", &hash, Role::Admin).await {
+                // A sibling instance created it first.
+                Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_email_key") => {}
+                other => drop(other?),
+            }
+        }
+    }
+    Ok(())
+}
+
+const DEMO_PRODUCTS: [(&str, i64, i64, &str); 5] = [
+    ("아메리카노", 3_000, 100, "음료"),
+    ("카페라떼", 4_000, 80, "음료"),
+    ("치킨샌드위치", 8_000, 50, "식품"),
+    ("에스프레소", 2_000, 120, "음료"),
+    ("티셔츠", 15_000, 30, "의류"),
+];
+
+/// (code, kind, value, minimum order, quantity); all valid 30 days, open now.
+const DEMO_COUPON_TYPES: [(&str, &str, i64, i64, i64); 4] = [
+    ("DISCOUNT_10PERCENT", "PERCENT", 10, 10_000, 100),
+    ("DISCOUNT_20PERCENT", "PERCENT", 20, 20_000, 50),
+    ("FIXED_1000", "FIXED", 1_000, 5_000, 200),
+    ("FIXED_2000", "FIXED", 2_000, 10_000, 100),
+];
+
+/// Seeds the demo catalogue if there are neither products nor coupon types.
+/// Returns whether it did.
+pub async fn seed_demo_data(db: &PgPool) -> anyhow::Result<bool> {
+    let mut tx = db.begin().await?;
+    // Instances starting together seed once: the second waits, then sees data.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shop:seed-demo-data'))")
+        .execute(&mut *tx)
+        .await?;
+    let empty: bool = sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM products) AND NOT EXISTS (SELECT 1 FROM coupon_types)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !empty {
+        return Ok(false);
+    }
+    for (name, price, stock, category) in DEMO_PRODUCTS {
+        sqlx::query("INSERT INTO products (name, price, stock, stock_total, category) VALUES ($1, $2, $3, $3, $4)")
+            .bind(name)
+            .bind(price)
+            .bind(stock)
+            .bind(category)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (code, kind, value, min_order_amount, total_quantity) in DEMO_COUPON_TYPES {
+        sqlx::query(
+            "INSERT INTO coupon_types (code, kind, value, min_order_amount, total_quantity, valid_days)
+             VALUES ($1, $2, $3, $4, $5, 30)",
+        )
+        .bind(code)
+        .bind(kind)
+        .bind(value)
+        .bind(min_order_amount)
+        .bind(total_quantity)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}

@@ -1,0 +1,249 @@
+//! Start-up: reach PostgreSQL and Redis (saying which failed, and where),
+//! create and migrate the database, ensure the admin and the demo data, then
+//! serve until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{PasswordHasher, Tokens};
+use crate::config::{Config, DatabaseConfig, PointsStrategyKind};
+use crate::domain::points::ChargeLimits;
+use crate::http::{self, AppState, Shared};
+use crate::lock::LeaseLocks;
+use crate::strategy::points::PointsStrategy;
+use crate::{idempotency, seed};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often each instance deletes expired idempotency keys.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A server bound to its address, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    router: axum::Router,
+    state: AppState,
+}
+
+impl Server {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let db = connect_database(&config.database).await?;
+        let redis = connect_redis(&config.redis_url).await?;
+        let passwords = PasswordHasher::new(config.argon2_memory_kib, config.argon2_iterations)?;
+        seed::ensure_admin(&db, &passwords, &config.admin_email, &config.admin_password)
+            .await
+            .context("cannot ensure the admin account")?;
+        if config.seed_demo_data
+            && seed::seed_demo_data(&db)
+                .await
+                .context("cannot seed demo data")?
+        {
+            tracing::info!("seeded demo products and coupon types");
+        }
+        let secret = match &config.jwt_secret {
+            Some(secret) => secret.clone().into_bytes(),
+            None => {
+                tracing::warn!(
+                    "JWT_SECRET is unset: using a random secret; tokens die with this process and other instances refuse them"
+                );
+                rand::random::<[u8; 32]>().to_vec()
+            }
+        };
+        let locks = LeaseLocks::new(
+            redis.clone(),
+            &config.redis_key_prefix,
+            config.locks.redis_lock_lease(),
+            config.locks.redis_lock_wait(),
+        );
+        let points = match config.points_strategy {
+            PointsStrategyKind::Optimistic => PointsStrategy::Optimistic {
+                max_retries: config.locks.optimistic_max_retries,
+            },
+            PointsStrategyKind::Pessimistic => PointsStrategy::Pessimistic {
+                lock_timeout: config.locks.db_lock_timeout(),
+            },
+            PointsStrategyKind::Atomic => PointsStrategy::Atomic,
+            PointsStrategyKind::RedisLock => PointsStrategy::RedisLock(locks),
+        };
+        let state = AppState::new(Shared {
+            db,
+            redis,
+            tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs)),
+            passwords,
+            points,
+            charge_limits: ChargeLimits {
+                daily: config.points_daily_charge_limit,
+                monthly: config.points_monthly_charge_limit,
+            },
+            timezone: config.shop_timezone,
+            metrics: metrics_handle()?,
+        });
+        let listener = TcpListener::bind(config.bind_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
+        Ok(Self {
+            listener,
+            router: http::router(state.clone()),
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops taking connections and
+    /// lets requests in flight finish.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let maintenance = tokio::spawn(purge_idempotency_keys(self.state.clone(), stop.clone()));
+        tracing::info!(strategy.points = ?self.state.points.kind(), "listening on http://{}", self.local_addr());
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("the HTTP server failed")?;
+        stop.cancel();
+        maintenance.await.ok();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Creates the database if missing, connects and migrates.
+pub async fn connect_database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(&config.database_url)
+        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    let place = format!(
+        "PostgreSQL at {}:{} (database {})",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres"),
+    );
+    let reach = async {
+        ensure_database(&config.database_url).await?;
+        PgPoolOptions::new()
+            .max_connections(config.database_max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+    };
+    let db = tokio::time::timeout(CONNECT_TIMEOUT, reach)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_TIMEOUT:?}"))
+        .and_then(|reached| reached.map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot reach {place}"))?;
+    MIGRATOR
+        .run(&db)
+        .await
+        .with_context(|| format!("cannot migrate {place}"))?;
+    Ok(db)
+}
+
+async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
+    if Postgres::database_exists(url).await? {
+        return Ok(());
+    }
+    match Postgres::create_database(url).await {
+        // Another instance created it between the check and the create.
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+pub async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
+    let reach = async {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CONNECT_TIMEOUT));
+        let mut redis = ConnectionManager::new_with_config(client, config).await?;
+        redis::cmd("PING").query_async::<String>(&mut redis).await?;
+        Ok::<_, redis::RedisError>(redis)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, reach)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_TIMEOUT:?}"))
+        .and_then(|reached| reached.map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot reach Redis at {}", redacted(url)))
+}
+
+/// The URL without its password.
+fn redacted(url: &str) -> String {
+    match url.split_once('@') {
+        Some((credentials, rest)) => {
+            let scheme = credentials
+                .split_once("://")
+                .map_or("", |(scheme, _)| scheme);
+            format!("{scheme}://***@{rest}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// One Prometheus recorder per process (the `metrics` facade is global), so
+/// several servers in one test process share it.
+fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )?
+        .install_recorder()
+        .or_else(|error| HANDLE.get().cloned().ok_or(error))
+        .context("cannot install the metrics recorder")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+async fn purge_idempotency_keys(state: AppState, stop: CancellationToken) {
+    let mut every = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => match idempotency::purge_expired(&state.db).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged expired idempotency keys"),
+                Err(error) => tracing::warn!(%error, "could not purge idempotency keys"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redacted("redis://:hunter2@cache:6379"),
+            "redis://***@cache:6379"
+        );
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,172 @@
+//! Point balances and their charge counters.
+
+use chrono::NaiveDate;
+use sqlx::PgConnection;
+
+use crate::domain::points::{ChargeCounters, ChargeDay, ChargeLimits};
+
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Wallet {
+    pub balance: i64,
+    pub version: i64,
+    pub fence: i64,
+    charge_day: Option<NaiveDate>,
+    charges_on_day: i32,
+    charge_month: Option<NaiveDate>,
+    charges_in_month: i32,
+}
+
+impl Wallet {
+    pub fn counters(&self) -> ChargeCounters {
+        ChargeCounters {
+            day: self.charge_day,
+            on_day: self.charges_on_day,
+            month: self.charge_month,
+            in_month: self.charges_in_month,
+        }
+    }
+}
+
+/// The columns of [`Wallet`], as a literal so queries stay `&'static str`.
+macro_rules! wallet_columns {
+    () => {
+        "balance, version, fence, charge_day, charges_on_day, charge_month, charges_in_month"
+    };
+}
+
+pub async fn balance(conn: &mut PgConnection, user_id: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT balance FROM point_wallets WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn read(conn: &mut PgConnection, user_id: i64) -> Result<Option<Wallet>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        wallet_columns!(),
+        " FROM point_wallets WHERE user_id = $1"
+    ))
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Reads the wallet and locks its row until the transaction ends.
+pub async fn read_for_update(
+    conn: &mut PgConnection,
+    user_id: i64,
+) -> Result<Option<Wallet>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        wallet_columns!(),
+        " FROM point_wallets WHERE user_id = $1 FOR UPDATE"
+    ))
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub enum FenceClaim {
+    /// The token was newer than any written before: the row is now locked by
+    /// this transaction and carries the token.
+    Claimed(Wallet),
+    /// A holder with a token at least this high has already written.
+    Stale {
+        newest: i64,
+    },
+    Missing,
+}
+
+/// Stamps the wallet with a lease holder's fencing token, if it is newer than
+/// the last one. This is the lease holder's first write, so it also takes the
+/// row lock: a stale holder is refused before it reads anything it could act on.
+pub async fn claim_fence(
+    conn: &mut PgConnection,
+    user_id: i64,
+    fence: i64,
+) -> Result<FenceClaim, sqlx::Error> {
+    let claimed: Option<Wallet> = sqlx::query_as(concat!(
+        "UPDATE point_wallets SET fence = $2 WHERE user_id = $1 AND fence < $2 RETURNING ",
+        wallet_columns!()
+    ))
+    .bind(user_id)
+    .bind(fence)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(wallet) = claimed {
+        return Ok(FenceClaim::Claimed(wallet));
+    }
+    let newest: Option<i64> =
+        sqlx::query_scalar("SELECT fence FROM point_wallets WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(newest.map_or(FenceClaim::Missing, |newest| FenceClaim::Stale { newest }))
+}
+
+/// Writes a new balance and counters. With `expected_version`, only if nobody
+/// wrote since that version was read (optimistic): `false` means the race was lost.
+pub async fn write(
+    conn: &mut PgConnection,
+    user_id: i64,
+    balance: i64,
+    counters: ChargeCounters,
+    expected_version: Option<i64>,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE point_wallets
+         SET balance = $2, charge_day = $3, charges_on_day = $4, charge_month = $5,
+             charges_in_month = $6, version = version + 1
+         WHERE user_id = $1 AND ($7::bigint IS NULL OR version = $7)",
+    )
+    .bind(user_id)
+    .bind(balance)
+    .bind(counters.day)
+    .bind(counters.on_day)
+    .bind(counters.month)
+    .bind(counters.in_month)
+    .bind(expected_version)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// The whole charge in one statement: the balance, the counters and the
+/// ledger row change only if the limits allow, with no read beforehand. The
+/// row lock is held only while this statement runs. `None`: a limit refused
+/// it (or there is no wallet).
+pub async fn charge_within_limits(
+    conn: &mut PgConnection,
+    user_id: i64,
+    amount: i64,
+    on: ChargeDay,
+    limits: ChargeLimits,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH charged AS (
+             UPDATE point_wallets
+             SET balance = balance + $2,
+                 charges_on_day = CASE WHEN charge_day = $3 THEN charges_on_day + 1 ELSE 1 END,
+                 charge_day = $3,
+                 charges_in_month = CASE WHEN charge_month = $4 THEN charges_in_month + 1 ELSE 1 END,
+                 charge_month = $4,
+                 version = version + 1
+             WHERE user_id = $1
+               AND ($5 = 0 OR charge_day IS DISTINCT FROM $3 OR charges_on_day < $5)
+               AND ($6 = 0 OR charge_month IS DISTINCT FROM $4 OR charges_in_month < $6)
+             RETURNING user_id, balance
+         )
+         INSERT INTO point_ledger (user_id, kind, amount, balance_after)
+         SELECT user_id, 'CHARGE', $2, balance FROM charged
+         RETURNING balance_after",
+    )
+    .bind(user_id)
+    .bind(amount)
+    .bind(on.day)
+    .bind(on.month)
+    .bind(limits.daily as i32)
+    .bind(limits.monthly as i32)
+    .fetch_optional(conn)
+    .await
+}

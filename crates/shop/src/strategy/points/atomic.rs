@@ -1,0 +1,52 @@
+//! Atomic: no read at all. One conditional `UPDATE … RETURNING`, chained to
+//! the ledger insert in the same statement, applies the charge only if the
+//! limits allow; PostgreSQL serializes concurrent statements on the row.
+//!
+//! Cost: the row lock lasts one statement, one round trip without an
+//! Idempotency-Key. The rule lives in SQL beside its Rust form in
+//! `domain::points`. Never answers `CONCURRENCY_CONFLICT`: a concurrent
+//! statement waits for the row and re-checks its condition on the new version.
+
+use sqlx::{Acquire, PgConnection, PgPool};
+
+use super::{Charge, save_response, wallet_missing};
+use crate::http::error::AppError;
+use crate::idempotency::Claim;
+use crate::storage::wallets;
+
+pub async fn charge(db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
+    let mut conn = db.acquire().await?;
+    let Some(claim) = claim else {
+        return charge_once(&mut conn, charge).await;
+    };
+    let mut tx = conn.begin().await?;
+    let balance = charge_once(&mut tx, charge).await?;
+    save_response(&mut tx, charge, balance, Some(claim)).await?;
+    tx.commit().await?;
+    Ok(balance)
+}
+
+async fn charge_once(conn: &mut PgConnection, charge: Charge) -> Result<i64, AppError> {
+    let charged = wallets::charge_within_limits(
+        conn,
+        charge.user_id,
+        charge.amount.won(),
+        charge.on,
+        charge.limits,
+    )
+    .await?;
+    if let Some(balance) = charged {
+        return Ok(balance);
+    }
+    // Refused: read the wallet to say which limit (or that there is none).
+    let wallet = wallets::read(conn, charge.user_id)
+        .await?
+        .ok_or_else(wallet_missing)?;
+    match wallet.counters().after_charge(charge.on, charge.limits) {
+        Err(exceeded) => Err(exceeded.into()),
+        // The counters moved on between the two statements (a new day began).
+        Ok(_) => Err(AppError::ConcurrencyConflict(
+            "the charge day changed during the charge",
+        )),
+    }
+}

@@ -1,0 +1,66 @@
+//! Optimistic: read without locking, write only if the row's `version` is
+//! still the one read (`UPDATE … WHERE version = $read`); a lost race retries
+//! from the read after a jittered backoff.
+//!
+//! Cost: nothing held while reading; under contention most attempts are
+//! wasted and the losers pay backoff latency. Fails as `CONCURRENCY_CONFLICT`
+//! once the retries are used up, which a hot wallet reaches easily.
+
+use sqlx::{Acquire, PgPool};
+
+use super::{Charge, save_response, wallet_missing};
+use crate::domain::points::LedgerKind;
+use crate::http::error::AppError;
+use crate::idempotency::Claim;
+use crate::storage::{ledger, wallets};
+use crate::strategy::backoff;
+
+pub async fn charge(
+    db: &PgPool,
+    charge: Charge,
+    claim: Option<&Claim>,
+    max_retries: u32,
+) -> Result<i64, AppError> {
+    for attempt in 0..=max_retries {
+        if attempt > 0 {
+            metrics::counter!("shop_optimistic_retries_total", "operation" => "points.charge")
+                .increment(1);
+            tokio::time::sleep(backoff::full_jitter(attempt)).await;
+        }
+        let mut conn = db.acquire().await?;
+        let wallet = wallets::read(&mut conn, charge.user_id)
+            .await?
+            .ok_or_else(wallet_missing)?;
+        // A stale read shows at most as many charges as there were, so a
+        // limit refusal based on it is final.
+        let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
+        let balance = wallet.balance + charge.amount.won();
+        fail::fail_point!("points::optimistic::after_read");
+
+        let mut tx = conn.begin().await?;
+        if !wallets::write(
+            &mut tx,
+            charge.user_id,
+            balance,
+            counters,
+            Some(wallet.version),
+        )
+        .await?
+        {
+            continue;
+        }
+        ledger::append(
+            &mut tx,
+            charge.user_id,
+            LedgerKind::Charge,
+            charge.amount.won(),
+            balance,
+            None,
+        )
+        .await?;
+        save_response(&mut tx, charge, balance, claim).await?;
+        tx.commit().await?;
+        return Ok(balance);
+    }
+    Err(AppError::ConcurrencyConflict("the balance kept changing"))
+}

@@ -1,0 +1,50 @@
+//! Pessimistic: `SELECT … FOR UPDATE` locks the wallet row for the whole
+//! transaction, so concurrent charges of one user queue in PostgreSQL.
+//!
+//! Cost: a waiting charge holds a pooled connection while it waits, so a hot
+//! wallet can tie up the pool. Fails as `CONCURRENCY_CONFLICT` only when the
+//! wait exceeds `lock_timeout`.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use super::{Charge, save_response, wallet_missing};
+use crate::domain::points::LedgerKind;
+use crate::http::error::AppError;
+use crate::idempotency::Claim;
+use crate::storage::{ledger, wallets};
+use crate::strategy::lost_race;
+
+pub async fn charge(
+    db: &PgPool,
+    charge: Charge,
+    claim: Option<&Claim>,
+    lock_timeout: Duration,
+) -> Result<i64, AppError> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", lock_timeout.as_millis()))
+        .execute(&mut *tx)
+        .await?;
+    let wallet = wallets::read_for_update(&mut tx, charge.user_id)
+        .await
+        .map_err(lost_race)?
+        .ok_or_else(wallet_missing)?;
+    fail::fail_point!("points::pessimistic::after_read");
+    let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
+    let balance = wallet.balance + charge.amount.won();
+    wallets::write(&mut tx, charge.user_id, balance, counters, None).await?;
+    ledger::append(
+        &mut tx,
+        charge.user_id,
+        LedgerKind::Charge,
+        charge.amount.won(),
+        balance,
+        None,
+    )
+    .await?;
+    save_response(&mut tx, charge, balance, claim).await?;
+    tx.commit().await?;
+    Ok(balance)
+}
