@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Migrate the database, ensure the admin account, seed demo data and serve HTTP.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Create the database if it is missing and run the migrations, then exit.
     Migrate(DatabaseConfig),
 }

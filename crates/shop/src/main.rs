@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
         Some(Command::Migrate(database)) => startup::connect_database(&database).await.map(|_| {
             tracing::info!("migrations are up to date");
         }),
-        Some(Command::Serve(config)) => serve(config).await,
+        Some(Command::Serve(config)) => serve(*config).await,
         None => serve(cli.serve).await,
     };
     match outcome {

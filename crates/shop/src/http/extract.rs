@@ -48,8 +48,21 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
 pub fn decode<T: DeserializeOwned>(value: &Value) -> Result<T, AppError> {
     serde_path_to_error::deserialize(value).map_err(|error| {
         let path = error.path().to_string();
+        let message = error.inner().to_string();
+        // serde reports a missing field at its parent: name the field itself.
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            let field = if path == "." {
+                missing.to_owned()
+            } else {
+                format!("{path}.{missing}")
+            };
+            return AppError::Validation(format!("{field}: is required"));
+        }
         let field = if path == "." { "body".to_owned() } else { path };
-        AppError::Validation(format!("{field}: {}", error.inner()))
+        AppError::Validation(format!("{field}: {message}"))
     })
 }
 

@@ -1,0 +1,132 @@
+//! Races on one wallet, under every points strategy. Requests are released
+//! together by a barrier; the invariants are then read from the database.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::Value;
+use shop::config::PointsStrategyKind;
+use tokio::sync::Barrier;
+
+use crate::support::{TestApp, User, spawn_app_with};
+
+/// Fires `count` charges of 1,000 at once; returns (status, code) of each.
+async fn charge_together(
+    app: &TestApp,
+    user: &User,
+    count: usize,
+) -> Vec<(StatusCode, Option<String>)> {
+    let gate = Arc::new(Barrier::new(count));
+    let charges = (0..count).map(|_| {
+        let gate = gate.clone();
+        async move {
+            gate.wait().await;
+            let response = app.charge(user, 1000).await;
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body["code"].as_str().map(str::to_owned))
+        }
+    });
+    join_all(charges).await
+}
+
+async fn two_hundred_charges_lose_no_update(strategy: PointsStrategyKind) {
+    let app = spawn_app_with(|config| {
+        config.points_strategy = strategy;
+        config.points_daily_charge_limit = 0;
+        config.points_monthly_charge_limit = 0;
+    })
+    .await;
+    let user = app.new_user().await;
+    let initial = 5000;
+    app.charge(&user, initial).await;
+
+    let outcomes = charge_together(&app, &user, 200).await;
+    let successes = outcomes
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .count() as i64;
+    let failures: Vec<_> = outcomes
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::OK)
+        .collect();
+    for (status, code) in &failures {
+        assert_eq!(
+            (*status, code.as_deref()),
+            (StatusCode::CONFLICT, Some("CONCURRENCY_CONFLICT"))
+        );
+    }
+    if matches!(
+        strategy,
+        PointsStrategyKind::Atomic | PointsStrategyKind::Pessimistic
+    ) {
+        assert!(
+            failures.is_empty(),
+            "{strategy:?} should queue, not fail: {} failures",
+            failures.len()
+        );
+    }
+    assert!(successes > 0);
+    let (balance, ledger_sum) = app.balance_and_ledger_sum(user.id).await;
+    assert_eq!(
+        balance,
+        initial + 1000 * successes,
+        "every success and nothing else is in the balance"
+    );
+    assert_eq!(ledger_sum, balance);
+    app.assert_point_invariants().await;
+}
+
+async fn ten_charges_under_a_daily_limit_of_three_give_three(strategy: PointsStrategyKind) {
+    let app = spawn_app_with(|config| config.points_strategy = strategy).await;
+    let user = app.new_user().await;
+    let outcomes = charge_together(&app, &user, 10).await;
+    let successes = outcomes
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .count();
+    assert_eq!(successes, 3, "{outcomes:?}");
+    for (status, code) in outcomes
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::OK)
+    {
+        assert_eq!(
+            (*status, code.as_deref()),
+            (StatusCode::CONFLICT, Some("CHARGE_LIMIT_EXCEEDED"))
+        );
+    }
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (3000, 3000));
+    let counted: i32 =
+        sqlx::query_scalar("SELECT charges_on_day FROM point_wallets WHERE user_id = $1")
+            .bind(user.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(counted, 3);
+}
+
+macro_rules! for_each_points_strategy {
+    ($($module:ident => $strategy:ident),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn two_hundred_concurrent_charges_lose_no_update() {
+                two_hundred_charges_lose_no_update(PointsStrategyKind::$strategy).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn ten_concurrent_charges_under_a_daily_limit_of_three_give_exactly_three() {
+                ten_charges_under_a_daily_limit_of_three_give_three(PointsStrategyKind::$strategy).await;
+            }
+        }
+    )*};
+}
+
+for_each_points_strategy! {
+    optimistic => Optimistic,
+    pessimistic => Pessimistic,
+    atomic => Atomic,
+    redis_lock => RedisLock,
+}

@@ -1,0 +1,15 @@
+//! HTTP tests against a real server on real PostgreSQL and Redis; each test
+//! has its own database and Redis prefix.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod auth;
+mod authorization;
+mod concurrency;
+mod health;
+mod idempotency;
+mod points;
+mod products;
+mod requests;
+mod startup;

@@ -1,0 +1,308 @@
+//! Shared by the test binaries: a real `shop` server on a free port, on its
+//! own fresh database and Redis key prefix, driven over HTTP.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::time::Duration;
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+use shop::config::{Config, DatabaseConfig, LockConfig, LogFormat, PointsStrategyKind};
+use shop::startup::Server;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+pub const ADMIN_EMAIL: &str = "admin@shop.local";
+pub const ADMIN_PASSWORD: &str = "admin-password";
+
+/// The configuration of a test server: its own database and Redis prefix,
+/// and a cheap password hash.
+pub fn test_config() -> Config {
+    let id = Uuid::new_v4().simple().to_string();
+    Config {
+        database: DatabaseConfig {
+            database_url: format!("{PG}/shop_test_{id}"),
+            // Several tests run at once against PostgreSQL's 100 connections.
+            database_max_connections: 12,
+        },
+        redis_url: REDIS.into(),
+        redis_key_prefix: format!("test:{id}:"),
+        bind_addr: "127.0.0.1:0".parse().unwrap(),
+        jwt_secret: Some("test-secret".into()),
+        jwt_access_ttl_secs: 3600,
+        admin_email: ADMIN_EMAIL.into(),
+        admin_password: ADMIN_PASSWORD.into(),
+        points_strategy: PointsStrategyKind::Atomic,
+        points_daily_charge_limit: 3,
+        points_monthly_charge_limit: 10,
+        seed_demo_data: false,
+        argon2_memory_kib: 256,
+        argon2_iterations: 1,
+        shop_timezone: chrono_tz::Asia::Seoul,
+        locks: LockConfig {
+            db_lock_timeout_ms: 3000,
+            optimistic_max_retries: 12,
+            redis_lock_lease_ms: 5000,
+            redis_lock_wait_ms: 5000,
+        },
+        log_format: LogFormat::Text,
+        log_filter: "warn".into(),
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// For checking invariants from the database.
+    pub db: PgPool,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    pub email: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    init_tracing();
+    let mut config = test_config();
+    configure(&mut config);
+    let server = Server::build(&config)
+        .await
+        .expect("the test server starts");
+    let address = format!("http://{}", server.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(server.run(async move {
+        stopped.await.ok();
+    }));
+    let db = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&config.database.database_url)
+        .await
+        .expect("the test database is reachable");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        client,
+        db,
+        config,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("the server answers")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.request(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn register(&self, email: &str, password: &str, name: &str) -> Response {
+        self.post(
+            "/api/auth/register",
+            None,
+            json!({"email": email, "password": password, "name": name}),
+        )
+        .await
+    }
+
+    /// A fresh account, signed in.
+    pub async fn new_user(&self) -> User {
+        let email = format!("user-{}@example.com", Uuid::new_v4().simple());
+        let response = self.register(&email, "password123", "Test User").await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        user_from(response.json().await.unwrap())
+    }
+
+    pub async fn admin(&self) -> User {
+        let response = self
+            .post(
+                "/api/auth/login",
+                None,
+                json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        user_from(response.json().await.unwrap())
+    }
+
+    pub async fn charge(&self, user: &User, amount: i64) -> Response {
+        self.post(
+            &format!("/api/users/{}/points", user.id),
+            Some(&user.token),
+            json!({"amount": amount}),
+        )
+        .await
+    }
+
+    /// The stored balance and the sum of the user's ledger.
+    pub async fn balance_and_ledger_sum(&self, user_id: i64) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT w.balance, COALESCE((SELECT SUM(amount) FROM point_ledger l WHERE l.user_id = w.user_id), 0)::bigint
+             FROM point_wallets w WHERE w.user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// Invariants of API.md that hold at any moment, checked for every user.
+    pub async fn assert_point_invariants(&self) {
+        let broken: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT w.user_id, w.balance, COALESCE(SUM(l.amount), 0)::bigint
+             FROM point_wallets w LEFT JOIN point_ledger l ON l.user_id = w.user_id
+             GROUP BY w.user_id, w.balance
+             HAVING w.balance <> COALESCE(SUM(l.amount), 0) OR w.balance < 0",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        assert!(
+            broken.is_empty(),
+            "balance ≠ Σ ledger (user, balance, sum): {broken:?}"
+        );
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).ok();
+        self.server.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+pub fn user_from(body: Value) -> User {
+    User {
+        id: body["userId"].as_i64().expect("userId"),
+        email: body["email"].as_str().expect("email").to_owned(),
+        token: body["accessToken"]
+            .as_str()
+            .expect("accessToken")
+            .to_owned(),
+        refresh_token: body["refreshToken"]
+            .as_str()
+            .expect("refreshToken")
+            .to_owned(),
+    }
+}
+
+/// Asserts a problem+json answer with this status and code; returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status of {}", response.url());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+/// Drops the test's database and Redis keys, whatever the outcome of the test.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).ok();
+        }
+        let database = self
+            .config
+            .database
+            .database_url
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let prefix = self.config.redis_key_prefix.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(pool) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&format!("{PG}/postgres"))
+                    .await
+                {
+                    let drop = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
+                    sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&pool)
+                        .await
+                        .ok();
+                }
+                if let Ok(client) = redis::Client::open(REDIS)
+                    && let Ok(mut redis) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{prefix}*"))
+                        .query_async(&mut redis)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        redis::cmd("DEL")
+                            .arg(keys)
+                            .query_async::<()>(&mut redis)
+                            .await
+                            .ok();
+                    }
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
