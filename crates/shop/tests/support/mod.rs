@@ -212,10 +212,21 @@ impl TestApp {
         );
     }
 
-    /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).ok();
-        self.server.take().unwrap().await.unwrap().unwrap();
+    /// Tells the server to stop taking requests and finish those in flight.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).ok();
+        }
+    }
+
+    /// Waits until the server has stopped; panics if it failed.
+    pub async fn stopped(&mut self) {
+        self.server
+            .take()
+            .expect("waited once")
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
