@@ -16,13 +16,13 @@ use crate::storage::users::{self, UserRow};
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
     /// A valid address of at most 254 characters; stored trimmed and lower-cased.
-    #[schema(example = "kim@example.com")]
+    #[schema(example = "kim@example.com", format = Email, max_length = 254)]
     email: String,
     /// 8 to 64 characters.
-    #[schema(example = "correct horse battery")]
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 64)]
     password: String,
     /// 1 to 50 characters after trimming.
-    #[schema(example = "김철수")]
+    #[schema(example = "김철수", min_length = 1, max_length = 50)]
     name: String,
 }
 

@@ -1,8 +1,12 @@
 //! The OpenAPI document's frame; the paths come from the handlers'
 //! `#[utoipa::path]` attributes as the router registers them.
 
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{Content, RefOr, Response};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::error::Problem;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,4 +39,58 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }
+}
+
+/// Every error answer is `application/problem+json`, and every route with a
+/// JSON body can answer 413 and 415: said once here rather than per handler.
+/// Runs on the finished document, after the router has added the paths.
+pub fn document_problem_responses(openapi: &mut utoipa::openapi::OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            document_problems(operation);
+        }
+    }
+}
+
+fn document_problems(operation: &mut Operation) {
+    let responses = &mut operation.responses.responses;
+    if operation.request_body.is_some() {
+        for (status, description) in [
+            ("413", "PAYLOAD_TOO_LARGE: the body is over 64 KiB"),
+            (
+                "415",
+                "UNSUPPORTED_MEDIA_TYPE: the body is not application/json",
+            ),
+        ] {
+            responses
+                .entry(status.into())
+                .or_insert_with(|| RefOr::T(Response::new(description)));
+        }
+    }
+    for (status, response) in responses.iter_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        if !(status.starts_with('4') || status.starts_with('5')) || status == "503" {
+            continue;
+        }
+        let content = response
+            .content
+            .shift_remove("application/json")
+            .unwrap_or_else(|| RefOr::T(Content::new(Some(problem_schema()))));
+        response
+            .content
+            .insert("application/problem+json".into(), content);
+    }
+}
+
+fn problem_schema() -> RefOr<utoipa::openapi::Schema> {
+    RefOr::Ref(utoipa::openapi::Ref::from_schema_name(Problem::name()))
 }

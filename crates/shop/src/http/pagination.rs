@@ -19,18 +19,27 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
+    /// An empty `limit=` or `cursor=` counts as absent, as in API.md's
+    /// `?limit=&cursor=`.
     pub fn parse(
-        limit: Option<i64>,
+        limit: Option<&str>,
         cursor: Option<&str>,
         default_limit: i64,
     ) -> Result<Self, AppError> {
-        let limit = limit.unwrap_or(default_limit);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(AppError::Validation(format!(
-                "limit: must be between 1 and {MAX_LIMIT}"
-            )));
-        }
-        let after = cursor.map(decode_cursor).transpose()?;
+        let limit = match limit.filter(|l| !l.is_empty()) {
+            None => default_limit,
+            Some(text) => text
+                .parse()
+                .ok()
+                .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+                .ok_or_else(|| {
+                    AppError::Validation(format!("limit: must be an integer from 1 to {MAX_LIMIT}"))
+                })?,
+        };
+        let after = cursor
+            .filter(|c| !c.is_empty())
+            .map(decode_cursor)
+            .transpose()?;
         Ok(Self { limit, after })
     }
 
@@ -94,14 +103,17 @@ mod tests {
 
     #[test]
     fn limit_bounds() {
-        assert!(PageRequest::parse(Some(0), None, 20).is_err());
-        assert!(PageRequest::parse(Some(101), None, 20).is_err());
+        assert!(PageRequest::parse(Some("0"), None, 20).is_err());
+        assert!(PageRequest::parse(Some("101"), None, 20).is_err());
+        assert!(PageRequest::parse(Some("1.5"), None, 20).is_err());
         assert_eq!(PageRequest::parse(None, None, 50).unwrap().limit, 50);
+        let empty = PageRequest::parse(Some(""), Some(""), 20).unwrap();
+        assert_eq!((empty.limit, empty.after), (20, None));
     }
 
     #[test]
     fn next_cursor_only_when_more_rows() {
-        let request = PageRequest::parse(Some(2), None, 20).unwrap();
+        let request = PageRequest::parse(Some("2"), None, 20).unwrap();
         let full = request.page(vec![1, 2, 3], |r| *r, |r| r);
         assert_eq!(full.items, vec![1, 2]);
         assert_eq!(

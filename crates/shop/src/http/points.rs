@@ -19,7 +19,7 @@ use crate::strategy::points::Charge;
 #[derive(Deserialize, ToSchema)]
 pub struct ChargeRequest {
     /// Won: a multiple of 1,000 from 1,000 to 1,000,000.
-    #[schema(example = 10000)]
+    #[schema(example = 10000, minimum = 1000, maximum = 1000000, multiple_of = 1000)]
     amount: i64,
 }
 
@@ -40,13 +40,14 @@ pub struct LedgerEntry {
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// 1 to 100, default 20.
-    limit: Option<i64>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
 /// The user's balance.
 #[utoipa::path(get, path = "/api/users/{userId}/points", tag = "points", security(("bearer" = [])),
-    params(("userId" = i64, Path)),
+    params(("userId" = i64, Path, minimum = 1)),
     responses(
         (status = 200, body = PointBalance),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
@@ -68,7 +69,7 @@ pub async fn balance(
 /// Charges points. The daily and monthly charge-count limits hold under
 /// concurrent charges too. Honours `Idempotency-Key`.
 #[utoipa::path(post, path = "/api/users/{userId}/points", tag = "points", security(("bearer" = [])),
-    params(("userId" = i64, Path), ("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters")),
+    params(("userId" = i64, Path, minimum = 1), ("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters")),
     request_body = ChargeRequest,
     responses(
         (status = 200, body = PointBalance),
@@ -104,7 +105,7 @@ pub async fn charge(
 
 /// The user's ledger, newest first.
 #[utoipa::path(get, path = "/api/users/{userId}/points/history", tag = "points", security(("bearer" = [])),
-    params(("userId" = i64, Path), HistoryQuery),
+    params(("userId" = i64, Path, minimum = 1), HistoryQuery),
     responses(
         (status = 200, body = Page<LedgerEntry>),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
@@ -117,7 +118,7 @@ pub async fn history(
     PathId(user_id): PathId,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<Page<LedgerEntry>>, AppError> {
-    let page = PageRequest::parse(query.limit, query.cursor.as_deref(), 20)?;
+    let page = PageRequest::parse(query.limit.as_deref(), query.cursor.as_deref(), 20)?;
     caller.may_act_for(user_id)?;
     let mut conn = state.db.acquire().await?;
     if !users::exists(&mut conn, user_id).await? {

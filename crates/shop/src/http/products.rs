@@ -44,28 +44,37 @@ pub struct ProductListQuery {
     /// Only products of this category.
     category: Option<String>,
     /// 1 to 100, default 50.
-    limit: Option<i64>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewProduct {
-    /// 1 to 100 characters.
+    /// 1 to 100 characters after trimming.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
-    /// 1 to 100,000,000 won.
+    /// Won.
+    #[schema(minimum = 1, maximum = 100000000)]
     price: i64,
-    /// 0 to 1,000,000,000.
+    #[schema(minimum = 0, maximum = 1000000000)]
     stock: i64,
-    /// 1 to 50 characters.
+    /// 1 to 50 characters after trimming.
+    #[schema(min_length = 1, max_length = 50)]
     category: String,
 }
 
 /// Fields to change; at least one. A new `stock` is the level in stock now.
 #[derive(Deserialize, ToSchema)]
+#[schema(min_properties = 1)]
 pub struct ProductPatch {
+    #[schema(min_length = 1, max_length = 100)]
     name: Option<String>,
+    #[schema(minimum = 1, maximum = 100000000)]
     price: Option<i64>,
+    #[schema(minimum = 0, maximum = 1000000000)]
     stock: Option<i64>,
+    #[schema(min_length = 1, max_length = 50)]
     category: Option<String>,
 }
 
@@ -76,7 +85,7 @@ pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ProductListQuery>,
 ) -> Result<Json<Page<Product>>, AppError> {
-    let page = PageRequest::parse(query.limit, query.cursor.as_deref(), 50)?;
+    let page = PageRequest::parse(query.limit.as_deref(), query.cursor.as_deref(), 50)?;
     let category = query
         .category
         .as_deref()
@@ -93,7 +102,7 @@ pub async fn list(
 }
 
 /// One product.
-#[utoipa::path(get, path = "/api/products/{id}", tag = "products", params(("id" = i64, Path)),
+#[utoipa::path(get, path = "/api/products/{id}", tag = "products", params(("id" = i64, Path, minimum = 1)),
     responses(
         (status = 200, body = Product),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
@@ -138,7 +147,7 @@ pub async fn create(
 
 /// Changes a product (admin).
 #[utoipa::path(patch, path = "/api/admin/products/{id}", tag = "admin", security(("bearer" = [])),
-    params(("id" = i64, Path)), request_body = ProductPatch,
+    params(("id" = i64, Path, minimum = 1)), request_body = ProductPatch,
     responses(
         (status = 200, body = Product),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),

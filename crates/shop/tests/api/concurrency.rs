@@ -68,6 +68,10 @@ async fn two_hundred_charges_lose_no_update(strategy: PointsStrategyKind) {
         );
     }
     assert!(successes > 0);
+    eprintln!(
+        "{strategy:?}: {successes} of 200 charged, {} CONCURRENCY_CONFLICT",
+        failures.len()
+    );
     let (balance, ledger_sum) = app.balance_and_ledger_sum(user.id).await;
     assert_eq!(
         balance,

@@ -5,7 +5,7 @@
 //! wallet can tie up the pool. Fails as `CONCURRENCY_CONFLICT` only when the
 //! wait exceeds `lock_timeout`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
@@ -27,10 +27,12 @@ pub async fn charge(
         .bind(format!("{}ms", lock_timeout.as_millis()))
         .execute(&mut *tx)
         .await?;
+    let waiting = Instant::now();
     let wallet = wallets::read_for_update(&mut tx, charge.user_id)
         .await
-        .map_err(lost_race)?
-        .ok_or_else(wallet_missing)?;
+        .map_err(lost_race)?;
+    metrics::histogram!("shop_lock_wait_seconds", "lock" => "postgres").record(waiting.elapsed());
+    let wallet = wallet.ok_or_else(wallet_missing)?;
     fail::fail_point!("points::pessimistic::after_read");
     let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
     let balance = wallet.balance + charge.amount.won();
