@@ -8,11 +8,8 @@ use tokio::sync::Barrier;
 use crate::support::{TestApp, User, assert_problem, spawn_app, spawn_app_with};
 
 async fn charge_with_key(app: &TestApp, user: &User, key: &str, body: Value) -> reqwest::Response {
-    app.client
-        .post(app.url(&format!("/api/users/{}/points", user.id)))
-        .bearer_auth(&user.token)
-        .header("Idempotency-Key", key)
-        .json(&body)
+    let path = format!("/api/users/{}/points", user.id);
+    app.post_with_key(&path, &user.token, key, &body)
         .send()
         .await
         .unwrap()
@@ -76,22 +73,17 @@ async fn a_key_reused_with_another_body_or_path_is_422() {
     assert_eq!(app.balance_and_ledger_sum(user.id).await, (1000, 1000));
 
     // Keys are per caller: the admin's "k" is another key.
+    let body = json!({"amount": 1000});
+    let users_wallet = format!("/api/users/{}/points", user.id);
     let by_admin = app
-        .client
-        .post(app.url(&format!("/api/users/{}/points", user.id)))
-        .bearer_auth(&admin.token)
-        .header("Idempotency-Key", "k")
-        .json(&json!({"amount": 1000}))
+        .post_with_key(&users_wallet, &admin.token, "k", &body)
         .send()
         .await
         .unwrap();
     assert_eq!(by_admin.status(), StatusCode::OK);
+    let admins_wallet = format!("/api/users/{}/points", admin.id);
     let other_path = app
-        .client
-        .post(app.url(&format!("/api/users/{}/points", admin.id)))
-        .bearer_auth(&admin.token)
-        .header("Idempotency-Key", "k")
-        .json(&json!({"amount": 1000}))
+        .post_with_key(&admins_wallet, &admin.token, "k", &body)
         .send()
         .await
         .unwrap();

@@ -5,8 +5,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use shop::config::PointsStrategyKind;
 
-use crate::Hold;
 use crate::support::{assert_problem, spawn_app_with};
+use crate::{Hold, charge_in_background};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_whose_lease_ran_out_is_refused_by_the_fencing_token() {
@@ -23,22 +23,7 @@ async fn a_holder_whose_lease_ran_out_is_refused_by_the_fencing_token() {
     fail::cfg("lock::renew", "return").unwrap();
     let mut hold = Hold::first_at("points::redis_lock::leased");
 
-    let stale = tokio::spawn({
-        let (client, url, token) = (
-            app.client.clone(),
-            app.url(&format!("/api/users/{}/points", user.id)),
-            user.token.clone(),
-        );
-        async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .json(&serde_json::json!({"amount": 1000}))
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let stale = charge_in_background(&app, &user, 1000, None);
     hold.reached().await;
     // The first holder has the lock but has not written. The second waits out
     // the lease, takes the lock with a newer token and commits.

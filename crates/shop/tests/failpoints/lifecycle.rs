@@ -2,28 +2,11 @@
 //! optimistic write that loses its race.
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shop::config::PointsStrategyKind;
 
-use crate::Hold;
-use crate::support::{TestApp, User, assert_problem, spawn_app_with};
-
-fn charge_in_background(
-    app: &TestApp,
-    user: &User,
-    amount: i64,
-    key: Option<&str>,
-) -> tokio::task::JoinHandle<reqwest::Response> {
-    let mut request = app
-        .client
-        .post(app.url(&format!("/api/users/{}/points", user.id)))
-        .bearer_auth(&user.token)
-        .json(&json!({"amount": amount}));
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    tokio::spawn(async move { request.send().await.unwrap() })
-}
+use crate::support::{assert_problem, spawn_app_with};
+use crate::{Hold, charge_in_background};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_stops_taking_requests_and_finishes_those_in_flight() {

@@ -10,7 +10,29 @@ mod lifecycle;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
 
+use serde_json::json;
+use support::{TestApp, User};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+/// A charge sent from its own task, so the test can go on while it is held.
+pub fn charge_in_background(
+    app: &TestApp,
+    user: &User,
+    amount: i64,
+    key: Option<&str>,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let path = format!("/api/users/{}/points", user.id);
+    let body = json!({"amount": amount});
+    let request = match key {
+        Some(key) => app.post_with_key(&path, &user.token, key, &body),
+        None => app
+            .client
+            .post(app.url(&path))
+            .bearer_auth(&user.token)
+            .json(&body),
+    };
+    tokio::spawn(async move { request.send().await.unwrap() })
+}
 
 /// Holds the first request that reaches a fail point until released.
 pub struct Hold {

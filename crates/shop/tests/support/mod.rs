@@ -145,6 +145,21 @@ impl TestApp {
         self.request(Method::POST, path, token, Some(body)).await
     }
 
+    /// A POST that carries an `Idempotency-Key`.
+    pub fn post_with_key(
+        &self,
+        path: &str,
+        token: &str,
+        key: &str,
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(body)
+    }
+
     pub async fn register(&self, email: &str, password: &str, name: &str) -> Response {
         self.post(
             "/api/auth/register",
