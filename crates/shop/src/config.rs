@@ -73,6 +73,8 @@ pub struct Config {
     pub admin_password: String,
     #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Atomic)]
     pub points_strategy: PointsStrategyKind,
+    #[arg(long, env = "COUPON_STRATEGY", value_enum, default_value_t = CouponStrategyKind::Atomic)]
+    pub coupon_strategy: CouponStrategyKind,
     /// Successful charges per user per day; 0 = no limit.
     #[arg(long, env = "POINTS_DAILY_CHARGE_LIMIT", default_value_t = 3)]
     pub points_daily_charge_limit: u32,
@@ -115,6 +117,10 @@ pub struct LockConfig {
     /// `redis-lock`: how long a request waits for a lock.
     #[arg(long, env = "REDIS_LOCK_WAIT_MS", default_value_t = 3000)]
     pub redis_lock_wait_ms: u64,
+    /// `redis-gate`: a unit handed out by the gate but not known to be
+    /// written after this long is completed or given back by the reconciler.
+    #[arg(long, env = "GATE_RECONCILE_AFTER_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(30..))]
+    pub gate_reconcile_after_ms: u64,
 }
 
 impl LockConfig {
@@ -129,6 +135,10 @@ impl LockConfig {
     pub fn redis_lock_wait(&self) -> Duration {
         Duration::from_millis(self.redis_lock_wait_ms)
     }
+
+    pub fn gate_reconcile_after(&self) -> Duration {
+        Duration::from_millis(self.gate_reconcile_after_ms)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,6 +147,14 @@ pub enum PointsStrategyKind {
     Pessimistic,
     Atomic,
     RedisLock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CouponStrategyKind {
+    Pessimistic,
+    Atomic,
+    RedisLock,
+    RedisGate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

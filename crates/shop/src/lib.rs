@@ -13,9 +13,11 @@
 //! - [`storage`]: SQL, one module per table family.
 //! - [`auth`]: password hashes and tokens.
 //! - [`seed`]: the admin account and demo data.
+//! - [`coupon_types`]: campaigns by code, cached.
 
 pub mod auth;
 pub mod config;
+pub mod coupon_types;
 pub mod domain;
 pub mod http;
 pub mod idempotency;

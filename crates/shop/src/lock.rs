@@ -6,6 +6,12 @@
 //! keep-alive task renews it. Waiters poll with jittered backoff up to a
 //! deadline, then give up (the caller answers `CONCURRENCY_CONFLICT`).
 //!
+//! Within one instance, waiters for a resource first line up on an
+//! in-process async mutex, so only one of them polls Redis and the hand-off
+//! between local waiters is immediate. Without it a rush of a thousand
+//! waiters polls Redis tens of thousands of times a second and starves the
+//! holder of the CPU it needs to finish.
+//!
 //! A lease can still run out under a live holder — a pause longer than the
 //! lease, or a holder cut off from Redis — and then two holders overlap. So
 //! every acquisition also takes a *fencing token*, a per-resource counter
@@ -17,19 +23,24 @@
 //! highest token it saw, and [`LeaseLocks::advance_fence`] lifts the counter
 //! back above it, so a reset costs one refused request, not correctness.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::Script;
 use redis::aio::ConnectionManager;
+use tokio::sync::OwnedMutexGuard;
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use crate::strategy::backoff;
 
+/// KEYS: lock, fencing counter, give-up flag (optional). Returns the fencing
+/// token, `-1` if the give-up flag is raised, or nil while the lock is held.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+        r"if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+          if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
               return redis.call('INCR', KEYS[2])
           end
           return false",
@@ -67,9 +78,19 @@ static ADVANCE_FENCE: LazyLock<Script> = LazyLock::new(|| {
 pub enum LockError {
     #[error("timed out waiting for the lock")]
     Timeout,
+    /// The give-up flag was raised while waiting: the holder's work has made
+    /// the wait pointless (a campaign sold out, say).
+    #[error("gave up waiting for the lock")]
+    GaveUp,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
+
+/// Longest sleep between two polls for a lock held elsewhere.
+const POLL_CAP: Duration = Duration::from_millis(10);
+
+/// One async mutex per resource some local request waits for or holds.
+type LocalQueues = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
 
 #[derive(Clone)]
 pub struct LeaseLocks {
@@ -77,6 +98,7 @@ pub struct LeaseLocks {
     prefix: String,
     lease: Duration,
     wait: Duration,
+    local: LocalQueues,
 }
 
 impl LeaseLocks {
@@ -86,25 +108,35 @@ impl LeaseLocks {
             prefix: prefix.to_owned(),
             lease,
             wait,
+            local: LocalQueues::default(),
         }
     }
 
-    /// Waits for the lock on `resource` until the configured deadline.
-    pub async fn acquire(&self, resource: &str) -> Result<Lease, LockError> {
+    /// Waits for the lock on `resource` until the configured deadline, or
+    /// until the flag `give_up_on` (see [`LeaseLocks::raise_flag`]) is raised.
+    pub async fn acquire(
+        &self,
+        resource: &str,
+        give_up_on: Option<&str>,
+    ) -> Result<Lease, LockError> {
         let key = format!("{}lock:{resource}", self.prefix);
         let fence_key = self.fence_key(resource);
         let token = Uuid::new_v4().to_string();
         let started = Instant::now();
         let deadline = started + self.wait;
+        let turn = self.local_turn(resource, deadline).await?;
         let mut redis = self.redis.clone();
+        let mut acquire = ACQUIRE.key(&key);
+        acquire.key(&fence_key);
+        if let Some(flag) = give_up_on {
+            acquire.key(self.flag_key(flag));
+        }
+        acquire.arg(&token).arg(self.lease.as_millis() as u64);
         for attempt in 0.. {
-            let fence: Option<i64> = ACQUIRE
-                .key(&key)
-                .key(&fence_key)
-                .arg(&token)
-                .arg(self.lease.as_millis() as u64)
-                .invoke_async(&mut redis)
-                .await?;
+            let fence: Option<i64> = acquire.invoke_async(&mut redis).await?;
+            if fence == Some(-1) {
+                return Err(LockError::GaveUp);
+            }
             if let Some(fence) = fence {
                 metrics::histogram!("shop_lock_wait_seconds", "lock" => "redis")
                     .record(started.elapsed());
@@ -120,16 +152,45 @@ impl LeaseLocks {
                     token,
                     fence,
                     keep_alive: keep_alive.abort_handle(),
+                    turn,
                 });
             }
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            tokio::time::sleep(backoff::full_jitter(attempt).min(deadline - now)).await;
+            tokio::time::sleep(backoff::full_jitter(attempt, POLL_CAP).min(deadline - now)).await;
         }
         metrics::counter!("shop_lock_timeouts_total", "lock" => "redis").increment(1);
         Err(LockError::Timeout)
+    }
+
+    /// Waits for this instance's turn at `resource`, until `deadline`. A
+    /// local holder that stalls past its lease must not hold up the others
+    /// (its lease is gone, and the fencing token guards its write), so after
+    /// one lease length a waiter goes on to poll Redis without its turn.
+    async fn local_turn(
+        &self,
+        resource: &str,
+        deadline: Instant,
+    ) -> Result<Option<LocalTurn>, LockError> {
+        let queue = self
+            .local
+            .lock()
+            .expect("not poisoned")
+            .entry(resource.to_owned())
+            .or_default()
+            .clone();
+        let patience = deadline.min(Instant::now() + self.lease);
+        match tokio::time::timeout_at(patience.into(), queue.lock_owned()).await {
+            Ok(guard) => Ok(Some(LocalTurn {
+                queues: self.local.clone(),
+                resource: resource.to_owned(),
+                guard: Some(guard),
+            })),
+            Err(_) if Instant::now() < deadline => Ok(None),
+            Err(_) => Err(LockError::Timeout),
+        }
     }
 
     /// Lifts the fencing counter of `resource` to at least `fence`, after the
@@ -141,6 +202,20 @@ impl LeaseLocks {
             .invoke_async::<i64>(&mut self.redis.clone())
             .await
             .map(drop)
+    }
+
+    /// Raises a flag that makes waiters acquiring with it give up. Flags
+    /// record facts that stay true (a campaign sold out), so they never expire.
+    pub async fn raise_flag(&self, flag: &str) -> Result<(), redis::RedisError> {
+        redis::cmd("SET")
+            .arg(self.flag_key(flag))
+            .arg(1)
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    fn flag_key(&self, flag: &str) -> String {
+        format!("{}flag:{flag}", self.prefix)
     }
 
     fn fence_key(&self, resource: &str) -> String {
@@ -156,6 +231,31 @@ pub struct Lease {
     token: String,
     fence: i64,
     keep_alive: AbortHandle,
+    /// Released after the Redis lock, so the next local waiter finds it free.
+    turn: Option<LocalTurn>,
+}
+
+/// This instance's turn at a resource; the next local waiter's comes when it
+/// drops.
+struct LocalTurn {
+    queues: LocalQueues,
+    resource: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for LocalTurn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut queues = self.queues.lock().expect("not poisoned");
+        // Clones are only made under this lock, so a count of one (the map's)
+        // means no local request waits for the resource any more.
+        if queues
+            .get(&self.resource)
+            .is_some_and(|queue| Arc::strong_count(queue) == 1)
+        {
+            queues.remove(&self.resource);
+        }
+    }
 }
 
 impl Lease {
@@ -166,12 +266,13 @@ impl Lease {
 
     pub async fn release(mut self) -> Result<(), redis::RedisError> {
         self.keep_alive.abort();
-        RELEASE
+        let released = RELEASE
             .key(&self.key)
             .arg(&self.token)
             .invoke_async::<i64>(&mut self.redis)
-            .await
-            .map(drop)
+            .await;
+        drop(self.turn.take());
+        released.map(drop)
     }
 }
 

@@ -18,10 +18,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{PasswordHasher, Tokens};
-use crate::config::{Config, DatabaseConfig, PointsStrategyKind};
+use crate::config::{Config, CouponStrategyKind, DatabaseConfig, PointsStrategyKind};
+use crate::coupon_types::CouponTypes;
 use crate::domain::points::ChargeLimits;
 use crate::http::{self, AppState, Shared};
 use crate::lock::LeaseLocks;
+use crate::strategy::coupons::{CouponGate, CouponStrategy};
 use crate::strategy::points::PointsStrategy;
 use crate::{idempotency, seed};
 
@@ -76,7 +78,19 @@ impl Server {
                 lock_timeout: config.locks.db_lock_timeout(),
             },
             PointsStrategyKind::Atomic => PointsStrategy::Atomic,
-            PointsStrategyKind::RedisLock => PointsStrategy::RedisLock(locks),
+            PointsStrategyKind::RedisLock => PointsStrategy::RedisLock(locks.clone()),
+        };
+        let coupons = match config.coupon_strategy {
+            CouponStrategyKind::Pessimistic => CouponStrategy::Pessimistic {
+                lock_timeout: config.locks.db_lock_timeout(),
+            },
+            CouponStrategyKind::Atomic => CouponStrategy::Atomic,
+            CouponStrategyKind::RedisLock => CouponStrategy::RedisLock(locks.clone()),
+            CouponStrategyKind::RedisGate => CouponStrategy::RedisGate(CouponGate::new(
+                redis.clone(),
+                &config.redis_key_prefix,
+                config.locks.gate_reconcile_after(),
+            )),
         };
         let state = AppState::new(Shared {
             db,
@@ -84,6 +98,8 @@ impl Server {
             tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs)),
             passwords,
             points,
+            coupons,
+            coupon_types: CouponTypes::default(),
             charge_limits: ChargeLimits {
                 daily: config.points_daily_charge_limit,
                 monthly: config.points_monthly_charge_limit,
@@ -114,14 +130,31 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
-        let maintenance = tokio::spawn(purge_idempotency_keys(self.state.clone(), stop.clone()));
-        tracing::info!(strategy.points = ?self.state.points.kind(), "listening on http://{}", self.local_addr());
+        let mut background = vec![tokio::spawn(purge_idempotency_keys(
+            self.state.clone(),
+            stop.clone(),
+        ))];
+        if let CouponStrategy::RedisGate(gate) = &self.state.coupons {
+            background.push(tokio::spawn(reconcile_coupon_gate(
+                self.state.clone(),
+                gate.clone(),
+                stop.clone(),
+            )));
+        }
+        tracing::info!(
+            strategy.points = ?self.state.points.kind(),
+            strategy.coupons = ?self.state.coupons.kind(),
+            "listening on http://{}",
+            self.local_addr()
+        );
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
             .context("the HTTP server failed")?;
         stop.cancel();
-        maintenance.await.ok();
+        for task in background {
+            task.await.ok();
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -229,6 +262,18 @@ async fn purge_idempotency_keys(state: AppState, stop: CancellationToken) {
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "purged expired idempotency keys"),
                 Err(error) => tracing::warn!(%error, "could not purge idempotency keys"),
+            },
+        }
+    }
+}
+
+async fn reconcile_coupon_gate(state: AppState, gate: CouponGate, stop: CancellationToken) {
+    let mut every = tokio::time::interval(gate.reconcile_every());
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => if let Err(error) = gate.reconcile(&state.db).await {
+                tracing::warn!(%error, "could not reconcile the coupon gate");
             },
         }
     }

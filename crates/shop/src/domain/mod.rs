@@ -2,6 +2,7 @@
 //! A value of one of these types has passed its rule, so code past the HTTP
 //! handlers never sees invalid input.
 
+pub mod coupon;
 pub mod points;
 pub mod product;
 pub mod user;

@@ -33,6 +33,14 @@ pub enum AppError {
     EmailTaken,
     #[error("{0}")]
     ChargeLimitExceeded(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("this coupon type is not open for issue now")]
+    CouponNotOpen,
+    #[error("no coupons of this type are left")]
+    CouponSoldOut,
+    #[error("you already hold a coupon of this type")]
+    CouponAlreadyIssued,
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still running")]
@@ -85,6 +93,10 @@ impl AppError {
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::EmailTaken
             | Self::ChargeLimitExceeded(_)
+            | Self::Conflict(_)
+            | Self::CouponNotOpen
+            | Self::CouponSoldOut
+            | Self::CouponAlreadyIssued
             | Self::IdempotencyKeyInUse
             | Self::ConcurrencyConflict(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,6 +115,10 @@ impl AppError {
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::EmailTaken => "EMAIL_TAKEN",
             Self::ChargeLimitExceeded(_) => "CHARGE_LIMIT_EXCEEDED",
+            Self::Conflict(_) => "CONFLICT",
+            Self::CouponNotOpen => "COUPON_NOT_OPEN",
+            Self::CouponSoldOut => "COUPON_SOLD_OUT",
+            Self::CouponAlreadyIssued => "COUPON_ALREADY_ISSUED",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
             Self::ConcurrencyConflict(_) => "CONCURRENCY_CONFLICT",

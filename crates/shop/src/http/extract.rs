@@ -97,6 +97,25 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     }
 }
 
+/// The single text parameter of a path such as `/api/coupons/status/{couponType}`.
+pub struct PathText(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| AppError::Validation(rejection.body_text()))?;
+        let (_, value) = params.iter().next().ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!(
+                "PathText used on a route without parameters"
+            ))
+        })?;
+        Ok(PathText(value.to_owned()))
+    }
+}
+
 /// Query parameters, with errors naming the parameter.
 pub struct Query<T>(pub T);
 
@@ -147,6 +166,17 @@ impl Caller {
             Ok(())
         } else {
             Err(AppError::Forbidden("you may only act on your own account"))
+        }
+    }
+
+    /// A body's `userId` (kept for older clients) may be omitted; if given it
+    /// must be the caller's own.
+    pub fn check_body_user(&self, user_id: Option<i64>) -> Result<(), AppError> {
+        match user_id {
+            Some(id) if id != self.user_id => {
+                Err(AppError::Forbidden("userId must be your own id"))
+            }
+            _ => Ok(()),
         }
     }
 

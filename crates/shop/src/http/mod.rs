@@ -2,6 +2,7 @@
 //! middleware every request passes through.
 
 mod auth;
+mod coupons;
 pub mod error;
 pub mod extract;
 mod health;
@@ -35,7 +36,9 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{PasswordHasher, Tokens};
+use crate::coupon_types::CouponTypes;
 use crate::domain::points::{ChargeDay, ChargeLimits};
+use crate::strategy::coupons::CouponStrategy;
 use crate::strategy::points::PointsStrategy;
 use error::{AppError, InternalErrorReport};
 
@@ -52,6 +55,8 @@ pub struct Shared {
     pub tokens: Tokens,
     pub passwords: PasswordHasher,
     pub points: PointsStrategy,
+    pub coupons: CouponStrategy,
+    pub coupon_types: CouponTypes,
     pub charge_limits: ChargeLimits,
     pub timezone: chrono_tz::Tz,
     pub metrics: PrometheusHandle,
@@ -88,6 +93,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(products::detail))
         .routes(routes!(products::create))
         .routes(routes!(products::update))
+        .routes(routes!(coupons::list_types))
+        .routes(routes!(coupons::status))
+        .routes(routes!(coupons::create_type))
+        .routes(routes!(coupons::issue))
+        .routes(routes!(coupons::held))
+        .routes(routes!(coupons::held_at_older_path))
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
         .routes(routes!(health::metrics))

@@ -21,6 +21,7 @@ use super::error::Problem;
         (name = "auth", description = "Accounts and tokens"),
         (name = "points", description = "Prepaid point balance"),
         (name = "products", description = "Catalogue"),
+        (name = "coupons", description = "Limited first-come coupon campaigns"),
         (name = "admin", description = "Admin-only operations"),
         (name = "health", description = "Probes and metrics"),
     )

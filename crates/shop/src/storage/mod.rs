@@ -1,6 +1,7 @@
 //! SQL, one module per table family. Functions take `&mut PgConnection` and
 //! never begin or commit: the caller owns the transaction.
 
+pub mod coupons;
 pub mod ledger;
 pub mod products;
 pub mod users;

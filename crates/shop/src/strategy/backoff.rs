@@ -3,13 +3,12 @@
 use std::time::Duration;
 
 const BASE: Duration = Duration::from_millis(1);
-const CAP: Duration = Duration::from_millis(50);
 
-/// "Full jitter" exponential backoff: a uniform wait in `[0, min(CAP, BASE·2^attempt)]`.
+/// "Full jitter" exponential backoff: a uniform wait in `[0, min(cap, BASE·2^attempt)]`.
 /// Randomness spreads the losers of one race apart so they do not collide
 /// again in lockstep; the cap bounds the wait of a request that lost often.
-pub fn full_jitter(attempt: u32) -> Duration {
-    let ceiling = BASE.saturating_mul(1 << attempt.min(16)).min(CAP);
+pub fn full_jitter(attempt: u32, cap: Duration) -> Duration {
+    let ceiling = BASE.saturating_mul(1 << attempt.min(16)).min(cap);
     Duration::from_micros(rand::random_range(0..=ceiling.as_micros() as u64))
 }
 
@@ -19,10 +18,11 @@ mod tests {
 
     #[test]
     fn grows_then_caps() {
+        let cap = Duration::from_millis(50);
         for _ in 0..100 {
-            assert!(full_jitter(0) <= BASE);
-            assert!(full_jitter(3) <= BASE * 8);
-            assert!(full_jitter(40) <= CAP);
+            assert!(full_jitter(0, cap) <= BASE);
+            assert!(full_jitter(3, cap) <= BASE * 8);
+            assert!(full_jitter(40, cap) <= cap);
         }
     }
 }

@@ -7,6 +7,7 @@ mod support;
 mod auth;
 mod authorization;
 mod concurrency;
+mod coupons;
 mod health;
 mod idempotency;
 mod points;

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod coupons;
 mod fencing;
 mod lifecycle;
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
-use shop::config::{Config, DatabaseConfig, LockConfig, LogFormat, PointsStrategyKind};
+use shop::config::{
+    Config, CouponStrategyKind, DatabaseConfig, LockConfig, LogFormat, PointsStrategyKind,
+};
 use shop::startup::Server;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -37,6 +39,7 @@ pub fn test_config() -> Config {
         admin_email: ADMIN_EMAIL.into(),
         admin_password: ADMIN_PASSWORD.into(),
         points_strategy: PointsStrategyKind::Atomic,
+        coupon_strategy: CouponStrategyKind::Atomic,
         points_daily_charge_limit: 3,
         points_monthly_charge_limit: 10,
         seed_demo_data: false,
@@ -48,6 +51,7 @@ pub fn test_config() -> Config {
             optimistic_max_retries: 12,
             redis_lock_lease_ms: 5000,
             redis_lock_wait_ms: 5000,
+            gate_reconcile_after_ms: 30_000,
         },
         log_format: LogFormat::Text,
         log_filter: "warn".into(),
@@ -62,6 +66,9 @@ pub struct TestApp {
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Whether dropping this app drops its database and Redis keys: true for
+    /// the first instance of a test, false for the others sharing them.
+    owns_data: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +87,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     init_tracing();
     let mut config = test_config();
     configure(&mut config);
+    start(config, true).await
+}
+
+async fn start(config: Config, owns_data: bool) -> TestApp {
     let server = Server::build(&config)
         .await
         .expect("the test server starts");
@@ -105,6 +116,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         config,
         stop: Some(stop),
         server: Some(server),
+        owns_data,
     }
 }
 
@@ -116,6 +128,29 @@ fn init_tracing() {
 }
 
 impl TestApp {
+    /// Another server instance on the same database and Redis prefix.
+    pub async fn another_instance(&self) -> TestApp {
+        start(self.config.clone(), false).await
+    }
+
+    /// Reads a Redis key of this shop's (named without the prefix).
+    pub async fn redis_hash_field(&self, key: &str, field: &str) -> Option<i64> {
+        let client = redis::Client::open(REDIS).unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("HGET")
+            .arg(format!("{}{key}", self.config.redis_key_prefix))
+            .arg(field)
+            .query_async(&mut redis)
+            .await
+            .unwrap()
+    }
+
+    /// Deletes every Redis key of this shop, as a Redis restart without
+    /// persistence would (without disturbing other tests sharing Redis).
+    pub async fn lose_redis_keys(&self) {
+        delete_redis_keys(&self.config.redis_key_prefix).await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
@@ -177,6 +212,45 @@ impl TestApp {
         user_from(response.json().await.unwrap())
     }
 
+    /// `count` accounts inserted in one statement, with tokens signed by the
+    /// test secret: for races that need many users, without as many
+    /// password hashes.
+    pub async fn bulk_users(&self, count: usize) -> Vec<User> {
+        let run = Uuid::new_v4().simple().to_string();
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "WITH new_users AS (
+                 INSERT INTO users (email, name, password_hash)
+                 SELECT 'bulk-' || $1 || '-' || n || '@example.com', 'Bulk ' || n, 'not a hash'
+                 FROM generate_series(1, $2) AS n
+                 RETURNING id
+             ), wallets AS (INSERT INTO point_wallets (user_id) SELECT id FROM new_users)
+             SELECT id FROM new_users ORDER BY id",
+        )
+        .bind(&run)
+        .bind(count as i32)
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        let secret = self.config.jwt_secret.as_deref().unwrap().as_bytes();
+        let tokens = shop::auth::Tokens::new(secret, Duration::from_secs(3600));
+        ids.into_iter()
+            .map(|id| {
+                let pair = tokens
+                    .issue(shop::auth::Caller {
+                        user_id: id,
+                        role: shop::domain::user::Role::User,
+                    })
+                    .unwrap();
+                User {
+                    id,
+                    email: String::new(),
+                    token: pair.access_token,
+                    refresh_token: pair.refresh_token,
+                }
+            })
+            .collect()
+    }
+
     pub async fn admin(&self) -> User {
         let response = self
             .post(
@@ -208,6 +282,59 @@ impl TestApp {
         .fetch_one(&self.db)
         .await
         .unwrap()
+    }
+
+    /// Creates a coupon type as admin; returns its code.
+    pub async fn create_coupon_type(&self, code: &str, total: i64, extra: Value) -> String {
+        let admin = self.admin().await;
+        let mut body = json!({"code": code, "kind": "FIXED", "value": 1000, "minOrderAmount": 0,
+                              "totalQuantity": total, "validDays": 30});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let response = self
+            .post("/api/admin/coupon-types", Some(&admin.token), body)
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap()
+        );
+        code.to_owned()
+    }
+
+    pub async fn issue_coupon(&self, user: &User, code: &str) -> Response {
+        self.post(
+            "/api/coupons/issue",
+            Some(&user.token),
+            json!({"couponType": code}),
+        )
+        .await
+    }
+
+    /// Coupon invariants of API.md: issued ≤ total and equal to the rows,
+    /// at most one per user and type.
+    pub async fn assert_coupon_invariants(&self) {
+        let broken: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT t.code, t.total_quantity, t.issued_quantity, count(c.id)
+             FROM coupon_types t LEFT JOIN coupons c ON c.coupon_type_id = t.id
+             GROUP BY t.id HAVING count(c.id) > t.total_quantity OR count(c.id) <> t.issued_quantity",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        assert!(
+            broken.is_empty(),
+            "(code, total, counted, rows): {broken:?}"
+        );
+        let doubled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM coupons GROUP BY user_id, coupon_type_id HAVING count(*) > 1) d",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        assert_eq!(doubled, 0, "a user holds two coupons of one type");
     }
 
     /// Invariants of API.md that hold at any moment, checked for every user.
@@ -284,6 +411,9 @@ impl Drop for TestApp {
         if let Some(stop) = self.stop.take() {
             stop.send(()).ok();
         }
+        if !self.owns_data {
+            return;
+        }
         let database = self
             .config
             .database
@@ -330,5 +460,26 @@ impl Drop for TestApp {
         })
         .join()
         .ok();
+    }
+}
+
+async fn delete_redis_keys(prefix: &str) {
+    let Ok(client) = redis::Client::open(REDIS) else {
+        return;
+    };
+    let Ok(mut redis) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut redis)
+            .await
+            .ok();
     }
 }

@@ -6,6 +6,8 @@
 //! wasted and the losers pay backoff latency. Fails as `CONCURRENCY_CONFLICT`
 //! once the retries are used up, which a hot wallet reaches easily.
 
+use std::time::Duration;
+
 use sqlx::{Acquire, PgPool};
 
 use super::{Charge, save_response, wallet_missing};
@@ -14,6 +16,9 @@ use crate::http::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::{ledger, wallets};
 use crate::strategy::backoff;
+
+/// Longest wait between two attempts.
+const RETRY_CAP: Duration = Duration::from_millis(50);
 
 pub async fn charge(
     db: &PgPool,
@@ -25,7 +30,7 @@ pub async fn charge(
         if attempt > 0 {
             metrics::counter!("shop_optimistic_retries_total", "operation" => "points.charge")
                 .increment(1);
-            tokio::time::sleep(backoff::full_jitter(attempt)).await;
+            tokio::time::sleep(backoff::full_jitter(attempt, RETRY_CAP)).await;
         }
         let mut conn = db.acquire().await?;
         let wallet = wallets::read(&mut conn, charge.user_id)

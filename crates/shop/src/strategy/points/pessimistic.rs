@@ -14,7 +14,7 @@ use crate::domain::points::LedgerKind;
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::{ledger, wallets};
-use crate::strategy::lost_race;
+use crate::strategy::{lost_race, set_lock_timeout};
 
 pub async fn charge(
     db: &PgPool,
@@ -23,10 +23,7 @@ pub async fn charge(
     lock_timeout: Duration,
 ) -> Result<i64, AppError> {
     let mut tx = db.begin().await?;
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-        .bind(format!("{}ms", lock_timeout.as_millis()))
-        .execute(&mut *tx)
-        .await?;
+    set_lock_timeout(&mut tx, lock_timeout).await?;
     let waiting = Instant::now();
     let wallet = wallets::read_for_update(&mut tx, charge.user_id)
         .await

@@ -1,34 +1,17 @@
-//! Races on one wallet, under every points strategy. Requests are released
-//! together by a barrier; the invariants are then read from the database.
+//! Races on one wallet, under every points strategy.
 
-use std::sync::Arc;
-
-use futures::future::join_all;
 use reqwest::StatusCode;
-use serde_json::Value;
 use shop::config::PointsStrategyKind;
-use tokio::sync::Barrier;
 
+use super::together;
 use crate::support::{TestApp, User, spawn_app_with};
 
-/// Fires `count` charges of 1,000 at once; returns (status, code) of each.
 async fn charge_together(
     app: &TestApp,
     user: &User,
     count: usize,
 ) -> Vec<(StatusCode, Option<String>)> {
-    let gate = Arc::new(Barrier::new(count));
-    let charges = (0..count).map(|_| {
-        let gate = gate.clone();
-        async move {
-            gate.wait().await;
-            let response = app.charge(user, 1000).await;
-            let status = response.status();
-            let body: Value = response.json().await.unwrap();
-            (status, body["code"].as_str().map(str::to_owned))
-        }
-    });
-    join_all(charges).await
+    together((0..count).map(|_| app.charge(user, 1000)).collect()).await
 }
 
 async fn two_hundred_charges_lose_no_update(strategy: PointsStrategyKind) {

@@ -1,0 +1,29 @@
+//! Atomic: one conditional increment of the issued count
+//! (`… WHERE issued_quantity < total_quantity`), then the insert, in one
+//! transaction. The row lock lasts from the increment to the commit; a
+//! second coupon for the user fails the unique insert and rolls the
+//! increment back. Never answers `CONCURRENCY_CONFLICT`.
+
+use sqlx::PgPool;
+
+use super::write_coupon;
+use crate::domain::coupon::{CouponType, CouponView};
+use crate::http::error::AppError;
+use crate::idempotency::Claim;
+use crate::storage::coupons;
+
+pub async fn issue(
+    db: &PgPool,
+    coupon_type: &CouponType,
+    user_id: i64,
+    claim: Option<&Claim>,
+) -> Result<CouponView, AppError> {
+    let mut tx = db.begin().await?;
+    if !coupons::count_issued_if_left(&mut tx, coupon_type.id).await? {
+        return Err(AppError::CouponSoldOut);
+    }
+    fail::fail_point!("coupons::atomic::counted");
+    let view = write_coupon(&mut tx, coupon_type, user_id, claim).await?;
+    tx.commit().await?;
+    Ok(view)
+}

@@ -1,0 +1,215 @@
+//! First-come coupons under every strategy: never over-issued, never two of a
+//! type to one user, and under `redis-gate` not even when Redis loses its keys.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use shop::config::CouponStrategyKind;
+
+use super::{count, together};
+use crate::support::{TestApp, spawn_app_with};
+
+async fn app_with(strategy: CouponStrategyKind) -> TestApp {
+    spawn_app_with(|config| config.coupon_strategy = strategy).await
+}
+
+async fn issued_rows(app: &TestApp, code: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*), count(DISTINCT c.user_id) FROM coupons c
+         JOIN coupon_types t ON t.id = c.coupon_type_id WHERE t.code = $1",
+    )
+    .bind(code)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+async fn a_thousand_users_race_for_a_hundred(strategy: CouponStrategyKind) {
+    let app = app_with(strategy).await;
+    let code = app.create_coupon_type("RUSH", 100, json!({})).await;
+    let users = app.bulk_users(1000).await;
+    let outcomes = together(
+        users
+            .iter()
+            .map(|user| app.issue_coupon(user, &code))
+            .collect(),
+    )
+    .await;
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 100, "{strategy:?}");
+    for (status, code) in outcomes
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::CREATED)
+    {
+        assert_eq!(
+            (*status, code.as_deref()),
+            (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT"))
+        );
+    }
+    assert_eq!(issued_rows(&app, &code).await, (100, 100));
+    app.assert_coupon_invariants().await;
+}
+
+async fn one_user_firing_fifty_gets_one(strategy: CouponStrategyKind) {
+    let app = app_with(strategy).await;
+    let code = app.create_coupon_type("ONE_EACH", 10, json!({})).await;
+    let user = app.new_user().await;
+    let outcomes = together((0..50).map(|_| app.issue_coupon(&user, &code)).collect()).await;
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 1, "{strategy:?}");
+    for (status, code) in outcomes
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::CREATED)
+    {
+        assert_eq!(
+            (*status, code.as_deref()),
+            (StatusCode::CONFLICT, Some("COUPON_ALREADY_ISSUED"))
+        );
+    }
+    assert_eq!(issued_rows(&app, &code).await, (1, 1));
+    app.assert_coupon_invariants().await;
+}
+
+macro_rules! for_each_coupon_strategy {
+    ($($module:ident => $strategy:ident),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn a_thousand_users_racing_for_a_hundred_get_exactly_a_hundred() {
+                a_thousand_users_race_for_a_hundred(CouponStrategyKind::$strategy).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn one_user_firing_fifty_requests_gets_exactly_one() {
+                one_user_firing_fifty_gets_one(CouponStrategyKind::$strategy).await;
+            }
+        }
+    )*};
+}
+
+for_each_coupon_strategy! {
+    pessimistic => Pessimistic,
+    atomic => Atomic,
+    redis_lock => RedisLock,
+    redis_gate => RedisGate,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gate_never_over_issues_when_redis_loses_its_keys_mid_rush() {
+    let app = app_with(CouponStrategyKind::RedisGate).await;
+    let code = app.create_coupon_type("FLUSHED", 100, json!({})).await;
+    let users = app.bulk_users(1000).await;
+    let rush = together(
+        users
+            .iter()
+            .map(|user| app.issue_coupon(user, &code))
+            .collect(),
+    );
+    let loss = async {
+        // Once the rush has written some coupons, Redis forgets everything.
+        loop {
+            let (issued, _) = issued_rows(&app, &code).await;
+            if issued >= 20 {
+                app.lose_redis_keys().await;
+                return issued;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let (outcomes, issued_at_loss) = tokio::join!(rush, loss);
+    assert!(issued_at_loss < 100, "the keys were lost mid-rush");
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 100);
+    assert_eq!(issued_rows(&app, &code).await, (100, 100));
+    app.assert_coupon_invariants().await;
+}
+
+#[tokio::test]
+async fn a_failed_write_gives_the_unit_back() {
+    let app = app_with(CouponStrategyKind::RedisGate).await;
+    let code = app.create_coupon_type("GIVE_BACK", 3, json!({})).await;
+    let (early, holder, late) = (
+        app.new_user().await,
+        app.new_user().await,
+        app.new_user().await,
+    );
+    assert_eq!(
+        app.issue_coupon(&early, &code).await.status(),
+        StatusCode::CREATED
+    );
+    // The holder got a coupon the gate does not know of (written while Redis
+    // was away), so the gate will hand them a unit the database then refuses.
+    sqlx::query(
+        "WITH counted AS (UPDATE coupon_types SET issued_quantity = issued_quantity + 1 WHERE code = $2 RETURNING id)
+         INSERT INTO coupons (coupon_type_id, user_id, expires_at) SELECT id, $1, now() + interval '1 day' FROM counted",
+    )
+    .bind(holder.id)
+    .bind(&code)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let type_id: i64 = sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1")
+        .bind(&code)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let left = format!("coupon-gate:{type_id}:state");
+    assert_eq!(app.redis_hash_field(&left, "left").await, Some(2));
+
+    let refused = app.issue_coupon(&holder, &code).await;
+    crate::support::assert_problem(refused, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
+    assert_eq!(
+        app.redis_hash_field(&left, "left").await,
+        Some(2),
+        "the unit came back"
+    );
+    assert_eq!(
+        app.issue_coupon(&late, &code).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(app.redis_hash_field(&left, "left").await, Some(1));
+    app.assert_coupon_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_gate_is_rebuilt_once_across_instances() {
+    let first = app_with(CouponStrategyKind::RedisGate).await;
+    let second = first.another_instance().await;
+    let code = first.create_coupon_type("REBUILT", 50, json!({})).await;
+    let users = first.bulk_users(40).await;
+    for user in &users[..10] {
+        assert_eq!(
+            first.issue_coupon(user, &code).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    let loads_before = gate_loads(&first).await;
+    first.lose_redis_keys().await;
+    let outcomes = together(
+        users[10..]
+            .iter()
+            .enumerate()
+            .map(|(i, user)| {
+                if i % 2 == 0 {
+                    first.issue_coupon(user, &code)
+                } else {
+                    second.issue_coupon(user, &code)
+                }
+            })
+            .collect(),
+    )
+    .await;
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 30);
+    // Both instances share this process's metrics recorder.
+    assert_eq!(gate_loads(&first).await - loads_before, 1, "loaded once");
+    // The rebuilt gate remembers the earlier holders.
+    let again = first.issue_coupon(&users[0], &code).await;
+    crate::support::assert_problem(again, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
+    first.assert_coupon_invariants().await;
+}
+
+async fn gate_loads(app: &TestApp) -> u64 {
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    metrics
+        .lines()
+        .find(|line| line.starts_with("shop_coupon_gate_loads_total"))
+        .and_then(|line| line.split_whitespace().last())
+        .map_or(0, |value| value.parse().unwrap())
+}

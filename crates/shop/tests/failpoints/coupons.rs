@@ -1,0 +1,54 @@
+//! A crash between the coupon gate and the database write.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use shop::config::CouponStrategyKind;
+
+use crate::support::{assert_problem, spawn_app_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_unit_lost_to_a_crash_after_the_gate_is_reconciled() {
+    let scenario = fail::FailScenario::setup();
+    let app = spawn_app_with(|config| {
+        config.coupon_strategy = CouponStrategyKind::RedisGate;
+        config.locks.gate_reconcile_after_ms = 300;
+    })
+    .await;
+    let code = app.create_coupon_type("CRASH", 1, json!({})).await;
+    let (crashed, waiting) = (app.new_user().await, app.new_user().await);
+
+    fail::cfg("coupons::gate::granted", "1*return").unwrap();
+    // The gate hands the only unit out, and the request dies before writing.
+    assert_problem(
+        app.issue_coupon(&crashed, &code).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL",
+    )
+    .await;
+    assert_problem(
+        app.issue_coupon(&waiting, &code).await,
+        StatusCode::CONFLICT,
+        "COUPON_SOLD_OUT",
+    )
+    .await;
+
+    // The reconciler finds the grant without a coupon and returns the unit.
+    let mut issued = false;
+    for _ in 0..100 {
+        let response = app.issue_coupon(&waiting, &code).await;
+        if response.status() == StatusCode::CREATED {
+            issued = true;
+            break;
+        }
+        assert_problem(response, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(issued, "the lost unit came back within 5 s");
+    let holders: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM coupons")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(holders, vec![waiting.id]);
+    app.assert_coupon_invariants().await;
+    scenario.teardown();
+}
