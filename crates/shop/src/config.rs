@@ -8,11 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "shop",
-    version,
-    about = "An e-commerce backend that stays correct under contention"
-)]
+#[command(name = "shop", version, about = "An e-commerce backend that stays correct under contention")]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -33,11 +29,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
     /// PostgreSQL; the database is created if missing.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/shop"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/shop")]
     pub database_url: String,
     /// Connections in this instance's pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
@@ -64,17 +56,17 @@ pub struct Config {
     pub jwt_access_ttl_secs: u64,
     #[arg(long, env = "ADMIN_EMAIL", default_value = "admin@shop.local")]
     pub admin_email: String,
-    #[arg(
-        long,
-        env = "ADMIN_PASSWORD",
-        default_value = "admin-password",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "ADMIN_PASSWORD", default_value = "admin-password", hide_env_values = true)]
     pub admin_password: String,
     #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Atomic)]
     pub points_strategy: PointsStrategyKind,
+    #[arg(long, env = "STOCK_STRATEGY", value_enum, default_value_t = StockStrategyKind::Atomic)]
+    pub stock_strategy: StockStrategyKind,
     #[arg(long, env = "COUPON_STRATEGY", value_enum, default_value_t = CouponStrategyKind::Atomic)]
     pub coupon_strategy: CouponStrategyKind,
+    /// A PENDING order expires (and releases its stock and coupon) after this.
+    #[arg(long, env = "ORDER_PAYMENT_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub order_payment_timeout_secs: u64,
     /// Successful charges per user per day; 0 = no limit.
     #[arg(long, env = "POINTS_DAILY_CHARGE_LIMIT", default_value_t = 3)]
     pub points_daily_charge_limit: u32,
@@ -150,6 +142,15 @@ pub enum PointsStrategyKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StockStrategyKind {
+    Optimistic,
+    Pessimistic,
+    Atomic,
+    RedisLock,
+    RedisGate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CouponStrategyKind {
     Pessimistic,
     Atomic,
@@ -169,8 +170,7 @@ fn parse_bind_addr(value: &str) -> Result<SocketAddr, String> {
         Some(port) => format!("0.0.0.0:{port}"),
         None => value.to_owned(),
     };
-    full.parse()
-        .map_err(|e| format!("`{value}` is not an address like 127.0.0.1:8080 ({e})"))
+    full.parse().map_err(|e| format!("`{value}` is not an address like 127.0.0.1:8080 ({e})"))
 }
 
 #[cfg(test)]
@@ -180,10 +180,7 @@ mod tests {
     #[test]
     fn bind_addr_accepts_a_bare_port() {
         assert_eq!(parse_bind_addr(":0").unwrap(), "0.0.0.0:0".parse().unwrap());
-        assert_eq!(
-            parse_bind_addr("127.0.0.1:8080").unwrap(),
-            "127.0.0.1:8080".parse().unwrap()
-        );
+        assert_eq!(parse_bind_addr("127.0.0.1:8080").unwrap(), "127.0.0.1:8080".parse().unwrap());
         assert!(parse_bind_addr("localhost").is_err());
     }
 
@@ -193,9 +190,7 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.serve.points_daily_charge_limit, 3);
         let cli = Cli::try_parse_from(["shop", "serve", "--seed-demo-data", "false"]).unwrap();
-        let Some(Command::Serve(config)) = cli.command else {
-            panic!("expected serve")
-        };
+        let Some(Command::Serve(config)) = cli.command else { panic!("expected serve") };
         assert!(!config.seed_demo_data);
     }
 }

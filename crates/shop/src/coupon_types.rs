@@ -17,11 +17,7 @@ pub struct CouponTypes {
 }
 
 impl CouponTypes {
-    pub async fn find(
-        &self,
-        db: &PgPool,
-        code: &str,
-    ) -> Result<Option<Arc<CouponType>>, sqlx::Error> {
+    pub async fn find(&self, db: &PgPool, code: &str) -> Result<Option<Arc<CouponType>>, sqlx::Error> {
         if let Some(known) = self.by_code.read().expect("not poisoned").get(code) {
             return Ok(Some(known.clone()));
         }
@@ -29,10 +25,7 @@ impl CouponTypes {
             return Ok(None);
         };
         let found = Arc::new(found);
-        self.by_code
-            .write()
-            .expect("not poisoned")
-            .insert(code.to_owned(), found.clone());
+        self.by_code.write().expect("not poisoned").insert(code.to_owned(), found.clone());
         Ok(Some(found))
     }
 }

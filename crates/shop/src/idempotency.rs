@@ -39,10 +39,7 @@ impl IdempotencyKey {
     pub fn parse(raw: &[u8]) -> Result<Self, ValidationError> {
         let printable = raw.iter().all(|b| (0x20..=0x7e).contains(b));
         if raw.is_empty() || raw.len() > 255 || !printable {
-            return Err(ValidationError::new(
-                "Idempotency-Key",
-                "must be 1 to 255 printable ASCII characters",
-            ));
+            return Err(ValidationError::new("Idempotency-Key", "must be 1 to 255 printable ASCII characters"));
         }
         Ok(Self(String::from_utf8_lossy(raw).into_owned()))
     }
@@ -143,11 +140,7 @@ pub async fn begin(
     // The row can vanish between the INSERT and the SELECT (its request failed
     // transiently and freed it); then the next round claims it.
     for _ in 0..3 {
-        let claim = Claim {
-            user_id,
-            key: key.0.clone(),
-            token: Uuid::new_v4(),
-        };
+        let claim = Claim { user_id, key: key.0.clone(), token: Uuid::new_v4() };
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (user_id, key, request_method, request_path, request_hash, claim_token)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -184,11 +177,7 @@ pub async fn begin(
     Err(AppError::IdempotencyKeyInUse)
 }
 
-async fn find(
-    conn: &mut PgConnection,
-    user_id: i64,
-    key: &str,
-) -> Result<Option<KeyRow>, sqlx::Error> {
+async fn find(conn: &mut PgConnection, user_id: i64, key: &str) -> Result<Option<KeyRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT request_method, request_path, request_hash, claim_token,
                 claimed_at < now() - make_interval(secs => $3) AS stale, response_status, response_body
@@ -201,11 +190,7 @@ async fn find(
     .await
 }
 
-async fn take_over(
-    conn: &mut PgConnection,
-    claim: &Claim,
-    stale_token: Uuid,
-) -> Result<bool, sqlx::Error> {
+async fn take_over(conn: &mut PgConnection, claim: &Claim, stale_token: Uuid) -> Result<bool, sqlx::Error> {
     let taken = sqlx::query(
         "UPDATE idempotency_keys SET claim_token = $3, claimed_at = now()
          WHERE user_id = $1 AND key = $2 AND claim_token = $4 AND response_status IS NULL",
@@ -240,14 +225,12 @@ impl Claim {
     pub async fn settle(self, db: &PgPool, error: &AppError) -> Result<(), AppError> {
         let mut conn = db.acquire().await?;
         if error.is_transient() {
-            sqlx::query(
-                "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND claim_token = $3",
-            )
-            .bind(self.user_id)
-            .bind(&self.key)
-            .bind(self.token)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND claim_token = $3")
+                .bind(self.user_id)
+                .bind(&self.key)
+                .bind(self.token)
+                .execute(&mut *conn)
+                .await?;
         } else {
             let body = serde_json::to_value(error.problem()).map_err(AppError::internal)?;
             // Nothing to roll back: the failed operation changed nothing.
@@ -256,12 +239,7 @@ impl Claim {
         Ok(())
     }
 
-    async fn store(
-        &self,
-        conn: &mut PgConnection,
-        status: StatusCode,
-        body: &Value,
-    ) -> Result<(), AppError> {
+    async fn store(&self, conn: &mut PgConnection, status: StatusCode, body: &Value) -> Result<(), AppError> {
         let stored = sqlx::query(
             "UPDATE idempotency_keys SET response_status = $4, response_body = $5
              WHERE user_id = $1 AND key = $2 AND claim_token = $3 AND response_status IS NULL",
@@ -276,9 +254,7 @@ impl Claim {
         if stored.rows_affected() == 1 {
             Ok(())
         } else {
-            Err(AppError::ConcurrencyConflict(
-                "the Idempotency-Key was taken over by a retry",
-            ))
+            Err(AppError::ConcurrencyConflict("the Idempotency-Key was taken over by a retry"))
         }
     }
 }
@@ -286,12 +262,10 @@ impl Claim {
 /// Deletes keys past their retention; run periodically by every instance
 /// (concurrent runs only delete the same rows).
 pub async fn purge_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
-    let purged = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
-    )
-    .bind(RETENTION.as_secs_f64())
-    .execute(db)
-    .await?;
+    let purged = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)")
+        .bind(RETENTION.as_secs_f64())
+        .execute(db)
+        .await?;
     Ok(purged.rows_affected())
 }
 
@@ -311,8 +285,7 @@ mod tests {
 
     #[test]
     fn json_equal_bodies_share_a_fingerprint() {
-        let a: Value =
-            serde_json::from_str(r#"{"amount": 1000, "meta": {"b": 1, "a": [1, 2]}}"#).unwrap();
+        let a: Value = serde_json::from_str(r#"{"amount": 1000, "meta": {"b": 1, "a": [1, 2]}}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"meta":{"a":[1,2],"b":1},"amount":1000}"#).unwrap();
         let c: Value = serde_json::from_str(r#"{"amount": 2000}"#).unwrap();
         let print = |v: &Value| Fingerprint::new(&Method::POST, "/api/x", v).body_hash;

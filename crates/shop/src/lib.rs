@@ -14,6 +14,8 @@
 //! - [`auth`]: password hashes and tokens.
 //! - [`seed`]: the admin account and demo data.
 //! - [`coupon_types`]: campaigns by code, cached.
+//! - [`orders`], [`payments`]: placing, paying, cancelling and expiring orders.
+//! - [`top_sellers`]: the best sellers of recent days, from Redis, rebuilt from PostgreSQL.
 
 pub mod auth;
 pub mod config;
@@ -22,7 +24,10 @@ pub mod domain;
 pub mod http;
 pub mod idempotency;
 pub mod lock;
+pub mod orders;
+pub mod payments;
 pub mod seed;
 pub mod startup;
 pub mod storage;
 pub mod strategy;
+pub mod top_sellers;

@@ -103,22 +103,12 @@ pub struct LeaseLocks {
 
 impl LeaseLocks {
     pub fn new(redis: ConnectionManager, prefix: &str, lease: Duration, wait: Duration) -> Self {
-        Self {
-            redis,
-            prefix: prefix.to_owned(),
-            lease,
-            wait,
-            local: LocalQueues::default(),
-        }
+        Self { redis, prefix: prefix.to_owned(), lease, wait, local: LocalQueues::default() }
     }
 
     /// Waits for the lock on `resource` until the configured deadline, or
     /// until the flag `give_up_on` (see [`LeaseLocks::raise_flag`]) is raised.
-    pub async fn acquire(
-        &self,
-        resource: &str,
-        give_up_on: Option<&str>,
-    ) -> Result<Lease, LockError> {
+    pub async fn acquire(&self, resource: &str, give_up_on: Option<&str>) -> Result<Lease, LockError> {
         let key = format!("{}lock:{resource}", self.prefix);
         let fence_key = self.fence_key(resource);
         let token = Uuid::new_v4().to_string();
@@ -138,22 +128,9 @@ impl LeaseLocks {
                 return Err(LockError::GaveUp);
             }
             if let Some(fence) = fence {
-                metrics::histogram!("shop_lock_wait_seconds", "lock" => "redis")
-                    .record(started.elapsed());
-                let keep_alive = tokio::spawn(keep_alive(
-                    redis.clone(),
-                    key.clone(),
-                    token.clone(),
-                    self.lease,
-                ));
-                return Ok(Lease {
-                    redis,
-                    key,
-                    token,
-                    fence,
-                    keep_alive: keep_alive.abort_handle(),
-                    turn,
-                });
+                metrics::histogram!("shop_lock_wait_seconds", "lock" => "redis").record(started.elapsed());
+                let keep_alive = tokio::spawn(keep_alive(redis.clone(), key.clone(), token.clone(), self.lease));
+                return Ok(Lease { redis, key, token, fence, keep_alive: keep_alive.abort_handle(), turn });
             }
             let now = Instant::now();
             if now >= deadline {
@@ -169,25 +146,13 @@ impl LeaseLocks {
     /// local holder that stalls past its lease must not hold up the others
     /// (its lease is gone, and the fencing token guards its write), so after
     /// one lease length a waiter goes on to poll Redis without its turn.
-    async fn local_turn(
-        &self,
-        resource: &str,
-        deadline: Instant,
-    ) -> Result<Option<LocalTurn>, LockError> {
-        let queue = self
-            .local
-            .lock()
-            .expect("not poisoned")
-            .entry(resource.to_owned())
-            .or_default()
-            .clone();
+    async fn local_turn(&self, resource: &str, deadline: Instant) -> Result<Option<LocalTurn>, LockError> {
+        let queue = self.local.lock().expect("not poisoned").entry(resource.to_owned()).or_default().clone();
         let patience = deadline.min(Instant::now() + self.lease);
         match tokio::time::timeout_at(patience.into(), queue.lock_owned()).await {
-            Ok(guard) => Ok(Some(LocalTurn {
-                queues: self.local.clone(),
-                resource: resource.to_owned(),
-                guard: Some(guard),
-            })),
+            Ok(guard) => {
+                Ok(Some(LocalTurn { queues: self.local.clone(), resource: resource.to_owned(), guard: Some(guard) }))
+            }
             Err(_) if Instant::now() < deadline => Ok(None),
             Err(_) => Err(LockError::Timeout),
         }
@@ -207,11 +172,7 @@ impl LeaseLocks {
     /// Raises a flag that makes waiters acquiring with it give up. Flags
     /// record facts that stay true (a campaign sold out), so they never expire.
     pub async fn raise_flag(&self, flag: &str) -> Result<(), redis::RedisError> {
-        redis::cmd("SET")
-            .arg(self.flag_key(flag))
-            .arg(1)
-            .query_async(&mut self.redis.clone())
-            .await
+        redis::cmd("SET").arg(self.flag_key(flag)).arg(1).query_async(&mut self.redis.clone()).await
     }
 
     fn flag_key(&self, flag: &str) -> String {
@@ -249,10 +210,7 @@ impl Drop for LocalTurn {
         let mut queues = self.queues.lock().expect("not poisoned");
         // Clones are only made under this lock, so a count of one (the map's)
         // means no local request waits for the resource any more.
-        if queues
-            .get(&self.resource)
-            .is_some_and(|queue| Arc::strong_count(queue) == 1)
-        {
+        if queues.get(&self.resource).is_some_and(|queue| Arc::strong_count(queue) == 1) {
             queues.remove(&self.resource);
         }
     }
@@ -266,11 +224,7 @@ impl Lease {
 
     pub async fn release(mut self) -> Result<(), redis::RedisError> {
         self.keep_alive.abort();
-        let released = RELEASE
-            .key(&self.key)
-            .arg(&self.token)
-            .invoke_async::<i64>(&mut self.redis)
-            .await;
+        let released = RELEASE.key(&self.key).arg(&self.token).invoke_async::<i64>(&mut self.redis).await;
         drop(self.turn.take());
         released.map(drop)
     }
@@ -288,12 +242,7 @@ async fn keep_alive(mut redis: ConnectionManager, key: String, token: String, le
         tokio::time::sleep(lease / 3).await;
         // Tests cut a holder off from Redis here to let its lease run out.
         fail::fail_point!("lock::renew", |_| ());
-        let renewed = RENEW
-            .key(&key)
-            .arg(&token)
-            .arg(lease.as_millis() as u64)
-            .invoke_async::<i64>(&mut redis)
-            .await;
+        let renewed = RENEW.key(&key).arg(&token).arg(lease.as_millis() as u64).invoke_async::<i64>(&mut redis).await;
         match renewed {
             Ok(1) => {}
             Ok(_) => {

@@ -9,21 +9,14 @@ use crate::domain::user::{Email, Password, Role};
 use crate::storage::users;
 
 /// Makes sure `email` can log in as admin with `password`.
-pub async fn ensure_admin(
-    db: &PgPool,
-    passwords: &PasswordHasher,
-    email: &str,
-    password: &str,
-) -> anyhow::Result<()> {
+pub async fn ensure_admin(db: &PgPool, passwords: &PasswordHasher, email: &str, password: &str) -> anyhow::Result<()> {
     let email = Email::parse(email).context("ADMIN_EMAIL")?;
     let password = Password::parse(password.to_owned()).context("ADMIN_PASSWORD")?;
     let mut conn = db.acquire().await?;
     match users::find_by_email(&mut conn, email.as_str()).await? {
         Some(user) => {
-            let current = user.role() == Role::Admin
-                && passwords
-                    .verify(password.expose(), Some(&user.password_hash))
-                    .await?;
+            let current =
+                user.role() == Role::Admin && passwords.verify(password.expose(), Some(&user.password_hash)).await?;
             if !current {
                 let hash = passwords.hash(password.expose()).await?;
                 users::promote_to_admin(&mut conn, user.id, &hash).await?;
@@ -62,14 +55,11 @@ const DEMO_COUPON_TYPES: [(&str, &str, i64, i64, i64); 4] = [
 pub async fn seed_demo_data(db: &PgPool) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
     // Instances starting together seed once: the second waits, then sees data.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shop:seed-demo-data'))")
-        .execute(&mut *tx)
-        .await?;
-    let empty: bool = sqlx::query_scalar(
-        "SELECT NOT EXISTS (SELECT 1 FROM products) AND NOT EXISTS (SELECT 1 FROM coupon_types)",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shop:seed-demo-data'))").execute(&mut *tx).await?;
+    let empty: bool =
+        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM products) AND NOT EXISTS (SELECT 1 FROM coupon_types)")
+            .fetch_one(&mut *tx)
+            .await?;
     if !empty {
         return Ok(false);
     }

@@ -18,16 +18,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{PasswordHasher, Tokens};
-use crate::config::{Config, CouponStrategyKind, DatabaseConfig, PointsStrategyKind};
+use crate::config::{Config, CouponStrategyKind, DatabaseConfig, PointsStrategyKind, StockStrategyKind};
 use crate::coupon_types::CouponTypes;
 use crate::domain::points::ChargeLimits;
 use crate::http::{self, AppState, Shared};
 use crate::lock::LeaseLocks;
 use crate::strategy::coupons::{CouponGate, CouponStrategy};
 use crate::strategy::points::PointsStrategy;
-use crate::{idempotency, seed};
+use crate::strategy::stock::{StockGate, StockStrategy};
+use crate::top_sellers::TopSellers;
+use crate::{idempotency, orders, seed};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Orders expired per transaction by the sweeper.
+const EXPIRY_BATCH: i64 = 100;
 /// How often each instance deletes expired idempotency keys.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -48,11 +52,7 @@ impl Server {
         seed::ensure_admin(&db, &passwords, &config.admin_email, &config.admin_password)
             .await
             .context("cannot ensure the admin account")?;
-        if config.seed_demo_data
-            && seed::seed_demo_data(&db)
-                .await
-                .context("cannot seed demo data")?
-        {
+        if config.seed_demo_data && seed::seed_demo_data(&db).await.context("cannot seed demo data")? {
             tracing::info!("seeded demo products and coupon types");
         }
         let secret = match &config.jwt_secret {
@@ -71,19 +71,19 @@ impl Server {
             config.locks.redis_lock_wait(),
         );
         let points = match config.points_strategy {
-            PointsStrategyKind::Optimistic => PointsStrategy::Optimistic {
-                max_retries: config.locks.optimistic_max_retries,
-            },
-            PointsStrategyKind::Pessimistic => PointsStrategy::Pessimistic {
-                lock_timeout: config.locks.db_lock_timeout(),
-            },
+            PointsStrategyKind::Optimistic => {
+                PointsStrategy::Optimistic { max_retries: config.locks.optimistic_max_retries }
+            }
+            PointsStrategyKind::Pessimistic => {
+                PointsStrategy::Pessimistic { lock_timeout: config.locks.db_lock_timeout() }
+            }
             PointsStrategyKind::Atomic => PointsStrategy::Atomic,
             PointsStrategyKind::RedisLock => PointsStrategy::RedisLock(locks.clone()),
         };
         let coupons = match config.coupon_strategy {
-            CouponStrategyKind::Pessimistic => CouponStrategy::Pessimistic {
-                lock_timeout: config.locks.db_lock_timeout(),
-            },
+            CouponStrategyKind::Pessimistic => {
+                CouponStrategy::Pessimistic { lock_timeout: config.locks.db_lock_timeout() }
+            }
             CouponStrategyKind::Atomic => CouponStrategy::Atomic,
             CouponStrategyKind::RedisLock => CouponStrategy::RedisLock(locks.clone()),
             CouponStrategyKind::RedisGate => CouponStrategy::RedisGate(CouponGate::new(
@@ -92,14 +92,32 @@ impl Server {
                 config.locks.gate_reconcile_after(),
             )),
         };
+        let stock = match config.stock_strategy {
+            StockStrategyKind::Optimistic => {
+                StockStrategy::Optimistic { max_retries: config.locks.optimistic_max_retries }
+            }
+            StockStrategyKind::Pessimistic => {
+                StockStrategy::Pessimistic { lock_timeout: config.locks.db_lock_timeout() }
+            }
+            StockStrategyKind::Atomic => StockStrategy::Atomic,
+            StockStrategyKind::RedisLock => StockStrategy::RedisLock(locks.clone()),
+            StockStrategyKind::RedisGate => StockStrategy::RedisGate(StockGate::new(
+                redis.clone(),
+                &config.redis_key_prefix,
+                config.locks.gate_reconcile_after(),
+            )),
+        };
         let state = AppState::new(Shared {
             db,
-            redis,
+            redis: redis.clone(),
             tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs)),
             passwords,
             points,
             coupons,
             coupon_types: CouponTypes::default(),
+            stock,
+            top_sellers: TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone),
+            order_payment_timeout_secs: config.order_payment_timeout_secs as i64,
             charge_limits: ChargeLimits {
                 daily: config.points_daily_charge_limit,
                 monthly: config.points_monthly_charge_limit,
@@ -110,40 +128,60 @@ impl Server {
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
-        Ok(Self {
-            listener,
-            router: http::router(state.clone()),
-            state,
-        })
+        Ok(Self { listener, router: http::router(state.clone()), state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` completes, then stops taking connections and
     /// lets requests in flight finish.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
-        let mut background = vec![tokio::spawn(purge_idempotency_keys(
-            self.state.clone(),
-            stop.clone(),
-        ))];
-        if let CouponStrategy::RedisGate(gate) = &self.state.coupons {
-            background.push(tokio::spawn(reconcile_coupon_gate(
-                self.state.clone(),
-                gate.clone(),
+        let state = &self.state;
+        let mut background = vec![
+            tokio::spawn(every_while(PURGE_INTERVAL, stop.clone(), "purge idempotency keys", {
+                let state = state.clone();
+                move || {
+                    let state = state.clone();
+                    async move { idempotency::purge_expired(&state.db).await.map(drop).map_err(Into::into) }
+                }
+            })),
+            tokio::spawn(expire_overdue_orders(state.clone(), stop.clone())),
+        ];
+        if let CouponStrategy::RedisGate(gate) = &state.coupons {
+            background.push(tokio::spawn(every_while(
+                gate.reconcile_every(),
                 stop.clone(),
+                "reconcile the coupon gate",
+                {
+                    let (state, gate) = (state.clone(), gate.clone());
+                    move || {
+                        let (state, gate) = (state.clone(), gate.clone());
+                        async move { gate.reconcile(&state.db).await }
+                    }
+                },
+            )));
+        }
+        if let StockStrategy::RedisGate(gate) = &state.stock {
+            background.push(tokio::spawn(every_while(
+                gate.reconcile_every(),
+                stop.clone(),
+                "reconcile the stock gate",
+                {
+                    let (state, gate) = (state.clone(), gate.clone());
+                    move || {
+                        let (state, gate) = (state.clone(), gate.clone());
+                        async move { gate.reconcile(&state.db).await }
+                    }
+                },
             )));
         }
         tracing::info!(
             strategy.points = ?self.state.points.kind(),
             strategy.coupons = ?self.state.coupons.kind(),
+            strategy.stock = ?self.state.stock.kind(),
             "listening on http://{}",
             self.local_addr()
         );
@@ -162,8 +200,7 @@ impl Server {
 
 /// Creates the database if missing, connects and migrates.
 pub async fn connect_database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(&config.database_url)
-        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    let options = PgConnectOptions::from_str(&config.database_url).context("DATABASE_URL is not a PostgreSQL URL")?;
     let place = format!(
         "PostgreSQL at {}:{} (database {})",
         options.get_host(),
@@ -183,10 +220,7 @@ pub async fn connect_database(config: &DatabaseConfig) -> anyhow::Result<PgPool>
         .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_TIMEOUT:?}"))
         .and_then(|reached| reached.map_err(anyhow::Error::from))
         .with_context(|| format!("cannot reach {place}"))?;
-    MIGRATOR
-        .run(&db)
-        .await
-        .with_context(|| format!("cannot migrate {place}"))?;
+    MIGRATOR.run(&db).await.with_context(|| format!("cannot migrate {place}"))?;
     Ok(db)
 }
 
@@ -196,9 +230,7 @@ async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
     }
     match Postgres::create_database(url).await {
         // Another instance created it between the check and the create.
-        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {
-            Ok(())
-        }
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => Ok(()),
         other => other,
     }
 }
@@ -224,9 +256,7 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
 fn redacted(url: &str) -> String {
     match url.split_once('@') {
         Some((credentials, rest)) => {
-            let scheme = credentials
-                .split_once("://")
-                .map_or("", |(scheme, _)| scheme);
+            let scheme = credentials.split_once("://").map_or("", |(scheme, _)| scheme);
             format!("{scheme}://***@{rest}")
         }
         None => url.to_owned(),
@@ -243,9 +273,7 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
-            &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ],
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
         )?
         .install_recorder()
         .or_else(|error| HANDLE.get().cloned().ok_or(error))
@@ -253,30 +281,38 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-async fn purge_idempotency_keys(state: AppState, stop: CancellationToken) {
-    let mut every = tokio::time::interval(PURGE_INTERVAL);
+/// Runs `task` every `period` until `stop`; failures are logged and retried
+/// at the next tick.
+async fn every_while<F, Fut>(period: Duration, stop: CancellationToken, what: &'static str, task: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), crate::http::error::AppError>>,
+{
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = every.tick() => match idempotency::purge_expired(&state.db).await {
-                Ok(0) => {}
-                Ok(purged) => tracing::info!(purged, "purged expired idempotency keys"),
-                Err(error) => tracing::warn!(%error, "could not purge idempotency keys"),
+            _ = every.tick() => if let Err(error) = task().await {
+                tracing::warn!(%error, "could not {what}");
             },
         }
     }
 }
 
-async fn reconcile_coupon_gate(state: AppState, gate: CouponGate, stop: CancellationToken) {
-    let mut every = tokio::time::interval(gate.reconcile_every());
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = every.tick() => if let Err(error) = gate.reconcile(&state.db).await {
-                tracing::warn!(%error, "could not reconcile the coupon gate");
-            },
+/// Expires overdue PENDING orders; safe on many instances at once, as each
+/// skips the orders another is expiring.
+async fn expire_overdue_orders(state: AppState, stop: CancellationToken) {
+    // Often enough that an order is released soon after its timeout.
+    let period = Duration::from_secs((state.order_payment_timeout_secs as u64 / 10).clamp(1, 10));
+    every_while(period, stop, "expire overdue orders", move || {
+        let state = state.clone();
+        async move {
+            while orders::expire_overdue(&state.db, &state.stock, EXPIRY_BATCH).await? == EXPIRY_BATCH as usize {}
+            Ok(())
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -285,10 +321,7 @@ mod tests {
 
     #[test]
     fn redacts_credentials() {
-        assert_eq!(
-            redacted("redis://:hunter2@cache:6379"),
-            "redis://***@cache:6379"
-        );
+        assert_eq!(redacted("redis://:hunter2@cache:6379"), "redis://***@cache:6379");
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

@@ -18,9 +18,7 @@ pub struct PasswordHasher {
 impl PasswordHasher {
     pub fn new(memory_kib: u32, iterations: u32) -> anyhow::Result<Self> {
         let params = Params::new(memory_kib, iterations, 1, None).map_err(|e| {
-            anyhow::anyhow!(
-                "invalid argon2 cost (memory {memory_kib} KiB, {iterations} iterations): {e}"
-            )
+            anyhow::anyhow!("invalid argon2 cost (memory {memory_kib} KiB, {iterations} iterations): {e}")
         })?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let decoy_hash = argon2
@@ -49,8 +47,8 @@ impl PasswordHasher {
         let hash = hash.unwrap_or(&self.decoy_hash).to_owned();
         let (argon2, password) = (self.argon2.clone(), password.to_owned());
         let matches = tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&hash)
-                .map_err(|e| anyhow::anyhow!("stored hash is not a PHC string: {e}"))?;
+            let parsed =
+                PasswordHash::new(&hash).map_err(|e| anyhow::anyhow!("stored hash is not a PHC string: {e}"))?;
             Ok::<_, anyhow::Error>(argon2.verify_password(password.as_bytes(), &parsed).is_ok())
         })
         .await

@@ -59,14 +59,8 @@ impl KeyPair {
             TokenKind::Access => b"shop access token\0",
             TokenKind::Refresh => b"shop refresh token\0",
         };
-        let key = Sha256::new()
-            .chain_update(label)
-            .chain_update(secret)
-            .finalize();
-        Self {
-            encoding: EncodingKey::from_secret(&key),
-            decoding: DecodingKey::from_secret(&key),
-        }
+        let key = Sha256::new().chain_update(label).chain_update(secret).finalize();
+        Self { encoding: EncodingKey::from_secret(&key), decoding: DecodingKey::from_secret(&key) }
     }
 }
 
@@ -104,17 +98,12 @@ impl Tokens {
     /// malformed, forged, expired or of the other kind.
     pub fn verify(&self, token: &str, kind: TokenKind) -> Option<Caller> {
         let keys = self.keys(kind);
-        let claims = jsonwebtoken::decode::<Claims>(token, &keys.decoding, &self.validation)
-            .ok()?
-            .claims;
+        let claims = jsonwebtoken::decode::<Claims>(token, &keys.decoding, &self.validation).ok()?.claims;
         if claims.typ != kind {
             return None;
         }
         let user_id = claims.sub.parse().ok().filter(|id: &i64| *id > 0)?;
-        Some(Caller {
-            user_id,
-            role: claims.role,
-        })
+        Some(Caller { user_id, role: claims.role })
     }
 
     fn sign(
@@ -131,11 +120,7 @@ impl Tokens {
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
         };
-        Ok(jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.keys(kind).encoding,
-        )?)
+        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.keys(kind).encoding)?)
     }
 
     fn keys(&self, kind: TokenKind) -> &KeyPair {
@@ -150,32 +135,21 @@ impl Tokens {
 mod tests {
     use super::*;
 
-    const ALICE: Caller = Caller {
-        user_id: 7,
-        role: Role::User,
-    };
+    const ALICE: Caller = Caller { user_id: 7, role: Role::User };
 
     #[test]
     fn each_token_works_only_as_its_kind() {
         let tokens = Tokens::new(b"secret", Duration::from_secs(60));
         let pair = tokens.issue(ALICE).unwrap();
-        assert_eq!(
-            tokens.verify(&pair.access_token, TokenKind::Access),
-            Some(ALICE)
-        );
-        assert_eq!(
-            tokens.verify(&pair.refresh_token, TokenKind::Refresh),
-            Some(ALICE)
-        );
+        assert_eq!(tokens.verify(&pair.access_token, TokenKind::Access), Some(ALICE));
+        assert_eq!(tokens.verify(&pair.refresh_token, TokenKind::Refresh), Some(ALICE));
         assert_eq!(tokens.verify(&pair.access_token, TokenKind::Refresh), None);
         assert_eq!(tokens.verify(&pair.refresh_token, TokenKind::Access), None);
     }
 
     #[test]
     fn rejects_other_secrets_and_garbage() {
-        let pair = Tokens::new(b"secret", Duration::from_secs(60))
-            .issue(ALICE)
-            .unwrap();
+        let pair = Tokens::new(b"secret", Duration::from_secs(60)).issue(ALICE).unwrap();
         let other = Tokens::new(b"another secret", Duration::from_secs(60));
         assert_eq!(other.verify(&pair.access_token, TokenKind::Access), None);
         assert_eq!(other.verify("not.a.token", TokenKind::Access), None);

@@ -14,14 +14,9 @@ pub struct CouponCode(String);
 impl CouponCode {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         let valid = (1..=64).contains(&raw.len())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            && raw.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
         if !valid {
-            return Err(ValidationError::new(
-                "couponType",
-                "must match ^[A-Z0-9_]{1,64}$",
-            ));
+            return Err(ValidationError::new("couponType", "must match ^[A-Z0-9_]{1,64}$"));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -77,36 +72,21 @@ impl CouponTerms {
             CouponKind::Fixed => (1..=1_000_000).contains(&self.value),
         };
         if !value_ok {
-            return Err(ValidationError::new(
-                "value",
-                "must be 1–100 for PERCENT and 1–1,000,000 for FIXED",
-            ));
+            return Err(ValidationError::new("value", "must be 1–100 for PERCENT and 1–1,000,000 for FIXED"));
         }
         if !(0..=100_000_000).contains(&self.min_order_amount) {
-            return Err(ValidationError::new(
-                "minOrderAmount",
-                "must be between 0 and 100,000,000",
-            ));
+            return Err(ValidationError::new("minOrderAmount", "must be between 0 and 100,000,000"));
         }
         if !(1..=10_000_000).contains(&self.total_quantity) {
-            return Err(ValidationError::new(
-                "totalQuantity",
-                "must be between 1 and 10,000,000",
-            ));
+            return Err(ValidationError::new("totalQuantity", "must be between 1 and 10,000,000"));
         }
         if !(1..=365).contains(&self.valid_days) {
-            return Err(ValidationError::new(
-                "validDays",
-                "must be between 1 and 365",
-            ));
+            return Err(ValidationError::new("validDays", "must be between 1 and 365"));
         }
         if let (Some(starts), Some(ends)) = (self.issue_starts_at, self.issue_ends_at)
             && starts >= ends
         {
-            return Err(ValidationError::new(
-                "issueEndsAt",
-                "must be after issueStartsAt",
-            ));
+            return Err(ValidationError::new("issueEndsAt", "must be after issueStartsAt"));
         }
         Ok(self)
     }
@@ -135,11 +115,7 @@ impl CouponType {
     pub fn check_window(&self, now: DateTime<Utc>) -> Result<(), NotOpen> {
         let started = self.issue_starts_at.is_none_or(|starts| now >= starts);
         let not_ended = self.issue_ends_at.is_none_or(|ends| now < ends);
-        if started && not_ended {
-            Ok(())
-        } else {
-            Err(NotOpen)
-        }
+        if started && not_ended { Ok(()) } else { Err(NotOpen) }
     }
 }
 
@@ -325,18 +301,9 @@ mod tests {
     fn expired_is_an_available_coupon_past_its_expiry() {
         let now = Utc::now();
         let past = now - Duration::seconds(1);
-        assert_eq!(
-            CouponStatus::of("AVAILABLE", past, now),
-            CouponStatus::Expired
-        );
-        assert_eq!(
-            CouponStatus::of("AVAILABLE", now + Duration::days(1), now),
-            CouponStatus::Available
-        );
+        assert_eq!(CouponStatus::of("AVAILABLE", past, now), CouponStatus::Expired);
+        assert_eq!(CouponStatus::of("AVAILABLE", now + Duration::days(1), now), CouponStatus::Available);
         assert_eq!(CouponStatus::of("USED", past, now), CouponStatus::Used);
-        assert_eq!(
-            CouponStatus::of("RESERVED", past, now),
-            CouponStatus::Reserved
-        );
+        assert_eq!(CouponStatus::of("RESERVED", past, now), CouponStatus::Reserved);
     }
 }

@@ -3,6 +3,7 @@
 //! handlers never sees invalid input.
 
 pub mod coupon;
+pub mod order;
 pub mod points;
 pub mod product;
 pub mod user;
@@ -17,10 +18,7 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
+        Self { field, reason: reason.into() }
     }
 }
 

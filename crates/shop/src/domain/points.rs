@@ -11,10 +11,7 @@ pub struct ChargeAmount(i64);
 impl ChargeAmount {
     pub fn parse(won: i64) -> Result<Self, ValidationError> {
         if !(1_000..=1_000_000).contains(&won) || won % 1_000 != 0 {
-            return Err(ValidationError::new(
-                "amount",
-                "must be a multiple of 1,000 between 1,000 and 1,000,000",
-            ));
+            return Err(ValidationError::new("amount", "must be a multiple of 1,000 between 1,000 and 1,000,000"));
         }
         Ok(Self(won))
     }
@@ -64,33 +61,16 @@ pub enum ChargeLimitExceeded {
 
 impl ChargeCounters {
     /// The counters after one more charge on `when`, or which limit forbids it.
-    pub fn after_charge(
-        self,
-        when: ChargeDay,
-        limits: ChargeLimits,
-    ) -> Result<Self, ChargeLimitExceeded> {
-        let on_day = if self.day == Some(when.day) {
-            self.on_day
-        } else {
-            0
-        };
-        let in_month = if self.month == Some(when.month) {
-            self.in_month
-        } else {
-            0
-        };
+    pub fn after_charge(self, when: ChargeDay, limits: ChargeLimits) -> Result<Self, ChargeLimitExceeded> {
+        let on_day = if self.day == Some(when.day) { self.on_day } else { 0 };
+        let in_month = if self.month == Some(when.month) { self.in_month } else { 0 };
         if limits.daily != 0 && on_day >= limits.daily as i32 {
             return Err(ChargeLimitExceeded::Daily(limits.daily));
         }
         if limits.monthly != 0 && in_month >= limits.monthly as i32 {
             return Err(ChargeLimitExceeded::Monthly(limits.monthly));
         }
-        Ok(Self {
-            day: Some(when.day),
-            on_day: on_day + 1,
-            month: Some(when.month),
-            in_month: in_month + 1,
-        })
+        Ok(Self { day: Some(when.day), on_day: on_day + 1, month: Some(when.month), in_month: in_month + 1 })
     }
 }
 
@@ -138,10 +118,7 @@ mod tests {
         ChargeDay::new(NaiveDate::from_ymd_opt(y, m, d).unwrap())
     }
 
-    const LIMITS: ChargeLimits = ChargeLimits {
-        daily: 3,
-        monthly: 10,
-    };
+    const LIMITS: ChargeLimits = ChargeLimits { daily: 3, monthly: 10 };
 
     #[test]
     fn amount_rule() {
@@ -159,10 +136,7 @@ mod tests {
         for _ in 0..3 {
             counters = counters.after_charge(day(2026, 11, 25), LIMITS).unwrap();
         }
-        assert_eq!(
-            counters.after_charge(day(2026, 11, 25), LIMITS),
-            Err(ChargeLimitExceeded::Daily(3))
-        );
+        assert_eq!(counters.after_charge(day(2026, 11, 25), LIMITS), Err(ChargeLimitExceeded::Daily(3)));
         let next_day = counters.after_charge(day(2026, 11, 26), LIMITS).unwrap();
         assert_eq!((next_day.on_day, next_day.in_month), (1, 4));
     }
@@ -173,20 +147,14 @@ mod tests {
         for d in 1..=10 {
             counters = counters.after_charge(day(2026, 11, d), LIMITS).unwrap();
         }
-        assert_eq!(
-            counters.after_charge(day(2026, 11, 30), LIMITS),
-            Err(ChargeLimitExceeded::Monthly(10))
-        );
+        assert_eq!(counters.after_charge(day(2026, 11, 30), LIMITS), Err(ChargeLimitExceeded::Monthly(10)));
         let december = counters.after_charge(day(2026, 12, 1), LIMITS).unwrap();
         assert_eq!((december.on_day, december.in_month), (1, 1));
     }
 
     #[test]
     fn zero_means_unlimited() {
-        let unlimited = ChargeLimits {
-            daily: 0,
-            monthly: 0,
-        };
+        let unlimited = ChargeLimits { daily: 0, monthly: 0 };
         let mut counters = ChargeCounters::default();
         for _ in 0..100 {
             counters = counters.after_charge(day(2026, 1, 31), unlimited).unwrap();

@@ -13,10 +13,7 @@ impl ProductName {
         let name = raw.trim();
         match char_len(name) {
             1..=100 => Ok(Self(name.to_owned())),
-            _ => Err(ValidationError::new(
-                "name",
-                "must be 1 to 100 characters after trimming",
-            )),
+            _ => Err(ValidationError::new("name", "must be 1 to 100 characters after trimming")),
         }
     }
 
@@ -33,10 +30,7 @@ impl Category {
         let category = raw.trim();
         match char_len(category) {
             1..=50 => Ok(Self(category.to_owned())),
-            _ => Err(ValidationError::new(
-                "category",
-                "must be 1 to 50 characters after trimming",
-            )),
+            _ => Err(ValidationError::new("category", "must be 1 to 50 characters after trimming")),
         }
     }
 
@@ -53,10 +47,7 @@ impl Price {
     pub fn parse(won: i64) -> Result<Self, ValidationError> {
         match won {
             1..=MAX_PRICE => Ok(Self(won)),
-            _ => Err(ValidationError::new(
-                "price",
-                "must be between 1 and 100,000,000 won",
-            )),
+            _ => Err(ValidationError::new("price", "must be between 1 and 100,000,000 won")),
         }
     }
 
@@ -73,10 +64,7 @@ impl Stock {
     pub fn parse(units: i64) -> Result<Self, ValidationError> {
         match units {
             0..=MAX_STOCK => Ok(Self(units)),
-            _ => Err(ValidationError::new(
-                "stock",
-                "must be between 0 and 1,000,000,000",
-            )),
+            _ => Err(ValidationError::new("stock", "must be between 0 and 1,000,000,000")),
         }
     }
 

@@ -15,10 +15,7 @@ impl Email {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         let email = raw.trim().to_lowercase();
         if char_len(&email) > Self::MAX_CHARS {
-            return Err(ValidationError::new(
-                "email",
-                "must be at most 254 characters",
-            ));
+            return Err(ValidationError::new("email", "must be at most 254 characters"));
         }
         email_address::EmailAddress::from_str(&email)
             .map_err(|e| ValidationError::new("email", format!("is not a valid address ({e})")))?;
@@ -37,10 +34,7 @@ impl Password {
     pub fn parse(raw: String) -> Result<Self, ValidationError> {
         match char_len(&raw) {
             8..=64 => Ok(Self(raw)),
-            _ => Err(ValidationError::new(
-                "password",
-                "must be 8 to 64 characters",
-            )),
+            _ => Err(ValidationError::new("password", "must be 8 to 64 characters")),
         }
     }
 
@@ -58,10 +52,7 @@ impl UserName {
         let name = raw.trim();
         match char_len(name) {
             1..=50 => Ok(Self(name.to_owned())),
-            _ => Err(ValidationError::new(
-                "name",
-                "must be 1 to 50 characters after trimming",
-            )),
+            _ => Err(ValidationError::new("name", "must be 1 to 50 characters after trimming")),
         }
     }
 
@@ -70,9 +61,7 @@ impl UserName {
     }
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
@@ -102,10 +91,7 @@ mod tests {
 
     #[test]
     fn email_is_trimmed_and_lower_cased() {
-        assert_eq!(
-            Email::parse("  Kim@Example.COM ").unwrap().as_str(),
-            "kim@example.com"
-        );
+        assert_eq!(Email::parse("  Kim@Example.COM ").unwrap().as_str(), "kim@example.com");
     }
 
     #[test]

@@ -75,26 +75,13 @@ pub async fn register(
     let password = Password::parse(request.password)?;
     let name = UserName::parse(&request.name)?;
     // Spares a hash for the common case; the unique constraint decides races.
-    if users::find_by_email(&mut *state.db.acquire().await?, email.as_str())
-        .await?
-        .is_some()
-    {
+    if users::find_by_email(&mut *state.db.acquire().await?, email.as_str()).await?.is_some() {
         return Err(AppError::EmailTaken);
     }
-    let hash = state
-        .passwords
-        .hash(password.expose())
+    let hash = state.passwords.hash(password.expose()).await.map_err(AppError::Internal)?;
+    let user = users::insert(&mut *state.db.acquire().await?, email.as_str(), name.as_str(), &hash, Role::User)
         .await
-        .map_err(AppError::Internal)?;
-    let user = users::insert(
-        &mut *state.db.acquire().await?,
-        email.as_str(),
-        name.as_str(),
-        &hash,
-        Role::User,
-    )
-    .await
-    .on_constraint("users_email_key", || AppError::EmailTaken)?;
+        .on_constraint("users_email_key", || AppError::EmailTaken)?;
     Ok((StatusCode::CREATED, Json(signed_in(&state, user)?)))
 }
 
@@ -111,12 +98,7 @@ pub async fn login(
     let email = request.email.trim().to_lowercase();
     let user = users::find_by_email(&mut *state.db.acquire().await?, &email).await?;
     let hash = user.as_ref().map(|user| user.password_hash.as_str());
-    if !state
-        .passwords
-        .verify(&request.password, hash)
-        .await
-        .map_err(AppError::Internal)?
-    {
+    if !state.passwords.verify(&request.password, hash).await.map_err(AppError::Internal)? {
         return Err(AppError::InvalidCredentials);
     }
     let user = user.ok_or(AppError::InvalidCredentials)?;
@@ -136,9 +118,7 @@ pub async fn refresh(
     let caller = state
         .tokens
         .verify(&request.refresh_token, TokenKind::Refresh)
-        .ok_or(AppError::Unauthenticated(
-            "the refresh token is invalid or expired",
-        ))?;
+        .ok_or(AppError::Unauthenticated("the refresh token is invalid or expired"))?;
     // The account's current role goes into the new tokens.
     let user = users::find(&mut *state.db.acquire().await?, caller.user_id)
         .await?
@@ -164,13 +144,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me
 
 fn signed_in(state: &AppState, user: UserRow) -> Result<AuthResponse, AppError> {
     let role = user.role();
-    let tokens = state
-        .tokens
-        .issue(Caller {
-            user_id: user.id,
-            role,
-        })
-        .map_err(AppError::Internal)?;
+    let tokens = state.tokens.issue(Caller { user_id: user.id, role }).map_err(AppError::Internal)?;
     Ok(AuthResponse {
         user_id: user.id,
         email: user.email,

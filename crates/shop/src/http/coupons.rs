@@ -13,8 +13,7 @@ use super::error::{AppError, Problem, ResultExt};
 use super::extract::{IdempotencyHeader, Json, PathId, PathText, decode};
 use crate::auth::Caller;
 use crate::domain::coupon::{
-    CouponCode, CouponFace, CouponKind, CouponStatus, CouponTerms, CouponType, CouponView,
-    IssuedCoupon,
+    CouponCode, CouponFace, CouponKind, CouponStatus, CouponTerms, CouponType, CouponView, IssuedCoupon,
 };
 use crate::storage::{coupons, users};
 
@@ -97,16 +96,9 @@ pub struct IssueRequest {
 /// Every campaign, with what is left of it.
 #[utoipa::path(get, path = "/api/coupon-types", tag = "coupons",
     responses((status = 200, body = Vec<CouponTypeView>)))]
-pub async fn list_types(
-    State(state): State<AppState>,
-) -> Result<Json<Vec<CouponTypeView>>, AppError> {
+pub async fn list_types(State(state): State<AppState>) -> Result<Json<Vec<CouponTypeView>>, AppError> {
     let types = coupons::types_with_counts(&mut *state.db.acquire().await?).await?;
-    Ok(Json(
-        types
-            .into_iter()
-            .map(|t| CouponTypeView::new(t.coupon_type, t.issued))
-            .collect(),
-    ))
+    Ok(Json(types.into_iter().map(|t| CouponTypeView::new(t.coupon_type, t.issued)).collect()))
 }
 
 /// How many of a campaign are issued and left.
@@ -161,9 +153,7 @@ pub async fn create_type(
     caller.require_admin()?;
     let created = coupons::insert_type(&mut *state.db.acquire().await?, &terms)
         .await
-        .on_constraint("coupon_types_code_key", || {
-            AppError::Conflict("a coupon type with this code exists".into())
-        })?;
+        .on_constraint("coupon_types_code_key", || AppError::Conflict("a coupon type with this code exists".into()))?;
     Ok((StatusCode::CREATED, Json(CouponTypeView::new(created, 0))))
 }
 
@@ -193,10 +183,7 @@ pub async fn issue(
     idempotency
         .run(&state, caller, &body, async |claim| {
             let coupon_type = find_type(&state, &code).await?;
-            let coupon = state
-                .coupons
-                .issue(&state.db, &coupon_type, caller.user_id, claim)
-                .await?;
+            let coupon = state.coupons.issue(&state.db, &coupon_type, caller.user_id, claim).await?;
             Ok((StatusCode::CREATED, Json(coupon)))
         })
         .await
@@ -265,10 +252,7 @@ pub async fn held_at_older_path(
     held(state, caller, user_id).await
 }
 
-async fn find_type(
-    state: &AppState,
-    code: &CouponCode,
-) -> Result<std::sync::Arc<CouponType>, AppError> {
+async fn find_type(state: &AppState, code: &CouponCode) -> Result<std::sync::Arc<CouponType>, AppError> {
     state
         .coupon_types
         .find(&state.db, code.as_str())

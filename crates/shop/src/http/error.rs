@@ -41,6 +41,20 @@ pub enum AppError {
     CouponSoldOut,
     #[error("you already hold a coupon of this type")]
     CouponAlreadyIssued,
+    #[error("not enough stock for every item; nothing was taken")]
+    OutOfStock,
+    #[error("{0}")]
+    CouponNotUsable(&'static str),
+    #[error("{0}")]
+    OrderNotCancellable(&'static str),
+    #[error("the order is {0}, not PENDING")]
+    OrderNotPayable(&'static str),
+    #[error("the order's payment time ran out")]
+    OrderExpired,
+    #[error("the balance is lower than the amount to pay")]
+    InsufficientPoints,
+    #[error("{0}")]
+    InvalidStateTransition(String),
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still running")]
@@ -97,6 +111,13 @@ impl AppError {
             | Self::CouponNotOpen
             | Self::CouponSoldOut
             | Self::CouponAlreadyIssued
+            | Self::OutOfStock
+            | Self::CouponNotUsable(_)
+            | Self::OrderNotCancellable(_)
+            | Self::OrderNotPayable(_)
+            | Self::OrderExpired
+            | Self::InsufficientPoints
+            | Self::InvalidStateTransition(_)
             | Self::IdempotencyKeyInUse
             | Self::ConcurrencyConflict(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,6 +140,13 @@ impl AppError {
             Self::CouponNotOpen => "COUPON_NOT_OPEN",
             Self::CouponSoldOut => "COUPON_SOLD_OUT",
             Self::CouponAlreadyIssued => "COUPON_ALREADY_ISSUED",
+            Self::OutOfStock => "OUT_OF_STOCK",
+            Self::CouponNotUsable(_) => "COUPON_NOT_USABLE",
+            Self::OrderNotCancellable(_) => "ORDER_NOT_CANCELLABLE",
+            Self::OrderNotPayable(_) => "ORDER_NOT_PAYABLE",
+            Self::OrderExpired => "ORDER_EXPIRED",
+            Self::InsufficientPoints => "INSUFFICIENT_POINTS",
+            Self::InvalidStateTransition(_) => "INVALID_STATE_TRANSITION",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
             Self::ConcurrencyConflict(_) => "CONCURRENCY_CONFLICT",
@@ -129,20 +157,14 @@ impl AppError {
     /// Whether a retry of the same request could get another answer; such
     /// answers are not stored under an Idempotency-Key (API.md).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::ConcurrencyConflict(_) | Self::IdempotencyKeyInUse | Self::Internal(_)
-        )
+        matches!(self, Self::ConcurrencyConflict(_) | Self::IdempotencyKeyInUse | Self::Internal(_))
     }
 
     pub fn problem(&self) -> Problem {
         let status = self.status();
         let code = self.code();
         Problem {
-            kind: format!(
-                "urn:shop:problem:{}",
-                code.to_ascii_lowercase().replace('_', "-")
-            ),
+            kind: format!("urn:shop:problem:{}", code.to_ascii_lowercase().replace('_', "-")),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: self.to_string(),
@@ -156,15 +178,10 @@ impl IntoResponse for AppError {
         let mut response = problem_response(self.status(), &self.problem());
         match self {
             Self::ConcurrencyConflict(_) => {
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(CONFLICT_RETRY_AFTER_SECS),
-                );
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(CONFLICT_RETRY_AFTER_SECS));
             }
             Self::Internal(error) => {
-                response
-                    .extensions_mut()
-                    .insert(InternalErrorReport(Arc::new(error)));
+                response.extensions_mut().insert(InternalErrorReport(Arc::new(error)));
             }
             _ => {}
         }
@@ -175,15 +192,7 @@ impl IntoResponse for AppError {
 /// A problem document as a response; also used to replay stored problems.
 pub fn problem_response(status: StatusCode, body: &impl Serialize) -> Response {
     let bytes = serde_json::to_vec(body).expect("a problem serializes");
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        )],
-        bytes,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))], bytes).into_response()
 }
 
 impl From<sqlx::Error> for AppError {

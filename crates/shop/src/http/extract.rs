@@ -31,9 +31,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = AppError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
-        let axum::Json(value) = axum::Json::<Value>::from_request(request, state)
-            .await
-            .map_err(json_rejection)?;
+        let axum::Json(value) = axum::Json::<Value>::from_request(request, state).await.map_err(json_rejection)?;
         decode(&value).map(Json)
     }
 }
@@ -50,15 +48,8 @@ pub fn decode<T: DeserializeOwned>(value: &Value) -> Result<T, AppError> {
         let path = error.path().to_string();
         let message = error.inner().to_string();
         // serde reports a missing field at its parent: name the field itself.
-        if let Some(missing) = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.strip_suffix('`'))
-        {
-            let field = if path == "." {
-                missing.to_owned()
-            } else {
-                format!("{path}.{missing}")
-            };
+        if let Some(missing) = message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
+            let field = if path == "." { missing.to_owned() } else { format!("{path}.{missing}") };
             return AppError::Validation(format!("{field}: is required"));
         }
         let field = if path == "." { "body".to_owned() } else { path };
@@ -85,9 +76,10 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|rejection| AppError::Validation(rejection.body_text()))?;
-        let (name, value) = params.iter().next().ok_or_else(|| {
-            AppError::internal(anyhow::anyhow!("PathId used on a route without parameters"))
-        })?;
+        let (name, value) = params
+            .iter()
+            .next()
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("PathId used on a route without parameters")))?;
         value
             .parse::<i64>()
             .ok()
@@ -107,11 +99,10 @@ impl<S: Send + Sync> FromRequestParts<S> for PathText {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|rejection| AppError::Validation(rejection.body_text()))?;
-        let (_, value) = params.iter().next().ok_or_else(|| {
-            AppError::internal(anyhow::anyhow!(
-                "PathText used on a route without parameters"
-            ))
-        })?;
+        let (_, value) = params
+            .iter()
+            .next()
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("PathText used on a route without parameters")))?;
         Ok(PathText(value.to_owned()))
     }
 }
@@ -124,8 +115,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
         let query = parts.uri.query().unwrap_or_default();
-        let deserializer =
-            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer)
             .map(Query)
             .map_err(|error| AppError::Validation(format!("{}: {}", error.path(), error.inner())))
@@ -137,25 +127,19 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or(AppError::Unauthenticated("an access token is required"))?;
+        let header =
+            parts.headers.get(header::AUTHORIZATION).ok_or(AppError::Unauthenticated("an access token is required"))?;
         let token = header
             .to_str()
             .ok()
             .and_then(|value| value.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
-            .ok_or(AppError::Unauthenticated(
-                "the Authorization header must be `Bearer <accessToken>`",
-            ))?;
+            .ok_or(AppError::Unauthenticated("the Authorization header must be `Bearer <accessToken>`"))?;
         state
             .tokens
             .verify(token, TokenKind::Access)
-            .ok_or(AppError::Unauthenticated(
-                "the access token is invalid or expired",
-            ))
+            .ok_or(AppError::Unauthenticated("the access token is invalid or expired"))
     }
 }
 
@@ -173,19 +157,13 @@ impl Caller {
     /// must be the caller's own.
     pub fn check_body_user(&self, user_id: Option<i64>) -> Result<(), AppError> {
         match user_id {
-            Some(id) if id != self.user_id => {
-                Err(AppError::Forbidden("userId must be your own id"))
-            }
+            Some(id) if id != self.user_id => Err(AppError::Forbidden("userId must be your own id")),
             _ => Ok(()),
         }
     }
 
     pub fn require_admin(&self) -> Result<(), AppError> {
-        if self.is_admin() {
-            Ok(())
-        } else {
-            Err(AppError::Forbidden("this needs the admin role"))
-        }
+        if self.is_admin() { Ok(()) } else { Err(AppError::Forbidden("this needs the admin role")) }
     }
 }
 
@@ -201,15 +179,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        let key = parts
-            .headers
-            .get("idempotency-key")
-            .map(|value| IdempotencyKey::parse(value.as_bytes()))
-            .transpose()?;
-        Ok(Self {
-            key,
-            method: parts.method.clone(),
-            path: parts.uri.path().to_owned(),
-        })
+        let key =
+            parts.headers.get("idempotency-key").map(|value| IdempotencyKey::parse(value.as_bytes())).transpose()?;
+        Ok(Self { key, method: parts.method.clone(), path: parts.uri.path().to_owned() })
     }
 }

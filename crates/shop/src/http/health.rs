@@ -28,11 +28,7 @@ pub struct Health {
 /// The process is up.
 #[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        postgres: None,
-        redis: None,
-    })
+    Json(Health { status: "ok", postgres: None, redis: None })
 }
 
 /// PostgreSQL and Redis both answer.
@@ -46,34 +42,18 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let redis = async {
         let mut redis = state.redis.clone();
         let ping = redis::cmd("PING");
-        matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, ping.query_async::<String>(&mut redis)).await,
-            Ok(Ok(_))
-        )
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, ping.query_async::<String>(&mut redis)).await, Ok(Ok(_)))
     };
     let (postgres, redis) = tokio::join!(postgres, redis);
     let word = |up: bool| if up { "up" } else { "down" };
-    let (status, code) = if postgres && redis {
-        ("ready", StatusCode::OK)
-    } else {
-        ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
-    };
-    (
-        code,
-        Json(Health {
-            status,
-            postgres: Some(word(postgres)),
-            redis: Some(word(redis)),
-        }),
-    )
+    let (status, code) =
+        if postgres && redis { ("ready", StatusCode::OK) } else { ("unavailable", StatusCode::SERVICE_UNAVAILABLE) };
+    (code, Json(Health { status, postgres: Some(word(postgres)), redis: Some(word(redis)) }))
 }
 
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

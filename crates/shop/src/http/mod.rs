@@ -8,7 +8,9 @@ pub mod extract;
 mod health;
 mod idempotent;
 mod openapi;
+mod orders;
 mod pagination;
+mod payments;
 mod points;
 mod products;
 
@@ -40,6 +42,8 @@ use crate::coupon_types::CouponTypes;
 use crate::domain::points::{ChargeDay, ChargeLimits};
 use crate::strategy::coupons::CouponStrategy;
 use crate::strategy::points::PointsStrategy;
+use crate::strategy::stock::StockStrategy;
+use crate::top_sellers::TopSellers;
 use error::{AppError, InternalErrorReport};
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -57,6 +61,9 @@ pub struct Shared {
     pub points: PointsStrategy,
     pub coupons: CouponStrategy,
     pub coupon_types: CouponTypes,
+    pub stock: StockStrategy,
+    pub top_sellers: TopSellers,
+    pub order_payment_timeout_secs: i64,
     pub charge_limits: ChargeLimits,
     pub timezone: chrono_tz::Tz,
     pub metrics: PrometheusHandle,
@@ -90,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(points::balance, points::charge))
         .routes(routes!(points::history))
         .routes(routes!(products::list))
+        .routes(routes!(products::top_sellers))
         .routes(routes!(products::detail))
         .routes(routes!(products::create))
         .routes(routes!(products::update))
@@ -99,6 +107,14 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(coupons::issue))
         .routes(routes!(coupons::held))
         .routes(routes!(coupons::held_at_older_path))
+        .routes(routes!(orders::place))
+        .routes(routes!(orders::detail))
+        .routes(routes!(orders::list))
+        .routes(routes!(orders::cancel))
+        .routes(routes!(orders::advance))
+        .routes(routes!(payments::pay))
+        .routes(routes!(payments::pay_at_older_path))
+        .routes(routes!(payments::detail))
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
         .routes(routes!(health::metrics))
@@ -116,9 +132,7 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .layer(middleware::from_fn(record_metrics))
-        .layer(CatchPanicLayer::custom(|_| {
-            AppError::internal(anyhow::anyhow!("a handler panicked")).into_response()
-        }))
+        .layer(CatchPanicLayer::custom(|_| AppError::internal(anyhow::anyhow!("a handler panicked")).into_response()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
 
     api.merge(SwaggerUi::new("/swagger-ui").url("/api/openapi.json", openapi))
@@ -129,18 +143,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn route_of(request: &Request<Body>) -> &str {
-    request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
+    request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str)
 }
 
 fn request_span(request: &Request<Body>) -> Span {
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|id| id.to_str().ok())
-        .unwrap_or("-");
+    let request_id = request.headers().get(&REQUEST_ID).and_then(|id| id.to_str().ok()).unwrap_or("-");
     tracing::info_span!(
         "request",
         method = %request.method(),
@@ -155,12 +162,7 @@ fn log_response(response: &Response<Body>, latency: Duration, _: &Span) {
     let status = response.status().as_u16();
     let latency_ms = latency.as_secs_f64() * 1000.0;
     if let Some(InternalErrorReport(error)) = response.extensions().get::<InternalErrorReport>() {
-        tracing::error!(
-            status,
-            latency_ms,
-            error = format!("{error:#}"),
-            "request failed"
-        );
+        tracing::error!(status, latency_ms, error = format!("{error:#}"), "request failed");
     } else {
         tracing::info!(status, latency_ms, "request");
     }
@@ -171,11 +173,7 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let route = route_of(&request).to_owned();
     let response = next.run(request).await;
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", response.status().as_u16().to_string()),
-    ];
+    let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed());
     response

@@ -22,6 +22,8 @@ use super::error::Problem;
         (name = "points", description = "Prepaid point balance"),
         (name = "products", description = "Catalogue"),
         (name = "coupons", description = "Limited first-come coupon campaigns"),
+        (name = "orders", description = "Orders and their life cycle"),
+        (name = "payments", description = "Paying orders from points"),
         (name = "admin", description = "Admin-only operations"),
         (name = "health", description = "Probes and metrics"),
     )
@@ -35,10 +37,7 @@ impl Modify for BearerAuth {
         // The crate has no license to declare; utoipa would print an empty one.
         openapi.info.license = None;
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     }
 }
 
@@ -47,13 +46,7 @@ impl Modify for BearerAuth {
 /// Runs on the finished document, after the router has added the paths.
 pub fn document_problem_responses(openapi: &mut utoipa::openapi::OpenApi) {
     for item in openapi.paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ];
+        let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
         for operation in operations.into_iter().flatten() {
             document_problems(operation);
         }
@@ -65,14 +58,9 @@ fn document_problems(operation: &mut Operation) {
     if operation.request_body.is_some() {
         for (status, description) in [
             ("413", "PAYLOAD_TOO_LARGE: the body is over 64 KiB"),
-            (
-                "415",
-                "UNSUPPORTED_MEDIA_TYPE: the body is not application/json",
-            ),
+            ("415", "UNSUPPORTED_MEDIA_TYPE: the body is not application/json"),
         ] {
-            responses
-                .entry(status.into())
-                .or_insert_with(|| RefOr::T(Response::new(description)));
+            responses.entry(status.into()).or_insert_with(|| RefOr::T(Response::new(description)));
         }
     }
     for (status, response) in responses.iter_mut() {
@@ -86,9 +74,7 @@ fn document_problems(operation: &mut Operation) {
             .content
             .shift_remove("application/json")
             .unwrap_or_else(|| RefOr::T(Content::new(Some(problem_schema()))));
-        response
-            .content
-            .insert("application/problem+json".into(), content);
+        response.content.insert("application/problem+json".into(), content);
     }
 }
 

@@ -21,25 +21,16 @@ pub struct PageRequest {
 impl PageRequest {
     /// An empty `limit=` or `cursor=` counts as absent, as in API.md's
     /// `?limit=&cursor=`.
-    pub fn parse(
-        limit: Option<&str>,
-        cursor: Option<&str>,
-        default_limit: i64,
-    ) -> Result<Self, AppError> {
+    pub fn parse(limit: Option<&str>, cursor: Option<&str>, default_limit: i64) -> Result<Self, AppError> {
         let limit = match limit.filter(|l| !l.is_empty()) {
             None => default_limit,
             Some(text) => text
                 .parse()
                 .ok()
                 .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                .ok_or_else(|| {
-                    AppError::Validation(format!("limit: must be an integer from 1 to {MAX_LIMIT}"))
-                })?,
+                .ok_or_else(|| AppError::Validation(format!("limit: must be an integer from 1 to {MAX_LIMIT}")))?,
         };
-        let after = cursor
-            .filter(|c| !c.is_empty())
-            .map(decode_cursor)
-            .transpose()?;
+        let after = cursor.filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
         Ok(Self { limit, after })
     }
 
@@ -49,23 +40,11 @@ impl PageRequest {
     }
 
     /// The page of `rows` (fetched with [`PageRequest::fetch`]) as items.
-    pub fn page<R, T>(
-        &self,
-        mut rows: Vec<R>,
-        id: impl Fn(&R) -> i64,
-        item: impl Fn(R) -> T,
-    ) -> Page<T> {
+    pub fn page<R, T>(&self, mut rows: Vec<R>, id: impl Fn(&R) -> i64, item: impl Fn(R) -> T) -> Page<T> {
         let more = rows.len() as i64 > self.limit;
         rows.truncate(self.limit as usize);
-        let next_cursor = if more {
-            rows.last().map(|row| encode_cursor(id(row)))
-        } else {
-            None
-        };
-        Page {
-            items: rows.into_iter().map(item).collect(),
-            next_cursor,
-        }
+        let next_cursor = if more { rows.last().map(|row| encode_cursor(id(row))) } else { None };
+        Page { items: rows.into_iter().map(item).collect(), next_cursor }
     }
 }
 
@@ -116,10 +95,7 @@ mod tests {
         let request = PageRequest::parse(Some("2"), None, 20).unwrap();
         let full = request.page(vec![1, 2, 3], |r| *r, |r| r);
         assert_eq!(full.items, vec![1, 2]);
-        assert_eq!(
-            full.next_cursor.map(|c| decode_cursor(&c).unwrap()),
-            Some(2)
-        );
+        assert_eq!(full.next_cursor.map(|c| decode_cursor(&c).unwrap()), Some(2));
         let last = request.page(vec![1, 2], |r| *r, |r| r);
         assert!(last.next_cursor.is_none());
     }

@@ -89,12 +89,7 @@ pub async fn charge(
     let request: ChargeRequest = decode(&body)?;
     let amount = ChargeAmount::parse(request.amount)?;
     caller.may_act_for(user_id)?;
-    let charge = Charge {
-        user_id,
-        amount,
-        on: state.today(),
-        limits: state.charge_limits,
-    };
+    let charge = Charge { user_id, amount, on: state.today(), limits: state.charge_limits };
     idempotency
         .run(&state, caller, &body, async |claim| {
             let balance = state.points.charge(&state.db, charge, claim).await?;

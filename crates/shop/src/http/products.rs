@@ -12,6 +12,7 @@ use super::pagination::{Page, PageRequest};
 use crate::auth::Caller;
 use crate::domain::product::{Category, Price, ProductName, Stock};
 use crate::storage::products::{self, ProductRow};
+use crate::top_sellers::TopSeller;
 
 #[derive(Serialize, ToSchema)]
 pub struct Product {
@@ -28,13 +29,7 @@ pub struct Product {
 
 impl From<ProductRow> for Product {
     fn from(row: ProductRow) -> Self {
-        Self {
-            id: row.id,
-            name: row.name,
-            price: row.price,
-            stock: row.stock,
-            category: row.category,
-        }
+        Self { id: row.id, name: row.name, price: row.price, stock: row.stock, category: row.category }
     }
 }
 
@@ -86,19 +81,46 @@ pub async fn list(
     Query(query): Query<ProductListQuery>,
 ) -> Result<Json<Page<Product>>, AppError> {
     let page = PageRequest::parse(query.limit.as_deref(), query.cursor.as_deref(), 50)?;
-    let category = query
-        .category
-        .as_deref()
-        .map(str::trim)
-        .filter(|c| !c.is_empty());
-    let rows = products::page(
-        &mut *state.db.acquire().await?,
-        category,
-        page.after,
-        page.fetch(),
-    )
-    .await?;
+    let category = query.category.as_deref().map(str::trim).filter(|c| !c.is_empty());
+    let rows = products::page(&mut *state.db.acquire().await?, category, page.after, page.fetch()).await?;
     Ok(Json(page.page(rows, |row| row.id, Product::from)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TopSellersQuery {
+    /// Calendar days to count, today included: 1 to 30, default 3.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 30)]
+    days: Option<String>,
+    /// 1 to 100, default 5.
+    #[param(value_type = Option<usize>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+}
+
+/// The best sellers of the last `days` calendar days (today included), by
+/// quantity of paid orders, cancellations after payment subtracted; ties by
+/// lower product id. A payment shows within 5 seconds.
+#[utoipa::path(get, path = "/api/products/top-sellers", tag = "products", params(TopSellersQuery),
+    responses((status = 200, body = Vec<TopSeller>), (status = 400, description = "VALIDATION_FAILED", body = Problem)))]
+pub async fn top_sellers(
+    State(state): State<AppState>,
+    Query(query): Query<TopSellersQuery>,
+) -> Result<Json<Vec<TopSeller>>, AppError> {
+    let days = bounded(query.days.as_deref(), "days", 3, 30)?;
+    let limit = bounded(query.limit.as_deref(), "limit", 5, 100)?;
+    Ok(Json(state.top_sellers.top(&state.db, days, limit as usize).await?))
+}
+
+/// An integer query parameter from 1 to `max`; empty or absent is `default`.
+fn bounded(value: Option<&str>, name: &str, default: u32, max: u32) -> Result<u32, AppError> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| AppError::Validation(format!("{name}: must be an integer from 1 to {max}"))),
+    }
 }
 
 /// One product.
@@ -107,10 +129,7 @@ pub async fn list(
         (status = 200, body = Product),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
         (status = 404, description = "NOT_FOUND", body = Problem)))]
-pub async fn detail(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-) -> Result<Json<Product>, AppError> {
+pub async fn detail(State(state): State<AppState>, PathId(id): PathId) -> Result<Json<Product>, AppError> {
     let row = products::find(&mut *state.db.acquire().await?, id)
         .await?
         .ok_or_else(|| AppError::not_found("product not found"))?;
@@ -134,14 +153,9 @@ pub async fn create(
     let stock = Stock::parse(new.stock)?;
     let category = Category::parse(&new.category)?;
     caller.require_admin()?;
-    let row = products::insert(
-        &mut *state.db.acquire().await?,
-        name.as_str(),
-        price.won(),
-        stock.units(),
-        category.as_str(),
-    )
-    .await?;
+    let row =
+        products::insert(&mut *state.db.acquire().await?, name.as_str(), price.won(), stock.units(), category.as_str())
+            .await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
@@ -165,9 +179,7 @@ pub async fn update(
     let stock = patch.stock.map(Stock::parse).transpose()?;
     let category = patch.category.as_deref().map(Category::parse).transpose()?;
     if name.is_none() && price.is_none() && stock.is_none() && category.is_none() {
-        return Err(AppError::Validation(
-            "body: give at least one of name, price, stock, category".into(),
-        ));
+        return Err(AppError::Validation("body: give at least one of name, price, stock, category".into()));
     }
     caller.require_admin()?;
     let row = products::update(
@@ -180,5 +192,8 @@ pub async fn update(
     )
     .await?
     .ok_or_else(|| AppError::not_found("product not found"))?;
+    if stock.is_some() {
+        state.stock.restocked(id).await;
+    }
     Ok(Json(row.into()))
 }

@@ -40,10 +40,7 @@ macro_rules! type_columns {
     };
 }
 
-pub async fn insert_type(
-    conn: &mut PgConnection,
-    terms: &CouponTerms,
-) -> Result<CouponType, sqlx::Error> {
+pub async fn insert_type(conn: &mut PgConnection, terms: &CouponTerms) -> Result<CouponType, sqlx::Error> {
     let row: CouponTypeRow = sqlx::query_as(concat!(
         "INSERT INTO coupon_types (code, kind, value, min_order_amount, total_quantity, valid_days,
                                    issue_starts_at, issue_ends_at)
@@ -63,18 +60,12 @@ pub async fn insert_type(
     Ok(row.into())
 }
 
-pub async fn find_type_by_code(
-    conn: &mut PgConnection,
-    code: &str,
-) -> Result<Option<CouponType>, sqlx::Error> {
-    let row: Option<CouponTypeRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        type_columns!(),
-        " FROM coupon_types WHERE code = $1"
-    ))
-    .bind(code)
-    .fetch_optional(conn)
-    .await?;
+pub async fn find_type_by_code(conn: &mut PgConnection, code: &str) -> Result<Option<CouponType>, sqlx::Error> {
+    let row: Option<CouponTypeRow> =
+        sqlx::query_as(concat!("SELECT ", type_columns!(), " FROM coupon_types WHERE code = $1"))
+            .bind(code)
+            .fetch_optional(conn)
+            .await?;
     Ok(row.map(Into::into))
 }
 
@@ -85,27 +76,15 @@ pub struct TypeWithCount {
 }
 
 pub async fn types_with_counts(conn: &mut PgConnection) -> Result<Vec<TypeWithCount>, sqlx::Error> {
-    let rows: Vec<CouponTypeRowWithCount> = sqlx::query_as(concat!(
-        "SELECT issued_quantity, ",
-        type_columns!(),
-        " FROM coupon_types ORDER BY id"
-    ))
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| TypeWithCount {
-            coupon_type: row.row.into(),
-            issued: row.issued_quantity,
-        })
-        .collect())
+    let rows: Vec<CouponTypeRowWithCount> =
+        sqlx::query_as(concat!("SELECT issued_quantity, ", type_columns!(), " FROM coupon_types ORDER BY id"))
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().map(|row| TypeWithCount { coupon_type: row.row.into(), issued: row.issued_quantity }).collect())
 }
 
 pub async fn issued_count(conn: &mut PgConnection, type_id: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT issued_quantity FROM coupon_types WHERE id = $1")
-        .bind(type_id)
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar("SELECT issued_quantity FROM coupon_types WHERE id = $1").bind(type_id).fetch_one(conn).await
 }
 
 #[derive(sqlx::FromRow)]
@@ -122,11 +101,7 @@ pub struct IssueFacts {
     pub held: bool,
 }
 
-pub async fn issue_facts(
-    conn: &mut PgConnection,
-    type_id: i64,
-    user_id: i64,
-) -> Result<IssueFacts, sqlx::Error> {
+pub async fn issue_facts(conn: &mut PgConnection, type_id: i64, user_id: i64) -> Result<IssueFacts, sqlx::Error> {
     let (sold_out, held): (bool, bool) = sqlx::query_as(
         "SELECT issued_quantity >= total_quantity,
                 EXISTS (SELECT 1 FROM coupons WHERE coupon_type_id = $1 AND user_id = $2)
@@ -150,10 +125,7 @@ pub async fn count_issued(conn: &mut PgConnection, type_id: i64) -> Result<(), s
 }
 
 /// Counts one more issued coupon if any is left; `false` when sold out.
-pub async fn count_issued_if_left(
-    conn: &mut PgConnection,
-    type_id: i64,
-) -> Result<bool, sqlx::Error> {
+pub async fn count_issued_if_left(conn: &mut PgConnection, type_id: i64) -> Result<bool, sqlx::Error> {
     let counted = sqlx::query(
         "UPDATE coupon_types SET issued_quantity = issued_quantity + 1
          WHERE id = $1 AND issued_quantity < total_quantity",
@@ -166,22 +138,16 @@ pub async fn count_issued_if_left(
 
 /// Reads the issued count and total, locking the campaign row.
 pub async fn lock_type(conn: &mut PgConnection, type_id: i64) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT issued_quantity, total_quantity FROM coupon_types WHERE id = $1 FOR UPDATE",
-    )
-    .bind(type_id)
-    .fetch_one(conn)
-    .await
+    sqlx::query_as("SELECT issued_quantity, total_quantity FROM coupon_types WHERE id = $1 FOR UPDATE")
+        .bind(type_id)
+        .fetch_one(conn)
+        .await
 }
 
 /// Stamps the campaign row with a lease holder's fencing token if it is
 /// newer than the last one (see `wallets::claim_fence`); returns the issued
 /// count and total, or `None` for a stale token.
-pub async fn claim_fence(
-    conn: &mut PgConnection,
-    type_id: i64,
-    fence: i64,
-) -> Result<Option<(i64, i64)>, sqlx::Error> {
+pub async fn claim_fence(conn: &mut PgConnection, type_id: i64, fence: i64) -> Result<Option<(i64, i64)>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE coupon_types SET fence = $2 WHERE id = $1 AND fence < $2
          RETURNING issued_quantity, total_quantity",
@@ -193,31 +159,19 @@ pub async fn claim_fence(
 }
 
 pub async fn fence(conn: &mut PgConnection, type_id: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT fence FROM coupon_types WHERE id = $1")
+    sqlx::query_scalar("SELECT fence FROM coupon_types WHERE id = $1").bind(type_id).fetch_one(conn).await
+}
+
+pub async fn holds(conn: &mut PgConnection, type_id: i64, user_id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM coupons WHERE coupon_type_id = $1 AND user_id = $2)")
         .bind(type_id)
+        .bind(user_id)
         .fetch_one(conn)
         .await
 }
 
-pub async fn holds(
-    conn: &mut PgConnection,
-    type_id: i64,
-    user_id: i64,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM coupons WHERE coupon_type_id = $1 AND user_id = $2)",
-    )
-    .bind(type_id)
-    .bind(user_id)
-    .fetch_one(conn)
-    .await
-}
-
 /// The holders of a campaign and how many are left, read in one snapshot.
-pub async fn holders(
-    conn: &mut PgConnection,
-    type_id: i64,
-) -> Result<(i64, Vec<i64>), sqlx::Error> {
+pub async fn holders(conn: &mut PgConnection, type_id: i64) -> Result<(i64, Vec<i64>), sqlx::Error> {
     sqlx::query_as(
         "SELECT ct.total_quantity - ct.issued_quantity,
                 COALESCE((SELECT array_agg(user_id) FROM coupons WHERE coupon_type_id = ct.id), '{}')
@@ -240,11 +194,7 @@ pub struct CouponRow {
 
 /// Issues a coupon valid for the campaign's days. A second coupon of the
 /// type for the user violates `coupons_user_type_key`.
-pub async fn insert(
-    conn: &mut PgConnection,
-    coupon_type: &CouponType,
-    user_id: i64,
-) -> Result<CouponRow, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, coupon_type: &CouponType, user_id: i64) -> Result<CouponRow, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO coupons (coupon_type_id, user_id, expires_at)
          VALUES ($1, $2, now() + make_interval(days => $3))
@@ -269,10 +219,7 @@ pub struct HeldCoupon {
 }
 
 /// Every coupon the user holds, newest first.
-pub async fn held_by(
-    conn: &mut PgConnection,
-    user_id: i64,
-) -> Result<Vec<HeldCoupon>, sqlx::Error> {
+pub async fn held_by(conn: &mut PgConnection, user_id: i64) -> Result<Vec<HeldCoupon>, sqlx::Error> {
     sqlx::query_as(
         "SELECT c.id, c.coupon_type_id, c.user_id, c.issued_at, c.expires_at, c.status,
                 t.code, t.kind, t.value, t.min_order_amount
@@ -282,4 +229,64 @@ pub async fn held_by(
     .bind(user_id)
     .fetch_all(conn)
     .await
+}
+
+/// A coupon with the terms an order needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CouponForOrder {
+    pub id: i64,
+    pub user_id: i64,
+    pub status: String,
+    pub expires_at: DateTime<Utc>,
+    pub kind: String,
+    pub value: i64,
+    pub min_order_amount: i64,
+}
+
+pub async fn for_order(conn: &mut PgConnection, coupon_id: i64) -> Result<Option<CouponForOrder>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.id, c.user_id, c.status, c.expires_at, t.kind, t.value, t.min_order_amount
+         FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE c.id = $1",
+    )
+    .bind(coupon_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Reserves the user's coupon for an order if it is still available and
+/// unexpired; `false` if another order got it first.
+pub async fn reserve(
+    conn: &mut PgConnection,
+    coupon_id: i64,
+    user_id: i64,
+    order_id: i64,
+) -> Result<bool, sqlx::Error> {
+    let reserved = sqlx::query(
+        "UPDATE coupons SET status = 'RESERVED', order_id = $3
+         WHERE id = $1 AND user_id = $2 AND status = 'AVAILABLE' AND expires_at > now()",
+    )
+    .bind(coupon_id)
+    .bind(user_id)
+    .bind(order_id)
+    .execute(conn)
+    .await?;
+    Ok(reserved.rows_affected() == 1)
+}
+
+/// Makes the coupon held by `order_id` available again.
+pub async fn release(conn: &mut PgConnection, order_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE coupons SET status = 'AVAILABLE', order_id = NULL WHERE order_id = $1 AND status = 'RESERVED'")
+        .bind(order_id)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Marks the coupon reserved by `order_id` as used.
+pub async fn mark_used(conn: &mut PgConnection, order_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE coupons SET status = 'USED' WHERE order_id = $1 AND status = 'RESERVED'")
+        .bind(order_id)
+        .execute(conn)
+        .await
+        .map(drop)
 }

@@ -23,17 +23,15 @@ pub async fn append(
     balance_after: i64,
     order_id: Option<i64>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO point_ledger (user_id, kind, amount, balance_after, order_id) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(user_id)
-    .bind(kind.as_str())
-    .bind(amount)
-    .bind(balance_after)
-    .bind(order_id)
-    .execute(conn)
-    .await
-    .map(drop)
+    sqlx::query("INSERT INTO point_ledger (user_id, kind, amount, balance_after, order_id) VALUES ($1, $2, $3, $4, $5)")
+        .bind(user_id)
+        .bind(kind.as_str())
+        .bind(amount)
+        .bind(balance_after)
+        .bind(order_id)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// Newest first, strictly older than `before_id` when given.

@@ -3,6 +3,9 @@
 
 pub mod coupons;
 pub mod ledger;
+pub mod orders;
+pub mod outbox;
+pub mod payments;
 pub mod products;
 pub mod users;
 pub mod wallets;

@@ -87,3 +87,89 @@ pub async fn update(
     .fetch_optional(conn)
     .await
 }
+
+/// Stock levels with the row version, for the stock strategies.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct StockRow {
+    pub id: i64,
+    pub stock: i64,
+    pub version: i64,
+}
+
+/// The products of `ids`, by ascending id (missing ids are left out).
+pub async fn by_ids(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<ProductRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, name, price, stock, category FROM products WHERE id = ANY($1) ORDER BY id")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+pub async fn stock_of(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<StockRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, stock, version FROM products WHERE id = ANY($1) ORDER BY id")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Locks the rows of `ids` in ascending id order, the one order every
+/// writer of stock locks them in.
+pub async fn lock_stock(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<StockRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, stock, version FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Takes `quantity` units if that many are in stock (and, with
+/// `expected_version`, if the row is unchanged since read). `false`: not taken.
+pub async fn take_stock(
+    conn: &mut PgConnection,
+    id: i64,
+    quantity: i32,
+    expected_version: Option<i64>,
+) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query(
+        "UPDATE products SET stock = stock - $2, version = version + 1
+         WHERE id = $1 AND stock >= $2 AND ($3::bigint IS NULL OR version = $3)",
+    )
+    .bind(id)
+    .bind(quantity as i64)
+    .bind(expected_version)
+    .execute(conn)
+    .await?;
+    Ok(taken.rows_affected() == 1)
+}
+
+/// Stamps the product with a lease holder's fencing token if newer than the
+/// last (see `wallets::claim_fence`); `None` for a stale token.
+pub async fn claim_fence(conn: &mut PgConnection, id: i64, fence: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("UPDATE products SET fence = $2 WHERE id = $1 AND fence < $2 RETURNING stock")
+        .bind(id)
+        .bind(fence)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn fence(conn: &mut PgConnection, id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT fence FROM products WHERE id = $1").bind(id).fetch_one(conn).await
+}
+
+/// Puts an order's units back in stock, locking the products in ascending
+/// id order first. Returns (product id, quantity) of what was returned.
+pub async fn return_stock(conn: &mut PgConnection, order_id: i64) -> Result<Vec<(i64, i32)>, sqlx::Error> {
+    sqlx::query(
+        "SELECT p.id FROM products p JOIN order_items i ON i.product_id = p.id
+         WHERE i.order_id = $1 ORDER BY p.id FOR UPDATE OF p",
+    )
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_as(
+        "UPDATE products p SET stock = p.stock + i.quantity, version = p.version + 1
+         FROM order_items i WHERE i.order_id = $1 AND p.id = i.product_id
+         RETURNING p.id, i.quantity",
+    )
+    .bind(order_id)
+    .fetch_all(conn)
+    .await
+}

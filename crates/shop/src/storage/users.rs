@@ -47,40 +47,26 @@ pub async fn insert(
     .await
 }
 
-pub async fn find_by_email(
-    conn: &mut PgConnection,
-    email: &str,
-) -> Result<Option<UserRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, email, name, password_hash, role, created_at FROM users WHERE email = $1",
-    )
-    .bind(email)
-    .fetch_optional(conn)
-    .await
-}
-
-pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<UserRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, email, name, password_hash, role, created_at FROM users WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(conn)
-    .await
-}
-
-pub async fn exists(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
-        .bind(id)
-        .fetch_one(conn)
+pub async fn find_by_email(conn: &mut PgConnection, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, email, name, password_hash, role, created_at FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_optional(conn)
         .await
 }
 
+pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, email, name, password_hash, role, created_at FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn exists(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)").bind(id).fetch_one(conn).await
+}
+
 /// Makes the account an admin with this password hash.
-pub async fn promote_to_admin(
-    conn: &mut PgConnection,
-    id: i64,
-    password_hash: &str,
-) -> Result<(), sqlx::Error> {
+pub async fn promote_to_admin(conn: &mut PgConnection, id: i64, password_hash: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE users SET role = 'admin', password_hash = $2 WHERE id = $1")
         .bind(id)
         .bind(password_hash)

@@ -35,36 +35,22 @@ macro_rules! wallet_columns {
 }
 
 pub async fn balance(conn: &mut PgConnection, user_id: i64) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT balance FROM point_wallets WHERE user_id = $1")
+    sqlx::query_scalar("SELECT balance FROM point_wallets WHERE user_id = $1").bind(user_id).fetch_optional(conn).await
+}
+
+pub async fn read(conn: &mut PgConnection, user_id: i64) -> Result<Option<Wallet>, sqlx::Error> {
+    sqlx::query_as(concat!("SELECT ", wallet_columns!(), " FROM point_wallets WHERE user_id = $1"))
         .bind(user_id)
         .fetch_optional(conn)
         .await
 }
 
-pub async fn read(conn: &mut PgConnection, user_id: i64) -> Result<Option<Wallet>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        wallet_columns!(),
-        " FROM point_wallets WHERE user_id = $1"
-    ))
-    .bind(user_id)
-    .fetch_optional(conn)
-    .await
-}
-
 /// Reads the wallet and locks its row until the transaction ends.
-pub async fn read_for_update(
-    conn: &mut PgConnection,
-    user_id: i64,
-) -> Result<Option<Wallet>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        wallet_columns!(),
-        " FROM point_wallets WHERE user_id = $1 FOR UPDATE"
-    ))
-    .bind(user_id)
-    .fetch_optional(conn)
-    .await
+pub async fn read_for_update(conn: &mut PgConnection, user_id: i64) -> Result<Option<Wallet>, sqlx::Error> {
+    sqlx::query_as(concat!("SELECT ", wallet_columns!(), " FROM point_wallets WHERE user_id = $1 FOR UPDATE"))
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await
 }
 
 pub enum FenceClaim {
@@ -81,11 +67,7 @@ pub enum FenceClaim {
 /// Stamps the wallet with a lease holder's fencing token, if it is newer than
 /// the last one. This is the lease holder's first write, so it also takes the
 /// row lock: a stale holder is refused before it reads anything it could act on.
-pub async fn claim_fence(
-    conn: &mut PgConnection,
-    user_id: i64,
-    fence: i64,
-) -> Result<FenceClaim, sqlx::Error> {
+pub async fn claim_fence(conn: &mut PgConnection, user_id: i64, fence: i64) -> Result<FenceClaim, sqlx::Error> {
     let claimed: Option<Wallet> = sqlx::query_as(concat!(
         "UPDATE point_wallets SET fence = $2 WHERE user_id = $1 AND fence < $2 RETURNING ",
         wallet_columns!()
@@ -97,11 +79,10 @@ pub async fn claim_fence(
     if let Some(wallet) = claimed {
         return Ok(FenceClaim::Claimed(wallet));
     }
-    let newest: Option<i64> =
-        sqlx::query_scalar("SELECT fence FROM point_wallets WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(conn)
-            .await?;
+    let newest: Option<i64> = sqlx::query_scalar("SELECT fence FROM point_wallets WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await?;
     Ok(newest.map_or(FenceClaim::Missing, |newest| FenceClaim::Stale { newest }))
 }
 
@@ -168,5 +149,52 @@ pub async fn charge_within_limits(
     .bind(limits.daily as i32)
     .bind(limits.monthly as i32)
     .fetch_optional(conn)
+    .await
+}
+
+/// Sets the balance alone (a payment's debit or a refund read under a lock);
+/// with `expected_version`, only if unchanged since read. Charge counters
+/// are left as they are.
+pub async fn set_balance(
+    conn: &mut PgConnection,
+    user_id: i64,
+    balance: i64,
+    expected_version: Option<i64>,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE point_wallets SET balance = $2, version = version + 1
+         WHERE user_id = $1 AND ($3::bigint IS NULL OR version = $3)",
+    )
+    .bind(user_id)
+    .bind(balance)
+    .bind(expected_version)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Debits `amount` if the balance covers it, in one statement; the new
+/// balance, or `None` when it does not.
+pub async fn debit_if_covered(conn: &mut PgConnection, user_id: i64, amount: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE point_wallets SET balance = balance - $2, version = version + 1
+         WHERE user_id = $1 AND balance >= $2 RETURNING balance",
+    )
+    .bind(user_id)
+    .bind(amount)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Credits a refund in one statement, whatever strategy charges: every
+/// strategy's read-then-write of a wallet either holds the row lock this
+/// waits for or checks the `version` this bumps. Returns the new balance.
+pub async fn credit(conn: &mut PgConnection, user_id: i64, amount: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE point_wallets SET balance = balance + $2, version = version + 1 WHERE user_id = $1 RETURNING balance",
+    )
+    .bind(user_id)
+    .bind(amount)
+    .fetch_one(conn)
     .await
 }

@@ -8,6 +8,7 @@
 pub(crate) mod backoff;
 pub mod coupons;
 pub mod points;
+pub mod stock;
 
 use std::time::Duration;
 
@@ -53,22 +54,24 @@ async fn under_lease<T>(
     work: impl AsyncFnOnce(i64) -> Result<T, AppError>,
 ) -> Result<T, AppError> {
     let flag = give_up.as_ref().map(|give_up| give_up.flag);
-    let lease = locks
-        .acquire(resource, flag)
-        .await
-        .map_err(|error| match error {
-            LockError::Timeout => AppError::ConcurrencyConflict("timed out waiting for a lock"),
-            LockError::GaveUp => give_up.map_or_else(
-                || AppError::internal(anyhow::anyhow!("gave up without a flag")),
-                |g| (g.answer)(),
-            ),
-            LockError::Redis(error) => AppError::from(error),
-        })?;
+    let lease = locks.acquire(resource, flag).await.map_err(|error| lease_error(error, give_up.as_ref()))?;
     let outcome = work(lease.fence()).await;
     if let Err(error) = lease.release().await {
         tracing::warn!(%error, resource, "lock release failed; the lease will expire");
     }
     outcome
+}
+
+/// The answer to a lease that could not be taken.
+fn lease_error(error: LockError, give_up: Option<&GiveUp<'_>>) -> AppError {
+    match error {
+        LockError::Timeout => AppError::ConcurrencyConflict("timed out waiting for a lock"),
+        LockError::GaveUp => give_up.map_or_else(
+            || AppError::internal(anyhow::anyhow!("gave up waiting without a flag")),
+            |give_up| (give_up.answer)(),
+        ),
+        LockError::Redis(error) => AppError::from(error),
+    }
 }
 
 /// The answer to a holder whose fencing token the database refused: a newer

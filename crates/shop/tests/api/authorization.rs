@@ -8,22 +8,10 @@ fn protected_routes() -> Vec<(Method, &'static str, Option<Value>)> {
     vec![
         (Method::GET, "/api/users/me", None),
         (Method::GET, "/api/users/1/points", None),
-        (
-            Method::POST,
-            "/api/users/1/points",
-            Some(json!({"amount": 1000})),
-        ),
+        (Method::POST, "/api/users/1/points", Some(json!({"amount": 1000}))),
         (Method::GET, "/api/users/1/points/history", None),
-        (
-            Method::POST,
-            "/api/admin/products",
-            Some(json!({"name": "n", "price": 1, "stock": 1, "category": "c"})),
-        ),
-        (
-            Method::PATCH,
-            "/api/admin/products/1",
-            Some(json!({"price": 2})),
-        ),
+        (Method::POST, "/api/admin/products", Some(json!({"name": "n", "price": 1, "stock": 1, "category": "c"}))),
+        (Method::PATCH, "/api/admin/products/1", Some(json!({"price": 2}))),
     ]
 }
 
@@ -53,34 +41,18 @@ async fn a_user_may_not_act_on_another_users_points() {
     let app = spawn_app().await;
     let (alice, bob) = (app.new_user().await, app.new_user().await);
     let bobs = format!("/api/users/{}/points", bob.id);
+    assert_problem(app.get(&bobs, Some(&alice.token)).await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
     assert_problem(
-        app.get(&bobs, Some(&alice.token)).await,
+        app.post(&bobs, Some(&alice.token), json!({"amount": 1000})).await,
         StatusCode::FORBIDDEN,
         "FORBIDDEN",
     )
     .await;
-    assert_problem(
-        app.post(&bobs, Some(&alice.token), json!({"amount": 1000}))
-            .await,
-        StatusCode::FORBIDDEN,
-        "FORBIDDEN",
-    )
-    .await;
-    assert_problem(
-        app.get(&format!("{bobs}/history"), Some(&alice.token))
-            .await,
-        StatusCode::FORBIDDEN,
-        "FORBIDDEN",
-    )
-    .await;
+    assert_problem(app.get(&format!("{bobs}/history"), Some(&alice.token)).await, StatusCode::FORBIDDEN, "FORBIDDEN")
+        .await;
     // A stranger's id that does not exist is 403 too: ids reveal nothing.
-    assert_problem(
-        app.get("/api/users/999999/points", Some(&alice.token))
-            .await,
-        StatusCode::FORBIDDEN,
-        "FORBIDDEN",
-    )
-    .await;
+    assert_problem(app.get("/api/users/999999/points", Some(&alice.token)).await, StatusCode::FORBIDDEN, "FORBIDDEN")
+        .await;
     assert_eq!(app.balance_and_ledger_sum(bob.id).await, (0, 0));
 }
 
@@ -89,38 +61,19 @@ async fn an_admin_may_act_on_any_user_and_gets_404_for_none() {
     let app = spawn_app().await;
     let (admin, bob) = (app.admin().await, app.new_user().await);
     let bobs = format!("/api/users/{}/points", bob.id);
-    let charged: Value = app
-        .post(&bobs, Some(&admin.token), json!({"amount": 5000}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let charged: Value = app.post(&bobs, Some(&admin.token), json!({"amount": 5000})).await.json().await.unwrap();
     assert_eq!(charged, json!({"userId": bob.id, "balance": 5000}));
-    assert_eq!(
-        app.get(&bobs, Some(&admin.token)).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get(&bobs, Some(&admin.token)).await.status(), StatusCode::OK);
+    assert_problem(app.get("/api/users/999999/points", Some(&admin.token)).await, StatusCode::NOT_FOUND, "NOT_FOUND")
+        .await;
     assert_problem(
-        app.get("/api/users/999999/points", Some(&admin.token))
-            .await,
+        app.post("/api/users/999999/points", Some(&admin.token), json!({"amount": 1000})).await,
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
     )
     .await;
     assert_problem(
-        app.post(
-            "/api/users/999999/points",
-            Some(&admin.token),
-            json!({"amount": 1000}),
-        )
-        .await,
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-    )
-    .await;
-    assert_problem(
-        app.get("/api/users/999999/points/history", Some(&admin.token))
-            .await,
+        app.get("/api/users/999999/points/history", Some(&admin.token)).await,
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
     )
@@ -131,21 +84,11 @@ async fn an_admin_may_act_on_any_user_and_gets_404_for_none() {
 async fn admin_routes_refuse_users() {
     let app = spawn_app().await;
     let user = app.new_user().await;
-    for (method, path, body) in protected_routes()
-        .into_iter()
-        .filter(|(_, path, _)| path.starts_with("/api/admin"))
-    {
-        assert_problem(
-            app.request(method, path, Some(&user.token), body).await,
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
-        )
-        .await;
+    for (method, path, body) in protected_routes().into_iter().filter(|(_, path, _)| path.starts_with("/api/admin")) {
+        assert_problem(app.request(method, path, Some(&user.token), body).await, StatusCode::FORBIDDEN, "FORBIDDEN")
+            .await;
     }
-    let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&app.db).await.unwrap();
     assert_eq!(products, 0);
 }
 
@@ -155,16 +98,11 @@ async fn checks_run_401_then_400_then_403() {
     let (alice, bob) = (app.new_user().await, app.new_user().await);
     let bobs = format!("/api/users/{}/points", bob.id);
     // Bad body and no token: 401 first.
-    assert_problem(
-        app.post(&bobs, None, json!({"amount": 1})).await,
-        StatusCode::UNAUTHORIZED,
-        "UNAUTHENTICATED",
-    )
-    .await;
+    assert_problem(app.post(&bobs, None, json!({"amount": 1})).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
+        .await;
     // Bad body on someone else's wallet: 400 before 403.
     assert_problem(
-        app.post(&bobs, Some(&alice.token), json!({"amount": 1}))
-            .await,
+        app.post(&bobs, Some(&alice.token), json!({"amount": 1})).await,
         StatusCode::BAD_REQUEST,
         "VALIDATION_FAILED",
     )

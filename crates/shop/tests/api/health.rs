@@ -10,10 +10,7 @@ async fn live_and_ready_answer_200_when_dependencies_are_up() {
     let ready = app.get("/health/ready", None).await;
     assert_eq!(ready.status(), StatusCode::OK);
     let body: Value = ready.json().await.unwrap();
-    assert_eq!(
-        (body["postgres"].as_str(), body["redis"].as_str()),
-        (Some("up"), Some("up"))
-    );
+    assert_eq!((body["postgres"].as_str(), body["redis"].as_str()), (Some("up"), Some("up")));
 }
 
 #[tokio::test]
@@ -28,27 +25,15 @@ async fn metrics_count_requests_per_route_and_status() {
             && l.contains(r#"status="200""#)),
         "{text}"
     );
-    assert!(
-        text.contains("http_request_duration_seconds_bucket"),
-        "{text}"
-    );
+    assert!(text.contains("http_request_duration_seconds_bucket"), "{text}");
 }
 
 #[tokio::test]
 async fn openapi_document_and_swagger_ui_are_served() {
     let app = spawn_app().await;
-    let spec: Value = app
-        .get("/api/openapi.json", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = app.get("/api/openapi.json", None).await.json().await.unwrap();
     assert_eq!(spec["openapi"], "3.1.0");
-    for path in [
-        "/api/auth/register",
-        "/api/users/{userId}/points",
-        "/api/admin/products/{id}",
-    ] {
+    for path in ["/api/auth/register", "/api/users/{userId}/points", "/api/admin/products/{id}"] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }
     let ui = app.get("/swagger-ui/", None).await;

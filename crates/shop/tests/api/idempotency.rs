@@ -9,10 +9,7 @@ use crate::support::{TestApp, User, assert_problem, spawn_app, spawn_app_with};
 
 async fn charge_with_key(app: &TestApp, user: &User, key: &str, body: Value) -> reqwest::Response {
     let path = format!("/api/users/{}/points", user.id);
-    app.post_with_key(&path, &user.token, key, &body)
-        .send()
-        .await
-        .unwrap()
+    app.post_with_key(&path, &user.token, key, &body).send().await.unwrap()
 }
 
 #[tokio::test]
@@ -46,12 +43,7 @@ async fn a_replay_does_not_count_toward_the_charge_limit() {
     let app = spawn_app().await;
     let user = app.new_user().await;
     for _ in 0..5 {
-        assert_eq!(
-            charge_with_key(&app, &user, "same", json!({"amount": 1000}))
-                .await
-                .status(),
-            StatusCode::OK
-        );
+        assert_eq!(charge_with_key(&app, &user, "same", json!({"amount": 1000})).await.status(), StatusCode::OK);
     }
     assert_eq!(app.charge(&user, 1000).await.status(), StatusCode::OK);
     assert_eq!(app.charge(&user, 1000).await.status(), StatusCode::OK);
@@ -64,35 +56,17 @@ async fn a_key_reused_with_another_body_or_path_is_422() {
     let (user, admin) = (app.new_user().await, app.admin().await);
     charge_with_key(&app, &user, "k", json!({"amount": 1000})).await;
     let other_body = charge_with_key(&app, &user, "k", json!({"amount": 2000})).await;
-    assert_problem(
-        other_body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "IDEMPOTENCY_KEY_REUSED",
-    )
-    .await;
+    assert_problem(other_body, StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED").await;
     assert_eq!(app.balance_and_ledger_sum(user.id).await, (1000, 1000));
 
     // Keys are per caller: the admin's "k" is another key.
     let body = json!({"amount": 1000});
     let users_wallet = format!("/api/users/{}/points", user.id);
-    let by_admin = app
-        .post_with_key(&users_wallet, &admin.token, "k", &body)
-        .send()
-        .await
-        .unwrap();
+    let by_admin = app.post_with_key(&users_wallet, &admin.token, "k", &body).send().await.unwrap();
     assert_eq!(by_admin.status(), StatusCode::OK);
     let admins_wallet = format!("/api/users/{}/points", admin.id);
-    let other_path = app
-        .post_with_key(&admins_wallet, &admin.token, "k", &body)
-        .send()
-        .await
-        .unwrap();
-    assert_problem(
-        other_path,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "IDEMPOTENCY_KEY_REUSED",
-    )
-    .await;
+    let other_path = app.post_with_key(&admins_wallet, &admin.token, "k", &body).send().await.unwrap();
+    assert_problem(other_path, StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED").await;
 }
 
 #[tokio::test]
@@ -104,21 +78,12 @@ async fn a_final_refusal_is_replayed_and_a_bad_key_is_400() {
     let first = assert_problem(refused, StatusCode::CONFLICT, "CHARGE_LIMIT_EXCEEDED").await;
     let again = charge_with_key(&app, &user, "late", json!({"amount": 1000})).await;
     assert_eq!(again.headers()["idempotent-replayed"], "true");
-    assert_eq!(
-        assert_problem(again, StatusCode::CONFLICT, "CHARGE_LIMIT_EXCEEDED").await,
-        first
-    );
+    assert_eq!(assert_problem(again, StatusCode::CONFLICT, "CHARGE_LIMIT_EXCEEDED").await, first);
 
     for bad in ["", &"k".repeat(256), "tab\tinside"] {
         let response = charge_with_key(&app, &user, bad, json!({"amount": 1000})).await;
         let problem = assert_problem(response, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
-        assert!(
-            problem["detail"]
-                .as_str()
-                .unwrap()
-                .starts_with("Idempotency-Key"),
-            "{problem}"
-        );
+        assert!(problem["detail"].as_str().unwrap().starts_with("Idempotency-Key"), "{problem}");
     }
 }
 
@@ -139,9 +104,7 @@ async fn concurrent_requests_with_one_key_take_effect_once() {
     for response in responses {
         match response.status() {
             StatusCode::OK => ok += 1,
-            _ => {
-                drop(assert_problem(response, StatusCode::CONFLICT, "IDEMPOTENCY_KEY_IN_USE").await)
-            }
+            _ => drop(assert_problem(response, StatusCode::CONFLICT, "IDEMPOTENCY_KEY_IN_USE").await),
         }
     }
     assert!(ok >= 1);

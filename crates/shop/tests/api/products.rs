@@ -3,14 +3,7 @@ use serde_json::{Value, json};
 
 use crate::support::{TestApp, User, assert_problem, spawn_app};
 
-async fn create(
-    app: &TestApp,
-    admin: &User,
-    name: &str,
-    price: i64,
-    stock: i64,
-    category: &str,
-) -> Value {
+async fn create(app: &TestApp, admin: &User, name: &str, price: i64, stock: i64, category: &str) -> Value {
     let response = app
         .post(
             "/api/admin/products",
@@ -30,42 +23,22 @@ async fn an_admin_creates_and_patches_products() {
     assert_eq!(created["name"], "아메리카노");
     let id = created["id"].as_i64().unwrap();
     let path = format!("/api/admin/products/{id}");
-    let patched = app
-        .request(
-            reqwest::Method::PATCH,
-            &path,
-            Some(&admin.token),
-            Some(json!({"price": 3500, "stock": 90})),
-        )
-        .await;
+    let patched =
+        app.request(reqwest::Method::PATCH, &path, Some(&admin.token), Some(json!({"price": 3500, "stock": 90}))).await;
     assert_eq!(patched.status(), StatusCode::OK);
     let patched: Value = patched.json().await.unwrap();
     assert_eq!(
-        (
-            patched["price"].as_i64(),
-            patched["stock"].as_i64(),
-            patched["name"].as_str()
-        ),
+        (patched["price"].as_i64(), patched["stock"].as_i64(), patched["name"].as_str()),
         (Some(3500), Some(90), Some("아메리카노"))
     );
-    let read: Value = app
-        .get(&format!("/api/products/{id}"), None)
-        .await
-        .json()
+    let read: Value = app.get(&format!("/api/products/{id}"), None).await.json().await.unwrap();
+    assert_eq!(read, patched);
+    let (stock, total): (i64, i64) = sqlx::query_as("SELECT stock, stock_total FROM products WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
         .await
         .unwrap();
-    assert_eq!(read, patched);
-    let (stock, total): (i64, i64) =
-        sqlx::query_as("SELECT stock, stock_total FROM products WHERE id = $1")
-            .bind(id)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-    assert_eq!(
-        (stock, total),
-        (90, 90),
-        "an admin change moves the accounted total too"
-    );
+    assert_eq!((stock, total), (90, 90), "an admin change moves the accounted total too");
 }
 
 #[tokio::test]
@@ -73,76 +46,29 @@ async fn bad_product_input_is_400_and_unknown_is_404() {
     let app = spawn_app().await;
     let admin = app.admin().await;
     for (body, field) in [
-        (
-            json!({"name": "", "price": 1, "stock": 1, "category": "c"}),
-            "name",
-        ),
-        (
-            json!({"name": "n", "price": 0, "stock": 1, "category": "c"}),
-            "price",
-        ),
-        (
-            json!({"name": "n", "price": 1, "stock": -1, "category": "c"}),
-            "stock",
-        ),
-        (
-            json!({"name": "n", "price": 1, "stock": 1, "category": ""}),
-            "category",
-        ),
-        (
-            json!({"name": "n", "price": 1.5, "stock": 1, "category": "c"}),
-            "price",
-        ),
+        (json!({"name": "", "price": 1, "stock": 1, "category": "c"}), "name"),
+        (json!({"name": "n", "price": 0, "stock": 1, "category": "c"}), "price"),
+        (json!({"name": "n", "price": 1, "stock": -1, "category": "c"}), "stock"),
+        (json!({"name": "n", "price": 1, "stock": 1, "category": ""}), "category"),
+        (json!({"name": "n", "price": 1.5, "stock": 1, "category": "c"}), "price"),
     ] {
         let problem = assert_problem(
-            app.post("/api/admin/products", Some(&admin.token), body)
-                .await,
+            app.post("/api/admin/products", Some(&admin.token), body).await,
             StatusCode::BAD_REQUEST,
             "VALIDATION_FAILED",
         )
         .await;
-        assert!(
-            problem["detail"].as_str().unwrap().starts_with(field),
-            "{problem}"
-        );
+        assert!(problem["detail"].as_str().unwrap().starts_with(field), "{problem}");
     }
-    let patch = |path: &'static str, body: Value| {
-        app.request(reqwest::Method::PATCH, path, Some(&admin.token), Some(body))
-    };
-    assert_problem(
-        patch("/api/admin/products/1", json!({})).await,
-        StatusCode::BAD_REQUEST,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    assert_problem(
-        patch("/api/admin/products/999", json!({"price": 5})).await,
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-    )
-    .await;
-    assert_problem(
-        app.get("/api/products/999", None).await,
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-    )
-    .await;
-    assert_problem(
-        app.get("/api/products/0", None).await,
-        StatusCode::BAD_REQUEST,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    assert_problem(
-        app.get("/api/products/abc", None).await,
-        StatusCode::BAD_REQUEST,
-        "VALIDATION_FAILED",
-    )
-    .await;
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let patch =
+        |path: &'static str, body: Value| app.request(reqwest::Method::PATCH, path, Some(&admin.token), Some(body));
+    assert_problem(patch("/api/admin/products/1", json!({})).await, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_problem(patch("/api/admin/products/999", json!({"price": 5})).await, StatusCode::NOT_FOUND, "NOT_FOUND")
+        .await;
+    assert_problem(app.get("/api/products/999", None).await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    assert_problem(app.get("/api/products/0", None).await, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_problem(app.get("/api/products/abc", None).await, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&app.db).await.unwrap();
     assert_eq!(count, 0);
 }
 
@@ -154,57 +80,23 @@ async fn the_list_pages_by_cursor_and_filters_by_category() {
         create(&app, &admin, &format!("drink {i}"), 1000, 10, "음료").await;
         create(&app, &admin, &format!("food {i}"), 2000, 10, "식품").await;
     }
-    let first: Value = app
-        .get("/api/products?limit=3", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first: Value = app.get("/api/products?limit=3", None).await.json().await.unwrap();
     assert_eq!(first["items"].as_array().unwrap().len(), 3);
-    let mut seen: Vec<i64> = first["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_i64().unwrap())
-        .collect();
+    let mut seen: Vec<i64> = first["items"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
     let mut cursor = first["nextCursor"].as_str().map(str::to_owned);
     while let Some(next) = cursor {
-        let page: Value = app
-            .get(&format!("/api/products?limit=3&cursor={next}"), None)
-            .await
-            .json()
-            .await
-            .unwrap();
-        seen.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["id"].as_i64().unwrap()),
-        );
+        let page: Value = app.get(&format!("/api/products?limit=3&cursor={next}"), None).await.json().await.unwrap();
+        seen.extend(page["items"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()));
         cursor = page["nextCursor"].as_str().map(str::to_owned);
     }
     assert_eq!(seen.len(), 10);
-    assert!(
-        seen.windows(2).all(|w| w[0] < w[1]),
-        "ascending ids, no repeats: {seen:?}"
-    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "ascending ids, no repeats: {seen:?}");
 
-    let drinks: Value = app
-        .get("/api/products?category=%EC%9D%8C%EB%A3%8C", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let drinks: Value = app.get("/api/products?category=%EC%9D%8C%EB%A3%8C", None).await.json().await.unwrap();
     let drinks = drinks["items"].as_array().unwrap();
     assert_eq!(drinks.len(), 5);
     assert!(drinks.iter().all(|p| p["category"] == "음료"));
-    assert_problem(
-        app.get("/api/products?limit=0", None).await,
-        StatusCode::BAD_REQUEST,
-        "VALIDATION_FAILED",
-    )
-    .await;
+    assert_problem(app.get("/api/products?limit=0", None).await, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
 }
 
 #[tokio::test]
@@ -213,9 +105,7 @@ async fn empty_query_parameters_count_as_absent() {
     let admin = app.admin().await;
     create(&app, &admin, "americano", 3000, 100, "음료").await;
     // The form API.md writes: `?category=&limit=50&cursor=`.
-    let response = app
-        .get("/api/products?category=&limit=&cursor=", None)
-        .await;
+    let response = app.get("/api/products?category=&limit=&cursor=", None).await;
     assert_eq!(response.status(), StatusCode::OK);
     let page: Value = response.json().await.unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 1);

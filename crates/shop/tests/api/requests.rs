@@ -7,22 +7,15 @@ use crate::support::{assert_problem, spawn_app};
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405() {
     let app = spawn_app().await;
+    assert_problem(app.get("/api/nothing-here", None).await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
     assert_problem(
-        app.get("/api/nothing-here", None).await,
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-    )
-    .await;
-    assert_problem(
-        app.request(Method::DELETE, "/api/products", None, None)
-            .await,
+        app.request(Method::DELETE, "/api/products", None, None).await,
         StatusCode::METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",
     )
     .await;
     assert_problem(
-        app.request(Method::PUT, "/api/auth/login", None, None)
-            .await,
+        app.request(Method::PUT, "/api/auth/login", None, None).await,
         StatusCode::METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",
     )
@@ -53,9 +46,7 @@ async fn bodies_that_are_not_json_are_415_malformed_400_and_large_413() {
     .await;
     for malformed in [&b"{"[..], b"", b"[1,2]", b"null", b"{\"email\": }"] {
         assert_problem(
-            post(Some("application/json"), malformed.to_vec())
-                .await
-                .unwrap(),
+            post(Some("application/json"), malformed.to_vec()).await.unwrap(),
             StatusCode::BAD_REQUEST,
             "VALIDATION_FAILED",
         )
@@ -63,9 +54,7 @@ async fn bodies_that_are_not_json_are_415_malformed_400_and_large_413() {
     }
     let large = format!(r#"{{"email": "{}"}}"#, "a".repeat(70 * 1024));
     assert_problem(
-        post(Some("application/json"), large.into_bytes())
-            .await
-            .unwrap(),
+        post(Some("application/json"), large.into_bytes()).await.unwrap(),
         StatusCode::PAYLOAD_TOO_LARGE,
         "PAYLOAD_TOO_LARGE",
     )

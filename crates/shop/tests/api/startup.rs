@@ -10,72 +10,36 @@ use crate::support::{TestApp, spawn_app_with};
 
 fn shop() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     command
 }
 
 #[test]
 fn unreachable_postgres_is_named_without_a_panic() {
-    let output = shop()
-        .args([
-            "serve",
-            "--database-url",
-            "postgres://postgres@127.0.0.1:1/shop",
-        ])
-        .output()
-        .unwrap();
+    let output = shop().args(["serve", "--database-url", "postgres://postgres@127.0.0.1:1/shop"]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("cannot reach PostgreSQL at 127.0.0.1:1 (database shop)"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot reach PostgreSQL at 127.0.0.1:1 (database shop)"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn unreachable_redis_is_named_without_a_panic() {
-    let database = format!(
-        "postgres://postgres@127.0.0.1:5432/shop_test_{}",
-        uuid::Uuid::new_v4().simple()
-    );
-    let output = shop()
-        .args([
-            "serve",
-            "--database-url",
-            &database,
-            "--redis-url",
-            "redis://127.0.0.1:1",
-        ])
-        .output()
-        .unwrap();
+    let database = format!("postgres://postgres@127.0.0.1:5432/shop_test_{}", uuid::Uuid::new_v4().simple());
+    let output =
+        shop().args(["serve", "--database-url", &database, "--redis-url", "redis://127.0.0.1:1"]).output().unwrap();
     drop_database(&database);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("cannot reach Redis at redis://127.0.0.1:1"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot reach Redis at redis://127.0.0.1:1"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn migrate_creates_the_database_and_exits() {
-    let database = format!(
-        "postgres://postgres@127.0.0.1:5432/shop_test_{}",
-        uuid::Uuid::new_v4().simple()
-    );
-    let status = shop()
-        .args(["migrate", "--database-url", &database])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    let tables = psql(
-        "SELECT count(*) FROM pg_tables WHERE tablename = 'point_wallets'",
-        &database,
-    );
+    let database = format!("postgres://postgres@127.0.0.1:5432/shop_test_{}", uuid::Uuid::new_v4().simple());
+    let status = shop().args(["migrate", "--database-url", &database]).stdout(Stdio::null()).status().unwrap();
+    let tables = psql("SELECT count(*) FROM pg_tables WHERE tablename = 'point_wallets'", &database);
     drop_database(&database);
     assert!(status.success());
     assert_eq!(tables.trim(), "1");
@@ -85,45 +49,18 @@ fn migrate_creates_the_database_and_exits() {
 async fn demo_data_is_seeded_into_an_empty_database_once() {
     let app = spawn_app_with(|config| config.seed_demo_data = true).await;
     let products: Value = app.get("/api/products", None).await.json().await.unwrap();
-    let names: Vec<_> = products["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        names,
-        [
-            "아메리카노",
-            "카페라떼",
-            "치킨샌드위치",
-            "에스프레소",
-            "티셔츠"
-        ]
-    );
+    let names: Vec<_> = products["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["아메리카노", "카페라떼", "치킨샌드위치", "에스프레소", "티셔츠"]);
     assert_eq!(products["items"][0]["price"], 3000);
     assert_eq!(products["items"][4]["stock"], 30);
-    let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM coupon_types ORDER BY id")
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(
-        codes,
-        [
-            "DISCOUNT_10PERCENT",
-            "DISCOUNT_20PERCENT",
-            "FIXED_1000",
-            "FIXED_2000"
-        ]
-    );
+    let codes: Vec<String> =
+        sqlx::query_scalar("SELECT code FROM coupon_types ORDER BY id").fetch_all(&app.db).await.unwrap();
+    assert_eq!(codes, ["DISCOUNT_10PERCENT", "DISCOUNT_20PERCENT", "FIXED_1000", "FIXED_2000"]);
 
     // A second instance on the same database seeds nothing more.
     let second = shop::startup::Server::build(&app.config).await.unwrap();
     drop(second);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&app.db).await.unwrap();
     assert_eq!(count, 5);
 }
 
@@ -136,13 +73,9 @@ async fn the_admin_account_is_ensured_with_the_configured_password() {
     let login = |password: &'static str| {
         let app: &TestApp = &app;
         async move {
-            app.post(
-                "/api/auth/login",
-                None,
-                serde_json::json!({"email": "admin@shop.local", "password": password}),
-            )
-            .await
-            .status()
+            app.post("/api/auth/login", None, serde_json::json!({"email": "admin@shop.local", "password": password}))
+                .await
+                .status()
         }
     };
     assert_eq!(login("second-password").await, StatusCode::OK);
@@ -151,24 +84,10 @@ async fn the_admin_account_is_ensured_with_the_configured_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_stops_the_server_cleanly() {
-    let database = format!(
-        "postgres://postgres@127.0.0.1:5432/shop_test_{}",
-        uuid::Uuid::new_v4().simple()
-    );
+    let database = format!("postgres://postgres@127.0.0.1:5432/shop_test_{}", uuid::Uuid::new_v4().simple());
     let mut child = shop()
-        .args([
-            "serve",
-            "--database-url",
-            &database,
-            "--bind-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args([
-            "--redis-key-prefix",
-            &format!("test:{}:", uuid::Uuid::new_v4().simple()),
-        ])
+        .args(["serve", "--database-url", &database, "--bind-addr", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--redis-key-prefix", &format!("test:{}:", uuid::Uuid::new_v4().simple())])
         .args(["--argon2-memory-kib", "256", "--argon2-iterations", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -181,30 +100,18 @@ async fn sigterm_stops_the_server_cleanly() {
         let address = lines
             .by_ref()
             .map_while(Result::ok)
-            .find_map(|line| {
-                line.split("listening on ")
-                    .nth(1)
-                    .map(|rest| rest.split('"').next().unwrap().to_owned())
-            })
+            .find_map(|line| line.split("listening on ").nth(1).map(|rest| rest.split('"').next().unwrap().to_owned()))
             .expect("the server prints its address");
         std::thread::spawn(move || lines.for_each(drop)); // keep the pipe drained
         address
     })
     .await
     .unwrap();
-    let ready = reqwest::get(format!("{address}/health/ready"))
-        .await
-        .unwrap();
+    let ready = reqwest::get(format!("{address}/health/ready")).await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let exited = tokio::task::spawn_blocking(move || {
         for _ in 0..100 {
             if let Some(status) = child.try_wait().unwrap() {
@@ -222,17 +129,11 @@ async fn sigterm_stops_the_server_cleanly() {
 }
 
 fn psql(sql: &str, database_url: &str) -> String {
-    let output = Command::new("psql")
-        .args([database_url, "-tAc", sql])
-        .output()
-        .unwrap();
+    let output = Command::new("psql").args([database_url, "-tAc", sql]).output().unwrap();
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn drop_database(database_url: &str) {
     let name = database_url.rsplit('/').next().unwrap();
-    psql(
-        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-        "postgres://postgres@127.0.0.1:5432/postgres",
-    );
+    psql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"), "postgres://postgres@127.0.0.1:5432/postgres");
 }

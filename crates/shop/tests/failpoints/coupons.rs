@@ -19,18 +19,8 @@ async fn a_unit_lost_to_a_crash_after_the_gate_is_reconciled() {
 
     fail::cfg("coupons::gate::granted", "1*return").unwrap();
     // The gate hands the only unit out, and the request dies before writing.
-    assert_problem(
-        app.issue_coupon(&crashed, &code).await,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "INTERNAL",
-    )
-    .await;
-    assert_problem(
-        app.issue_coupon(&waiting, &code).await,
-        StatusCode::CONFLICT,
-        "COUPON_SOLD_OUT",
-    )
-    .await;
+    assert_problem(app.issue_coupon(&crashed, &code).await, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL").await;
+    assert_problem(app.issue_coupon(&waiting, &code).await, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
 
     // The reconciler finds the grant without a coupon and returns the unit.
     let mut issued = false;
@@ -44,10 +34,7 @@ async fn a_unit_lost_to_a_crash_after_the_gate_is_reconciled() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(issued, "the lost unit came back within 5 s");
-    let holders: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM coupons")
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
+    let holders: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM coupons").fetch_all(&app.db).await.unwrap();
     assert_eq!(holders, vec![waiting.id]);
     app.assert_coupon_invariants().await;
     scenario.teardown();

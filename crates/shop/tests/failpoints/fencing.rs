@@ -34,11 +34,7 @@ async fn a_holder_whose_lease_ran_out_is_refused_by_the_fencing_token() {
     hold.release();
     let stale = stale.await.unwrap();
     assert_problem(stale, StatusCode::CONFLICT, "CONCURRENCY_CONFLICT").await;
-    assert_eq!(
-        app.balance_and_ledger_sum(user.id).await,
-        (2000, 2000),
-        "the stale holder wrote nothing"
-    );
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (2000, 2000), "the stale holder wrote nothing");
     let fence: i64 = sqlx::query_scalar("SELECT fence FROM point_wallets WHERE user_id = $1")
         .bind(user.id)
         .fetch_one(&app.db)
@@ -60,11 +56,7 @@ async fn a_fencing_counter_lost_by_redis_is_lifted_above_the_database() {
     assert_eq!(app.charge(&user, 1000).await.status(), StatusCode::OK);
     // Redis restarted without persistence: the counter starts again below
     // the token the wallet already carries.
-    sqlx::query("UPDATE point_wallets SET fence = 50 WHERE user_id = $1")
-        .bind(user.id)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE point_wallets SET fence = 50 WHERE user_id = $1").bind(user.id).execute(&app.db).await.unwrap();
     let refused = app.charge(&user, 1000).await;
     assert_problem(refused, StatusCode::CONFLICT, "CONCURRENCY_CONFLICT").await;
     // The refusal lifted the counter; the next charge goes through.

@@ -11,8 +11,7 @@ use crate::{Hold, charge_in_background};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_stops_taking_requests_and_finishes_those_in_flight() {
     let scenario = fail::FailScenario::setup();
-    let mut app =
-        spawn_app_with(|config| config.points_strategy = PointsStrategyKind::Pessimistic).await;
+    let mut app = spawn_app_with(|config| config.points_strategy = PointsStrategyKind::Pessimistic).await;
     let user = app.new_user().await;
     let mut hold = Hold::first_at("points::pessimistic::after_read");
     let in_flight = charge_in_background(&app, &user, 3000, None);
@@ -20,10 +19,7 @@ async fn shutdown_stops_taking_requests_and_finishes_those_in_flight() {
 
     app.begin_shutdown();
     // New connections are refused once the listener has closed.
-    let fresh = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let mut refused = false;
     for _ in 0..50 {
         if fresh.get(app.url("/health/live")).send().await.is_err() {
@@ -45,25 +41,20 @@ async fn shutdown_stops_taking_requests_and_finishes_those_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_is_in_use_while_its_first_request_runs() {
     let scenario = fail::FailScenario::setup();
-    let app =
-        spawn_app_with(|config| config.points_strategy = PointsStrategyKind::Pessimistic).await;
+    let app = spawn_app_with(|config| config.points_strategy = PointsStrategyKind::Pessimistic).await;
     let user = app.new_user().await;
     let mut hold = Hold::first_at("points::pessimistic::after_read");
     let first = charge_in_background(&app, &user, 4000, Some("k"));
     hold.reached().await;
 
-    let meanwhile = charge_in_background(&app, &user, 4000, Some("k"))
-        .await
-        .unwrap();
+    let meanwhile = charge_in_background(&app, &user, 4000, Some("k")).await.unwrap();
     assert_problem(meanwhile, StatusCode::CONFLICT, "IDEMPOTENCY_KEY_IN_USE").await;
     hold.release();
     let first = first.await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     let first: Value = first.json().await.unwrap();
 
-    let replay = charge_in_background(&app, &user, 4000, Some("k"))
-        .await
-        .unwrap();
+    let replay = charge_in_background(&app, &user, 4000, Some("k")).await.unwrap();
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(replay.json::<Value>().await.unwrap(), first);
     assert_eq!(app.balance_and_ledger_sum(user.id).await, (4000, 4000));
@@ -73,8 +64,7 @@ async fn a_key_is_in_use_while_its_first_request_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_optimistic_write_that_lost_its_race_retries_from_a_fresh_read() {
     let scenario = fail::FailScenario::setup();
-    let app =
-        spawn_app_with(|config| config.points_strategy = PointsStrategyKind::Optimistic).await;
+    let app = spawn_app_with(|config| config.points_strategy = PointsStrategyKind::Optimistic).await;
     let user = app.new_user().await;
     let mut hold = Hold::first_at("points::optimistic::after_read");
     let first = charge_in_background(&app, &user, 1000, None);
@@ -85,16 +75,9 @@ async fn an_optimistic_write_that_lost_its_race_retries_from_a_fresh_read() {
 
     let first = first.await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(
-        first.json::<Value>().await.unwrap()["balance"],
-        6000,
-        "the retry saw the other charge"
-    );
+    assert_eq!(first.json::<Value>().await.unwrap()["balance"], 6000, "the retry saw the other charge");
     assert_eq!(app.balance_and_ledger_sum(user.id).await, (6000, 6000));
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    assert!(
-        metrics.contains("shop_optimistic_retries_total"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("shop_optimistic_retries_total"), "{metrics}");
     scenario.teardown();
 }

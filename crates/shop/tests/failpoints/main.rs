@@ -26,11 +26,7 @@ pub fn charge_in_background(
     let body = json!({"amount": amount});
     let request = match key {
         Some(key) => app.post_with_key(&path, &user.token, key, &body),
-        None => app
-            .client
-            .post(app.url(&path))
-            .bearer_auth(&user.token)
-            .json(&body),
+        None => app.client.post(app.url(&path)).bearer_auth(&user.token).json(&body),
     };
     tokio::spawn(async move { request.send().await.unwrap() })
 }
@@ -62,10 +58,7 @@ impl Hold {
 
     /// Waits until a request is held at the point.
     pub async fn reached(&mut self) {
-        self.reached
-            .recv()
-            .await
-            .expect("a request reaches the fail point");
+        self.reached.recv().await.expect("a request reaches the fail point");
     }
 
     pub fn release(&self) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use shop::config::{
-    Config, CouponStrategyKind, DatabaseConfig, LockConfig, LogFormat, PointsStrategyKind,
+    Config, CouponStrategyKind, DatabaseConfig, LockConfig, LogFormat, PointsStrategyKind, StockStrategyKind,
 };
 use shop::startup::Server;
 use sqlx::PgPool;
@@ -40,6 +40,8 @@ pub fn test_config() -> Config {
         admin_password: ADMIN_PASSWORD.into(),
         points_strategy: PointsStrategyKind::Atomic,
         coupon_strategy: CouponStrategyKind::Atomic,
+        stock_strategy: StockStrategyKind::Atomic,
+        order_payment_timeout_secs: 600,
         points_daily_charge_limit: 3,
         points_monthly_charge_limit: 10,
         seed_demo_data: false,
@@ -91,9 +93,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 async fn start(config: Config, owns_data: bool) -> TestApp {
-    let server = Server::build(&config)
-        .await
-        .expect("the test server starts");
+    let server = Server::build(&config).await.expect("the test server starts");
     let address = format!("http://{}", server.local_addr());
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(server.run(async move {
@@ -104,27 +104,13 @@ async fn start(config: Config, owns_data: bool) -> TestApp {
         .connect(&config.database.database_url)
         .await
         .expect("the test database is reachable");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    TestApp {
-        address,
-        client,
-        db,
-        config,
-        stop: Some(stop),
-        server: Some(server),
-        owns_data,
-    }
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(60)).build().unwrap();
+    TestApp { address, client, db, config, stop: Some(stop), server: Some(server), owns_data }
 }
 
 fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("warn")
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
 }
 
 impl TestApp {
@@ -155,13 +141,7 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Response {
+    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Response {
         let mut request = self.client.request(method, self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -181,27 +161,12 @@ impl TestApp {
     }
 
     /// A POST that carries an `Idempotency-Key`.
-    pub fn post_with_key(
-        &self,
-        path: &str,
-        token: &str,
-        key: &str,
-        body: &Value,
-    ) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.url(path))
-            .bearer_auth(token)
-            .header("Idempotency-Key", key)
-            .json(body)
+    pub fn post_with_key(&self, path: &str, token: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path)).bearer_auth(token).header("Idempotency-Key", key).json(body)
     }
 
     pub async fn register(&self, email: &str, password: &str, name: &str) -> Response {
-        self.post(
-            "/api/auth/register",
-            None,
-            json!({"email": email, "password": password, "name": name}),
-        )
-        .await
+        self.post("/api/auth/register", None, json!({"email": email, "password": password, "name": name})).await
     }
 
     /// A fresh account, signed in.
@@ -235,41 +200,22 @@ impl TestApp {
         let tokens = shop::auth::Tokens::new(secret, Duration::from_secs(3600));
         ids.into_iter()
             .map(|id| {
-                let pair = tokens
-                    .issue(shop::auth::Caller {
-                        user_id: id,
-                        role: shop::domain::user::Role::User,
-                    })
-                    .unwrap();
-                User {
-                    id,
-                    email: String::new(),
-                    token: pair.access_token,
-                    refresh_token: pair.refresh_token,
-                }
+                let pair =
+                    tokens.issue(shop::auth::Caller { user_id: id, role: shop::domain::user::Role::User }).unwrap();
+                User { id, email: String::new(), token: pair.access_token, refresh_token: pair.refresh_token }
             })
             .collect()
     }
 
     pub async fn admin(&self) -> User {
-        let response = self
-            .post(
-                "/api/auth/login",
-                None,
-                json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
-            )
-            .await;
+        let response =
+            self.post("/api/auth/login", None, json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})).await;
         assert_eq!(response.status(), StatusCode::OK);
         user_from(response.json().await.unwrap())
     }
 
     pub async fn charge(&self, user: &User, amount: i64) -> Response {
-        self.post(
-            &format!("/api/users/{}/points", user.id),
-            Some(&user.token),
-            json!({"amount": amount}),
-        )
-        .await
+        self.post(&format!("/api/users/{}/points", user.id), Some(&user.token), json!({"amount": amount})).await
     }
 
     /// The stored balance and the sum of the user's ledger.
@@ -289,28 +235,14 @@ impl TestApp {
         let admin = self.admin().await;
         let mut body = json!({"code": code, "kind": "FIXED", "value": 1000, "minOrderAmount": 0,
                               "totalQuantity": total, "validDays": 30});
-        body.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        let response = self
-            .post("/api/admin/coupon-types", Some(&admin.token), body)
-            .await;
-        assert_eq!(
-            response.status(),
-            StatusCode::CREATED,
-            "{}",
-            response.text().await.unwrap()
-        );
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let response = self.post("/api/admin/coupon-types", Some(&admin.token), body).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
         code.to_owned()
     }
 
     pub async fn issue_coupon(&self, user: &User, code: &str) -> Response {
-        self.post(
-            "/api/coupons/issue",
-            Some(&user.token),
-            json!({"couponType": code}),
-        )
-        .await
+        self.post("/api/coupons/issue", Some(&user.token), json!({"couponType": code})).await
     }
 
     /// Coupon invariants of API.md: issued ≤ total and equal to the rows,
@@ -324,10 +256,7 @@ impl TestApp {
         .fetch_all(&self.db)
         .await
         .unwrap();
-        assert!(
-            broken.is_empty(),
-            "(code, total, counted, rows): {broken:?}"
-        );
+        assert!(broken.is_empty(), "(code, total, counted, rows): {broken:?}");
         let doubled: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM (SELECT 1 FROM coupons GROUP BY user_id, coupon_type_id HAVING count(*) > 1) d",
         )
@@ -348,10 +277,7 @@ impl TestApp {
         .fetch_all(&self.db)
         .await
         .unwrap();
-        assert!(
-            broken.is_empty(),
-            "balance ≠ Σ ledger (user, balance, sum): {broken:?}"
-        );
+        assert!(broken.is_empty(), "balance ≠ Σ ledger (user, balance, sum): {broken:?}");
     }
 
     /// Tells the server to stop taking requests and finish those in flight.
@@ -363,12 +289,7 @@ impl TestApp {
 
     /// Waits until the server has stopped; panics if it failed.
     pub async fn stopped(&mut self) {
-        self.server
-            .take()
-            .expect("waited once")
-            .await
-            .unwrap()
-            .unwrap();
+        self.server.take().expect("waited once").await.unwrap().unwrap();
     }
 }
 
@@ -376,32 +297,20 @@ pub fn user_from(body: Value) -> User {
     User {
         id: body["userId"].as_i64().expect("userId"),
         email: body["email"].as_str().expect("email").to_owned(),
-        token: body["accessToken"]
-            .as_str()
-            .expect("accessToken")
-            .to_owned(),
-        refresh_token: body["refreshToken"]
-            .as_str()
-            .expect("refreshToken")
-            .to_owned(),
+        token: body["accessToken"].as_str().expect("accessToken").to_owned(),
+        refresh_token: body["refreshToken"].as_str().expect("refreshToken").to_owned(),
     }
 }
 
 /// Asserts a problem+json answer with this status and code; returns its body.
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "status of {}", response.url());
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(content_type.as_deref(), Some("application/problem+json"));
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["status"], status.as_u16());
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
     body
 }
 
@@ -414,46 +323,22 @@ impl Drop for TestApp {
         if !self.owns_data {
             return;
         }
-        let database = self
-            .config
-            .database
-            .database_url
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_owned();
+        let database = self.config.database.database_url.rsplit('/').next().unwrap().to_owned();
         let prefix = self.config.redis_key_prefix.clone();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
-                if let Ok(pool) = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&format!("{PG}/postgres"))
-                    .await
-                {
+                if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&format!("{PG}/postgres")).await {
                     let drop = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
-                    sqlx::query(sqlx::AssertSqlSafe(drop))
-                        .execute(&pool)
-                        .await
-                        .ok();
+                    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await.ok();
                 }
                 if let Ok(client) = redis::Client::open(REDIS)
                     && let Ok(mut redis) = client.get_multiplexed_async_connection().await
                 {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{prefix}*"))
-                        .query_async(&mut redis)
-                        .await
-                        .unwrap_or_default();
+                    let keys: Vec<String> =
+                        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.unwrap_or_default();
                     if !keys.is_empty() {
-                        redis::cmd("DEL")
-                            .arg(keys)
-                            .query_async::<()>(&mut redis)
-                            .await
-                            .ok();
+                        redis::cmd("DEL").arg(keys).query_async::<()>(&mut redis).await.ok();
                     }
                 }
             });
@@ -470,16 +355,9 @@ async fn delete_redis_keys(prefix: &str) {
     let Ok(mut redis) = client.get_multiplexed_async_connection().await else {
         return;
     };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap_or_default();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.unwrap_or_default();
     if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async::<()>(&mut redis)
-            .await
-            .ok();
+        redis::cmd("DEL").arg(keys).query_async::<()>(&mut redis).await.ok();
     }
 }

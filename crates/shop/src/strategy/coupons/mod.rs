@@ -51,16 +51,13 @@ impl CouponStrategy {
         user_id: i64,
         claim: Option<&Claim>,
     ) -> Result<CouponView, AppError> {
-        coupon_type
-            .check_window(Utc::now())
-            .map_err(|_| AppError::CouponNotOpen)?;
+        coupon_type.check_window(Utc::now()).map_err(|_| AppError::CouponNotOpen)?;
         if let Self::RedisGate(gate) = self {
             return gate.issue(db, coupon_type, user_id, claim).await;
         }
         // Sold out and held are final once true, so a lock-free read answers
         // most of a rush; only requests that could win go on to queue.
-        let facts =
-            coupons::issue_facts(&mut *db.acquire().await?, coupon_type.id, user_id).await?;
+        let facts = coupons::issue_facts(&mut *db.acquire().await?, coupon_type.id, user_id).await?;
         if facts.held {
             return Err(AppError::CouponAlreadyIssued);
         }
@@ -72,9 +69,7 @@ impl CouponStrategy {
                 pessimistic::issue(db, coupon_type, user_id, claim, *lock_timeout).await
             }
             Self::Atomic => atomic::issue(db, coupon_type, user_id, claim).await,
-            Self::RedisLock(locks) => {
-                redis_lock::issue(db, locks, coupon_type, user_id, claim).await
-            }
+            Self::RedisLock(locks) => redis_lock::issue(db, locks, coupon_type, user_id, claim).await,
             Self::RedisGate(_) => unreachable!("answered above"),
         }
     }
@@ -82,9 +77,7 @@ impl CouponStrategy {
 
 /// Counts one more coupon against the total. Over it, the database refuses.
 async fn count_issued(conn: &mut PgConnection, type_id: i64) -> Result<(), AppError> {
-    coupons::count_issued(conn, type_id)
-        .await
-        .on_constraint("coupon_types_issued_check", || AppError::CouponSoldOut)
+    coupons::count_issued(conn, type_id).await.on_constraint("coupon_types_issued_check", || AppError::CouponSoldOut)
 }
 
 /// Writes the coupon and, under an Idempotency-Key, its answer.

@@ -23,9 +23,7 @@ pub async fn issue(
 ) -> Result<CouponView, AppError> {
     let mut tx = db.begin().await?;
     set_lock_timeout(&mut tx, lock_timeout).await?;
-    let (issued, total) = coupons::lock_type(&mut tx, coupon_type.id)
-        .await
-        .map_err(lost_race)?;
+    let (issued, total) = coupons::lock_type(&mut tx, coupon_type.id).await.map_err(lost_race)?;
     fail::fail_point!("coupons::pessimistic::locked");
     if coupons::holds(&mut tx, coupon_type.id, user_id).await? {
         return Err(AppError::CouponAlreadyIssued);

@@ -120,11 +120,7 @@ enum Grant {
 
 impl CouponGate {
     pub fn new(redis: ConnectionManager, prefix: &str, reconcile_after: Duration) -> Self {
-        Self {
-            redis,
-            prefix: prefix.to_owned(),
-            reconcile_after,
-        }
+        Self { redis, prefix: prefix.to_owned(), reconcile_after }
     }
 
     /// How often the reconciler should run so that a lost unit is back
@@ -159,34 +155,25 @@ impl CouponGate {
         let granted_at = Instant::now();
         self.grant(db, coupon_type, &keys, user_id).await?;
         // A simulated crash: the unit is handed out and never written.
-        fail::fail_point!("coupons::gate::granted", |_| Err(AppError::internal(
-            anyhow::anyhow!("simulated crash after the coupon gate")
-        )));
+        fail::fail_point!("coupons::gate::granted", |_| Err(AppError::internal(anyhow::anyhow!(
+            "simulated crash after the coupon gate"
+        ))));
         let written = async {
             let mut tx = db.begin().await?;
             count_issued(&mut tx, coupon_type.id).await?;
             let view = write_coupon(&mut tx, coupon_type, user_id, claim).await?;
             if granted_at.elapsed() > self.reconcile_after * 2 / 3 {
                 // The reconciler may already have returned this unit.
-                return Err(AppError::ConcurrencyConflict(
-                    "the coupon could not be written in time",
-                ));
+                return Err(AppError::ConcurrencyConflict("the coupon could not be written in time"));
             }
             tx.commit().await?;
             Ok(view)
         }
         .await;
         let settled = match &written {
-            Ok(_) => self
-                .redis
-                .clone()
-                .zrem(&keys.pending, user_id)
-                .await
-                .map(|_: i64| ()),
+            Ok(_) => self.redis.clone().zrem(&keys.pending, user_id).await.map(|_: i64| ()),
             Err(AppError::CouponSoldOut) => self.settle(&CLOSE, &keys, user_id, None).await,
-            Err(AppError::CouponAlreadyIssued) => {
-                self.settle(&GIVE_BACK, &keys, user_id, Some(true)).await
-            }
+            Err(AppError::CouponAlreadyIssued) => self.settle(&GIVE_BACK, &keys, user_id, Some(true)).await,
             Err(_) => self.settle(&GIVE_BACK, &keys, user_id, Some(false)).await,
         };
         if let Err(error) = settled {
@@ -195,13 +182,7 @@ impl CouponGate {
         written
     }
 
-    async fn grant(
-        &self,
-        db: &PgPool,
-        coupon_type: &CouponType,
-        keys: &Keys,
-        user_id: i64,
-    ) -> Result<(), AppError> {
+    async fn grant(&self, db: &PgPool, coupon_type: &CouponType, keys: &Keys, user_id: i64) -> Result<(), AppError> {
         for _ in 0..3 {
             let answer: String = GRANT
                 .key(&keys.state)
@@ -210,17 +191,14 @@ impl CouponGate {
                 .arg(user_id)
                 .invoke_async(&mut self.redis.clone())
                 .await?;
-            metrics::counter!("shop_coupon_gate_total", "outcome" => answer.to_lowercase())
-                .increment(1);
+            metrics::counter!("shop_coupon_gate_total", "outcome" => answer.to_lowercase()).increment(1);
             let grant = match answer.as_str() {
                 "GRANTED" => Grant::Granted,
                 "NOT_LOADED" => Grant::NotLoaded,
                 "SOLD_OUT" => return Err(AppError::CouponSoldOut),
                 "ALREADY_ISSUED" => return Err(AppError::CouponAlreadyIssued),
                 other => {
-                    return Err(AppError::internal(anyhow::anyhow!(
-                        "unexpected gate answer {other}"
-                    )));
+                    return Err(AppError::internal(anyhow::anyhow!("unexpected gate answer {other}")));
                 }
             };
             match grant {
@@ -228,9 +206,7 @@ impl CouponGate {
                 Grant::NotLoaded => self.load(db, coupon_type.id, keys).await?,
             }
         }
-        Err(AppError::ConcurrencyConflict(
-            "the coupon gate is being rebuilt",
-        ))
+        Err(AppError::ConcurrencyConflict("the coupon gate is being rebuilt"))
     }
 
     async fn settle(
@@ -241,17 +217,11 @@ impl CouponGate {
         keep_holder: Option<bool>,
     ) -> redis::RedisResult<()> {
         let mut invocation = script.key(&keys.state);
-        invocation
-            .key(&keys.holders)
-            .key(&keys.pending)
-            .arg(user_id);
+        invocation.key(&keys.holders).key(&keys.pending).arg(user_id);
         if let Some(keep) = keep_holder {
             invocation.arg(u8::from(keep));
         }
-        invocation
-            .invoke_async::<i64>(&mut self.redis.clone())
-            .await
-            .map(drop)
+        invocation.invoke_async::<i64>(&mut self.redis.clone()).await.map(drop)
     }
 
     /// Loads the campaign from PostgreSQL, once across instances: whoever
@@ -288,12 +258,7 @@ impl CouponGate {
             .invoke_async::<i64>(&mut redis)
             .await?;
         metrics::counter!("shop_coupon_gate_loads_total").increment(1);
-        tracing::info!(
-            type_id,
-            left,
-            holders = holders.len(),
-            "loaded the coupon gate from PostgreSQL"
-        );
+        tracing::info!(type_id, left, holders = holders.len(), "loaded the coupon gate from PostgreSQL");
         Ok(())
     }
 
@@ -320,9 +285,7 @@ impl CouponGate {
         let cutoff = seconds * 1000 + micros / 1000 - self.reconcile_after.as_millis() as i64;
         for type_id in campaigns {
             let keys = self.keys(type_id);
-            let stale: Vec<i64> = redis
-                .zrangebyscore_limit(&keys.pending, "-inf", cutoff, 0, 500)
-                .await?;
+            let stale: Vec<i64> = redis.zrangebyscore_limit(&keys.pending, "-inf", cutoff, 0, 500).await?;
             for user_id in stale {
                 let issued = coupons::holds(&mut *db.acquire().await?, type_id, user_id).await?;
                 let action = if issued {
@@ -332,8 +295,7 @@ impl CouponGate {
                     self.settle(&GIVE_BACK, &keys, user_id, Some(false)).await?;
                     "returned"
                 };
-                metrics::counter!("shop_coupon_gate_reconciled_total", "action" => action)
-                    .increment(1);
+                metrics::counter!("shop_coupon_gate_reconciled_total", "action" => action).increment(1);
                 tracing::info!(type_id, user_id, action, "reconciled a stale coupon grant");
             }
         }

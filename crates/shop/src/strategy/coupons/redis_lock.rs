@@ -23,14 +23,10 @@ pub async fn issue(
 ) -> Result<CouponView, AppError> {
     let resource = format!("coupon-type:{}", coupon_type.id);
     let sold_out = format!("coupon-type:{}:sold-out", coupon_type.id);
-    let give_up = GiveUp {
-        flag: &sold_out,
-        answer: || AppError::CouponSoldOut,
-    };
+    let give_up = GiveUp { flag: &sold_out, answer: || AppError::CouponSoldOut };
     under_lease(locks, &resource, Some(give_up), async |fence| {
         let mut tx = db.begin().await?;
-        let Some((issued, total)) = coupons::claim_fence(&mut tx, coupon_type.id, fence).await?
-        else {
+        let Some((issued, total)) = coupons::claim_fence(&mut tx, coupon_type.id, fence).await? else {
             let newest = coupons::fence(&mut tx, coupon_type.id).await?;
             return Err(stale_fence(locks, &resource, newest).await);
         };

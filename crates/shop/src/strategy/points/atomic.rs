@@ -27,26 +27,16 @@ pub async fn charge(db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Resul
 }
 
 async fn charge_once(conn: &mut PgConnection, charge: Charge) -> Result<i64, AppError> {
-    let charged = wallets::charge_within_limits(
-        conn,
-        charge.user_id,
-        charge.amount.won(),
-        charge.on,
-        charge.limits,
-    )
-    .await?;
+    let charged =
+        wallets::charge_within_limits(conn, charge.user_id, charge.amount.won(), charge.on, charge.limits).await?;
     if let Some(balance) = charged {
         return Ok(balance);
     }
     // Refused: read the wallet to say which limit (or that there is none).
-    let wallet = wallets::read(conn, charge.user_id)
-        .await?
-        .ok_or_else(wallet_missing)?;
+    let wallet = wallets::read(conn, charge.user_id).await?.ok_or_else(wallet_missing)?;
     match wallet.counters().after_charge(charge.on, charge.limits) {
         Err(exceeded) => Err(exceeded.into()),
         // The counters moved on between the two statements (a new day began).
-        Ok(_) => Err(AppError::ConcurrencyConflict(
-            "the charge day changed during the charge",
-        )),
+        Ok(_) => Err(AppError::ConcurrencyConflict("the charge day changed during the charge")),
     }
 }

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use sqlx::{Acquire, PgPool};
+use sqlx::{Acquire, PgConnection, PgPool};
 
-use super::{Charge, save_response, wallet_missing};
+use super::{Charge, Spend, save_response, wallet_missing, write_debit};
 use crate::domain::points::LedgerKind;
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
@@ -20,22 +20,14 @@ use crate::strategy::backoff;
 /// Longest wait between two attempts.
 const RETRY_CAP: Duration = Duration::from_millis(50);
 
-pub async fn charge(
-    db: &PgPool,
-    charge: Charge,
-    claim: Option<&Claim>,
-    max_retries: u32,
-) -> Result<i64, AppError> {
+pub async fn charge(db: &PgPool, charge: Charge, claim: Option<&Claim>, max_retries: u32) -> Result<i64, AppError> {
     for attempt in 0..=max_retries {
         if attempt > 0 {
-            metrics::counter!("shop_optimistic_retries_total", "operation" => "points.charge")
-                .increment(1);
+            metrics::counter!("shop_optimistic_retries_total", "operation" => "points.charge").increment(1);
             tokio::time::sleep(backoff::full_jitter(attempt, RETRY_CAP)).await;
         }
         let mut conn = db.acquire().await?;
-        let wallet = wallets::read(&mut conn, charge.user_id)
-            .await?
-            .ok_or_else(wallet_missing)?;
+        let wallet = wallets::read(&mut conn, charge.user_id).await?.ok_or_else(wallet_missing)?;
         // A stale read shows at most as many charges as there were, so a
         // limit refusal based on it is final.
         let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
@@ -43,29 +35,30 @@ pub async fn charge(
         fail::fail_point!("points::optimistic::after_read");
 
         let mut tx = conn.begin().await?;
-        if !wallets::write(
-            &mut tx,
-            charge.user_id,
-            balance,
-            counters,
-            Some(wallet.version),
-        )
-        .await?
-        {
+        if !wallets::write(&mut tx, charge.user_id, balance, counters, Some(wallet.version)).await? {
             continue;
         }
-        ledger::append(
-            &mut tx,
-            charge.user_id,
-            LedgerKind::Charge,
-            charge.amount.won(),
-            balance,
-            None,
-        )
-        .await?;
+        ledger::append(&mut tx, charge.user_id, LedgerKind::Charge, charge.amount.won(), balance, None).await?;
         save_response(&mut tx, charge, balance, claim).await?;
         tx.commit().await?;
         return Ok(balance);
+    }
+    Err(AppError::ConcurrencyConflict("the balance kept changing"))
+}
+
+/// See `PointsStrategy::debit`. In READ COMMITTED each statement sees what
+/// committed before it, so a lost race re-reads and retries in the
+/// transaction (which holds the order's lock meanwhile).
+pub async fn debit(conn: &mut PgConnection, spend: Spend, max_retries: u32) -> Result<i64, AppError> {
+    for attempt in 0..=max_retries {
+        if attempt > 0 {
+            metrics::counter!("shop_optimistic_retries_total", "operation" => "points.debit").increment(1);
+            tokio::time::sleep(backoff::full_jitter(attempt, RETRY_CAP)).await;
+        }
+        let wallet = wallets::read(conn, spend.user_id).await?.ok_or_else(wallet_missing)?;
+        if let Some(balance) = write_debit(conn, spend, wallet.balance, Some(wallet.version)).await? {
+            return Ok(balance);
+        }
     }
     Err(AppError::ConcurrencyConflict("the balance kept changing"))
 }

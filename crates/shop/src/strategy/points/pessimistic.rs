@@ -25,24 +25,14 @@ pub async fn charge(
     let mut tx = db.begin().await?;
     set_lock_timeout(&mut tx, lock_timeout).await?;
     let waiting = Instant::now();
-    let wallet = wallets::read_for_update(&mut tx, charge.user_id)
-        .await
-        .map_err(lost_race)?;
+    let wallet = wallets::read_for_update(&mut tx, charge.user_id).await.map_err(lost_race)?;
     metrics::histogram!("shop_lock_wait_seconds", "lock" => "postgres").record(waiting.elapsed());
     let wallet = wallet.ok_or_else(wallet_missing)?;
     fail::fail_point!("points::pessimistic::after_read");
     let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
     let balance = wallet.balance + charge.amount.won();
     wallets::write(&mut tx, charge.user_id, balance, counters, None).await?;
-    ledger::append(
-        &mut tx,
-        charge.user_id,
-        LedgerKind::Charge,
-        charge.amount.won(),
-        balance,
-        None,
-    )
-    .await?;
+    ledger::append(&mut tx, charge.user_id, LedgerKind::Charge, charge.amount.won(), balance, None).await?;
     save_response(&mut tx, charge, balance, claim).await?;
     tx.commit().await?;
     Ok(balance)

@@ -12,9 +12,9 @@
 //! runs long) on top of the transaction, and polling waiters. Fails as
 //! `CONCURRENCY_CONFLICT` when the lock wait runs out.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-use super::{Charge, save_response, wallet_missing};
+use super::{Charge, Spend, save_response, wallet_missing, write_debit};
 use crate::domain::points::LedgerKind;
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
@@ -23,13 +23,8 @@ use crate::storage::ledger;
 use crate::storage::wallets::{self, FenceClaim};
 use crate::strategy::{stale_fence, under_lease};
 
-pub async fn charge(
-    db: &PgPool,
-    locks: &LeaseLocks,
-    charge: Charge,
-    claim: Option<&Claim>,
-) -> Result<i64, AppError> {
-    let resource = format!("points:{}", charge.user_id);
+pub async fn charge(db: &PgPool, locks: &LeaseLocks, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
+    let resource = resource(charge.user_id);
     under_lease(locks, &resource, None, async |fence| {
         // Tests hold a holder here until its lease has run out.
         fail::fail_point!("points::redis_lock::leased");
@@ -42,18 +37,29 @@ pub async fn charge(
         let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
         let balance = wallet.balance + charge.amount.won();
         wallets::write(&mut tx, charge.user_id, balance, counters, None).await?;
-        ledger::append(
-            &mut tx,
-            charge.user_id,
-            LedgerKind::Charge,
-            charge.amount.won(),
-            balance,
-            None,
-        )
-        .await?;
+        ledger::append(&mut tx, charge.user_id, LedgerKind::Charge, charge.amount.won(), balance, None).await?;
         save_response(&mut tx, charge, balance, claim).await?;
         tx.commit().await?;
         Ok(balance)
     })
     .await
+}
+
+pub fn resource(user_id: i64) -> String {
+    format!("points:{user_id}")
+}
+
+/// See `PointsStrategy::debit`: under the wallet's lease (taken by
+/// `hold_wallet`), with its fencing token stamped on the wallet first.
+pub async fn debit(conn: &mut PgConnection, locks: &LeaseLocks, spend: Spend, fence: i64) -> Result<i64, AppError> {
+    let wallet = match wallets::claim_fence(conn, spend.user_id, fence).await? {
+        FenceClaim::Claimed(wallet) => wallet,
+        FenceClaim::Missing => return Err(wallet_missing()),
+        FenceClaim::Stale { newest } => {
+            return Err(stale_fence(locks, &resource(spend.user_id), newest).await);
+        }
+    };
+    write_debit(conn, spend, wallet.balance, None)
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("a fenced wallet changed")))
 }

@@ -27,22 +27,10 @@ async fn a_thousand_users_race_for_a_hundred(strategy: CouponStrategyKind) {
     let app = app_with(strategy).await;
     let code = app.create_coupon_type("RUSH", 100, json!({})).await;
     let users = app.bulk_users(1000).await;
-    let outcomes = together(
-        users
-            .iter()
-            .map(|user| app.issue_coupon(user, &code))
-            .collect(),
-    )
-    .await;
+    let outcomes = together(users.iter().map(|user| app.issue_coupon(user, &code)).collect()).await;
     assert_eq!(count(&outcomes, StatusCode::CREATED), 100, "{strategy:?}");
-    for (status, code) in outcomes
-        .iter()
-        .filter(|(status, _)| *status != StatusCode::CREATED)
-    {
-        assert_eq!(
-            (*status, code.as_deref()),
-            (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT"))
-        );
+    for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
+        assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")));
     }
     assert_eq!(issued_rows(&app, &code).await, (100, 100));
     app.assert_coupon_invariants().await;
@@ -54,14 +42,8 @@ async fn one_user_firing_fifty_gets_one(strategy: CouponStrategyKind) {
     let user = app.new_user().await;
     let outcomes = together((0..50).map(|_| app.issue_coupon(&user, &code)).collect()).await;
     assert_eq!(count(&outcomes, StatusCode::CREATED), 1, "{strategy:?}");
-    for (status, code) in outcomes
-        .iter()
-        .filter(|(status, _)| *status != StatusCode::CREATED)
-    {
-        assert_eq!(
-            (*status, code.as_deref()),
-            (StatusCode::CONFLICT, Some("COUPON_ALREADY_ISSUED"))
-        );
+    for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
+        assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("COUPON_ALREADY_ISSUED")));
     }
     assert_eq!(issued_rows(&app, &code).await, (1, 1));
     app.assert_coupon_invariants().await;
@@ -97,12 +79,7 @@ async fn the_gate_never_over_issues_when_redis_loses_its_keys_mid_rush() {
     let app = app_with(CouponStrategyKind::RedisGate).await;
     let code = app.create_coupon_type("FLUSHED", 100, json!({})).await;
     let users = app.bulk_users(1000).await;
-    let rush = together(
-        users
-            .iter()
-            .map(|user| app.issue_coupon(user, &code))
-            .collect(),
-    );
+    let rush = together(users.iter().map(|user| app.issue_coupon(user, &code)).collect());
     let loss = async {
         // Once the rush has written some coupons, Redis forgets everything.
         loop {
@@ -125,15 +102,8 @@ async fn the_gate_never_over_issues_when_redis_loses_its_keys_mid_rush() {
 async fn a_failed_write_gives_the_unit_back() {
     let app = app_with(CouponStrategyKind::RedisGate).await;
     let code = app.create_coupon_type("GIVE_BACK", 3, json!({})).await;
-    let (early, holder, late) = (
-        app.new_user().await,
-        app.new_user().await,
-        app.new_user().await,
-    );
-    assert_eq!(
-        app.issue_coupon(&early, &code).await.status(),
-        StatusCode::CREATED
-    );
+    let (early, holder, late) = (app.new_user().await, app.new_user().await, app.new_user().await);
+    assert_eq!(app.issue_coupon(&early, &code).await.status(), StatusCode::CREATED);
     // The holder got a coupon the gate does not know of (written while Redis
     // was away), so the gate will hand them a unit the database then refuses.
     sqlx::query(
@@ -145,25 +115,15 @@ async fn a_failed_write_gives_the_unit_back() {
     .execute(&app.db)
     .await
     .unwrap();
-    let type_id: i64 = sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1")
-        .bind(&code)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let type_id: i64 =
+        sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1").bind(&code).fetch_one(&app.db).await.unwrap();
     let left = format!("coupon-gate:{type_id}:state");
     assert_eq!(app.redis_hash_field(&left, "left").await, Some(2));
 
     let refused = app.issue_coupon(&holder, &code).await;
     crate::support::assert_problem(refused, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
-    assert_eq!(
-        app.redis_hash_field(&left, "left").await,
-        Some(2),
-        "the unit came back"
-    );
-    assert_eq!(
-        app.issue_coupon(&late, &code).await.status(),
-        StatusCode::CREATED
-    );
+    assert_eq!(app.redis_hash_field(&left, "left").await, Some(2), "the unit came back");
+    assert_eq!(app.issue_coupon(&late, &code).await.status(), StatusCode::CREATED);
     assert_eq!(app.redis_hash_field(&left, "left").await, Some(1));
     app.assert_coupon_invariants().await;
 }
@@ -175,10 +135,7 @@ async fn a_lost_gate_is_rebuilt_once_across_instances() {
     let code = first.create_coupon_type("REBUILT", 50, json!({})).await;
     let users = first.bulk_users(40).await;
     for user in &users[..10] {
-        assert_eq!(
-            first.issue_coupon(user, &code).await.status(),
-            StatusCode::CREATED
-        );
+        assert_eq!(first.issue_coupon(user, &code).await.status(), StatusCode::CREATED);
     }
     let loads_before = gate_loads(&first).await;
     first.lose_redis_keys().await;
@@ -186,13 +143,11 @@ async fn a_lost_gate_is_rebuilt_once_across_instances() {
         users[10..]
             .iter()
             .enumerate()
-            .map(|(i, user)| {
-                if i % 2 == 0 {
-                    first.issue_coupon(user, &code)
-                } else {
-                    second.issue_coupon(user, &code)
-                }
-            })
+            .map(
+                |(i, user)| {
+                    if i % 2 == 0 { first.issue_coupon(user, &code) } else { second.issue_coupon(user, &code) }
+                },
+            )
             .collect(),
     )
     .await;

@@ -6,11 +6,7 @@ use shop::config::PointsStrategyKind;
 use super::together;
 use crate::support::{TestApp, User, spawn_app_with};
 
-async fn charge_together(
-    app: &TestApp,
-    user: &User,
-    count: usize,
-) -> Vec<(StatusCode, Option<String>)> {
+async fn charge_together(app: &TestApp, user: &User, count: usize) -> Vec<(StatusCode, Option<String>)> {
     together((0..count).map(|_| app.charge(user, 1000)).collect()).await
 }
 
@@ -26,41 +22,18 @@ async fn two_hundred_charges_lose_no_update(strategy: PointsStrategyKind) {
     app.charge(&user, initial).await;
 
     let outcomes = charge_together(&app, &user, 200).await;
-    let successes = outcomes
-        .iter()
-        .filter(|(status, _)| *status == StatusCode::OK)
-        .count() as i64;
-    let failures: Vec<_> = outcomes
-        .iter()
-        .filter(|(status, _)| *status != StatusCode::OK)
-        .collect();
+    let successes = outcomes.iter().filter(|(status, _)| *status == StatusCode::OK).count() as i64;
+    let failures: Vec<_> = outcomes.iter().filter(|(status, _)| *status != StatusCode::OK).collect();
     for (status, code) in &failures {
-        assert_eq!(
-            (*status, code.as_deref()),
-            (StatusCode::CONFLICT, Some("CONCURRENCY_CONFLICT"))
-        );
+        assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("CONCURRENCY_CONFLICT")));
     }
-    if matches!(
-        strategy,
-        PointsStrategyKind::Atomic | PointsStrategyKind::Pessimistic
-    ) {
-        assert!(
-            failures.is_empty(),
-            "{strategy:?} should queue, not fail: {} failures",
-            failures.len()
-        );
+    if matches!(strategy, PointsStrategyKind::Atomic | PointsStrategyKind::Pessimistic) {
+        assert!(failures.is_empty(), "{strategy:?} should queue, not fail: {} failures", failures.len());
     }
     assert!(successes > 0);
-    eprintln!(
-        "{strategy:?}: {successes} of 200 charged, {} CONCURRENCY_CONFLICT",
-        failures.len()
-    );
+    eprintln!("{strategy:?}: {successes} of 200 charged, {} CONCURRENCY_CONFLICT", failures.len());
     let (balance, ledger_sum) = app.balance_and_ledger_sum(user.id).await;
-    assert_eq!(
-        balance,
-        initial + 1000 * successes,
-        "every success and nothing else is in the balance"
-    );
+    assert_eq!(balance, initial + 1000 * successes, "every success and nothing else is in the balance");
     assert_eq!(ledger_sum, balance);
     app.assert_point_invariants().await;
 }
@@ -69,27 +42,17 @@ async fn ten_charges_under_a_daily_limit_of_three_give_three(strategy: PointsStr
     let app = spawn_app_with(|config| config.points_strategy = strategy).await;
     let user = app.new_user().await;
     let outcomes = charge_together(&app, &user, 10).await;
-    let successes = outcomes
-        .iter()
-        .filter(|(status, _)| *status == StatusCode::OK)
-        .count();
+    let successes = outcomes.iter().filter(|(status, _)| *status == StatusCode::OK).count();
     assert_eq!(successes, 3, "{outcomes:?}");
-    for (status, code) in outcomes
-        .iter()
-        .filter(|(status, _)| *status != StatusCode::OK)
-    {
-        assert_eq!(
-            (*status, code.as_deref()),
-            (StatusCode::CONFLICT, Some("CHARGE_LIMIT_EXCEEDED"))
-        );
+    for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::OK) {
+        assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("CHARGE_LIMIT_EXCEEDED")));
     }
     assert_eq!(app.balance_and_ledger_sum(user.id).await, (3000, 3000));
-    let counted: i32 =
-        sqlx::query_scalar("SELECT charges_on_day FROM point_wallets WHERE user_id = $1")
-            .bind(user.id)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    let counted: i32 = sqlx::query_scalar("SELECT charges_on_day FROM point_wallets WHERE user_id = $1")
+        .bind(user.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(counted, 3);
 }
 

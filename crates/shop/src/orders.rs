@@ -1,0 +1,281 @@
+//! Placing orders and moving them through their life cycle: cancellation
+//! (with a refund when paid), expiry, and the admin's fulfilment steps.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
+
+use crate::domain::coupon::{CouponKind, CouponStatus};
+use crate::domain::order::{self, Amounts, Event, MIN_TOTAL, OrderLines, OrderStatus};
+use crate::domain::points::LedgerKind;
+use crate::http::error::{AppError, ResultExt};
+use crate::idempotency::Claim;
+use crate::storage::orders::{ItemRow, NewItem, NewOrder, OrderRow};
+use crate::storage::{coupons, ledger, orders, outbox, payments, products, wallets};
+use crate::strategy::stock::StockStrategy;
+use crate::top_sellers::{Sale, TopSellers};
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderLineView {
+    pub product_id: i64,
+    pub name: String,
+    pub quantity: i32,
+    /// Unit price when ordered.
+    pub price: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    pub order_id: i64,
+    pub user_id: i64,
+    pub items: Vec<OrderLineView>,
+    pub total_amount: i64,
+    pub discount_amount: i64,
+    pub final_amount: i64,
+    pub coupon_id: Option<i64>,
+    pub coupon_used: bool,
+    pub status: OrderStatus,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+impl OrderView {
+    pub fn new(order: &OrderRow, items: impl IntoIterator<Item = OrderLineView>) -> Self {
+        Self {
+            order_id: order.id,
+            user_id: order.user_id,
+            items: items.into_iter().collect(),
+            total_amount: order.total_amount,
+            discount_amount: order.discount_amount,
+            final_amount: order.final_amount,
+            coupon_id: order.coupon_id,
+            coupon_used: order.coupon_id.is_some(),
+            status: order.status(),
+            created_at: order.created_at,
+            expires_at: order.expires_at,
+            paid_at: order.paid_at,
+        }
+    }
+
+    /// The order's lines as sales: (product, quantity, revenue).
+    pub fn sales(&self) -> Vec<Sale> {
+        self.items
+            .iter()
+            .map(|line| (line.product_id, line.quantity as i64, line.quantity as i64 * line.price))
+            .collect()
+    }
+}
+
+impl From<ItemRow> for OrderLineView {
+    fn from(item: ItemRow) -> Self {
+        Self { product_id: item.product_id, name: item.product_name, quantity: item.quantity, price: item.unit_price }
+    }
+}
+
+/// Loads the views of orders, with their lines.
+pub async fn views(conn: &mut PgConnection, rows: Vec<OrderRow>) -> Result<Vec<OrderView>, AppError> {
+    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    let mut lines: HashMap<i64, Vec<OrderLineView>> = HashMap::new();
+    for item in orders::items(conn, &ids).await? {
+        lines.entry(item.order_id).or_default().push(item.into());
+    }
+    Ok(rows.iter().map(|row| OrderView::new(row, lines.remove(&row.id).unwrap_or_default())).collect())
+}
+
+/// The order if the caller may see it (its owner or an admin); otherwise
+/// 404, so ids reveal nothing.
+pub fn visible(order: Option<OrderRow>, user_id: i64, admin: bool) -> Result<OrderRow, AppError> {
+    order.filter(|order| admin || order.user_id == user_id).ok_or_else(|| AppError::not_found("order not found"))
+}
+
+/// What an order needs to be placed, validated.
+pub struct Placement<'a> {
+    pub user_id: i64,
+    pub lines: &'a OrderLines,
+    pub coupon_id: Option<i64>,
+    pub payment_timeout_secs: i64,
+}
+
+/// Places an order: prices its lines, checks its coupon, then reserves its
+/// stock (through the stock strategy) and its coupon in the transaction
+/// that writes it. Lock order: products (ascending id), then the coupon.
+#[tracing::instrument(skip_all, fields(user_id = placement.user_id))]
+pub async fn place(
+    db: &PgPool,
+    stock: &StockStrategy,
+    placement: Placement<'_>,
+    claim: Option<&Claim>,
+) -> Result<OrderView, AppError> {
+    let mut conn = db.acquire().await?;
+    let found = products::by_ids(&mut conn, &placement.lines.product_ids()).await?;
+    let mut items = Vec::with_capacity(found.len());
+    let mut found = found.into_iter().peekable();
+    for (product_id, quantity) in placement.lines.iter() {
+        let product = found
+            .next_if(|product| product.id == product_id)
+            .ok_or_else(|| AppError::not_found(format!("product {product_id} not found")))?;
+        items.push(NewItem { product_id, name: product.name, quantity, unit_price: product.price });
+    }
+    let total: i64 = items.iter().map(|item| item.unit_price * item.quantity as i64).sum();
+    if total < MIN_TOTAL {
+        return Err(AppError::Validation("totalAmount: must be at least 1,000 won".into()));
+    }
+    let coupon = match placement.coupon_id {
+        Some(coupon_id) => Some(usable_coupon(&mut conn, coupon_id, placement.user_id, total).await?),
+        None => None,
+    };
+    drop(conn);
+    let amounts = Amounts::new(total, coupon);
+    let hold = stock.hold(db, placement.lines).await?;
+    let placed = async {
+        let mut tx = db.begin().await?;
+        stock.take(&mut tx, placement.lines, &hold).await?;
+        let new = NewOrder {
+            user_id: placement.user_id,
+            amounts,
+            coupon_id: placement.coupon_id,
+            payment_timeout_secs: placement.payment_timeout_secs,
+            gate_reservation: hold.gate_reservation(),
+            items: &items,
+        };
+        let order = orders::insert(&mut tx, &new).await.on_constraint("orders_coupon_live_key", || {
+            AppError::CouponNotUsable("the coupon is held by another order")
+        })?;
+        if let Some(coupon_id) = placement.coupon_id
+            && !coupons::reserve(&mut tx, coupon_id, placement.user_id, order.id).await?
+        {
+            return Err(AppError::CouponNotUsable("the coupon was taken by another order"));
+        }
+        let lines = items.iter().map(|item| OrderLineView {
+            product_id: item.product_id,
+            name: item.name.clone(),
+            quantity: item.quantity,
+            price: item.unit_price,
+        });
+        let view = OrderView::new(&order, lines);
+        if let Some(claim) = claim {
+            claim.save(&mut tx, axum::http::StatusCode::CREATED, &view).await?;
+        }
+        hold.check_before_commit()?;
+        tx.commit().await?;
+        Ok(view)
+    }
+    .await;
+    stock.settle(hold, placed.is_ok()).await;
+    placed
+}
+
+/// The coupon's discount terms if the user may use it on an order of `total`.
+async fn usable_coupon(
+    conn: &mut PgConnection,
+    coupon_id: i64,
+    user_id: i64,
+    total: i64,
+) -> Result<(CouponKind, i64), AppError> {
+    let coupon = coupons::for_order(conn, coupon_id)
+        .await?
+        .filter(|coupon| coupon.user_id == user_id)
+        .ok_or(AppError::CouponNotUsable("the coupon is not yours"))?;
+    match CouponStatus::of(&coupon.status, coupon.expires_at, Utc::now()) {
+        CouponStatus::Available => {}
+        CouponStatus::Reserved => {
+            return Err(AppError::CouponNotUsable("the coupon is held by another order"));
+        }
+        CouponStatus::Used => return Err(AppError::CouponNotUsable("the coupon is used")),
+        CouponStatus::Expired => return Err(AppError::CouponNotUsable("the coupon has expired")),
+    }
+    if total < coupon.min_order_amount {
+        return Err(AppError::CouponNotUsable("the order is below the coupon's minimum amount"));
+    }
+    Ok((CouponKind::from_stored(&coupon.kind), coupon.value))
+}
+
+/// Cancels an order. PENDING: its stock and coupon are released. PAID,
+/// within an hour and without a coupon: the points are refunded to the
+/// ledger and the stock restored. Anything else: `ORDER_NOT_CANCELLABLE`.
+#[tracing::instrument(skip_all, fields(order_id))]
+pub async fn cancel(
+    db: &PgPool,
+    stock: &StockStrategy,
+    top_sellers: &TopSellers,
+    order_id: i64,
+    caller: (i64, bool),
+    claim: Option<&Claim>,
+) -> Result<OrderView, AppError> {
+    let mut tx = db.begin().await?;
+    let order = visible(orders::lock(&mut tx, order_id).await?, caller.0, caller.1)?;
+    let status = order.status();
+    if order::next(status, Event::Cancel).is_err() {
+        return Err(AppError::OrderNotCancellable("only PENDING and recently PAID orders can be cancelled"));
+    }
+    let was_paid = status == OrderStatus::Paid;
+    if was_paid {
+        let paid_at = order.paid_at.ok_or_else(|| AppError::internal(anyhow::anyhow!("PAID without paid_at")))?;
+        if !order::refund_allowed(paid_at, order.coupon_id.is_some(), Utc::now()) {
+            return Err(AppError::OrderNotCancellable(
+                "a paid order can be cancelled only within an hour of payment and without a coupon",
+            ));
+        }
+    }
+    let returned = products::return_stock(&mut tx, order.id).await?;
+    coupons::release(&mut tx, order.id).await?;
+    if was_paid {
+        let balance = wallets::credit(&mut tx, order.user_id, order.final_amount).await?;
+        ledger::append(&mut tx, order.user_id, LedgerKind::Refund, order.final_amount, balance, Some(order.id)).await?;
+        payments::mark_refunded(&mut tx, order.id).await?;
+        let payload = json!({"orderId": order.id, "userId": order.user_id, "refundedAmount": order.final_amount});
+        outbox::record(&mut tx, order.id, "ORDER_CANCELLED", &payload).await?;
+    }
+    let cancelled = orders::set_status(&mut tx, order.id, OrderStatus::Cancelled).await?;
+    let view = views(&mut tx, vec![cancelled]).await?.remove(0);
+    if let Some(claim) = claim {
+        claim.save(&mut tx, axum::http::StatusCode::OK, &view).await?;
+    }
+    tx.commit().await?;
+    stock.returned(&returned).await;
+    if let (true, Some(paid_at)) = (was_paid, order.paid_at) {
+        top_sellers.cancelled(paid_at, &view.sales()).await;
+    }
+    Ok(view)
+}
+
+/// Moves a paid order along fulfilment (admin): PAID → SHIPPED → DELIVERED →
+/// COMPLETED; any other move is `INVALID_STATE_TRANSITION`.
+pub async fn advance(db: &PgPool, order_id: i64, target: OrderStatus) -> Result<OrderView, AppError> {
+    let mut tx = db.begin().await?;
+    let order = orders::lock(&mut tx, order_id).await?.ok_or_else(|| AppError::not_found("order not found"))?;
+    let moved = order::admin_event_to(target)
+        .and_then(|event| order::next(order.status(), event).ok())
+        .filter(|next| *next == target)
+        .ok_or_else(|| {
+            AppError::InvalidStateTransition(format!("an order that is {:?} cannot become {target:?}", order.status()))
+        })?;
+    let row = orders::set_status(&mut tx, order.id, moved).await?;
+    let view = views(&mut tx, vec![row]).await?.remove(0);
+    tx.commit().await?;
+    Ok(view)
+}
+
+/// Expires up to `batch` overdue PENDING orders, releasing their stock and
+/// coupons; orders another instance is expiring are skipped. Returns how
+/// many were expired.
+pub async fn expire_overdue(db: &PgPool, stock: &StockStrategy, batch: i64) -> Result<usize, AppError> {
+    let mut tx = db.begin().await?;
+    let overdue = orders::lock_overdue(&mut tx, batch).await?;
+    let mut returned = Vec::new();
+    for order_id in &overdue {
+        returned.extend(products::return_stock(&mut tx, *order_id).await?);
+        coupons::release(&mut tx, *order_id).await?;
+        orders::set_status(&mut tx, *order_id, OrderStatus::Expired).await?;
+    }
+    tx.commit().await?;
+    stock.returned(&returned).await;
+    Ok(overdue.len())
+}

@@ -1,0 +1,119 @@
+//! Paying an order from points: exactly one successful payment per order,
+//! however many requests race for it.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use crate::domain::order::OrderStatus;
+use crate::http::error::{AppError, ResultExt};
+use crate::idempotency::Claim;
+use crate::orders::{views, visible};
+use crate::storage::orders::OrderRow;
+use crate::storage::payments::PaymentRow;
+use crate::storage::{coupons, orders, outbox, payments};
+use crate::strategy::points::{PointsStrategy, Spend};
+use crate::top_sellers::TopSellers;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentView {
+    pub payment_id: i64,
+    pub order_id: i64,
+    pub user_id: i64,
+    pub total_amount: i64,
+    pub discount_amount: i64,
+    pub final_amount: i64,
+    pub coupon_used: bool,
+    /// `SUCCESS`, or `REFUNDED` after a paid order's cancellation.
+    pub status: String,
+    pub paid_at: DateTime<Utc>,
+}
+
+impl PaymentView {
+    pub fn new(payment: &PaymentRow, order: &OrderRow) -> Self {
+        Self {
+            payment_id: payment.id,
+            order_id: order.id,
+            user_id: payment.user_id,
+            total_amount: order.total_amount,
+            discount_amount: order.discount_amount,
+            final_amount: order.final_amount,
+            coupon_used: order.coupon_id.is_some(),
+            status: payment.status.clone(),
+            paid_at: payment.paid_at,
+        }
+    }
+}
+
+/// Why an order cannot be paid now, checked on the locked order too.
+fn check_payable(order: &OrderRow) -> Result<(), AppError> {
+    match order.status() {
+        OrderStatus::Pending if order.expires_at <= Utc::now() => Err(AppError::OrderExpired),
+        OrderStatus::Pending => Ok(()),
+        other => Err(AppError::OrderNotPayable(other.as_str())),
+    }
+}
+
+/// Pays the order's final amount from the caller's points. The debit (through
+/// the points strategy), its `USE` ledger row, the payment, the order's PAID
+/// state, its coupon's use and the outbox event commit together.
+#[tracing::instrument(skip_all, fields(order_id, user_id))]
+pub async fn pay(
+    db: &PgPool,
+    points: &PointsStrategy,
+    top_sellers: &TopSellers,
+    order_id: i64,
+    user_id: i64,
+    claim: Option<&Claim>,
+) -> Result<PaymentView, AppError> {
+    // A first look without locks answers most refusals cheaply.
+    let order = visible(orders::find(&mut *db.acquire().await?, order_id).await?, user_id, false)?;
+    check_payable(&order)?;
+    let spend = Spend { user_id, amount: order.final_amount, order_id };
+    let hold = points.hold_wallet(user_id).await?;
+    let paid = async {
+        let mut tx = db.begin().await?;
+        // Lock order: the order, then the wallet.
+        let order = orders::lock(&mut tx, order_id).await?.ok_or_else(|| AppError::not_found("order not found"))?;
+        check_payable(&order)?;
+        points.debit(&mut tx, spend, &hold).await?;
+        let payment = payments::insert(&mut tx, order.id, user_id, order.final_amount)
+            .await
+            .on_constraint("payments_order_key", || AppError::OrderNotPayable("PAID"))?;
+        let paid = orders::set_status(&mut tx, order.id, OrderStatus::Paid).await?;
+        coupons::mark_used(&mut tx, order.id).await?;
+        let event = json!({
+            "orderId": order.id, "userId": user_id, "paymentId": payment.id,
+            "finalAmount": order.final_amount, "paidAt": payment.paid_at,
+        });
+        outbox::record(&mut tx, order.id, "ORDER_PAID", &event).await?;
+        let paid = views(&mut tx, vec![paid]).await?.remove(0);
+        let view = PaymentView::new(&payment, &order);
+        if let Some(claim) = claim {
+            claim.save(&mut tx, axum::http::StatusCode::CREATED, &view).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, AppError>((view, paid))
+    }
+    .await;
+    points.release_wallet(hold).await;
+    let (payment, order) = paid?;
+    top_sellers.paid(payment.paid_at, &order.sales()).await;
+    Ok(payment)
+}
+
+/// A payment, if the caller may see it.
+pub async fn find(db: &PgPool, payment_id: i64, user_id: i64, admin: bool) -> Result<PaymentView, AppError> {
+    let mut conn = db.acquire().await?;
+    let payment = payments::find(&mut conn, payment_id)
+        .await?
+        .filter(|payment| admin || payment.user_id == user_id)
+        .ok_or_else(|| AppError::not_found("payment not found"))?;
+    let order = orders::find(&mut conn, payment.order_id)
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("payment without its order")))?;
+    Ok(PaymentView::new(&payment, &order))
+}

@@ -1,0 +1,175 @@
+//! Orders and their lines.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::order::{Amounts, OrderStatus};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRow {
+    pub id: i64,
+    pub user_id: i64,
+    status: String,
+    pub total_amount: i64,
+    pub discount_amount: i64,
+    pub final_amount: i64,
+    pub coupon_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+impl OrderRow {
+    pub fn status(&self) -> OrderStatus {
+        OrderStatus::from_stored(&self.status)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ItemRow {
+    pub order_id: i64,
+    pub product_id: i64,
+    pub product_name: String,
+    pub quantity: i32,
+    pub unit_price: i64,
+}
+
+macro_rules! order_columns {
+    () => {
+        "id, user_id, status, total_amount, discount_amount, final_amount, coupon_id, created_at, expires_at, paid_at"
+    };
+}
+
+pub struct NewOrder<'a> {
+    pub user_id: i64,
+    pub amounts: Amounts,
+    pub coupon_id: Option<i64>,
+    pub payment_timeout_secs: i64,
+    pub gate_reservation: Option<Uuid>,
+    /// By ascending product id.
+    pub items: &'a [NewItem],
+}
+
+/// An order line at the price of the moment it was ordered.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub product_id: i64,
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price: i64,
+}
+
+/// Inserts a PENDING order and its lines. A coupon already held by a live
+/// order violates `orders_coupon_live_key`.
+pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<OrderRow, sqlx::Error> {
+    let order: OrderRow = sqlx::query_as(concat!(
+        "INSERT INTO orders (user_id, total_amount, discount_amount, final_amount, coupon_id, expires_at, gate_reservation)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7) RETURNING ",
+        order_columns!()
+    ))
+    .bind(new.user_id)
+    .bind(new.amounts.total)
+    .bind(new.amounts.discount)
+    .bind(new.amounts.final_amount)
+    .bind(new.coupon_id)
+    .bind(new.payment_timeout_secs as f64)
+    .bind(new.gate_reservation)
+    .fetch_one(&mut *conn)
+    .await?;
+    let ids: Vec<i64> = new.items.iter().map(|item| item.product_id).collect();
+    let names: Vec<&str> = new.items.iter().map(|item| item.name.as_str()).collect();
+    let quantities: Vec<i32> = new.items.iter().map(|item| item.quantity).collect();
+    let prices: Vec<i64> = new.items.iter().map(|item| item.unit_price).collect();
+    sqlx::query(
+        "INSERT INTO order_items (order_id, product_id, product_name, quantity, unit_price)
+         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::bigint[])",
+    )
+    .bind(order.id)
+    .bind(ids)
+    .bind(names)
+    .bind(quantities)
+    .bind(prices)
+    .execute(conn)
+    .await?;
+    Ok(order)
+}
+
+pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Reads the order and locks it: payments, cancellations, expiry and admin
+/// moves of one order happen one at a time.
+pub async fn lock(conn: &mut PgConnection, id: i64) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1 FOR UPDATE"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn items(conn: &mut PgConnection, order_ids: &[i64]) -> Result<Vec<ItemRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT order_id, product_id, product_name, quantity, unit_price FROM order_items
+         WHERE order_id = ANY($1) ORDER BY order_id, product_id",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// The user's orders, newest first, strictly older than `before_id`.
+pub async fn page(
+    conn: &mut PgConnection,
+    user_id: i64,
+    before_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(user_id)
+    .bind(before_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Moves the order to `status`, stamping the time it was paid or cancelled.
+pub async fn set_status(conn: &mut PgConnection, id: i64, status: OrderStatus) -> Result<OrderRow, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE orders SET status = $2, updated_at = now(),
+             paid_at = CASE WHEN $2 = 'PAID' THEN now() ELSE paid_at END,
+             cancelled_at = CASE WHEN $2 = 'CANCELLED' THEN now() ELSE cancelled_at END
+         WHERE id = $1 RETURNING ",
+        order_columns!()
+    ))
+    .bind(id)
+    .bind(status.as_str())
+    .fetch_one(conn)
+    .await
+}
+
+/// Up to `limit` PENDING orders past their expiry, locked; orders another
+/// instance is already expiring are skipped, not waited for.
+pub async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM orders WHERE status = 'PENDING' AND expires_at <= now()
+         ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn placed_under(conn: &mut PgConnection, reservation: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE gate_reservation = $1)")
+        .bind(reservation)
+        .fetch_one(conn)
+        .await
+}

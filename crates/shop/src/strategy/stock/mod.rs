@@ -1,0 +1,131 @@
+//! Stock reservation for an order: every line's units are taken or none
+//! are, in the transaction that places the order, and stock never goes
+//! below zero (`products_stock_check`, whatever the strategy). Products are
+//! always taken in ascending id order, so two orders over the same products
+//! never deadlock.
+//!
+//! A strategy works in three steps around the caller's transaction:
+//! [`StockStrategy::hold`] before it begins (leases, gate units),
+//! [`StockStrategy::take`] inside it, and [`StockStrategy::settle`] after it
+//! commits or rolls back.
+
+mod optimistic;
+mod pessimistic;
+mod redis_gate;
+mod redis_lock;
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub use redis_gate::StockGate;
+
+use crate::config::StockStrategyKind;
+use crate::domain::order::OrderLines;
+use crate::http::error::AppError;
+use crate::lock::{Lease, LeaseLocks};
+use crate::storage::products;
+
+pub enum StockStrategy {
+    Optimistic { max_retries: u32 },
+    Pessimistic { lock_timeout: Duration },
+    Atomic,
+    RedisLock(LeaseLocks),
+    RedisGate(StockGate),
+}
+
+/// What a reservation holds across its transaction.
+#[derive(Default)]
+pub struct StockHold {
+    /// `redis-lock`: one lease per product, in the order of the lines.
+    leases: Vec<Lease>,
+    /// `redis-gate`: the units taken from the gate.
+    gate: Option<redis_gate::GateReservation>,
+}
+
+impl StockHold {
+    /// The gate reservation to record on the order, if any.
+    pub fn gate_reservation(&self) -> Option<Uuid> {
+        self.gate.as_ref().map(|gate| gate.id)
+    }
+
+    /// Call just before committing: fails if the hold may no longer be
+    /// honoured (a gate reservation old enough to have been reconciled).
+    pub fn check_before_commit(&self) -> Result<(), AppError> {
+        self.gate.as_ref().map_or(Ok(()), redis_gate::GateReservation::check_before_commit)
+    }
+}
+
+impl StockStrategy {
+    pub fn kind(&self) -> StockStrategyKind {
+        match self {
+            Self::Optimistic { .. } => StockStrategyKind::Optimistic,
+            Self::Pessimistic { .. } => StockStrategyKind::Pessimistic,
+            Self::Atomic => StockStrategyKind::Atomic,
+            Self::RedisLock(_) => StockStrategyKind::RedisLock,
+            Self::RedisGate(_) => StockStrategyKind::RedisGate,
+        }
+    }
+
+    /// Before the transaction: what must be held across it.
+    pub async fn hold(&self, db: &sqlx::PgPool, lines: &OrderLines) -> Result<StockHold, AppError> {
+        match self {
+            Self::RedisLock(locks) => Ok(StockHold { leases: redis_lock::hold(locks, lines).await?, gate: None }),
+            Self::RedisGate(gate) => Ok(StockHold { leases: Vec::new(), gate: Some(gate.reserve(db, lines).await?) }),
+            _ => Ok(StockHold::default()),
+        }
+    }
+
+    /// In the transaction: takes every line's units in PostgreSQL, or fails
+    /// with `OUT_OF_STOCK` (the caller rolls back what was taken).
+    #[tracing::instrument(skip_all, fields(strategy = ?self.kind()))]
+    pub async fn take(&self, conn: &mut PgConnection, lines: &OrderLines, hold: &StockHold) -> Result<(), AppError> {
+        match self {
+            Self::Optimistic { max_retries } => optimistic::take(conn, lines, *max_retries).await,
+            Self::Pessimistic { lock_timeout } => pessimistic::take(conn, lines, *lock_timeout).await,
+            Self::Atomic | Self::RedisGate(_) => take_each(conn, lines).await,
+            Self::RedisLock(locks) => redis_lock::take(conn, locks, lines, &hold.leases).await,
+        }
+    }
+
+    /// After the transaction committed (`committed`) or rolled back.
+    pub async fn settle(&self, hold: StockHold, committed: bool) {
+        for lease in hold.leases.into_iter().rev() {
+            if let Err(error) = lease.release().await {
+                tracing::warn!(%error, "lock release failed; the lease will expire");
+            }
+        }
+        if let (Self::RedisGate(gate), Some(reservation)) = (self, hold.gate) {
+            gate.settle(reservation, committed).await;
+        }
+    }
+
+    /// Tells the strategy that units went back to stock in PostgreSQL (a
+    /// cancelled or expired order, committed).
+    pub async fn returned(&self, units: &[(i64, i32)]) {
+        if let Self::RedisGate(gate) = self {
+            gate.returned(units).await;
+        }
+    }
+
+    /// Tells the strategy that an admin set a product's stock.
+    pub async fn restocked(&self, product_id: i64) {
+        if let Self::RedisGate(gate) = self {
+            gate.forget(product_id).await;
+        }
+    }
+}
+
+/// Atomic: one conditional `UPDATE … WHERE stock >= quantity` per line, in
+/// ascending id order; the first that finds too little fails the order and
+/// the transaction rolls back what the earlier ones took. Row locks last
+/// until the order commits. Never answers `CONCURRENCY_CONFLICT`.
+async fn take_each(conn: &mut PgConnection, lines: &OrderLines) -> Result<(), AppError> {
+    for (product_id, quantity) in lines.iter() {
+        if !products::take_stock(conn, product_id, quantity, None).await? {
+            return Err(AppError::OutOfStock);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! Optimistic: read a line's stock and row version without locking, take it
+//! only if the row is unchanged (`… AND version = $read`), and on a lost race
+//! read again after a jittered backoff. In READ COMMITTED each statement
+//! sees what committed before it, so the retry stays in the transaction.
+//! Any change to the product — even another order's — loses the race, so on
+//! a hot product most attempts are wasted, and the retries can run out
+//! (`CONCURRENCY_CONFLICT`).
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+
+use crate::domain::order::OrderLines;
+use crate::http::error::AppError;
+use crate::storage::products;
+use crate::strategy::backoff;
+
+const RETRY_CAP: Duration = Duration::from_millis(50);
+
+pub async fn take(conn: &mut PgConnection, lines: &OrderLines, max_retries: u32) -> Result<(), AppError> {
+    for (product_id, quantity) in lines.iter() {
+        take_line(conn, product_id, quantity, max_retries).await?;
+    }
+    Ok(())
+}
+
+async fn take_line(conn: &mut PgConnection, product_id: i64, quantity: i32, max_retries: u32) -> Result<(), AppError> {
+    for attempt in 0..=max_retries {
+        if attempt > 0 {
+            metrics::counter!("shop_optimistic_retries_total", "operation" => "stock.take").increment(1);
+            tokio::time::sleep(backoff::full_jitter(attempt, RETRY_CAP)).await;
+        }
+        let row = products::stock_of(conn, &[product_id]).await?.pop().ok_or(AppError::OutOfStock)?;
+        if row.stock < quantity as i64 {
+            return Err(AppError::OutOfStock);
+        }
+        fail::fail_point!("stock::optimistic::after_read");
+        if products::take_stock(conn, product_id, quantity, Some(row.version)).await? {
+            return Ok(());
+        }
+    }
+    Err(AppError::ConcurrencyConflict("the stock kept changing"))
+}
