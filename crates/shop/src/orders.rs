@@ -117,15 +117,23 @@ pub async fn place(
     let found = products::by_ids(&mut conn, &placement.lines.product_ids()).await?;
     let mut items = Vec::with_capacity(found.len());
     let mut found = found.into_iter().peekable();
+    let mut stock_short = false;
     for (product_id, quantity) in placement.lines.iter() {
         let product = found
             .next_if(|product| product.id == product_id)
             .ok_or_else(|| AppError::not_found(format!("product {product_id} not found")))?;
+        if product.stock < quantity as i64 {
+            // A read of the stock now; the strategy decides only when it might suffice.
+            stock_short = true;
+        }
         items.push(NewItem { product_id, name: product.name, quantity, unit_price: product.price });
     }
     let total: i64 = items.iter().map(|item| item.unit_price * item.quantity as i64).sum();
     if total < MIN_TOTAL {
         return Err(AppError::Validation("totalAmount: must be at least 1,000 won".into()));
+    }
+    if stock_short {
+        return Err(AppError::OutOfStock);
     }
     let coupon = match placement.coupon_id {
         Some(coupon_id) => Some(usable_coupon(&mut conn, coupon_id, placement.user_id, total).await?),

@@ -10,6 +10,8 @@ mod concurrency;
 mod coupons;
 mod health;
 mod idempotency;
+mod orders;
+mod payments;
 mod points;
 mod products;
 mod requests;

@@ -266,6 +266,114 @@ impl TestApp {
         assert_eq!(doubled, 0, "a user holds two coupons of one type");
     }
 
+    /// Adds a product as admin; returns its id.
+    pub async fn create_product(&self, name: &str, price: i64, stock: i64) -> i64 {
+        let admin = self.admin().await;
+        let body = json!({"name": name, "price": price, "stock": stock, "category": "test"});
+        let response = self.post("/api/admin/products", Some(&admin.token), body).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+    }
+
+    /// Places an order of (product, quantity) lines. The body is built at
+    /// once, so the future borrows nothing but the app.
+    pub fn place_order<'a>(
+        &'a self,
+        user: &User,
+        lines: &[(i64, i64)],
+        coupon_id: Option<i64>,
+    ) -> impl Future<Output = Response> + use<'a> {
+        let items: Vec<Value> = lines.iter().map(|(id, q)| json!({"productId": id, "quantity": q})).collect();
+        let body = json!({"items": items, "couponId": coupon_id});
+        let token = user.token.clone();
+        async move { self.post("/api/orders", Some(&token), body).await }
+    }
+
+    /// Places an order that must succeed; returns its id.
+    pub async fn order_id(&self, user: &User, lines: &[(i64, i64)], coupon_id: Option<i64>) -> i64 {
+        let response = self.place_order(user, lines, coupon_id).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+        response.json::<Value>().await.unwrap()["orderId"].as_i64().unwrap()
+    }
+
+    pub async fn pay(&self, user: &User, order_id: i64) -> Response {
+        self.post("/api/payments", Some(&user.token), json!({"orderId": order_id})).await
+    }
+
+    pub async fn stock(&self, product_id: i64) -> i64 {
+        sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
+            .bind(product_id)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Stock invariants of API.md: per product, stock + units in orders that
+    /// are not CANCELLED or EXPIRED = initial stock + admin changes.
+    pub async fn assert_stock_invariants(&self) {
+        let broken: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT p.id, p.stock, p.stock_total, COALESCE(SUM(i.quantity) FILTER (
+                 WHERE o.status NOT IN ('CANCELLED', 'EXPIRED')), 0)::bigint
+             FROM products p LEFT JOIN order_items i ON i.product_id = p.id LEFT JOIN orders o ON o.id = i.order_id
+             GROUP BY p.id
+             HAVING p.stock < 0 OR p.stock + COALESCE(SUM(i.quantity) FILTER (
+                 WHERE o.status NOT IN ('CANCELLED', 'EXPIRED')), 0) <> p.stock_total",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        assert!(broken.is_empty(), "(product, stock, total, held by orders): {broken:?}");
+    }
+
+    /// Order and payment invariants of API.md: at most one payment per
+    /// order; a coupon held by at most one live order; Σ USE = Σ finalAmount
+    /// of paid orders, Σ REFUND = Σ finalAmount of refunded ones.
+    pub async fn assert_payment_invariants(&self) {
+        let doubled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT order_id FROM payments GROUP BY order_id HAVING count(*) > 1) d",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        assert_eq!(doubled, 0, "an order paid twice");
+        let shared: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT coupon_id FROM orders WHERE coupon_id IS NOT NULL
+             AND status NOT IN ('CANCELLED', 'EXPIRED') GROUP BY coupon_id HAVING count(*) > 1) d",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        assert_eq!(shared, 0, "a coupon held by two live orders");
+        let (used, paid, refunded, refunds): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(-SUM(amount), 0)::bigint FROM point_ledger WHERE kind = 'USE'),
+                    (SELECT COALESCE(SUM(o.final_amount), 0)::bigint FROM payments p JOIN orders o ON o.id = p.order_id),
+                    (SELECT COALESCE(SUM(amount), 0)::bigint FROM point_ledger WHERE kind = 'REFUND'),
+                    (SELECT COALESCE(SUM(o.final_amount), 0)::bigint FROM payments p JOIN orders o ON o.id = p.order_id
+                     WHERE p.status = 'REFUNDED')",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        assert_eq!(used, paid, "Σ USE = Σ finalAmount of paid orders");
+        assert_eq!(refunded, refunds, "Σ REFUND = Σ finalAmount of refunded orders");
+        let unpaid_paid: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders o WHERE o.status IN ('PAID', 'SHIPPED', 'DELIVERED', 'COMPLETED')
+             AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id)",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        assert_eq!(unpaid_paid, 0, "an order marked paid without a payment");
+    }
+
+    /// Every invariant of API.md at once.
+    pub async fn assert_invariants(&self) {
+        self.assert_point_invariants().await;
+        self.assert_stock_invariants().await;
+        self.assert_coupon_invariants().await;
+        self.assert_payment_invariants().await;
+    }
+
     /// Invariants of API.md that hold at any moment, checked for every user.
     pub async fn assert_point_invariants(&self) {
         let broken: Vec<(i64, i64, i64)> = sqlx::query_as(

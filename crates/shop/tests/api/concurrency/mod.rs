@@ -2,6 +2,7 @@
 //! the database.
 
 mod coupons;
+mod orders;
 mod points;
 
 use std::sync::Arc;

@@ -1,0 +1,170 @@
+//! Orders and payments racing: stock never oversold, no partial
+//! reservation, no deadlock, an order paid once, a coupon held once.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shop::config::{PointsStrategyKind, StockStrategyKind};
+
+use super::{count, together};
+use crate::support::{TestApp, spawn_app_with};
+
+async fn app_with(stock: StockStrategyKind) -> TestApp {
+    spawn_app_with(|config| config.stock_strategy = stock).await
+}
+
+async fn four_hundred_buyers_of_fifty(strategy: StockStrategyKind) {
+    let app = app_with(strategy).await;
+    let hot = app.create_product("hot", 1000, 50).await;
+    let buyers = app.bulk_users(400).await;
+    let outcomes = together(buyers.iter().map(|buyer| app.place_order(buyer, &[(hot, 1)], None)).collect()).await;
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 50, "{strategy:?}");
+    for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
+        assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("OUT_OF_STOCK")), "{strategy:?}");
+    }
+    assert_eq!(app.stock(hot).await, 0);
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&app.db).await.unwrap();
+    assert_eq!(orders, 50);
+    app.assert_invariants().await;
+}
+
+async fn opposite_multi_item_orders_neither_deadlock_nor_split(strategy: StockStrategyKind) {
+    let app = app_with(strategy).await;
+    let (a, b) = (app.create_product("a", 1000, 60).await, app.create_product("b", 1000, 60).await);
+    let buyers = app.bulk_users(80).await;
+    // Half order a then b, half b then a; 80 orders of one each want 80 of 60.
+    let outcomes = together(
+        buyers
+            .iter()
+            .enumerate()
+            .map(|(i, buyer)| {
+                let lines = if i % 2 == 0 { [(a, 1), (b, 1)] } else { [(b, 1), (a, 1)] };
+                app.place_order(buyer, &lines, None)
+            })
+            .collect(),
+    )
+    .await;
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 60, "{strategy:?}");
+    for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
+        assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("OUT_OF_STOCK")), "{strategy:?}");
+    }
+    assert_eq!((app.stock(a).await, app.stock(b).await), (0, 0), "no order took one line without the other");
+    app.assert_invariants().await;
+}
+
+macro_rules! for_each_stock_strategy {
+    ($($module:ident => $strategy:ident),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn four_hundred_buyers_of_a_stock_of_fifty_get_exactly_fifty() {
+                four_hundred_buyers_of_fifty(StockStrategyKind::$strategy).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn opposite_multi_item_orders_neither_deadlock_nor_reserve_partly() {
+                opposite_multi_item_orders_neither_deadlock_nor_split(StockStrategyKind::$strategy).await;
+            }
+        }
+    )*};
+}
+
+for_each_stock_strategy! {
+    optimistic => Optimistic,
+    pessimistic => Pessimistic,
+    atomic => Atomic,
+    redis_lock => RedisLock,
+    redis_gate => RedisGate,
+}
+
+async fn thirty_payments_of_one_order(strategy: PointsStrategyKind) {
+    let app = spawn_app_with(|config| config.points_strategy = strategy).await;
+    let product = app.create_product("once", 7000, 10).await;
+    let user = app.new_user().await;
+    app.charge(&user, 100000).await;
+    let order = app.order_id(&user, &[(product, 1)], None).await;
+    let outcomes = together((0..30).map(|_| app.pay(&user, order)).collect()).await;
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 1, "{strategy:?}: {outcomes:?}");
+    for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
+        assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("ORDER_NOT_PAYABLE")), "{strategy:?}");
+    }
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (93000, 93000), "points taken once");
+    app.assert_invariants().await;
+}
+
+async fn payments_racing_charges_keep_the_ledger(strategy: PointsStrategyKind) {
+    let app = spawn_app_with(|config| {
+        config.points_strategy = strategy;
+        config.points_daily_charge_limit = 0;
+        config.points_monthly_charge_limit = 0;
+    })
+    .await;
+    let product = app.create_product("snack", 3000, 1000).await;
+    let user = app.new_user().await;
+    app.charge(&user, 30000).await;
+    let mut orders = Vec::new();
+    for _ in 0..20 {
+        orders.push(app.order_id(&user, &[(product, 1)], None).await);
+    }
+    // 20 payments of 3,000 against 30,000 and 20 charges of 1,000, at once.
+    let payments =
+        orders.iter().map(|order| Box::pin(app.pay(&user, *order)) as std::pin::Pin<Box<dyn Future<Output = _>>>);
+    let charges = (0..20).map(|_| Box::pin(app.charge(&user, 1000)) as std::pin::Pin<Box<dyn Future<Output = _>>>);
+    let outcomes = together(payments.chain(charges).collect()).await;
+    for (status, code) in &outcomes {
+        let expected = *status == StatusCode::OK
+            || *status == StatusCode::CREATED
+            || matches!(code.as_deref(), Some("INSUFFICIENT_POINTS" | "CONCURRENCY_CONFLICT"));
+        assert!(expected, "{strategy:?}: {status} {code:?}");
+    }
+    let (balance, ledger_sum) = app.balance_and_ledger_sum(user.id).await;
+    assert_eq!(balance, ledger_sum);
+    assert!(balance >= 0);
+    app.assert_invariants().await;
+}
+
+macro_rules! for_each_points_strategy {
+    ($($module:ident => $strategy:ident),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn thirty_payments_of_one_order_pay_it_once() {
+                thirty_payments_of_one_order(PointsStrategyKind::$strategy).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn payments_racing_charges_keep_balance_equal_to_the_ledger() {
+                payments_racing_charges_keep_the_ledger(PointsStrategyKind::$strategy).await;
+            }
+        }
+    )*};
+}
+
+mod payments {
+    use super::*;
+
+    for_each_points_strategy! {
+        optimistic => Optimistic,
+        pessimistic => Pessimistic,
+        atomic => Atomic,
+        redis_lock => RedisLock,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_coupon_on_ten_simultaneous_orders_is_held_by_one() {
+    let app = app_with(StockStrategyKind::Atomic).await;
+    let product = app.create_product("gift", 10000, 100).await;
+    app.create_coupon_type("ONCE_ONLY", 5, json!({})).await;
+    let user = app.new_user().await;
+    let coupon: Value = app.issue_coupon(&user, "ONCE_ONLY").await.json().await.unwrap();
+    let coupon = coupon["couponId"].as_i64();
+    let outcomes = together((0..10).map(|_| app.place_order(&user, &[(product, 1)], coupon)).collect()).await;
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 1, "{outcomes:?}");
+    for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
+        assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("COUPON_NOT_USABLE")));
+    }
+    assert_eq!(app.stock(product).await, 99, "the refused orders took no stock");
+    app.assert_invariants().await;
+}
