@@ -51,9 +51,18 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     (code, Json(Health { status, postgres: Some(word(postgres)), redis: Some(word(redis)) }))
 }
 
-/// Prometheus text format.
+/// Prometheus text format: requests per route and status, lock waits,
+/// optimistic retries, gate outcomes, outbox backlog.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Read when scraped: a count over a partial index of undelivered events.
+    match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox_events WHERE status <> 'DELIVERED'")
+        .fetch_one(&state.db)
+        .await
+    {
+        Ok(backlog) => metrics::gauge!("shop_outbox_backlog").set(backlog as f64),
+        Err(error) => tracing::warn!(%error, "could not count the outbox backlog"),
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

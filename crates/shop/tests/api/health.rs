@@ -26,6 +26,7 @@ async fn metrics_count_requests_per_route_and_status() {
         "{text}"
     );
     assert!(text.contains("http_request_duration_seconds_bucket"), "{text}");
+    assert!(text.contains("shop_outbox_backlog 0"), "{text}");
 }
 
 #[tokio::test]

@@ -252,3 +252,33 @@ async fn top_sellers_rank_by_quantity_within_the_days_minus_cancellations() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn payment_and_cancel_replay_under_their_idempotency_keys() {
+    let app = spawn_app().await;
+    let product = app.create_product("kettle", 6000, 10).await;
+    let user = app.new_user().await;
+    app.charge(&user, 20000).await;
+    let order = app.order_id(&user, &[(product, 1)], None).await;
+    let body = json!({"orderId": order});
+    let first: Value =
+        app.post_with_key("/api/payments", &user.token, "pay-1", &body).send().await.unwrap().json().await.unwrap();
+    let again = app.post_with_key("/api/payments", &user.token, "pay-1", &body).send().await.unwrap();
+    assert_eq!(
+        (again.status(), again.headers()["idempotent-replayed"].to_str().unwrap()),
+        (StatusCode::CREATED, "true")
+    );
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+
+    let path = format!("/api/orders/{order}/cancel");
+    let cancelled: Value =
+        app.post_with_key(&path, &user.token, "cancel-1", &json!(null)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cancelled["status"], "CANCELLED");
+    let replayed = app.post_with_key(&path, &user.token, "cancel-1", &json!(null)).send().await.unwrap();
+    assert_eq!(
+        (replayed.status(), replayed.headers()["idempotent-replayed"].to_str().unwrap()),
+        (StatusCode::OK, "true")
+    );
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (20000, 20000), "paid once, refunded once");
+    app.assert_invariants().await;
+}

@@ -4,8 +4,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod coupons;
 mod fencing;
+mod gates;
 mod lifecycle;
 
 use std::sync::atomic::{AtomicBool, Ordering};

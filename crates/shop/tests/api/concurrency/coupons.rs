@@ -33,7 +33,7 @@ async fn a_thousand_users_race_for_a_hundred(strategy: CouponStrategyKind) {
         assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")));
     }
     assert_eq!(issued_rows(&app, &code).await, (100, 100));
-    app.assert_coupon_invariants().await;
+    app.assert_invariants().await;
 }
 
 async fn one_user_firing_fifty_gets_one(strategy: CouponStrategyKind) {
@@ -46,7 +46,7 @@ async fn one_user_firing_fifty_gets_one(strategy: CouponStrategyKind) {
         assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("COUPON_ALREADY_ISSUED")));
     }
     assert_eq!(issued_rows(&app, &code).await, (1, 1));
-    app.assert_coupon_invariants().await;
+    app.assert_invariants().await;
 }
 
 macro_rules! for_each_coupon_strategy {
@@ -95,7 +95,7 @@ async fn the_gate_never_over_issues_when_redis_loses_its_keys_mid_rush() {
     assert!(issued_at_loss < 100, "the keys were lost mid-rush");
     assert_eq!(count(&outcomes, StatusCode::CREATED), 100);
     assert_eq!(issued_rows(&app, &code).await, (100, 100));
-    app.assert_coupon_invariants().await;
+    app.assert_invariants().await;
 }
 
 #[tokio::test]
@@ -125,7 +125,7 @@ async fn a_failed_write_gives_the_unit_back() {
     assert_eq!(app.redis_hash_field(&left, "left").await, Some(2), "the unit came back");
     assert_eq!(app.issue_coupon(&late, &code).await.status(), StatusCode::CREATED);
     assert_eq!(app.redis_hash_field(&left, "left").await, Some(1));
-    app.assert_coupon_invariants().await;
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -157,7 +157,7 @@ async fn a_lost_gate_is_rebuilt_once_across_instances() {
     // The rebuilt gate remembers the earlier holders.
     let again = first.issue_coupon(&users[0], &code).await;
     crate::support::assert_problem(again, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
-    first.assert_coupon_invariants().await;
+    first.assert_invariants().await;
 }
 
 async fn gate_loads(app: &TestApp) -> u64 {

@@ -168,3 +168,24 @@ async fn one_coupon_on_ten_simultaneous_orders_is_held_by_one() {
     assert_eq!(app.stock(product).await, 99, "the refused orders took no stock");
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stock_gate_never_oversells_when_redis_loses_its_keys_mid_rush() {
+    let app = app_with(StockStrategyKind::RedisGate).await;
+    let hot = app.create_product("hot", 1000, 100).await;
+    let buyers = app.bulk_users(600).await;
+    let rush = together(buyers.iter().map(|buyer| app.place_order(buyer, &[(hot, 1)], None)).collect());
+    let loss = async {
+        loop {
+            if app.stock(hot).await <= 80 {
+                app.lose_redis_keys().await;
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let (outcomes, ()) = tokio::join!(rush, loss);
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 100);
+    assert_eq!(app.stock(hot).await, 0);
+    app.assert_invariants().await;
+}

@@ -35,7 +35,7 @@ async fn two_hundred_charges_lose_no_update(strategy: PointsStrategyKind) {
     let (balance, ledger_sum) = app.balance_and_ledger_sum(user.id).await;
     assert_eq!(balance, initial + 1000 * successes, "every success and nothing else is in the balance");
     assert_eq!(ledger_sum, balance);
-    app.assert_point_invariants().await;
+    app.assert_invariants().await;
 }
 
 async fn ten_charges_under_a_daily_limit_of_three_give_three(strategy: PointsStrategyKind) {

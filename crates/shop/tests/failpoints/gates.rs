@@ -1,4 +1,4 @@
-//! A crash between the coupon gate and the database write.
+//! A crash between a Redis gate (coupons, stock) and the database write.
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -37,5 +37,39 @@ async fn a_unit_lost_to_a_crash_after_the_gate_is_reconciled() {
     let holders: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM coupons").fetch_all(&app.db).await.unwrap();
     assert_eq!(holders, vec![waiting.id]);
     app.assert_coupon_invariants().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_lost_to_a_crash_after_the_gate_is_reconciled() {
+    let scenario = fail::FailScenario::setup();
+    let app = spawn_app_with(|config| {
+        config.stock_strategy = shop::config::StockStrategyKind::RedisGate;
+        config.locks.gate_reconcile_after_ms = 300;
+    })
+    .await;
+    let product = app.create_product("last", 5000, 1).await;
+    let (crashed, waiting) = (app.new_user().await, app.new_user().await);
+    fail::cfg("stock::gate::reserved", "1*return").unwrap();
+    assert_problem(
+        app.place_order(&crashed, &[(product, 1)], None).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL",
+    )
+    .await;
+    assert_problem(app.place_order(&waiting, &[(product, 1)], None).await, StatusCode::CONFLICT, "OUT_OF_STOCK").await;
+    let mut placed = false;
+    for _ in 0..100 {
+        let response = app.place_order(&waiting, &[(product, 1)], None).await;
+        if response.status() == StatusCode::CREATED {
+            placed = true;
+            break;
+        }
+        assert_problem(response, StatusCode::CONFLICT, "OUT_OF_STOCK").await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(placed, "the reconciler returned the unit within 5 s");
+    assert_eq!(app.stock(product).await, 0);
+    app.assert_invariants().await;
     scenario.teardown();
 }
