@@ -52,27 +52,35 @@ impl CouponStrategy {
         claim: Option<&Claim>,
     ) -> Result<CouponView, AppError> {
         coupon_type.check_window(Utc::now()).map_err(|_| AppError::CouponNotOpen)?;
-        if let Self::RedisGate(gate) = self {
-            return gate.issue(db, coupon_type, user_id, claim).await;
-        }
-        // Sold out and held are final once true, so a lock-free read answers
-        // most of a rush; only requests that could win go on to queue.
-        let facts = coupons::issue_facts(&mut *db.acquire().await?, coupon_type.id, user_id).await?;
-        if facts.held {
-            return Err(AppError::CouponAlreadyIssued);
-        }
-        if facts.sold_out {
-            return Err(AppError::CouponSoldOut);
-        }
         match self {
             Self::Pessimistic { lock_timeout } => {
+                refuse_settled(db, coupon_type, user_id).await?;
                 pessimistic::issue(db, coupon_type, user_id, claim, *lock_timeout).await
             }
-            Self::Atomic => atomic::issue(db, coupon_type, user_id, claim).await,
-            Self::RedisLock(locks) => redis_lock::issue(db, locks, coupon_type, user_id, claim).await,
-            Self::RedisGate(_) => unreachable!("answered above"),
+            Self::Atomic => {
+                refuse_settled(db, coupon_type, user_id).await?;
+                atomic::issue(db, coupon_type, user_id, claim).await
+            }
+            Self::RedisLock(locks) => {
+                refuse_settled(db, coupon_type, user_id).await?;
+                redis_lock::issue(db, locks, coupon_type, user_id, claim).await
+            }
+            Self::RedisGate(gate) => gate.issue(db, coupon_type, user_id, claim).await,
         }
     }
+}
+
+/// Sold out and held are final once true, so a lock-free read answers most
+/// of a rush; only requests that could win go on to queue.
+async fn refuse_settled(db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<(), AppError> {
+    let facts = coupons::issue_facts(&mut *db.acquire().await?, coupon_type.id, user_id).await?;
+    if facts.held {
+        return Err(AppError::CouponAlreadyIssued);
+    }
+    if facts.sold_out {
+        return Err(AppError::CouponSoldOut);
+    }
+    Ok(())
 }
 
 /// Counts one more coupon against the total. Over it, the database refuses.

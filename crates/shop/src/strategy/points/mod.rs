@@ -19,6 +19,7 @@ use crate::domain::points::{ChargeAmount, ChargeDay, ChargeLimitExceeded, Charge
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
 use crate::lock::{Lease, LeaseLocks};
+use crate::storage::wallets::Wallet;
 use crate::storage::{ledger, wallets};
 use crate::strategy::{lease_error, lost_race, set_lock_timeout};
 
@@ -151,6 +152,29 @@ async fn write_debit(
     }
     ledger::append(conn, spend.user_id, LedgerKind::Use, -spend.amount, left, Some(spend.order_id)).await?;
     Ok(Some(left))
+}
+
+/// Writes a charge onto the wallet as read (with `expected_version`, only if
+/// it is unchanged since): the limits are checked on what was read — a stale
+/// read shows at most as many charges as there were, so a refusal is final —
+/// then the balance, the counters, the ledger row and the stored answer are
+/// written.
+/// `None`: the wallet changed since it was read. Returns the new balance.
+async fn write_charge(
+    conn: &mut PgConnection,
+    charge: Charge,
+    wallet: &Wallet,
+    expected_version: Option<i64>,
+    claim: Option<&Claim>,
+) -> Result<Option<i64>, AppError> {
+    let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
+    let balance = wallet.balance + charge.amount.won();
+    if !wallets::write(conn, charge.user_id, balance, counters, expected_version).await? {
+        return Ok(None);
+    }
+    ledger::append(conn, charge.user_id, LedgerKind::Charge, charge.amount.won(), balance, None).await?;
+    save_response(conn, charge, balance, claim).await?;
+    Ok(Some(balance))
 }
 
 /// Stores the response under the request's Idempotency-Key, in the

@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use sqlx::{Acquire, PgConnection, PgPool};
 
-use super::{Charge, Spend, save_response, wallet_missing, write_debit};
-use crate::domain::points::LedgerKind;
+use super::{Charge, Spend, wallet_missing, write_charge, write_debit};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
-use crate::storage::{ledger, wallets};
+use crate::storage::wallets;
 use crate::strategy::backoff;
 
 /// Longest wait between two attempts.
@@ -28,18 +27,11 @@ pub async fn charge(db: &PgPool, charge: Charge, claim: Option<&Claim>, max_retr
         }
         let mut conn = db.acquire().await?;
         let wallet = wallets::read(&mut conn, charge.user_id).await?.ok_or_else(wallet_missing)?;
-        // A stale read shows at most as many charges as there were, so a
-        // limit refusal based on it is final.
-        let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
-        let balance = wallet.balance + charge.amount.won();
         fail::fail_point!("points::optimistic::after_read");
-
         let mut tx = conn.begin().await?;
-        if !wallets::write(&mut tx, charge.user_id, balance, counters, Some(wallet.version)).await? {
+        let Some(balance) = write_charge(&mut tx, charge, &wallet, Some(wallet.version), claim).await? else {
             continue;
-        }
-        ledger::append(&mut tx, charge.user_id, LedgerKind::Charge, charge.amount.won(), balance, None).await?;
-        save_response(&mut tx, charge, balance, claim).await?;
+        };
         tx.commit().await?;
         return Ok(balance);
     }

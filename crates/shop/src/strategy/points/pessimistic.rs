@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use super::{Charge, save_response, wallet_missing};
-use crate::domain::points::LedgerKind;
+use super::{Charge, wallet_missing, write_charge};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
-use crate::storage::{ledger, wallets};
+use crate::storage::wallets;
 use crate::strategy::{lost_race, set_lock_timeout};
 
 pub async fn charge(
@@ -29,11 +28,9 @@ pub async fn charge(
     metrics::histogram!("shop_lock_wait_seconds", "lock" => "postgres").record(waiting.elapsed());
     let wallet = wallet.ok_or_else(wallet_missing)?;
     fail::fail_point!("points::pessimistic::after_read");
-    let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
-    let balance = wallet.balance + charge.amount.won();
-    wallets::write(&mut tx, charge.user_id, balance, counters, None).await?;
-    ledger::append(&mut tx, charge.user_id, LedgerKind::Charge, charge.amount.won(), balance, None).await?;
-    save_response(&mut tx, charge, balance, claim).await?;
+    let balance = write_charge(&mut tx, charge, &wallet, None, claim)
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("a locked wallet changed")))?;
     tx.commit().await?;
     Ok(balance)
 }

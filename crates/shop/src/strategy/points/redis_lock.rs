@@ -14,12 +14,10 @@
 
 use sqlx::{PgConnection, PgPool};
 
-use super::{Charge, Spend, save_response, wallet_missing, write_debit};
-use crate::domain::points::LedgerKind;
+use super::{Charge, Spend, wallet_missing, write_charge, write_debit};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
 use crate::lock::LeaseLocks;
-use crate::storage::ledger;
 use crate::storage::wallets::{self, FenceClaim};
 use crate::strategy::{stale_fence, under_lease};
 
@@ -34,11 +32,9 @@ pub async fn charge(db: &PgPool, locks: &LeaseLocks, charge: Charge, claim: Opti
             FenceClaim::Missing => return Err(wallet_missing()),
             FenceClaim::Stale { newest } => return Err(stale_fence(locks, &resource, newest).await),
         };
-        let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
-        let balance = wallet.balance + charge.amount.won();
-        wallets::write(&mut tx, charge.user_id, balance, counters, None).await?;
-        ledger::append(&mut tx, charge.user_id, LedgerKind::Charge, charge.amount.won(), balance, None).await?;
-        save_response(&mut tx, charge, balance, claim).await?;
+        let balance = write_charge(&mut tx, charge, &wallet, None, claim)
+            .await?
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("a fenced wallet changed")))?;
         tx.commit().await?;
         Ok(balance)
     })
