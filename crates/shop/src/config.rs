@@ -139,6 +139,11 @@ pub enum PointsStrategyKind {
     Pessimistic,
     Atomic,
     RedisLock,
+    /// No concurrency control at all: unlocked reads, unconditional writes.
+    /// Compiled only for the tests that show the races.
+    #[cfg(feature = "naive")]
+    #[value(skip)]
+    Naive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -148,6 +153,11 @@ pub enum StockStrategyKind {
     Atomic,
     RedisLock,
     RedisGate,
+    /// No concurrency control at all: unlocked reads, unconditional writes.
+    /// Compiled only for the tests that show the races.
+    #[cfg(feature = "naive")]
+    #[value(skip)]
+    Naive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -156,6 +166,11 @@ pub enum CouponStrategyKind {
     Atomic,
     RedisLock,
     RedisGate,
+    /// No concurrency control at all: unlocked reads, unconditional writes.
+    /// Compiled only for the tests that show the races.
+    #[cfg(feature = "naive")]
+    #[value(skip)]
+    Naive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -79,6 +79,8 @@ impl Server {
             }
             PointsStrategyKind::Atomic => PointsStrategy::Atomic,
             PointsStrategyKind::RedisLock => PointsStrategy::RedisLock(locks.clone()),
+            #[cfg(feature = "naive")]
+            PointsStrategyKind::Naive => PointsStrategy::Naive,
         };
         let coupons = match config.coupon_strategy {
             CouponStrategyKind::Pessimistic => {
@@ -86,6 +88,8 @@ impl Server {
             }
             CouponStrategyKind::Atomic => CouponStrategy::Atomic,
             CouponStrategyKind::RedisLock => CouponStrategy::RedisLock(locks.clone()),
+            #[cfg(feature = "naive")]
+            CouponStrategyKind::Naive => CouponStrategy::Naive,
             CouponStrategyKind::RedisGate => CouponStrategy::RedisGate(CouponGate::new(
                 redis.clone(),
                 &config.redis_key_prefix,
@@ -101,6 +105,8 @@ impl Server {
             }
             StockStrategyKind::Atomic => StockStrategy::Atomic,
             StockStrategyKind::RedisLock => StockStrategy::RedisLock(locks.clone()),
+            #[cfg(feature = "naive")]
+            StockStrategyKind::Naive => StockStrategy::Naive,
             StockStrategyKind::RedisGate => StockStrategy::RedisGate(StockGate::new(
                 redis.clone(),
                 &config.redis_key_prefix,

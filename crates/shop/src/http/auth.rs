@@ -78,6 +78,7 @@ pub async fn register(
     if users::find_by_email(&mut *state.db.acquire().await?, email.as_str()).await?.is_some() {
         return Err(AppError::EmailTaken);
     }
+    fail::fail_point!("auth::signup::read");
     let hash = state.passwords.hash(password.expose()).await.map_err(AppError::Internal)?;
     let user = users::insert(&mut *state.db.acquire().await?, email.as_str(), name.as_str(), &hash, Role::User)
         .await

@@ -13,7 +13,7 @@ async fn shutdown_stops_taking_requests_and_finishes_those_in_flight() {
     let scenario = fail::FailScenario::setup();
     let mut app = spawn_app_with(|config| config.points_strategy = PointsStrategyKind::Pessimistic).await;
     let user = app.new_user().await;
-    let mut hold = Hold::first_at("points::pessimistic::after_read");
+    let mut hold = Hold::first_at("points::charge::read");
     let in_flight = charge_in_background(&app, &user, 3000, None);
     hold.reached().await;
 
@@ -43,7 +43,7 @@ async fn a_key_is_in_use_while_its_first_request_runs() {
     let scenario = fail::FailScenario::setup();
     let app = spawn_app_with(|config| config.points_strategy = PointsStrategyKind::Pessimistic).await;
     let user = app.new_user().await;
-    let mut hold = Hold::first_at("points::pessimistic::after_read");
+    let mut hold = Hold::first_at("points::charge::read");
     let first = charge_in_background(&app, &user, 4000, Some("k"));
     hold.reached().await;
 
@@ -66,7 +66,7 @@ async fn an_optimistic_write_that_lost_its_race_retries_from_a_fresh_read() {
     let scenario = fail::FailScenario::setup();
     let app = spawn_app_with(|config| config.points_strategy = PointsStrategyKind::Optimistic).await;
     let user = app.new_user().await;
-    let mut hold = Hold::first_at("points::optimistic::after_read");
+    let mut hold = Hold::first_at("points::charge::read");
     let first = charge_in_background(&app, &user, 1000, None);
     hold.reached().await;
     // The held request read balance 0; this one commits 5,000 meanwhile.

@@ -7,6 +7,7 @@ mod support;
 mod fencing;
 mod gates;
 mod lifecycle;
+mod races;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};

@@ -18,11 +18,12 @@ pub async fn issue(
     user_id: i64,
     claim: Option<&Claim>,
 ) -> Result<CouponView, AppError> {
+    // No read to race: the conditional increment is the whole decision.
+    fail::fail_point!("coupons::issue::read");
     let mut tx = db.begin().await?;
     if !coupons::count_issued_if_left(&mut tx, coupon_type.id).await? {
         return Err(AppError::CouponSoldOut);
     }
-    fail::fail_point!("coupons::atomic::counted");
     let view = write_coupon(&mut tx, coupon_type, user_id, claim).await?;
     tx.commit().await?;
     Ok(view)

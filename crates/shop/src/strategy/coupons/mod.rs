@@ -5,6 +5,8 @@
 //! decide how requests queue before they reach them.
 
 mod atomic;
+#[cfg(feature = "naive")]
+mod naive;
 mod pessimistic;
 mod redis_gate;
 mod redis_lock;
@@ -25,10 +27,14 @@ use crate::lock::LeaseLocks;
 use crate::storage::coupons;
 
 pub enum CouponStrategy {
-    Pessimistic { lock_timeout: Duration },
+    Pessimistic {
+        lock_timeout: Duration,
+    },
     Atomic,
     RedisLock(LeaseLocks),
     RedisGate(CouponGate),
+    #[cfg(feature = "naive")]
+    Naive,
 }
 
 impl CouponStrategy {
@@ -38,6 +44,8 @@ impl CouponStrategy {
             Self::Atomic => CouponStrategyKind::Atomic,
             Self::RedisLock(_) => CouponStrategyKind::RedisLock,
             Self::RedisGate(_) => CouponStrategyKind::RedisGate,
+            #[cfg(feature = "naive")]
+            Self::Naive => CouponStrategyKind::Naive,
         }
     }
 
@@ -66,6 +74,8 @@ impl CouponStrategy {
                 redis_lock::issue(db, locks, coupon_type, user_id, claim).await
             }
             Self::RedisGate(gate) => gate.issue(db, coupon_type, user_id, claim).await,
+            #[cfg(feature = "naive")]
+            Self::Naive => naive::issue(db, coupon_type, user_id, claim).await,
         }
     }
 }

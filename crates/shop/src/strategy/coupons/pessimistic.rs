@@ -24,7 +24,7 @@ pub async fn issue(
     let mut tx = db.begin().await?;
     set_lock_timeout(&mut tx, lock_timeout).await?;
     let (issued, total) = coupons::lock_type(&mut tx, coupon_type.id).await.map_err(lost_race)?;
-    fail::fail_point!("coupons::pessimistic::locked");
+    fail::fail_point!("coupons::issue::read");
     if coupons::holds(&mut tx, coupon_type.id, user_id).await? {
         return Err(AppError::CouponAlreadyIssued);
     }

@@ -158,6 +158,8 @@ impl CouponGate {
         fail::fail_point!("coupons::gate::granted", |_| Err(AppError::internal(anyhow::anyhow!(
             "simulated crash after the coupon gate"
         ))));
+        // The gate has decided; others racing now get its answer.
+        fail::fail_point!("coupons::issue::read");
         let written = async {
             let mut tx = db.begin().await?;
             count_issued(&mut tx, coupon_type.id).await?;

@@ -30,6 +30,7 @@ pub async fn issue(
             let newest = coupons::fence(&mut tx, coupon_type.id).await?;
             return Err(stale_fence(locks, &resource, newest).await);
         };
+        fail::fail_point!("coupons::issue::read");
         if coupons::holds(&mut tx, coupon_type.id, user_id).await? {
             return Err(AppError::CouponAlreadyIssued);
         }

@@ -27,6 +27,8 @@ pub async fn charge(db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Resul
 }
 
 async fn charge_once(conn: &mut PgConnection, charge: Charge) -> Result<i64, AppError> {
+    // There is no read to race: the statement below is the whole charge.
+    fail::fail_point!("points::charge::read");
     let charged =
         wallets::charge_within_limits(conn, charge.user_id, charge.amount.won(), charge.on, charge.limits).await?;
     if let Some(balance) = charged {

@@ -5,6 +5,8 @@
 //! row in one transaction.
 
 mod atomic;
+#[cfg(feature = "naive")]
+mod naive;
 mod optimistic;
 mod pessimistic;
 mod redis_lock;
@@ -24,10 +26,16 @@ use crate::storage::{ledger, wallets};
 use crate::strategy::{lease_error, lost_race, set_lock_timeout};
 
 pub enum PointsStrategy {
-    Optimistic { max_retries: u32 },
-    Pessimistic { lock_timeout: Duration },
+    Optimistic {
+        max_retries: u32,
+    },
+    Pessimistic {
+        lock_timeout: Duration,
+    },
     Atomic,
     RedisLock(LeaseLocks),
+    #[cfg(feature = "naive")]
+    Naive,
 }
 
 /// One charge, validated.
@@ -46,7 +54,19 @@ impl PointsStrategy {
             Self::Pessimistic { .. } => PointsStrategyKind::Pessimistic,
             Self::Atomic => PointsStrategyKind::Atomic,
             Self::RedisLock(_) => PointsStrategyKind::RedisLock,
+            #[cfg(feature = "naive")]
+            Self::Naive => PointsStrategyKind::Naive,
         }
+    }
+
+    /// Whether operations run without any locks (the test-only `naive`
+    /// strategy): payments then read their order without locking it too.
+    pub fn without_locks(&self) -> bool {
+        #[cfg(feature = "naive")]
+        if matches!(self, Self::Naive) {
+            return true;
+        }
+        false
     }
 
     /// Charges the wallet; with a claim, the response is stored in the same
@@ -58,6 +78,8 @@ impl PointsStrategy {
             Self::Pessimistic { lock_timeout } => pessimistic::charge(db, charge, claim, *lock_timeout).await,
             Self::Atomic => atomic::charge(db, charge, claim).await,
             Self::RedisLock(locks) => redis_lock::charge(db, locks, charge, claim).await,
+            #[cfg(feature = "naive")]
+            Self::Naive => naive::charge(db, charge, claim).await,
         }
     }
 }
@@ -121,6 +143,8 @@ impl PointsStrategy {
                     hold.lease.as_ref().ok_or_else(|| AppError::internal(anyhow::anyhow!("no wallet lease")))?;
                 redis_lock::debit(conn, locks, spend, lease.fence()).await
             }
+            #[cfg(feature = "naive")]
+            Self::Naive => naive::debit(conn, spend).await,
         }
     }
 

@@ -27,7 +27,7 @@ pub async fn charge(db: &PgPool, charge: Charge, claim: Option<&Claim>, max_retr
         }
         let mut conn = db.acquire().await?;
         let wallet = wallets::read(&mut conn, charge.user_id).await?.ok_or_else(wallet_missing)?;
-        fail::fail_point!("points::optimistic::after_read");
+        fail::fail_point!("points::charge::read");
         let mut tx = conn.begin().await?;
         let Some(balance) = write_charge(&mut tx, charge, &wallet, Some(wallet.version), claim).await? else {
             continue;

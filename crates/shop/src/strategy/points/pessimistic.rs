@@ -27,7 +27,7 @@ pub async fn charge(
     let wallet = wallets::read_for_update(&mut tx, charge.user_id).await.map_err(lost_race)?;
     metrics::histogram!("shop_lock_wait_seconds", "lock" => "postgres").record(waiting.elapsed());
     let wallet = wallet.ok_or_else(wallet_missing)?;
-    fail::fail_point!("points::pessimistic::after_read");
+    fail::fail_point!("points::charge::read");
     let balance = write_charge(&mut tx, charge, &wallet, None, claim)
         .await?
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("a locked wallet changed")))?;

@@ -9,6 +9,8 @@
 //! [`StockStrategy::take`] inside it, and [`StockStrategy::settle`] after it
 //! commits or rolls back.
 
+#[cfg(feature = "naive")]
+mod naive;
 mod optimistic;
 mod pessimistic;
 mod redis_gate;
@@ -28,11 +30,17 @@ use crate::lock::{Lease, LeaseLocks};
 use crate::storage::products;
 
 pub enum StockStrategy {
-    Optimistic { max_retries: u32 },
-    Pessimistic { lock_timeout: Duration },
+    Optimistic {
+        max_retries: u32,
+    },
+    Pessimistic {
+        lock_timeout: Duration,
+    },
     Atomic,
     RedisLock(LeaseLocks),
     RedisGate(StockGate),
+    #[cfg(feature = "naive")]
+    Naive,
 }
 
 /// What a reservation holds across its transaction.
@@ -65,7 +73,19 @@ impl StockStrategy {
             Self::Atomic => StockStrategyKind::Atomic,
             Self::RedisLock(_) => StockStrategyKind::RedisLock,
             Self::RedisGate(_) => StockStrategyKind::RedisGate,
+            #[cfg(feature = "naive")]
+            Self::Naive => StockStrategyKind::Naive,
         }
+    }
+
+    /// Whether operations run without any locks (the test-only `naive`
+    /// strategy): orders then take their coupon unconditionally too.
+    pub fn without_locks(&self) -> bool {
+        #[cfg(feature = "naive")]
+        if matches!(self, Self::Naive) {
+            return true;
+        }
+        false
     }
 
     /// Before the transaction: what must be held across it.
@@ -84,8 +104,14 @@ impl StockStrategy {
         match self {
             Self::Optimistic { max_retries } => optimistic::take(conn, lines, *max_retries).await,
             Self::Pessimistic { lock_timeout } => pessimistic::take(conn, lines, *lock_timeout).await,
-            Self::Atomic | Self::RedisGate(_) => take_each(conn, lines).await,
+            Self::Atomic | Self::RedisGate(_) => {
+                // No read to race: the conditional statements are the whole take.
+                fail::fail_point!("stock::take::read");
+                take_each(conn, lines).await
+            }
             Self::RedisLock(locks) => redis_lock::take(conn, locks, lines, &hold.leases).await,
+            #[cfg(feature = "naive")]
+            Self::Naive => naive::take(conn, lines).await,
         }
     }
 

@@ -34,7 +34,7 @@ async fn take_line(conn: &mut PgConnection, product_id: i64, quantity: i32, max_
         if row.stock < quantity as i64 {
             return Err(AppError::OutOfStock);
         }
-        fail::fail_point!("stock::optimistic::after_read");
+        fail::fail_point!("stock::take::read");
         if products::take_stock(conn, product_id, quantity, Some(row.version)).await? {
             return Ok(());
         }

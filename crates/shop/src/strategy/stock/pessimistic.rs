@@ -15,7 +15,7 @@ use crate::strategy::{lost_race, set_lock_timeout};
 pub async fn take(conn: &mut PgConnection, lines: &OrderLines, lock_timeout: Duration) -> Result<(), AppError> {
     set_lock_timeout(conn, lock_timeout).await?;
     let rows = products::lock_stock(conn, &lines.product_ids()).await.map_err(lost_race)?;
-    fail::fail_point!("stock::pessimistic::locked");
+    fail::fail_point!("stock::take::read");
     for ((_, quantity), row) in lines.iter().zip(&rows) {
         if row.stock < quantity as i64 {
             return Err(AppError::OutOfStock);

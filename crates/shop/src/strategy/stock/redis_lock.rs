@@ -39,6 +39,8 @@ pub async fn take(
     lines: &OrderLines,
     leases: &[Lease],
 ) -> Result<(), AppError> {
+    // The leases are held: whoever else wants these products waits for them.
+    fail::fail_point!("stock::take::read");
     for ((product_id, quantity), lease) in lines.iter().zip(leases) {
         let Some(stock) = products::claim_fence(conn, product_id, lease.fence()).await? else {
             let newest = products::fence(conn, product_id).await?;
