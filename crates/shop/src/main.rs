@@ -13,6 +13,10 @@ async fn main() -> ExitCode {
         _ => (cli.serve.log_format, cli.serve.log_filter.as_str()),
     };
     init_tracing(format, filter);
+    // Tests that run the binary configure its fail points through the
+    // FAILPOINTS environment variable (`name=action;…`).
+    #[cfg(feature = "failpoints")]
+    let _fail_points = fail::FailScenario::setup();
     let outcome = match cli.command {
         Some(Command::Migrate(database)) => startup::connect_database(&database).await.map(|_| {
             tracing::info!("migrations are up to date");

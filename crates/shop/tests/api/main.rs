@@ -6,6 +6,7 @@ mod support;
 
 mod auth;
 mod authorization;
+mod cluster;
 mod concurrency;
 mod coupons;
 mod health;

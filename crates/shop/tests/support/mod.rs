@@ -10,11 +10,14 @@ use serde_json::{Value, json};
 use shop::config::{
     Config, CouponStrategyKind, DatabaseConfig, LockConfig, LogFormat, PointsStrategyKind, StockStrategyKind,
 };
+use shop::domain::user::Role;
 use shop::startup::Server;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+pub mod cluster;
 
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
@@ -181,30 +184,7 @@ impl TestApp {
     /// test secret: for races that need many users, without as many
     /// password hashes.
     pub async fn bulk_users(&self, count: usize) -> Vec<User> {
-        let run = Uuid::new_v4().simple().to_string();
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "WITH new_users AS (
-                 INSERT INTO users (email, name, password_hash)
-                 SELECT 'bulk-' || $1 || '-' || n || '@example.com', 'Bulk ' || n, 'not a hash'
-                 FROM generate_series(1, $2) AS n
-                 RETURNING id
-             ), wallets AS (INSERT INTO point_wallets (user_id) SELECT id FROM new_users)
-             SELECT id FROM new_users ORDER BY id",
-        )
-        .bind(&run)
-        .bind(count as i32)
-        .fetch_all(&self.db)
-        .await
-        .unwrap();
-        let secret = self.config.jwt_secret.as_deref().unwrap().as_bytes();
-        let tokens = shop::auth::Tokens::new(secret, Duration::from_secs(3600));
-        ids.into_iter()
-            .map(|id| {
-                let pair =
-                    tokens.issue(shop::auth::Caller { user_id: id, role: shop::domain::user::Role::User }).unwrap();
-                User { id, email: String::new(), token: pair.access_token, refresh_token: pair.refresh_token }
-            })
-            .collect()
+        bulk_users(&self.db, count).await
     }
 
     pub async fn admin(&self) -> User {
@@ -408,6 +388,39 @@ pub fn user_from(body: Value) -> User {
         token: body["accessToken"].as_str().expect("accessToken").to_owned(),
         refresh_token: body["refreshToken"].as_str().expect("refreshToken").to_owned(),
     }
+}
+
+/// `count` accounts inserted into `db` in one statement, signed in with the
+/// test secret.
+pub async fn bulk_users(db: &PgPool, count: usize) -> Vec<User> {
+    let run = Uuid::new_v4().simple().to_string();
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "WITH new_users AS (
+             INSERT INTO users (email, name, password_hash)
+             SELECT 'bulk-' || $1 || '-' || n || '@example.com', 'Bulk ' || n, 'not a hash'
+             FROM generate_series(1, $2) AS n
+             RETURNING id
+         ), wallets AS (INSERT INTO point_wallets (user_id) SELECT id FROM new_users)
+         SELECT id FROM new_users ORDER BY id",
+    )
+    .bind(&run)
+    .bind(count as i32)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    ids.into_iter().map(|id| signed_in(id, Role::User)).collect()
+}
+
+/// The admin of the database `db`, signed in with the test secret.
+pub async fn admin_of(db: &PgPool) -> User {
+    let id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE role = 'admin'").fetch_one(db).await.unwrap();
+    signed_in(id, Role::Admin)
+}
+
+fn signed_in(user_id: i64, role: Role) -> User {
+    let tokens = shop::auth::Tokens::new(b"test-secret", Duration::from_secs(3600));
+    let pair = tokens.issue(shop::auth::Caller { user_id, role }).unwrap();
+    User { id: user_id, email: String::new(), token: pair.access_token, refresh_token: pair.refresh_token }
 }
 
 /// Asserts a problem+json answer with this status and code; returns its body.

@@ -32,6 +32,7 @@ pub async fn charge(db: &PgPool, locks: &LeaseLocks, charge: Charge, claim: Opti
             FenceClaim::Missing => return Err(wallet_missing()),
             FenceClaim::Stale { newest } => return Err(stale_fence(locks, &resource, newest).await),
         };
+        fail::fail_point!("points::charge::read");
         let balance = write_charge(&mut tx, charge, &wallet, None, claim)
             .await?
             .ok_or_else(|| AppError::internal(anyhow::anyhow!("a fenced wallet changed")))?;

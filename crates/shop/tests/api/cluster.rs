@@ -1,0 +1,124 @@
+//! The races again, spread round-robin over three real `shop serve`
+//! processes on one PostgreSQL and one Redis: what one instance's memory
+//! cannot see, the strategies must still hold.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::concurrency::{count, together};
+use crate::support::cluster::Cluster;
+use crate::support::{User, admin_of, bulk_users};
+
+async fn start(strategy_variable: &str, strategy: &str) -> Cluster {
+    Cluster::start(
+        3,
+        &[
+            (strategy_variable, strategy),
+            ("POINTS_DAILY_CHARGE_LIMIT", "0"),
+            ("POINTS_MONTHLY_CHARGE_LIMIT", "0"),
+            ("DATABASE_MAX_CONNECTIONS", "5"),
+        ],
+        |_| Vec::new(),
+    )
+    .await
+}
+
+async fn post(cluster: &Cluster, instance: usize, path: &str, user: &User, body: Value) -> reqwest::Response {
+    cluster.client.post(cluster.url(instance, path)).bearer_auth(&user.token).json(&body).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coupons_are_never_over_issued_across_instances() {
+    for strategy in ["pessimistic", "atomic", "redis-lock", "redis-gate"] {
+        let cluster = start("COUPON_STRATEGY", strategy).await;
+        let admin = admin_of(&cluster.db).await;
+        let campaign = json!({"code": "SPREAD", "kind": "FIXED", "value": 1000, "totalQuantity": 30, "validDays": 7});
+        assert_eq!(post(&cluster, 0, "/api/admin/coupon-types", &admin, campaign).await.status(), StatusCode::CREATED);
+        let users = bulk_users(&cluster.db, 300).await;
+        let outcomes = together(
+            users
+                .iter()
+                .enumerate()
+                .map(|(i, user)| post(&cluster, i, "/api/coupons/issue", user, json!({"couponType": "SPREAD"})))
+                .collect(),
+        )
+        .await;
+        assert_eq!(count(&outcomes, StatusCode::CREATED), 30, "{strategy}");
+        let (rows, holders): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT user_id) FROM coupons")
+            .fetch_one(&cluster.db)
+            .await
+            .unwrap();
+        assert_eq!((rows, holders), (30, 30), "{strategy}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_is_never_oversold_across_instances() {
+    for strategy in ["optimistic", "pessimistic", "atomic", "redis-lock", "redis-gate"] {
+        let cluster = start("STOCK_STRATEGY", strategy).await;
+        let admin = admin_of(&cluster.db).await;
+        let product = json!({"name": "hot", "price": 1000, "stock": 20, "category": "test"});
+        let product: Value = post(&cluster, 0, "/api/admin/products", &admin, product).await.json().await.unwrap();
+        let order = json!({"items": [{"productId": product["id"], "quantity": 1}]});
+        let buyers = bulk_users(&cluster.db, 150).await;
+        let outcomes = together(
+            buyers
+                .iter()
+                .enumerate()
+                .map(|(i, buyer)| post(&cluster, i, "/api/orders", buyer, order.clone()))
+                .collect(),
+        )
+        .await;
+        assert_eq!(count(&outcomes, StatusCode::CREATED), 20, "{strategy}");
+        let (stock, held): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT stock FROM products), (SELECT COALESCE(SUM(quantity), 0)::bigint FROM order_items)",
+        )
+        .fetch_one(&cluster.db)
+        .await
+        .unwrap();
+        assert_eq!((stock, held), (0, 20), "{strategy}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn charges_and_payments_across_instances_keep_the_ledger() {
+    for strategy in ["optimistic", "pessimistic", "atomic", "redis-lock"] {
+        let cluster = start("POINTS_STRATEGY", strategy).await;
+        let admin = admin_of(&cluster.db).await;
+        let product = json!({"name": "once", "price": 3000, "stock": 100, "category": "test"});
+        let product: Value = post(&cluster, 0, "/api/admin/products", &admin, product).await.json().await.unwrap();
+        let user = bulk_users(&cluster.db, 1).await.remove(0);
+        let wallet = format!("/api/users/{}/points", user.id);
+        assert_eq!(post(&cluster, 0, &wallet, &user, json!({"amount": 10000})).await.status(), StatusCode::OK);
+        let order: Value =
+            post(&cluster, 1, "/api/orders", &user, json!({"items": [{"productId": product["id"], "quantity": 1}]}))
+                .await
+                .json()
+                .await
+                .unwrap();
+        let pay = json!({"orderId": order["orderId"]});
+        let charges = (0..60).map(|i| {
+            Box::pin(post(&cluster, i, &wallet, &user, json!({"amount": 1000})))
+                as std::pin::Pin<Box<dyn Future<Output = _>>>
+        });
+        let payments = (0..15).map(|i| {
+            Box::pin(post(&cluster, i, "/api/payments", &user, pay.clone()))
+                as std::pin::Pin<Box<dyn Future<Output = _>>>
+        });
+        let outcomes = together(charges.chain(payments).collect()).await;
+        let charged = outcomes[..60].iter().filter(|(status, _)| *status == StatusCode::OK).count() as i64;
+        assert_eq!(count(&outcomes[60..], StatusCode::CREATED), 1, "{strategy}: paid once");
+        if strategy != "optimistic" {
+            assert_eq!(charged, 60, "{strategy} queues charges instead of refusing them");
+        }
+        let (balance, ledger): (i64, i64) = sqlx::query_as(
+            "SELECT balance, (SELECT SUM(amount)::bigint FROM point_ledger WHERE user_id = $1) FROM point_wallets WHERE user_id = $1",
+        )
+        .bind(user.id)
+        .fetch_one(&cluster.db)
+        .await
+        .unwrap();
+        assert_eq!(balance, 10000 + 1000 * charged - 3000, "{strategy}");
+        assert_eq!(ledger, balance, "{strategy}");
+    }
+}

@@ -1,0 +1,129 @@
+//! Several real `shop serve` processes on one database and Redis prefix.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+use super::{PG, REDIS, delete_redis_keys};
+
+pub struct Cluster {
+    instances: Vec<Instance>,
+    pub db: PgPool,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    pub redis_key_prefix: String,
+}
+
+struct Instance {
+    child: Child,
+    address: String,
+}
+
+/// The environment of every instance: one database, one Redis prefix, one
+/// token secret, a cheap password hash.
+fn shared_environment(database_url: &str, prefix: &str) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", database_url),
+        ("DATABASE_MAX_CONNECTIONS", "8"),
+        ("REDIS_URL", REDIS),
+        ("REDIS_KEY_PREFIX", prefix),
+        ("BIND_ADDR", "127.0.0.1:0"),
+        ("JWT_SECRET", "test-secret"),
+        ("ARGON2_MEMORY_KIB", "256"),
+        ("ARGON2_ITERATIONS", "1"),
+        ("SEED_DEMO_DATA", "false"),
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "warn,shop::startup=info"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+impl Cluster {
+    /// Starts `count` instances at once with `environment` on top of the
+    /// shared one; `per_instance(i)` adds settings to instance `i` alone.
+    pub async fn start(
+        count: usize,
+        environment: &[(&str, &str)],
+        per_instance: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
+        let id = Uuid::new_v4().simple().to_string();
+        let database_url = format!("{PG}/shop_test_{id}");
+        let redis_key_prefix = format!("test:{id}:");
+        let mut shared = shared_environment(&database_url, &redis_key_prefix);
+        shared.extend(environment.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let starting: Vec<_> = (0..count)
+            .map(|i| {
+                let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
+                command.arg("serve").env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+                command.envs(shared.iter().cloned()).envs(per_instance(i));
+                tokio::task::spawn_blocking(move || spawn(command))
+            })
+            .collect();
+        let mut instances = Vec::new();
+        for started in starting {
+            instances.push(started.await.unwrap());
+        }
+        let db = PgPoolOptions::new().max_connections(2).connect(&database_url).await.unwrap();
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        Cluster { instances, db, client, database_url, redis_key_prefix }
+    }
+
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// The URL of `path` on instance `i` (modulo the number of instances, so
+    /// callers can round-robin with a counter).
+    pub fn url(&self, i: usize, path: &str) -> String {
+        format!("{}{path}", self.instances[i % self.instances.len()].address)
+    }
+
+    /// Kills instance `i` without warning (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.instances[i].child.kill().unwrap();
+        self.instances[i].child.wait().unwrap();
+    }
+}
+
+/// Starts the process and reads its address from its `listening on` line.
+fn spawn(mut command: Command) -> Instance {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("the shop binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| line.split("listening on ").nth(1).map(|rest| rest.split('"').next().unwrap().to_owned()))
+        .expect("an instance prints its address");
+    std::thread::spawn(move || lines.for_each(drop));
+    Instance { child, address }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for instance in &mut self.instances {
+            instance.child.kill().ok();
+            instance.child.wait().ok();
+        }
+        let database = self.database_url.rsplit('/').next().unwrap().to_owned();
+        let prefix = self.redis_key_prefix.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&format!("{PG}/postgres")).await {
+                    let drop = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
+                    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await.ok();
+                }
+                delete_redis_keys(&prefix).await;
+            });
+        })
+        .join()
+        .ok();
+    }
+}
