@@ -10,6 +10,7 @@ mod cluster;
 mod concurrency;
 mod coupons;
 mod health;
+mod history;
 mod idempotency;
 mod orders;
 mod payments;
