@@ -15,6 +15,7 @@
 //! - [`seed`]: the admin account and demo data.
 //! - [`coupon_types`]: campaigns by code, cached.
 //! - [`orders`], [`payments`]: placing, paying, cancelling and expiring orders.
+//! - [`invariants`]: the invariants of API.md as queries, for tests and load runs.
 //! - [`top_sellers`]: the best sellers of recent days, from Redis, rebuilt from PostgreSQL.
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod coupon_types;
 pub mod domain;
 pub mod http;
 pub mod idempotency;
+pub mod invariants;
 pub mod lock;
 pub mod orders;
 pub mod payments;

@@ -74,7 +74,7 @@ async fn issue_refuses_with_each_code_and_changes_nothing() {
         "UNAUTHENTICATED",
     )
     .await;
-    app.assert_coupon_invariants().await;
+    app.assert_invariants().await;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM coupons").fetch_one(&app.db).await.unwrap();
     assert_eq!(rows, 1);
 }

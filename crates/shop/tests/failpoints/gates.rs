@@ -36,7 +36,7 @@ async fn a_unit_lost_to_a_crash_after_the_gate_is_reconciled() {
     assert!(issued, "the lost unit came back within 5 s");
     let holders: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM coupons").fetch_all(&app.db).await.unwrap();
     assert_eq!(holders, vec![waiting.id]);
-    app.assert_coupon_invariants().await;
+    app.assert_invariants().await;
     scenario.teardown();
 }
 

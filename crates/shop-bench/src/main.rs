@@ -1,0 +1,220 @@
+//! `shop-bench`: load for `shop`. It prepares a scenario through the public
+//! API, drives it (closed or open loop), reports throughput, latency
+//! percentiles from an HDR histogram and the answers by code, then checks
+//! the scenario's invariants in the database and fails if one is broken.
+//!
+//! - [`load`]: the closed/open-loop driver and its histogram.
+//! - [`scenario`]: what each scenario sends and must leave behind.
+//! - [`targets`]: instances given by URL, or spawned on a fresh database.
+//! - [`setup`]: users, products and campaigns through the API.
+
+mod load;
+mod scenario;
+mod setup;
+mod targets;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use load::{Latency, Outcome, Pace, Stop};
+use scenario::{Scenario, Setup};
+use setup::Api;
+use targets::{Spawn, Targets};
+
+#[derive(Parser)]
+#[command(name = "shop-bench", about = "Load generator for shop: scenarios, latency percentiles, invariants")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one scenario and reports it.
+    Run(RunArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Requests in flight (closed loop) and HTTP connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// How long to send, in seconds (ignored with --requests).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Stop after this many requests instead of after --seconds.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Open loop: send this many requests a second, timing each from when
+    /// it was due. Without it, closed loop.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Users to register (coupon-rush, order-rush, mixed).
+    #[arg(long, default_value_t = 2000)]
+    users: usize,
+    /// Coupons in the campaign (coupon-rush) or units of the product
+    /// (order-rush); defaults 100 and 1,000,000,000.
+    #[arg(long)]
+    stock: Option<i64>,
+    /// A running shop to load (repeat for several; requests round-robin).
+    #[arg(long = "target", conflicts_with = "spawn")]
+    targets: Vec<String>,
+    /// Start this many shop instances on a fresh database instead.
+    #[arg(long)]
+    spawn: Option<usize>,
+    #[arg(long, env = "POINTS_STRATEGY")]
+    points_strategy: Option<String>,
+    #[arg(long, env = "STOCK_STRATEGY")]
+    stock_strategy: Option<String>,
+    #[arg(long, env = "COUPON_STRATEGY")]
+    coupon_strategy: Option<String>,
+    /// PostgreSQL server for spawned instances (a fresh database is made on it).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// The database of the --target shop, for the invariant checks.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    #[arg(long, env = "ADMIN_EMAIL", default_value = "admin@shop.local")]
+    admin_email: String,
+    #[arg(long, env = "ADMIN_PASSWORD", default_value = "admin-password")]
+    admin_password: String,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    scenario: Scenario,
+    instances: usize,
+    strategies: Vec<(String, String)>,
+    connections: usize,
+    rate: Option<u64>,
+    requests: u64,
+    seconds: f64,
+    throughput: f64,
+    latency: Latency,
+    answers: std::collections::BTreeMap<String, u64>,
+    broken_invariants: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Cli { command: Command::Run(args) } = Cli::parse();
+    match run(args).await {
+        Ok(report) if report.broken_invariants.is_empty() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<Report> {
+    let strategies: Vec<(String, String)> = [
+        ("POINTS_STRATEGY", &args.points_strategy),
+        ("STOCK_STRATEGY", &args.stock_strategy),
+        ("COUPON_STRATEGY", &args.coupon_strategy),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.clone().map(|value| (name.to_owned(), value)))
+    .collect();
+    let targets = match args.spawn {
+        Some(instances) => {
+            Targets::spawn(Spawn {
+                instances,
+                postgres: &args.postgres,
+                redis_url: &args.redis_url,
+                connections_per_instance: (args.connections as u32 / instances as u32).clamp(8, 40),
+                strategies: &strategies,
+            })
+            .await?
+        }
+        None if args.targets.is_empty() => anyhow::bail!("give --target URL (one or more) or --spawn N"),
+        None => Targets::given(args.targets.clone(), args.database_url.as_deref()).await?,
+    };
+    let outcome = measure(&args, &targets).await;
+    let report = match outcome {
+        Ok((prepared, outcome)) => {
+            let broken = match &targets.db {
+                Some(db) => Scenario::check(&prepared, &outcome, db).await?,
+                None => {
+                    eprintln!("no --database-url: invariants not checked");
+                    Vec::new()
+                }
+            };
+            Report {
+                scenario: args.scenario,
+                instances: targets.urls.len(),
+                strategies,
+                connections: args.connections,
+                rate: args.rate,
+                requests: outcome.requests,
+                seconds: outcome.elapsed.as_secs_f64(),
+                throughput: outcome.throughput(),
+                latency: outcome.latency(),
+                answers: outcome.answers,
+                broken_invariants: broken,
+            }
+        }
+        Err(error) => {
+            targets.finish().await;
+            return Err(error);
+        }
+    };
+    targets.finish().await;
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(report)
+}
+
+async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<(scenario::Prepared, Outcome)> {
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(args.connections).timeout(Duration::from_secs(30)).build()?;
+    let api = Api { client: client.clone(), url: targets.urls[0].clone() };
+    let admin = api.login(&args.admin_email, &args.admin_password).await?;
+    eprintln!("preparing {:?} on {} instance(s)…", args.scenario, targets.urls.len());
+    let prepared = args
+        .scenario
+        .prepare(Setup { api: &api, admin: &admin, urls: &targets.urls, users: args.users, stock: args.stock })
+        .await?;
+    let pace = args.rate.map_or(Pace::Closed, |rate| Pace::Open { rate });
+    let stop = args.requests.map_or(Stop::After(Duration::from_secs_f64(args.seconds)), Stop::Requests);
+    let outcome = load::drive(&client, args.connections, pace, stop, prepared.next.clone()).await;
+    Ok((prepared, outcome))
+}
+
+fn print_table(report: &Report) {
+    let strategies: Vec<String> = report.strategies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let pace = report
+        .rate
+        .map_or(format!("closed loop, {} connections", report.connections), |rate| format!("open loop at {rate}/s"));
+    println!("{:?} on {} instance(s) [{}], {pace}", report.scenario, report.instances, strategies.join(" "));
+    println!("  requests    {:>10}   in {:.1} s   {:>9.0} /s", report.requests, report.seconds, report.throughput);
+    let l = &report.latency;
+    println!(
+        "  latency ms  p50 {:.2}   p90 {:.2}   p99 {:.2}   p99.9 {:.2}   max {:.2}",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+    );
+    for (answer, count) in &report.answers {
+        println!("  {answer:<32} {count:>10}");
+    }
+    if report.broken_invariants.is_empty() {
+        println!("  invariants  hold");
+    } else {
+        for broken in &report.broken_invariants {
+            println!("  BROKEN      {broken}");
+        }
+    }
+}

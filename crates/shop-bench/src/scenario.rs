@@ -1,0 +1,197 @@
+//! The scenarios: what each request is, how a run is prepared, and what must
+//! hold in the database afterwards.
+
+use std::sync::Arc;
+
+use clap::ValueEnum;
+use reqwest::Method;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::load::{Outcome, Request};
+use crate::setup::{Api, Session};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Many distinct users race for a limited coupon campaign.
+    CouponRush,
+    /// One user's balance charged by every connection at once.
+    ChargeStorm,
+    /// One product bought by many users (set `--stock` for ample or scarce).
+    OrderRush,
+    /// A shop's day: mostly reads, with charges, orders and payments.
+    Mixed,
+}
+
+/// What the run needs to build requests and to check its result.
+pub struct Prepared {
+    pub next: Arc<dyn Fn(u64) -> Request + Send + Sync>,
+    check: Check,
+}
+
+enum Check {
+    Coupons { code: String, total: i64, users: usize },
+    Charges { user_id: i64 },
+    Stock { product_id: i64, initial: i64 },
+    Nothing,
+}
+
+pub struct Setup<'a> {
+    pub api: &'a Api,
+    pub admin: &'a Session,
+    pub urls: &'a [String],
+    pub users: usize,
+    pub stock: Option<i64>,
+}
+
+fn round_robin(urls: &[String], n: u64, path: &str) -> String {
+    format!("{}{path}", urls[n as usize % urls.len()])
+}
+
+impl Scenario {
+    pub async fn prepare(self, setup: Setup<'_>) -> anyhow::Result<Prepared> {
+        let urls: Arc<[String]> = setup.urls.into();
+        match self {
+            Scenario::CouponRush => {
+                let total = setup.stock.unwrap_or(100);
+                let code = format!("BENCH_{}", uuid::Uuid::new_v4().simple()).to_uppercase();
+                let campaign =
+                    json!({"code": code, "kind": "FIXED", "value": 1000, "totalQuantity": total, "validDays": 7});
+                setup.api.post("/api/admin/coupon-types", Some(&setup.admin.token), campaign).await?;
+                let users = tokens(setup.api.register_users(setup.users).await?);
+                let body = json!({"couponType": code});
+                let next = move |n: u64| Request {
+                    method: Method::POST,
+                    url: round_robin(&urls, n, "/api/coupons/issue"),
+                    token: Some(users[n as usize % users.len()].clone()),
+                    body: Some(body.clone()),
+                };
+                Ok(Prepared { next: Arc::new(next), check: Check::Coupons { code, total, users: setup.users } })
+            }
+            Scenario::ChargeStorm => {
+                let user = setup.api.register_users(1).await?.remove(0);
+                let path = format!("/api/users/{}/points", user.user_id);
+                let token = user.token.clone();
+                let next = move |n: u64| Request {
+                    method: Method::POST,
+                    url: round_robin(&urls, n, &path),
+                    token: Some(token.clone()),
+                    body: Some(json!({"amount": 1000})),
+                };
+                Ok(Prepared { next: Arc::new(next), check: Check::Charges { user_id: user.user_id } })
+            }
+            Scenario::OrderRush => {
+                let initial = setup.stock.unwrap_or(1_000_000_000);
+                let product_id = setup.api.create_product(setup.admin, "bench hot", 1000, initial).await?;
+                let users = tokens(setup.api.register_users(setup.users).await?);
+                let body = json!({"items": [{"productId": product_id, "quantity": 1}]});
+                let next = move |n: u64| Request {
+                    method: Method::POST,
+                    url: round_robin(&urls, n, "/api/orders"),
+                    token: Some(users[n as usize % users.len()].clone()),
+                    body: Some(body.clone()),
+                };
+                Ok(Prepared { next: Arc::new(next), check: Check::Stock { product_id, initial } })
+            }
+            Scenario::Mixed => mixed(setup, urls).await,
+        }
+    }
+
+    /// Broken invariants: the scenario's own, then every invariant of API.md.
+    pub async fn check(prepared: &Prepared, outcome: &Outcome, db: &PgPool) -> anyhow::Result<Vec<String>> {
+        let mut broken = Vec::new();
+        match &prepared.check {
+            Check::Coupons { code, total, users } => {
+                let issued: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE t.code = $1",
+                )
+                .bind(code)
+                .fetch_one(db)
+                .await?;
+                let asked = (*users as u64).min(outcome.requests) as i64;
+                if issued != asked.min(*total) {
+                    broken.push(format!("{issued} coupons issued, expected min({asked} users, {total})"));
+                }
+                if issued != outcome.count("201") as i64 {
+                    broken.push(format!("{issued} coupons issued but {} answered 201", outcome.count("201")));
+                }
+            }
+            Check::Charges { user_id } => {
+                let balance: i64 = sqlx::query_scalar("SELECT balance FROM point_wallets WHERE user_id = $1")
+                    .bind(user_id)
+                    .fetch_one(db)
+                    .await?;
+                let charged = 1000 * outcome.count("200") as i64;
+                if balance != charged {
+                    broken.push(format!("balance {balance} ≠ 1,000 × {} successful charges", outcome.count("200")));
+                }
+            }
+            Check::Stock { product_id, initial } => {
+                let stock: i64 = sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
+                    .bind(product_id)
+                    .fetch_one(db)
+                    .await?;
+                let sold = outcome.count("201") as i64;
+                if stock != initial - sold {
+                    broken.push(format!("stock {stock} ≠ {initial} − {sold} orders placed"));
+                }
+            }
+            Check::Nothing => {}
+        }
+        broken.extend(shop::invariants::violations(db).await?);
+        Ok(broken)
+    }
+}
+
+fn tokens(sessions: Vec<Session>) -> Arc<[String]> {
+    sessions.into_iter().map(|session| session.token).collect()
+}
+
+/// Reads dominate: product list and detail, top sellers, balances; a fifth
+/// of the requests charge, order or pay for an order placed beforehand.
+async fn mixed(setup: Setup<'_>, urls: Arc<[String]>) -> anyhow::Result<Prepared> {
+    let mut products = Vec::new();
+    for i in 0..5 {
+        products
+            .push(setup.api.create_product(setup.admin, &format!("bench {i}"), 1000 * (i + 1), 1_000_000_000).await?);
+    }
+    let users = setup.api.register_users(setup.users).await?;
+    let mut unpaid = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let path = format!("/api/users/{}/points", user.user_id);
+        setup.api.post(&path, Some(&user.token), json!({"amount": 1_000_000})).await?;
+        let order = json!({"items": [{"productId": products[i % products.len()], "quantity": 1}]});
+        let placed = setup.api.post("/api/orders", Some(&user.token), order).await?;
+        unpaid.push((user.token.clone(), placed["orderId"].as_i64().unwrap_or_default()));
+    }
+    let users: Arc<[(i64, String)]> = users.into_iter().map(|user| (user.user_id, user.token)).collect();
+    let products: Arc<[i64]> = products.into();
+    let unpaid: Arc<[(String, i64)]> = unpaid.into();
+    let next = move |n: u64| {
+        let (user_id, token) = &users[n as usize % users.len()];
+        let product = products[n as usize % products.len()];
+        let (method, path, body, token) = match n % 50 {
+            0..=19 => (Method::GET, "/api/products?limit=20".to_owned(), None, None),
+            20..=29 => (Method::GET, format!("/api/products/{product}"), None, None),
+            30..=34 => (Method::GET, "/api/products/top-sellers".to_owned(), None, None),
+            35..=39 => (Method::GET, format!("/api/users/{user_id}/points"), None, Some(token.clone())),
+            40..=43 => (
+                Method::POST,
+                format!("/api/users/{user_id}/points"),
+                Some(json!({"amount": 1000})),
+                Some(token.clone()),
+            ),
+            44..=47 => {
+                let order = json!({"items": [{"productId": product, "quantity": 1}]});
+                (Method::POST, "/api/orders".to_owned(), Some(order), Some(token.clone()))
+            }
+            _ => {
+                let (owner, order) = &unpaid[(n / 50) as usize % unpaid.len()];
+                (Method::POST, "/api/payments".to_owned(), Some(json!({"orderId": order})), Some(owner.clone()))
+            }
+        };
+        Request { method, url: round_robin(&urls, n, &path), token, body }
+    };
+    Ok(Prepared { next: Arc::new(next), check: Check::Nothing })
+}
