@@ -3,11 +3,13 @@
 //! percentiles from an HDR histogram and the answers by code, then checks
 //! the scenario's invariants in the database and fails if one is broken.
 //!
+//! - [`compare`]: every scenario under every strategy, into `docs/benchmarks.md`.
 //! - [`load`]: the closed/open-loop driver and its histogram.
 //! - [`scenario`]: what each scenario sends and must leave behind.
 //! - [`targets`]: instances given by URL, or spawned on a fresh database.
 //! - [`setup`]: users, products and campaigns through the API.
 
+mod compare;
 mod load;
 mod scenario;
 mod setup;
@@ -36,10 +38,32 @@ struct Cli {
 enum Command {
     /// Runs one scenario and reports it.
     Run(RunArgs),
+    /// Runs every scenario under every strategy, at high and low contention,
+    /// on one and three instances, beside the engine limits, and writes
+    /// `docs/benchmarks.md` with SVG charts.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 2000)]
+    users: usize,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Where `benchmarks.md` and its charts go.
+    #[arg(long, default_value = "docs")]
+    out: PathBuf,
 }
 
 #[derive(Args, Clone)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     #[arg(value_enum)]
     scenario: Scenario,
     /// Requests in flight (closed loop) and HTTP connections.
@@ -62,6 +86,12 @@ struct RunArgs {
     /// (order-rush); defaults 100 and 1,000,000,000.
     #[arg(long)]
     stock: Option<i64>,
+    /// charge-storm: wallets the charges spread over (1 = one hot wallet).
+    #[arg(long, default_value_t = 1)]
+    wallets: usize,
+    /// order-rush: products the orders spread over (1 = one hot product).
+    #[arg(long, default_value_t = 1)]
+    products: usize,
     /// A running shop to load (repeat for several; requests round-robin).
     #[arg(long = "target", conflicts_with = "spawn")]
     targets: Vec<String>,
@@ -92,7 +122,7 @@ struct RunArgs {
 }
 
 #[derive(Serialize)]
-struct Report {
+pub(crate) struct Report {
     scenario: Scenario,
     instances: usize,
     strategies: Vec<(String, String)>,
@@ -108,10 +138,37 @@ struct Report {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Cli { command: Command::Run(args) } = Cli::parse();
-    match run(args).await {
-        Ok(report) if report.broken_invariants.is_empty() => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
+    let outcome = match Cli::parse().command {
+        Command::Run(args) => run(args).await.map(|report| report.broken_invariants.is_empty()),
+        Command::Compare(args) => {
+            let base = RunArgs {
+                scenario: Scenario::Mixed,
+                connections: args.connections,
+                seconds: args.seconds,
+                requests: None,
+                rate: None,
+                users: args.users,
+                stock: None,
+                wallets: 1,
+                products: 1,
+                targets: Vec::new(),
+                spawn: None,
+                points_strategy: None,
+                stock_strategy: None,
+                coupon_strategy: None,
+                postgres: args.postgres,
+                redis_url: args.redis_url,
+                database_url: None,
+                admin_email: "admin@shop.local".into(),
+                admin_password: "admin-password".into(),
+                json: None,
+            };
+            compare::compare(&base, &args.out).await.map(|()| true)
+        }
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -119,7 +176,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<Report> {
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let strategies: Vec<(String, String)> = [
         ("POINTS_STRATEGY", &args.points_strategy),
         ("STOCK_STRATEGY", &args.stock_strategy),
@@ -187,7 +244,15 @@ async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<(scenario:
     eprintln!("preparing {:?} on {} instance(s)…", args.scenario, targets.urls.len());
     let prepared = args
         .scenario
-        .prepare(Setup { api: &api, admin: &admin, urls: &targets.urls, users: args.users, stock: args.stock })
+        .prepare(Setup {
+            api: &api,
+            admin: &admin,
+            urls: &targets.urls,
+            users: args.users,
+            stock: args.stock,
+            wallets: args.wallets,
+            products: args.products,
+        })
         .await?;
     let pace = args.rate.map_or(Pace::Closed, |rate| Pace::Open { rate });
     let stop = args.requests.map_or(Stop::After(Duration::from_secs_f64(args.seconds)), Stop::Requests);

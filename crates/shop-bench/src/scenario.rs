@@ -32,8 +32,8 @@ pub struct Prepared {
 
 enum Check {
     Coupons { code: String, total: i64, users: usize },
-    Charges { user_id: i64 },
-    Stock { product_id: i64, initial: i64 },
+    Charges { user_ids: Vec<i64> },
+    Stock { product_ids: Vec<i64>, initial: i64 },
     Nothing,
 }
 
@@ -43,6 +43,10 @@ pub struct Setup<'a> {
     pub urls: &'a [String],
     pub users: usize,
     pub stock: Option<i64>,
+    /// Wallets a charge storm spreads over (1: one hot wallet).
+    pub wallets: usize,
+    /// Products an order rush spreads over (1: one hot product).
+    pub products: usize,
 }
 
 fn round_robin(urls: &[String], n: u64, path: &str) -> String {
@@ -70,29 +74,40 @@ impl Scenario {
                 Ok(Prepared { next: Arc::new(next), check: Check::Coupons { code, total, users: setup.users } })
             }
             Scenario::ChargeStorm => {
-                let user = setup.api.register_users(1).await?.remove(0);
-                let path = format!("/api/users/{}/points", user.user_id);
-                let token = user.token.clone();
-                let next = move |n: u64| Request {
-                    method: Method::POST,
-                    url: round_robin(&urls, n, &path),
-                    token: Some(token.clone()),
-                    body: Some(json!({"amount": 1000})),
+                let wallets = setup.api.register_users(setup.wallets.max(1)).await?;
+                let user_ids: Vec<i64> = wallets.iter().map(|wallet| wallet.user_id).collect();
+                let wallets: Arc<[(String, String)]> = wallets
+                    .into_iter()
+                    .map(|wallet| (format!("/api/users/{}/points", wallet.user_id), wallet.token))
+                    .collect();
+                let next = move |n: u64| {
+                    let (path, token) = &wallets[n as usize % wallets.len()];
+                    Request {
+                        method: Method::POST,
+                        url: round_robin(&urls, n, path),
+                        token: Some(token.clone()),
+                        body: Some(json!({"amount": 1000})),
+                    }
                 };
-                Ok(Prepared { next: Arc::new(next), check: Check::Charges { user_id: user.user_id } })
+                Ok(Prepared { next: Arc::new(next), check: Check::Charges { user_ids } })
             }
             Scenario::OrderRush => {
                 let initial = setup.stock.unwrap_or(1_000_000_000);
-                let product_id = setup.api.create_product(setup.admin, "bench hot", 1000, initial).await?;
+                let mut product_ids = Vec::new();
+                for i in 0..setup.products.max(1) {
+                    product_ids
+                        .push(setup.api.create_product(setup.admin, &format!("bench hot {i}"), 1000, initial).await?);
+                }
                 let users = tokens(setup.api.register_users(setup.users).await?);
-                let body = json!({"items": [{"productId": product_id, "quantity": 1}]});
+                let bodies: Arc<[serde_json::Value]> =
+                    product_ids.iter().map(|id| json!({"items": [{"productId": id, "quantity": 1}]})).collect();
                 let next = move |n: u64| Request {
                     method: Method::POST,
                     url: round_robin(&urls, n, "/api/orders"),
                     token: Some(users[n as usize % users.len()].clone()),
-                    body: Some(body.clone()),
+                    body: Some(bodies[n as usize % bodies.len()].clone()),
                 };
-                Ok(Prepared { next: Arc::new(next), check: Check::Stock { product_id, initial } })
+                Ok(Prepared { next: Arc::new(next), check: Check::Stock { product_ids, initial } })
             }
             Scenario::Mixed => mixed(setup, urls).await,
         }
@@ -117,24 +132,26 @@ impl Scenario {
                     broken.push(format!("{issued} coupons issued but {} answered 201", outcome.count("201")));
                 }
             }
-            Check::Charges { user_id } => {
-                let balance: i64 = sqlx::query_scalar("SELECT balance FROM point_wallets WHERE user_id = $1")
-                    .bind(user_id)
-                    .fetch_one(db)
-                    .await?;
+            Check::Charges { user_ids } => {
+                let balance: i64 =
+                    sqlx::query_scalar("SELECT SUM(balance)::bigint FROM point_wallets WHERE user_id = ANY($1)")
+                        .bind(user_ids)
+                        .fetch_one(db)
+                        .await?;
                 let charged = 1000 * outcome.count("200") as i64;
                 if balance != charged {
                     broken.push(format!("balance {balance} ≠ 1,000 × {} successful charges", outcome.count("200")));
                 }
             }
-            Check::Stock { product_id, initial } => {
-                let stock: i64 = sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
-                    .bind(product_id)
+            Check::Stock { product_ids, initial } => {
+                let stock: i64 = sqlx::query_scalar("SELECT SUM(stock)::bigint FROM products WHERE id = ANY($1)")
+                    .bind(product_ids)
                     .fetch_one(db)
                     .await?;
                 let sold = outcome.count("201") as i64;
-                if stock != initial - sold {
-                    broken.push(format!("stock {stock} ≠ {initial} − {sold} orders placed"));
+                let made = initial * product_ids.len() as i64;
+                if stock != made - sold {
+                    broken.push(format!("stock {stock} ≠ {made} − {sold} orders placed"));
                 }
             }
             Check::Nothing => {}

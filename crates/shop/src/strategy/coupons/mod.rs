@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use chrono::Utc;
 use sqlx::{PgConnection, PgPool};
 
-pub use redis_gate::CouponGate;
+pub use redis_gate::{CouponGate, GRANT_LUA};
 
 use crate::config::CouponStrategyKind;
 use crate::domain::coupon::{CouponStatus, CouponType, CouponView, IssuedCoupon};

@@ -39,19 +39,18 @@ use crate::http::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::coupons;
 
-/// Hands out a unit. KEYS: state, holders, pending. ARGV: user.
-static GRANT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOT_LOADED' end
+/// Hands out a unit. KEYS: state, holders, pending. ARGV: user. Public so
+/// the load generator can measure Redis running it alone.
+pub const GRANT_LUA: &str = r"if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOT_LOADED' end
           if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 'ALREADY_ISSUED' end
           if tonumber(redis.call('HGET', KEYS[1], 'left')) <= 0 then return 'SOLD_OUT' end
           redis.call('HINCRBY', KEYS[1], 'left', -1)
           redis.call('SADD', KEYS[2], ARGV[1])
           local now = redis.call('TIME')
           redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[1])
-          return 'GRANTED'",
-    )
-});
+          return 'GRANTED'";
+
+static GRANT: LazyLock<Script> = LazyLock::new(|| Script::new(GRANT_LUA));
 
 /// Settles a pending grant by returning its unit. KEYS: state, holders,
 /// pending. ARGV: user, keep holder (1 when the user turned out to hold one).
