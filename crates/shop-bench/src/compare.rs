@@ -161,7 +161,7 @@ async fn redis_gate_script(base: &RunArgs) -> anyhow::Result<Option<f64>> {
         .filter_map(|line| line.split(": ").nth(1))
         .filter_map(|rest| rest.split_whitespace().next())
         .filter_map(|rate| rate.parse().ok())
-        .last())
+        .next_back())
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {

@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs one scenario and reports it.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Runs every scenario under every strategy, at high and low contention,
     /// on one and three instances, beside the engine limits, and writes
     /// `docs/benchmarks.md` with SVG charts.
@@ -139,7 +139,7 @@ pub(crate) struct Report {
 #[tokio::main]
 async fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
-        Command::Run(args) => run(args).await.map(|report| report.broken_invariants.is_empty()),
+        Command::Run(args) => run(*args).await.map(|report| report.broken_invariants.is_empty()),
         Command::Compare(args) => {
             let base = RunArgs {
                 scenario: Scenario::Mixed,
