@@ -60,9 +60,10 @@ pub struct Config {
     pub admin_password: String,
     #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Atomic)]
     pub points_strategy: PointsStrategyKind,
-    #[arg(long, env = "STOCK_STRATEGY", value_enum, default_value_t = StockStrategyKind::Atomic)]
+    /// Defaults to the winners of docs/benchmarks.md (see the README).
+    #[arg(long, env = "STOCK_STRATEGY", value_enum, default_value_t = StockStrategyKind::RedisLock)]
     pub stock_strategy: StockStrategyKind,
-    #[arg(long, env = "COUPON_STRATEGY", value_enum, default_value_t = CouponStrategyKind::Atomic)]
+    #[arg(long, env = "COUPON_STRATEGY", value_enum, default_value_t = CouponStrategyKind::RedisGate)]
     pub coupon_strategy: CouponStrategyKind,
     /// A PENDING order expires (and releases its stock and coupon) after this.
     #[arg(long, env = "ORDER_PAYMENT_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
