@@ -30,6 +30,8 @@ pub struct Targets {
     spawned: Vec<Child>,
     /// Dropped when the run ends, if this run created it.
     fresh_database: Option<(String, String)>,
+    /// (Redis URL, key prefix) of spawned instances, deleted when the run ends.
+    redis_keys: Option<(String, String)>,
 }
 
 pub struct Spawn<'a> {
@@ -46,7 +48,7 @@ impl Targets {
             Some(url) => Some(PgPoolOptions::new().max_connections(2).connect(url).await.context("DATABASE_URL")?),
             None => None,
         };
-        Ok(Self { urls, db, spawned: Vec::new(), fresh_database: None })
+        Ok(Self { urls, db, spawned: Vec::new(), fresh_database: None, redis_keys: None })
     }
 
     /// Starts `instances` processes of the shop binary on a fresh database
@@ -87,14 +89,31 @@ impl Targets {
             urls.push(address.trim_end_matches('"').to_owned());
         }
         let db = PgPoolOptions::new().max_connections(2).connect(&database_url).await?;
-        Ok(Self { urls, db: Some(db), spawned, fresh_database: Some((spawn.postgres.to_owned(), database)) })
+        Ok(Self {
+            urls,
+            db: Some(db),
+            spawned,
+            fresh_database: Some((spawn.postgres.to_owned(), database)),
+            redis_keys: Some((spawn.redis_url.to_owned(), format!("bench:{run}:"))),
+        })
     }
 
-    /// Stops spawned instances and drops the database this run created.
+    /// Stops spawned instances and drops the database and Redis keys this
+    /// run created.
     pub async fn finish(mut self) {
         for child in &mut self.spawned {
             child.kill().ok();
             child.wait().ok();
+        }
+        if let Some((url, prefix)) = self.redis_keys.take()
+            && let Ok(client) = redis::Client::open(url)
+            && let Ok(mut redis) = client.get_multiplexed_async_connection().await
+        {
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.unwrap_or_default();
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(keys).query_async::<()>(&mut redis).await.ok();
+            }
         }
         if let (Some(db), Some((postgres, database))) = (self.db.take(), self.fresh_database.take()) {
             db.close().await;

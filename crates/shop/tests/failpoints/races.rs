@@ -44,6 +44,26 @@ where
     (a, b)
 }
 
+const POINTS_STRATEGIES: [PointsStrategyKind; 4] = [
+    PointsStrategyKind::Optimistic,
+    PointsStrategyKind::Pessimistic,
+    PointsStrategyKind::Atomic,
+    PointsStrategyKind::RedisLock,
+];
+const STOCK_STRATEGIES: [StockStrategyKind; 5] = [
+    StockStrategyKind::Optimistic,
+    StockStrategyKind::Pessimistic,
+    StockStrategyKind::Atomic,
+    StockStrategyKind::RedisLock,
+    StockStrategyKind::RedisGate,
+];
+const COUPON_STRATEGIES: [CouponStrategyKind; 4] = [
+    CouponStrategyKind::Pessimistic,
+    CouponStrategyKind::Atomic,
+    CouponStrategyKind::RedisLock,
+    CouponStrategyKind::RedisGate,
+];
+
 async fn app(configure: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_with(|config| {
         config.points_daily_charge_limit = 0;
@@ -99,12 +119,7 @@ async fn naive_charges_lose_an_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_points_strategy_loses_an_update() {
-    for strategy in [
-        PointsStrategyKind::Optimistic,
-        PointsStrategyKind::Pessimistic,
-        PointsStrategyKind::Atomic,
-        PointsStrategyKind::RedisLock,
-    ] {
+    for strategy in POINTS_STRATEGIES {
         assert_eq!(lost_update(strategy).await, (3000, 3000), "{strategy:?}");
     }
 }
@@ -137,13 +152,7 @@ async fn naive_orders_oversell_the_last_unit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_stock_strategy_oversells() {
-    for strategy in [
-        StockStrategyKind::Optimistic,
-        StockStrategyKind::Pessimistic,
-        StockStrategyKind::Atomic,
-        StockStrategyKind::RedisLock,
-        StockStrategyKind::RedisGate,
-    ] {
+    for strategy in STOCK_STRATEGIES {
         assert_eq!(oversell(strategy).await, (1, 0), "{strategy:?}");
     }
 }
@@ -175,12 +184,7 @@ async fn naive_issue_hands_out_the_last_coupon_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_coupon_strategy_over_issues() {
-    for strategy in [
-        CouponStrategyKind::Pessimistic,
-        CouponStrategyKind::Atomic,
-        CouponStrategyKind::RedisLock,
-        CouponStrategyKind::RedisGate,
-    ] {
+    for strategy in COUPON_STRATEGIES {
         assert_eq!(over_issue(strategy).await, (1, 1), "{strategy:?}");
     }
 }
@@ -251,12 +255,7 @@ async fn the_payment_constraint_alone_stops_the_second_naive_payment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_points_strategy_pays_an_order_twice() {
-    for strategy in [
-        PointsStrategyKind::Optimistic,
-        PointsStrategyKind::Pessimistic,
-        PointsStrategyKind::Atomic,
-        PointsStrategyKind::RedisLock,
-    ] {
+    for strategy in POINTS_STRATEGIES {
         assert_eq!(double_payment(strategy, true).await, (1, 16000), "{strategy:?}");
     }
 }
@@ -292,13 +291,7 @@ async fn naive_orders_use_one_coupon_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_stock_strategy_lets_two_orders_hold_one_coupon() {
-    for strategy in [
-        StockStrategyKind::Optimistic,
-        StockStrategyKind::Pessimistic,
-        StockStrategyKind::Atomic,
-        StockStrategyKind::RedisLock,
-        StockStrategyKind::RedisGate,
-    ] {
+    for strategy in STOCK_STRATEGIES {
         assert_eq!(shared_coupon(strategy, true).await, 1, "{strategy:?}");
     }
 }

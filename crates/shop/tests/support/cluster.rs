@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-use super::{PG, REDIS, delete_redis_keys};
+use super::{PG, REDIS, drop_test_data};
 
 pub struct Cluster {
     instances: Vec<Instance>,
@@ -111,19 +111,6 @@ impl Drop for Cluster {
             instance.child.kill().ok();
             instance.child.wait().ok();
         }
-        let database = self.database_url.rsplit('/').next().unwrap().to_owned();
-        let prefix = self.redis_key_prefix.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&format!("{PG}/postgres")).await {
-                    let drop = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
-                    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await.ok();
-                }
-                delete_redis_keys(&prefix).await;
-            });
-        })
-        .join()
-        .ok();
+        drop_test_data(&self.database_url, &self.redis_key_prefix);
     }
 }

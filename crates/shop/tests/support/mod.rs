@@ -349,29 +349,27 @@ impl Drop for TestApp {
         if !self.owns_data {
             return;
         }
-        let database = self.config.database.database_url.rsplit('/').next().unwrap().to_owned();
-        let prefix = self.config.redis_key_prefix.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&format!("{PG}/postgres")).await {
-                    let drop = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
-                    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await.ok();
-                }
-                if let Ok(client) = redis::Client::open(REDIS)
-                    && let Ok(mut redis) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> =
-                        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.unwrap_or_default();
-                    if !keys.is_empty() {
-                        redis::cmd("DEL").arg(keys).query_async::<()>(&mut redis).await.ok();
-                    }
-                }
-            });
-        })
-        .join()
-        .ok();
+        drop_test_data(&self.config.database.database_url, &self.config.redis_key_prefix);
     }
+}
+
+/// Drops a test's database and Redis keys, from a `Drop` (which cannot
+/// await): on a thread of its own, waited for.
+pub fn drop_test_data(database_url: &str, redis_key_prefix: &str) {
+    let database = database_url.rsplit('/').next().unwrap().to_owned();
+    let prefix = redis_key_prefix.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&format!("{PG}/postgres")).await {
+                let drop = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
+                sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await.ok();
+            }
+            delete_redis_keys(&prefix).await;
+        });
+    })
+    .join()
+    .ok();
 }
 
 async fn delete_redis_keys(prefix: &str) {
