@@ -60,13 +60,28 @@ pub struct NewItem {
     pub unit_price: i64,
 }
 
-/// Inserts a PENDING order and its lines. A coupon already held by a live
-/// order violates `orders_coupon_live_key`.
+/// Inserts a PENDING order and its lines, in one statement (one round trip
+/// for both). A coupon already held by a live order violates
+/// `orders_coupon_live_key`.
 pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<OrderRow, sqlx::Error> {
-    let order: OrderRow = sqlx::query_as(concat!(
-        "INSERT INTO orders (user_id, total_amount, discount_amount, final_amount, coupon_id, expires_at, gate_reservation)
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7) RETURNING ",
-        order_columns!()
+    let ids: Vec<i64> = new.items.iter().map(|item| item.product_id).collect();
+    let names: Vec<&str> = new.items.iter().map(|item| item.name.as_str()).collect();
+    let quantities: Vec<i32> = new.items.iter().map(|item| item.quantity).collect();
+    let prices: Vec<i64> = new.items.iter().map(|item| item.unit_price).collect();
+    sqlx::query_as(concat!(
+        "WITH new_order AS (
+             INSERT INTO orders (user_id, total_amount, discount_amount, final_amount, coupon_id, expires_at,
+                                 gate_reservation)
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)
+             RETURNING ",
+        order_columns!(),
+        "
+         ), lines AS (
+             INSERT INTO order_items (order_id, product_id, product_name, quantity, unit_price)
+             SELECT new_order.id, line.* FROM new_order,
+                    unnest($8::bigint[], $9::text[], $10::int[], $11::bigint[]) AS line
+         )
+         SELECT * FROM new_order"
     ))
     .bind(new.user_id)
     .bind(new.amounts.total)
@@ -75,24 +90,12 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
     .bind(new.coupon_id)
     .bind(new.payment_timeout_secs as f64)
     .bind(new.gate_reservation)
-    .fetch_one(&mut *conn)
-    .await?;
-    let ids: Vec<i64> = new.items.iter().map(|item| item.product_id).collect();
-    let names: Vec<&str> = new.items.iter().map(|item| item.name.as_str()).collect();
-    let quantities: Vec<i32> = new.items.iter().map(|item| item.quantity).collect();
-    let prices: Vec<i64> = new.items.iter().map(|item| item.unit_price).collect();
-    sqlx::query(
-        "INSERT INTO order_items (order_id, product_id, product_name, quantity, unit_price)
-         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::bigint[])",
-    )
-    .bind(order.id)
     .bind(ids)
     .bind(names)
     .bind(quantities)
     .bind(prices)
-    .execute(conn)
-    .await?;
-    Ok(order)
+    .fetch_one(conn)
+    .await
 }
 
 pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<OrderRow>, sqlx::Error> {
