@@ -149,12 +149,15 @@ impl LeaseLocks {
     async fn local_turn(&self, resource: &str, deadline: Instant) -> Result<Option<LocalTurn>, LockError> {
         let queue = self.local.lock().expect("not poisoned").entry(resource.to_owned()).or_default().clone();
         let patience = deadline.min(Instant::now() + self.lease);
-        match tokio::time::timeout_at(patience.into(), queue.lock_owned()).await {
+        let guard = tokio::time::timeout_at(patience.into(), queue.lock_owned()).await;
+        match guard {
             Ok(guard) => {
                 Ok(Some(LocalTurn { queues: self.local.clone(), resource: resource.to_owned(), guard: Some(guard) }))
             }
-            Err(_) if Instant::now() < deadline => Ok(None),
-            Err(_) => Err(LockError::Timeout),
+            Err(_) => {
+                forget_if_idle(&self.local, resource);
+                if Instant::now() < deadline { Ok(None) } else { Err(LockError::Timeout) }
+            }
         }
     }
 
@@ -207,12 +210,7 @@ struct LocalTurn {
 impl Drop for LocalTurn {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let mut queues = self.queues.lock().expect("not poisoned");
-        // Clones are only made under this lock, so a count of one (the map's)
-        // means no local request waits for the resource any more.
-        if queues.get(&self.resource).is_some_and(|queue| Arc::strong_count(queue) == 1) {
-            queues.remove(&self.resource);
-        }
+        forget_if_idle(&self.queues, &self.resource);
     }
 }
 
@@ -251,5 +249,15 @@ async fn keep_alive(mut redis: ConnectionManager, key: String, token: String, le
             }
             Err(error) => tracing::warn!(lock = %key, %error, "lease renewal failed; retrying"),
         }
+    }
+}
+
+/// Drops a resource's local queue once no local request holds or awaits it.
+fn forget_if_idle(queues: &LocalQueues, resource: &str) {
+    let mut queues = queues.lock().expect("not poisoned");
+    // Clones are only made under this lock, so a count of one (the map's)
+    // means no local request waits for the resource any more.
+    if queues.get(resource).is_some_and(|queue| Arc::strong_count(queue) == 1) {
+        queues.remove(resource);
     }
 }
