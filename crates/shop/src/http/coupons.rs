@@ -189,7 +189,8 @@ pub async fn issue(
         .await
 }
 
-/// Every coupon the user holds, whatever its status, newest first.
+/// Every coupon the user holds, whatever its status, newest first. Also
+/// served at `GET /api/coupons/user/{userId}`, its older path.
 #[utoipa::path(get, path = "/api/users/{userId}/coupons", tag = "coupons", security(("bearer" = [])),
     params(("userId" = i64, Path, minimum = 1)),
     responses(
@@ -233,23 +234,6 @@ pub async fn held(
             })
             .collect(),
     ))
-}
-
-/// The same list as `GET /api/users/{userId}/coupons`, at its older path.
-#[utoipa::path(get, path = "/api/coupons/user/{userId}", tag = "coupons", security(("bearer" = [])),
-    params(("userId" = i64, Path, minimum = 1)),
-    responses(
-        (status = 200, body = Vec<CouponView>),
-        (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
-        (status = 403, description = "FORBIDDEN", body = Problem),
-        (status = 404, description = "NOT_FOUND", body = Problem)))]
-pub async fn held_at_older_path(
-    state: State<AppState>,
-    caller: Caller,
-    user_id: PathId,
-) -> Result<Json<Vec<CouponView>>, AppError> {
-    held(state, caller, user_id).await
 }
 
 async fn find_type(state: &AppState, code: &CouponCode) -> Result<std::sync::Arc<CouponType>, AppError> {

@@ -73,13 +73,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| AppError::Validation(rejection.body_text()))?;
-        let (name, value) = params
-            .iter()
-            .next()
-            .ok_or_else(|| AppError::internal(anyhow::anyhow!("PathId used on a route without parameters")))?;
+        let (name, value) = single_path_param(parts, state).await?;
         value
             .parse::<i64>()
             .ok()
@@ -96,15 +90,20 @@ impl<S: Send + Sync> FromRequestParts<S> for PathText {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| AppError::Validation(rejection.body_text()))?;
-        let (_, value) = params
-            .iter()
-            .next()
-            .ok_or_else(|| AppError::internal(anyhow::anyhow!("PathText used on a route without parameters")))?;
-        Ok(PathText(value.to_owned()))
+        single_path_param(parts, state).await.map(|(_, value)| PathText(value))
     }
+}
+
+/// The name and value of a route's one path parameter.
+async fn single_path_param<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<(String, String), AppError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|rejection| AppError::Validation(rejection.body_text()))?;
+    let (name, value) = params
+        .iter()
+        .next()
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("a path extractor on a route without parameters")))?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 /// Query parameters, with errors naming the parameter.

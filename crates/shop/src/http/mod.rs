@@ -23,6 +23,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use chrono::Utc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
@@ -106,14 +107,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(coupons::create_type))
         .routes(routes!(coupons::issue))
         .routes(routes!(coupons::held))
-        .routes(routes!(coupons::held_at_older_path))
         .routes(routes!(orders::place))
         .routes(routes!(orders::detail))
         .routes(routes!(orders::list))
         .routes(routes!(orders::cancel))
         .routes(routes!(orders::advance))
         .routes(routes!(payments::pay))
-        .routes(routes!(payments::pay_at_older_path))
         .routes(routes!(payments::detail))
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
@@ -135,6 +134,9 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| AppError::internal(anyhow::anyhow!("a handler panicked")).into_response()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
 
+    // Older paths kept for existing clients, documented on their operations.
+    let api =
+        api.route("/api/payments/process", post(payments::pay)).route("/api/coupons/user/{userId}", get(coupons::held));
     api.merge(SwaggerUi::new("/swagger-ui").url("/api/openapi.json", openapi))
         .fallback(async || AppError::not_found("no such route"))
         .method_not_allowed_fallback(async || AppError::MethodNotAllowed)

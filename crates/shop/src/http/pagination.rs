@@ -22,14 +22,7 @@ impl PageRequest {
     /// An empty `limit=` or `cursor=` counts as absent, as in API.md's
     /// `?limit=&cursor=`.
     pub fn parse(limit: Option<&str>, cursor: Option<&str>, default_limit: i64) -> Result<Self, AppError> {
-        let limit = match limit.filter(|l| !l.is_empty()) {
-            None => default_limit,
-            Some(text) => text
-                .parse()
-                .ok()
-                .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                .ok_or_else(|| AppError::Validation(format!("limit: must be an integer from 1 to {MAX_LIMIT}")))?,
-        };
+        let limit = bounded(limit, "limit", default_limit, MAX_LIMIT)?;
         let after = cursor.filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
         Ok(Self { limit, after })
     }
@@ -54,6 +47,18 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` for the next page; `null` at the end.
     pub next_cursor: Option<String>,
+}
+
+/// An integer query parameter from 1 to `max`; empty or absent is `default`.
+pub fn bounded(value: Option<&str>, name: &str, default: i64, max: i64) -> Result<i64, AppError> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| AppError::Validation(format!("{name}: must be an integer from 1 to {max}"))),
+    }
 }
 
 fn encode_cursor(id: i64) -> String {

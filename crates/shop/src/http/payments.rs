@@ -24,6 +24,7 @@ pub struct PaymentRequest {
 
 /// Pays an order's final amount from points. An order is paid at most once,
 /// however many payment requests race for it. Honours `Idempotency-Key`.
+/// Also served at `POST /api/payments/process`, its older path.
 #[utoipa::path(post, path = "/api/payments", tag = "payments", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters")),
     request_body = PaymentRequest,
@@ -54,27 +55,6 @@ pub async fn pay(
             Ok((StatusCode::CREATED, Json(payment)))
         })
         .await
-}
-
-/// The same as `POST /api/payments`, at its older path.
-#[utoipa::path(post, path = "/api/payments/process", tag = "payments", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters")),
-    request_body = PaymentRequest,
-    responses(
-        (status = 201, body = PaymentView),
-        (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
-        (status = 403, description = "FORBIDDEN: userId is not yours", body = Problem),
-        (status = 404, description = "NOT_FOUND, also for another user's order", body = Problem),
-        (status = 409, description = "ORDER_NOT_PAYABLE, ORDER_EXPIRED, INSUFFICIENT_POINTS, CONCURRENCY_CONFLICT or IDEMPOTENCY_KEY_IN_USE", body = Problem),
-        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = Problem)))]
-pub async fn pay_at_older_path(
-    state: State<AppState>,
-    caller: Caller,
-    idempotency: IdempotencyHeader,
-    body: Json<Value>,
-) -> Result<Response, AppError> {
-    pay(state, caller, idempotency, body).await
 }
 
 /// One payment, the caller's own (or any, for an admin).

@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{AppError, Problem};
 use super::extract::{Json, PathId, Query};
-use super::pagination::{Page, PageRequest};
+use super::pagination::{Page, PageRequest, bounded};
 use crate::auth::Caller;
 use crate::domain::product::{Category, Price, ProductName, Stock};
 use crate::storage::products::{self, ProductRow};
@@ -108,19 +108,7 @@ pub async fn top_sellers(
 ) -> Result<Json<Vec<TopSeller>>, AppError> {
     let days = bounded(query.days.as_deref(), "days", 3, 30)?;
     let limit = bounded(query.limit.as_deref(), "limit", 5, 100)?;
-    Ok(Json(state.top_sellers.top(&state.db, days, limit as usize).await?))
-}
-
-/// An integer query parameter from 1 to `max`; empty or absent is `default`.
-fn bounded(value: Option<&str>, name: &str, default: u32, max: u32) -> Result<u32, AppError> {
-    match value.filter(|v| !v.is_empty()) {
-        None => Ok(default),
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| AppError::Validation(format!("{name}: must be an integer from 1 to {max}"))),
-    }
+    Ok(Json(state.top_sellers.top(&state.db, days as u32, limit as usize).await?))
 }
 
 /// One product.
