@@ -96,6 +96,9 @@ async fn the_older_payment_path_pays_too() {
     let order = app.order_id(&user, &[(product, 1)], None).await;
     let paid = app.post("/api/payments/process", Some(&user.token), json!({"orderId": order, "userId": user.id})).await;
     assert_eq!(paid.status(), StatusCode::CREATED);
+    assert_eq!(paid.json::<Value>().await.unwrap()["orderId"], order);
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (4000, 4000));
+    app.assert_invariants().await;
 }
 
 #[tokio::test]

@@ -82,6 +82,7 @@ async fn a_zero_limit_means_unlimited() {
     for _ in 0..5 {
         assert_eq!(app.charge(&user, 1000).await.status(), StatusCode::OK);
     }
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (5000, 5000));
 }
 
 #[tokio::test]

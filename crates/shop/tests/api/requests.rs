@@ -59,4 +59,7 @@ async fn bodies_that_are_not_json_are_415_malformed_400_and_large_413() {
         "PAYLOAD_TOO_LARGE",
     )
     .await;
+    let accounts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'user'").fetch_one(&app.db).await.unwrap();
+    assert_eq!(accounts, 0, "no refused body created an account");
 }
