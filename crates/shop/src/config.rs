@@ -154,6 +154,8 @@ pub enum StockStrategyKind {
     Atomic,
     RedisLock,
     RedisGate,
+    /// The orders an instance receives together are placed in one transaction.
+    Batch,
     /// No concurrency control at all: unlocked reads, unconditional writes.
     /// Compiled only for the tests that show the races.
     #[cfg(feature = "naive")]

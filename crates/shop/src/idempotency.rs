@@ -112,7 +112,7 @@ pub enum Begun {
 }
 
 /// Ownership of a key by the running request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Claim {
     user_id: i64,
     key: String,

@@ -14,10 +14,16 @@ use crate::domain::order::{self, Amounts, Event, MIN_TOTAL, OrderLines, OrderSta
 use crate::domain::points::LedgerKind;
 use crate::http::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
+use crate::storage::coupons::CouponForOrder;
 use crate::storage::orders::{ItemRow, NewItem, NewOrder, OrderRow};
+use crate::storage::products::ProductRow;
 use crate::storage::{coupons, ledger, orders, outbox, payments, products, wallets};
 use crate::strategy::stock::StockStrategy;
 use crate::top_sellers::{Sale, TopSellers};
+
+mod batch;
+
+pub use batch::OrderBatcher;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -113,30 +119,33 @@ pub async fn place(
     placement: Placement<'_>,
     claim: Option<&Claim>,
 ) -> Result<OrderView, AppError> {
+    if let StockStrategy::Batch(batcher) = stock {
+        return batcher.place(placement, claim).await;
+    }
+    place_alone(db, stock, placement, claim).await
+}
+
+/// Places one order in its own transaction.
+async fn place_alone(
+    db: &PgPool,
+    stock: &StockStrategy,
+    placement: Placement<'_>,
+    claim: Option<&Claim>,
+) -> Result<OrderView, AppError> {
     let mut conn = db.acquire().await?;
     let found = products::by_ids(&mut conn, &placement.lines.product_ids()).await?;
-    let mut items = Vec::with_capacity(found.len());
-    let mut found = found.into_iter().peekable();
-    let mut stock_short = false;
-    for (product_id, quantity) in placement.lines.iter() {
-        let product = found
-            .next_if(|product| product.id == product_id)
-            .ok_or_else(|| AppError::not_found(format!("product {product_id} not found")))?;
-        if product.stock < quantity as i64 {
-            // A read of the stock now; the strategy decides only when it might suffice.
-            stock_short = true;
-        }
-        items.push(NewItem { product_id, name: product.name, quantity, unit_price: product.price });
-    }
-    let total: i64 = items.iter().map(|item| item.unit_price * item.quantity as i64).sum();
-    if total < MIN_TOTAL {
-        return Err(AppError::Validation("totalAmount: must be at least 1,000 won".into()));
-    }
-    if stock_short {
+    let product = |id| found.binary_search_by_key(&id, |product| product.id).ok().map(|i| &found[i]);
+    let items = price(placement.lines, product)?;
+    // A read of the stock now; the strategy decides only when it might suffice.
+    if placement.lines.iter().any(|(id, quantity)| product(id).is_some_and(|p| p.stock < quantity as i64)) {
         return Err(AppError::OutOfStock);
     }
+    let total = total_of(&items);
     let coupon = match placement.coupon_id {
-        Some(coupon_id) => Some(usable_coupon(&mut conn, coupon_id, placement.user_id, total).await?),
+        Some(coupon_id) => {
+            let coupon = coupons::for_order(&mut conn, coupon_id).await?;
+            Some(coupon_terms(coupon.as_ref(), placement.user_id, total, Utc::now())?)
+        }
         None => None,
     };
     drop(conn);
@@ -162,13 +171,7 @@ pub async fn place(
         {
             return Err(AppError::CouponNotUsable("the coupon was taken by another order"));
         }
-        let lines = items.iter().map(|item| OrderLineView {
-            product_id: item.product_id,
-            name: item.name.clone(),
-            quantity: item.quantity,
-            price: item.unit_price,
-        });
-        let view = OrderView::new(&order, lines);
+        let view = OrderView::new(&order, items.iter().map(OrderLineView::from));
         if let Some(claim) = claim {
             claim.save(&mut tx, axum::http::StatusCode::CREATED, &view).await?;
         }
@@ -179,6 +182,34 @@ pub async fn place(
     .await;
     stock.settle(hold, placed.is_ok()).await;
     placed
+}
+
+/// Prices the lines at the products' current prices (`product` finds one by
+/// id): `NOT_FOUND` for a product that does not exist, `VALIDATION_FAILED`
+/// for a total under the minimum.
+fn price<'a>(lines: &OrderLines, product: impl Fn(i64) -> Option<&'a ProductRow>) -> Result<Vec<NewItem>, AppError> {
+    let items = lines
+        .iter()
+        .map(|(product_id, quantity)| {
+            let product =
+                product(product_id).ok_or_else(|| AppError::not_found(format!("product {product_id} not found")))?;
+            Ok(NewItem { product_id, name: product.name.clone(), quantity, unit_price: product.price })
+        })
+        .collect::<Result<Vec<_>, AppError>>()?;
+    if total_of(&items) < MIN_TOTAL {
+        return Err(AppError::Validation("totalAmount: must be at least 1,000 won".into()));
+    }
+    Ok(items)
+}
+
+fn total_of(items: &[NewItem]) -> i64 {
+    items.iter().map(|item| item.unit_price * item.quantity as i64).sum()
+}
+
+impl From<&NewItem> for OrderLineView {
+    fn from(item: &NewItem) -> Self {
+        Self { product_id: item.product_id, name: item.name.clone(), quantity: item.quantity, price: item.unit_price }
+    }
 }
 
 /// Reserves the coupon for the order if it is still available (or, under
@@ -199,17 +230,16 @@ async fn reserve_coupon(
 }
 
 /// The coupon's discount terms if the user may use it on an order of `total`.
-async fn usable_coupon(
-    conn: &mut PgConnection,
-    coupon_id: i64,
+fn coupon_terms(
+    coupon: Option<&CouponForOrder>,
     user_id: i64,
     total: i64,
+    now: DateTime<Utc>,
 ) -> Result<(CouponKind, i64), AppError> {
-    let coupon = coupons::for_order(conn, coupon_id)
-        .await?
+    let coupon = coupon
         .filter(|coupon| coupon.user_id == user_id)
         .ok_or(AppError::CouponNotUsable("the coupon is not yours"))?;
-    match CouponStatus::of(&coupon.status, coupon.expires_at, Utc::now()) {
+    match CouponStatus::of(&coupon.status, coupon.expires_at, now) {
         CouponStatus::Available => {}
         CouponStatus::Reserved => {
             return Err(AppError::CouponNotUsable("the coupon is held by another order"));

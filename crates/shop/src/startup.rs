@@ -105,6 +105,7 @@ impl Server {
             }
             StockStrategyKind::Atomic => StockStrategy::Atomic,
             StockStrategyKind::RedisLock => StockStrategy::RedisLock(locks.clone()),
+            StockStrategyKind::Batch => StockStrategy::Batch(orders::OrderBatcher::start(db.clone())),
             #[cfg(feature = "naive")]
             StockStrategyKind::Naive => StockStrategy::Naive,
             StockStrategyKind::RedisGate => StockStrategy::RedisGate(StockGate::new(

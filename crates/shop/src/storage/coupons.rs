@@ -253,6 +253,34 @@ pub async fn for_order(conn: &mut PgConnection, coupon_id: i64) -> Result<Option
     .await
 }
 
+/// The coupons of `ids` with their terms, locked in ascending id order
+/// (after the products: the lock order of order placement).
+pub async fn lock_for_orders(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<CouponForOrder>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.id, c.user_id, c.status, c.expires_at, t.kind, t.value, t.min_order_amount
+         FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id
+         WHERE c.id = ANY($1) ORDER BY c.id FOR UPDATE OF c",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Reserves each coupon `ids[i]` for order `order_ids[i]` if still
+/// available and unexpired; returns how many were reserved.
+pub async fn reserve_many(conn: &mut PgConnection, ids: &[i64], order_ids: &[i64]) -> Result<u64, sqlx::Error> {
+    let reserved = sqlx::query(
+        "UPDATE coupons c SET status = 'RESERVED', order_id = t.order_id
+         FROM unnest($1::bigint[], $2::bigint[]) AS t(id, order_id)
+         WHERE c.id = t.id AND c.status = 'AVAILABLE' AND c.expires_at > now()",
+    )
+    .bind(ids)
+    .bind(order_ids)
+    .execute(conn)
+    .await?;
+    Ok(reserved.rows_affected())
+}
+
 /// Reserves the user's coupon for an order if it is still available and
 /// unexpired; `false` if another order got it first.
 pub async fn reserve(

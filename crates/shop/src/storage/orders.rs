@@ -98,6 +98,60 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
     .await
 }
 
+/// Inserts PENDING orders and their lines, in one statement, and returns
+/// the orders in the order given. Ids are drawn first, so that each line
+/// finds its order by position. Gate reservations are not recorded: only
+/// the batch strategy places orders this way.
+pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Result<Vec<OrderRow>, sqlx::Error> {
+    let mut lines = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (n, order) in new.iter().enumerate() {
+        for item in order.items {
+            lines.0.push(n as i64 + 1);
+            lines.1.push(item.product_id);
+            lines.2.push(item.name.as_str());
+            lines.3.push(item.quantity);
+            lines.4.push(item.unit_price);
+        }
+    }
+    let timeouts: Vec<f64> = new.iter().map(|order| order.payment_timeout_secs as f64).collect();
+    sqlx::query_as(concat!(
+        "WITH input AS (
+             SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id, o.*
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[])
+                  WITH ORDINALITY AS o(user_id, total_amount, discount_amount, final_amount, coupon_id, timeout, n)
+         ), new_orders AS (
+             INSERT INTO orders (id, user_id, total_amount, discount_amount, final_amount, coupon_id, expires_at)
+             OVERRIDING SYSTEM VALUE
+             SELECT id, user_id, total_amount, discount_amount, final_amount, coupon_id,
+                    now() + make_interval(secs => timeout)
+             FROM input ORDER BY n
+             RETURNING ",
+        order_columns!(),
+        "
+         ), lines AS (
+             INSERT INTO order_items (order_id, product_id, product_name, quantity, unit_price)
+             SELECT input.id, line.product_id, line.name, line.quantity, line.price
+             FROM unnest($7::bigint[], $8::bigint[], $9::text[], $10::int[], $11::bigint[])
+                  AS line(n, product_id, name, quantity, price)
+             JOIN input USING (n)
+         )
+         SELECT new_orders.* FROM new_orders JOIN input USING (id) ORDER BY input.n"
+    ))
+    .bind(new.iter().map(|order| order.user_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|order| order.amounts.total).collect::<Vec<_>>())
+    .bind(new.iter().map(|order| order.amounts.discount).collect::<Vec<_>>())
+    .bind(new.iter().map(|order| order.amounts.final_amount).collect::<Vec<_>>())
+    .bind(new.iter().map(|order| order.coupon_id).collect::<Vec<_>>())
+    .bind(timeouts)
+    .bind(lines.0)
+    .bind(lines.1)
+    .bind(lines.2)
+    .bind(lines.3)
+    .bind(lines.4)
+    .fetch_all(conn)
+    .await
+}
+
 pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<OrderRow>, sqlx::Error> {
     sqlx::query_as(concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1"))
         .bind(id)

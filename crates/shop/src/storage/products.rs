@@ -120,6 +120,29 @@ pub async fn lock_stock(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<Stoc
         .await
 }
 
+/// Locks the rows of `ids` in ascending id order and reads them whole: the
+/// batch strategy prices and checks a batch of orders under these locks.
+pub async fn lock_for_orders(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<ProductRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, name, price, stock, category FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Takes `quantities[i]` units of `ids[i]`, rows the caller has locked and
+/// checked; `products_stock_check` still refuses going below zero.
+pub async fn take_stock_many(conn: &mut PgConnection, ids: &[i64], quantities: &[i64]) -> Result<u64, sqlx::Error> {
+    let taken = sqlx::query(
+        "UPDATE products p SET stock = p.stock - t.quantity, version = p.version + 1
+         FROM unnest($1::bigint[], $2::bigint[]) AS t(id, quantity) WHERE p.id = t.id",
+    )
+    .bind(ids)
+    .bind(quantities)
+    .execute(conn)
+    .await?;
+    Ok(taken.rows_affected())
+}
+
 /// Takes `quantity` units if that many are in stock (and, with
 /// `expected_version`, if the row is unchanged since read). `false`: not taken.
 pub async fn take_stock(

@@ -54,7 +54,7 @@ async fn coupons_are_never_over_issued_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stock_is_never_oversold_across_instances() {
-    for strategy in ["optimistic", "pessimistic", "atomic", "redis-lock", "redis-gate"] {
+    for strategy in ["optimistic", "pessimistic", "atomic", "redis-lock", "redis-gate", "batch"] {
         let cluster = start("STOCK_STRATEGY", strategy).await;
         let admin = admin_of(&cluster.db).await;
         let product = json!({"name": "hot", "price": 1000, "stock": 20, "category": "test"});

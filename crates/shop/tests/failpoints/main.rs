@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batch;
 mod cluster;
 mod fencing;
 mod gates;

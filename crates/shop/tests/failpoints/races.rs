@@ -50,12 +50,13 @@ const POINTS_STRATEGIES: [PointsStrategyKind; 4] = [
     PointsStrategyKind::Atomic,
     PointsStrategyKind::RedisLock,
 ];
-const STOCK_STRATEGIES: [StockStrategyKind; 5] = [
+const STOCK_STRATEGIES: [StockStrategyKind; 6] = [
     StockStrategyKind::Optimistic,
     StockStrategyKind::Pessimistic,
     StockStrategyKind::Atomic,
     StockStrategyKind::RedisLock,
     StockStrategyKind::RedisGate,
+    StockStrategyKind::Batch,
 ];
 const COUPON_STRATEGIES: [CouponStrategyKind; 4] = [
     CouponStrategyKind::Pessimistic,

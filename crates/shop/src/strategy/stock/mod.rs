@@ -27,6 +27,7 @@ use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::http::error::AppError;
 use crate::lock::{Lease, LeaseLocks};
+use crate::orders::OrderBatcher;
 use crate::storage::products;
 
 pub enum StockStrategy {
@@ -39,6 +40,8 @@ pub enum StockStrategy {
     Atomic,
     RedisLock(LeaseLocks),
     RedisGate(StockGate),
+    /// Places orders itself, in batches (see `orders::batch`).
+    Batch(OrderBatcher),
     #[cfg(feature = "naive")]
     Naive,
 }
@@ -73,6 +76,7 @@ impl StockStrategy {
             Self::Atomic => StockStrategyKind::Atomic,
             Self::RedisLock(_) => StockStrategyKind::RedisLock,
             Self::RedisGate(_) => StockStrategyKind::RedisGate,
+            Self::Batch(_) => StockStrategyKind::Batch,
             #[cfg(feature = "naive")]
             Self::Naive => StockStrategyKind::Naive,
         }
@@ -104,7 +108,9 @@ impl StockStrategy {
         match self {
             Self::Optimistic { max_retries } => optimistic::take(conn, lines, *max_retries).await,
             Self::Pessimistic { lock_timeout } => pessimistic::take(conn, lines, *lock_timeout).await,
-            Self::Atomic | Self::RedisGate(_) => {
+            // `batch` places its orders itself (`orders::batch`), and the
+            // orders of a failed batch one by one under `atomic`.
+            Self::Atomic | Self::RedisGate(_) | Self::Batch(_) => {
                 // No read to race: the conditional statements are the whole take.
                 fail::fail_point!("stock::take::read");
                 take_each(conn, lines).await

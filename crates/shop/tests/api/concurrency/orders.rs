@@ -51,6 +51,65 @@ async fn opposite_multi_item_orders_neither_deadlock_nor_split(strategy: StockSt
     app.assert_invariants().await;
 }
 
+/// Orders that differ, sent together (under `batch` they share batches):
+/// each gets its own answer, and the refused ones change nothing.
+async fn a_rush_of_differing_orders_gets_each_its_own_answer(strategy: StockStrategyKind) {
+    let app = app_with(strategy).await;
+    let plenty = app.create_product("plenty", 2000, 1000).await;
+    let scarce = app.create_product("scarce", 1000, 5).await;
+    let cheap = app.create_product("cheap", 500, 100).await;
+    let code = app.create_coupon_type("RUSH", 10, json!({})).await;
+    let buyers = app.bulk_users(50).await;
+    let mut coupons = Vec::new();
+    for holder in &buyers[..10] {
+        let coupon: Value = app.issue_coupon(holder, &code).await.json().await.unwrap();
+        coupons.push(coupon["couponId"].as_i64());
+    }
+    // Coupon holders order twice with their coupon (one order may hold
+    // it); others use a holder's coupon, want the scarce product along with
+    // a plentiful one, total under 1,000, or name an unknown product.
+    let mut orders = Vec::new();
+    for _ in 0..2 {
+        orders.extend(
+            buyers[..10].iter().zip(&coupons).map(|(holder, coupon)| app.place_order(holder, &[(plenty, 1)], *coupon)),
+        );
+    }
+    orders.extend(
+        buyers[10..15].iter().zip(&coupons).map(|(buyer, coupon)| app.place_order(buyer, &[(plenty, 1)], *coupon)),
+    );
+    orders.extend(buyers[15..35].iter().map(|buyer| app.place_order(buyer, &[(plenty, 1), (scarce, 1)], None)));
+    orders.extend(buyers[35..40].iter().map(|buyer| app.place_order(buyer, &[(cheap, 1)], None)));
+    let unknown = cheap + 1000;
+    orders.extend(buyers[40..45].iter().map(|buyer| app.place_order(buyer, &[(plenty, 1), (unknown, 1)], None)));
+    let outcomes = together(orders).await;
+    let answers: Vec<(StatusCode, Option<&str>)> =
+        outcomes.iter().map(|(status, code)| (*status, code.as_deref())).collect();
+    let created = (StatusCode::CREATED, None);
+    let not_usable = (StatusCode::CONFLICT, Some("COUPON_NOT_USABLE"));
+    for i in 0..10 {
+        let pair = [answers[i], answers[10 + i]];
+        assert!(pair.contains(&created) && pair.contains(&not_usable), "{strategy:?}: holder {i}: {pair:?}");
+    }
+    assert!(answers[20..25].iter().all(|answer| *answer == not_usable), "{strategy:?}: {answers:?}");
+    let out_of_stock = (StatusCode::CONFLICT, Some("OUT_OF_STOCK"));
+    assert_eq!(answers[25..45].iter().filter(|answer| **answer == created).count(), 5, "{strategy:?}");
+    assert_eq!(answers[25..45].iter().filter(|answer| **answer == out_of_stock).count(), 15, "{strategy:?}");
+    let too_small = (StatusCode::BAD_REQUEST, Some("VALIDATION_FAILED"));
+    assert!(answers[45..50].iter().all(|answer| *answer == too_small), "{strategy:?}: {answers:?}");
+    let not_found = (StatusCode::NOT_FOUND, Some("NOT_FOUND"));
+    assert!(answers[50..55].iter().all(|answer| *answer == not_found), "{strategy:?}: {answers:?}");
+
+    let stocks = (app.stock(plenty).await, app.stock(scarce).await, app.stock(cheap).await);
+    assert_eq!(stocks, (1000 - 10 - 5, 0, 100), "{strategy:?}: only the placed orders took stock");
+    let (orders, held): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(coupon_id) FROM orders").fetch_one(&app.db).await.unwrap();
+    assert_eq!((orders, held), (15, 10), "{strategy:?}");
+    let reserved: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM coupons WHERE status = 'RESERVED'").fetch_one(&app.db).await.unwrap();
+    assert_eq!(reserved, 10, "{strategy:?}");
+    app.assert_invariants().await;
+}
+
 macro_rules! for_each_stock_strategy {
     ($($module:ident => $strategy:ident),* $(,)?) => {$(
         mod $module {
@@ -65,6 +124,11 @@ macro_rules! for_each_stock_strategy {
             async fn opposite_multi_item_orders_neither_deadlock_nor_reserve_partly() {
                 opposite_multi_item_orders_neither_deadlock_nor_split(StockStrategyKind::$strategy).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn a_rush_of_differing_orders_gets_each_its_own_answer() {
+                super::a_rush_of_differing_orders_gets_each_its_own_answer(StockStrategyKind::$strategy).await;
+            }
         }
     )*};
 }
@@ -75,6 +139,7 @@ for_each_stock_strategy! {
     atomic => Atomic,
     redis_lock => RedisLock,
     redis_gate => RedisGate,
+    batch => Batch,
 }
 
 async fn thirty_payments_of_one_order(strategy: PointsStrategyKind) {

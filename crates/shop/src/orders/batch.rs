@@ -1,0 +1,239 @@
+//! `STOCK_STRATEGY=batch`: the orders an instance receives together are
+//! placed together, in one transaction. A hot product's row is then locked
+//! and written once per batch instead of once per order, and a batch costs
+//! a handful of round trips and one WAL flush whatever its size: a product
+//! sells faster than its single row can be updated, and never oversells.
+//!
+//! A batch locks its products (ascending id), then its coupons (ascending
+//! id): the lock order of every order placement. Under those locks it
+//! decides each order in arrival order against what it read: prices, the
+//! stock the orders before it left, the coupon (still available, not taken
+//! by an earlier order of the batch). A refused order gets its answer
+//! (`OUT_OF_STOCK`, `NOT_FOUND`, `COUPON_NOT_USABLE`, …) and changes
+//! nothing; the accepted ones are written with one statement each for
+//! stock, orders with their lines, and coupons. The constraints back the
+//! checks: a batch whose writes fail anyway is rolled back whole, and its
+//! orders are placed one by one (as `atomic` does), each with its own answer.
+//!
+//! Batches form by themselves: a worker takes whatever queued while the
+//! previous batch was in flight, so a lone order waits for nothing and a
+//! rush fills batches. An order whose client goes away once it is queued
+//! is still placed (it expires unpaid, like any other).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{OrderLineView, OrderView, Placement, coupon_terms, place_alone, price, total_of};
+use crate::domain::order::{Amounts, OrderLines};
+use crate::http::error::AppError;
+use crate::idempotency::Claim;
+use crate::storage::coupons::CouponForOrder;
+use crate::storage::orders::{NewItem, NewOrder};
+use crate::storage::products::ProductRow;
+use crate::storage::{coupons, orders, products};
+use crate::strategy::stock::StockStrategy;
+
+/// Orders per batch at most: enough for every connection of a rush, few
+/// enough that one statement's arrays stay small.
+const MAX_BATCH: usize = 128;
+/// Workers taking batches. Two, so that one gathers the next batch while
+/// the other's is in flight; more would only queue on a hot product's row.
+const WORKERS: usize = 2;
+/// Orders waiting for a worker; placing more waits for room (backpressure).
+const QUEUE: usize = 4096;
+
+/// The queue of orders waiting for a batch.
+pub struct OrderBatcher {
+    jobs: mpsc::Sender<Job>,
+}
+
+struct Job {
+    user_id: i64,
+    lines: OrderLines,
+    coupon_id: Option<i64>,
+    payment_timeout_secs: i64,
+    claim: Option<Claim>,
+    answer: oneshot::Sender<Result<OrderView, AppError>>,
+}
+
+impl OrderBatcher {
+    /// Starts the workers; they stop once the batcher is dropped and its
+    /// queue drained.
+    pub fn start(db: PgPool) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..WORKERS {
+            tokio::spawn(work(db.clone(), queue.clone()));
+        }
+        Self { jobs }
+    }
+
+    /// Queues the order for the next batch and waits for its answer.
+    pub async fn place(&self, placement: Placement<'_>, claim: Option<&Claim>) -> Result<OrderView, AppError> {
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            user_id: placement.user_id,
+            lines: placement.lines.clone(),
+            coupon_id: placement.coupon_id,
+            payment_timeout_secs: placement.payment_timeout_secs,
+            claim: claim.cloned(),
+            answer,
+        };
+        self.jobs.send(job).await.map_err(|_| AppError::internal(anyhow!("the order batcher has stopped")))?;
+        answered.await.map_err(|_| AppError::internal(anyhow!("an order batch was dropped unanswered")))?
+    }
+}
+
+async fn work(db: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        // The lock is held only while gathering: the other worker gathers
+        // the next batch while this one is written.
+        if queue.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        place_batch(&db, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn place_batch(db: &PgPool, jobs: Vec<Job>) {
+    metrics::histogram!("shop_order_batch_size").record(jobs.len() as f64);
+    match write(db, &jobs).await {
+        Ok(answers) => {
+            for (job, answer) in jobs.into_iter().zip(answers) {
+                // The client may have gone; its order stands (see above).
+                job.answer.send(answer).ok();
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, orders = jobs.len(), "an order batch failed; placing its orders one by one");
+            for job in jobs {
+                tokio::spawn(place_one(db.clone(), job));
+            }
+        }
+    }
+}
+
+async fn place_one(db: PgPool, job: Job) {
+    let placement = Placement {
+        user_id: job.user_id,
+        lines: &job.lines,
+        coupon_id: job.coupon_id,
+        payment_timeout_secs: job.payment_timeout_secs,
+    };
+    let answer = place_alone(&db, &StockStrategy::Atomic, placement, job.claim.as_ref()).await;
+    job.answer.send(answer).ok();
+}
+
+/// An order the batch will write.
+struct Accepted {
+    amounts: Amounts,
+    items: Vec<NewItem>,
+}
+
+/// Decides and writes the batch in one transaction: each order's answer,
+/// or an error if the batch as a whole failed (nothing was written).
+async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<OrderView, AppError>>, AppError> {
+    let mut tx = db.begin().await?;
+    let product_ids: BTreeSet<i64> = jobs.iter().flat_map(|job| job.lines.product_ids()).collect();
+    let found = products::lock_for_orders(&mut tx, &Vec::from_iter(product_ids)).await?;
+    fail::fail_point!("stock::take::read");
+    let coupon_ids: BTreeSet<i64> = jobs.iter().filter_map(|job| job.coupon_id).collect();
+    let mut coupons = if coupon_ids.is_empty() {
+        HashMap::new()
+    } else {
+        let locked = coupons::lock_for_orders(&mut tx, &Vec::from_iter(coupon_ids)).await?;
+        locked.into_iter().map(|coupon| (coupon.id, coupon)).collect()
+    };
+    fail::fail_point!("orders::coupon::read");
+
+    let mut left: HashMap<i64, i64> = found.iter().map(|product| (product.id, product.stock)).collect();
+    let now = Utc::now();
+    let decisions: Vec<Result<Accepted, AppError>> =
+        jobs.iter().map(|job| decide(job, &found, &mut left, &mut coupons, now)).collect();
+
+    let accepted: Vec<(&Job, &Accepted)> =
+        jobs.iter().zip(&decisions).filter_map(|(job, decision)| Some((job, decision.as_ref().ok()?))).collect();
+    let mut views = Vec::with_capacity(accepted.len());
+    if !accepted.is_empty() {
+        let mut taken: BTreeMap<i64, i64> = BTreeMap::new();
+        for (job, _) in &accepted {
+            for (product_id, quantity) in job.lines.iter() {
+                *taken.entry(product_id).or_default() += quantity as i64;
+            }
+        }
+        let (ids, quantities): (Vec<i64>, Vec<i64>) = taken.into_iter().unzip();
+        if products::take_stock_many(&mut tx, &ids, &quantities).await? != ids.len() as u64 {
+            return Err(AppError::internal(anyhow!("a locked product vanished")));
+        }
+        fail::fail_point!("orders::batch::taken", |_| Err(AppError::internal(anyhow!("failed at a fail point"))));
+        let new: Vec<NewOrder> = accepted
+            .iter()
+            .map(|(job, order)| NewOrder {
+                user_id: job.user_id,
+                amounts: order.amounts,
+                coupon_id: job.coupon_id,
+                payment_timeout_secs: job.payment_timeout_secs,
+                gate_reservation: None,
+                items: &order.items,
+            })
+            .collect();
+        let rows = orders::insert_many(&mut tx, &new).await?;
+        let (coupon_ids, holders): (Vec<i64>, Vec<i64>) =
+            rows.iter().filter_map(|row| Some((row.coupon_id?, row.id))).unzip();
+        if !coupon_ids.is_empty()
+            && coupons::reserve_many(&mut tx, &coupon_ids, &holders).await? != holders.len() as u64
+        {
+            return Err(AppError::internal(anyhow!("a locked coupon could not be reserved")));
+        }
+        for ((job, order), row) in accepted.iter().zip(&rows) {
+            let view = OrderView::new(row, order.items.iter().map(OrderLineView::from));
+            if let Some(claim) = &job.claim {
+                claim.save(&mut tx, StatusCode::CREATED, &view).await?;
+            }
+            views.push(view);
+        }
+    }
+    tx.commit().await?;
+    // The views follow the accepted orders, which follow the jobs.
+    let mut views = views.into_iter();
+    Ok(decisions
+        .into_iter()
+        .map(|decision| decision.map(|_| views.next().expect("one view per accepted order")))
+        .collect())
+}
+
+/// Decides one order of the batch against the rows read under lock and
+/// what the orders before it took, in the order [`super::place_alone`]
+/// checks: products, minimum total, stock, coupon.
+fn decide(
+    job: &Job,
+    found: &[ProductRow],
+    left: &mut HashMap<i64, i64>,
+    coupons: &mut HashMap<i64, CouponForOrder>,
+    now: DateTime<Utc>,
+) -> Result<Accepted, AppError> {
+    let items = price(&job.lines, |id| found.binary_search_by_key(&id, |product| product.id).ok().map(|i| &found[i]))?;
+    if job.lines.iter().any(|(id, quantity)| left[&id] < quantity as i64) {
+        return Err(AppError::OutOfStock);
+    }
+    let total = total_of(&items);
+    let coupon = match job.coupon_id {
+        Some(coupon_id) => Some(coupon_terms(coupons.get(&coupon_id), job.user_id, total, now)?),
+        None => None,
+    };
+    for (id, quantity) in job.lines.iter() {
+        *left.get_mut(&id).expect("priced, so found") -= quantity as i64;
+    }
+    if let Some(coupon) = job.coupon_id.and_then(|id| coupons.get_mut(&id)) {
+        // Later orders of the batch see it held.
+        coupon.status = "RESERVED".into();
+    }
+    Ok(Accepted { amounts: Amounts::new(total, coupon), items })
+}
