@@ -191,7 +191,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 instances,
                 postgres: &args.postgres,
                 redis_url: &args.redis_url,
-                connections_per_instance: (args.connections as u32 / instances as u32).clamp(8, 40),
+                connections_per_instance: std::env::var("BENCH_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(40),
                 strategies: &strategies,
             })
             .await?

@@ -204,7 +204,8 @@ async fn mixed(setup: Setup<'_>, urls: Arc<[String]>) -> anyhow::Result<Prepared
                 (Method::POST, "/api/orders".to_owned(), Some(order), Some(token.clone()))
             }
             _ => {
-                let (owner, order) = &unpaid[(n / 50) as usize % unpaid.len()];
+                // Two payments in every 50 requests, each of its own order.
+                let (owner, order) = &unpaid[(n / 50 * 2 + n % 2) as usize % unpaid.len()];
                 (Method::POST, "/api/payments".to_owned(), Some(json!({"orderId": order})), Some(owner.clone()))
             }
         };

@@ -137,3 +137,23 @@ fn drop_database(database_url: &str) {
     let name = database_url.rsplit('/').next().unwrap();
     psql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"), "postgres://postgres@127.0.0.1:5432/postgres");
 }
+
+#[tokio::test]
+async fn connections_the_database_dropped_are_replaced_without_an_error() {
+    let app = spawn_app_with(|_| {}).await;
+    assert_eq!(app.get("/api/products", None).await.status(), StatusCode::OK);
+    // What a PostgreSQL restart does to a pool: every connection is gone.
+    let dropped: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS terminated",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(dropped > 0);
+    // The pool tests connections that sat idle, and replaces dead ones.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        assert_eq!(app.get("/api/products", None).await.status(), StatusCode::OK);
+    }
+}
