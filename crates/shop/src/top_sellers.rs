@@ -14,8 +14,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
+use redis::Script;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
 use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -75,6 +75,13 @@ pub struct TopSellers {
     redis: ConnectionManager,
     prefix: String,
     timezone: chrono_tz::Tz,
+}
+
+/// One day's sets: (product, quantity) and (product, revenue).
+struct DaySales {
+    built: bool,
+    quantities: Vec<(i64, i64)>,
+    revenue: Vec<(i64, i64)>,
 }
 
 struct DayKeys {
@@ -138,17 +145,18 @@ impl TopSellers {
     /// lower product id.
     pub async fn top(&self, db: &PgPool, days: u32, limit: usize) -> Result<Vec<TopSeller>, AppError> {
         let today = self.day_of(Utc::now());
-        let mut redis = self.redis.clone();
-        let mut totals: HashMap<i64, (i64, i64)> = HashMap::new();
-        for back in 0..days {
-            let day = today - Days::new(back.into());
-            let keys = self.keys(day);
-            if !redis.exists(&keys.built).await? {
-                self.rebuild(db, day, day == today).await?;
+        let days: Vec<NaiveDate> = (0..days).map(|back| today - Days::new(back.into())).collect();
+        let mut sales = self.read(&days).await?;
+        if sales.iter().any(|day| !day.built) {
+            for (day, _) in days.iter().zip(&sales).filter(|(_, sales)| !sales.built) {
+                self.rebuild(db, *day, *day == today).await?;
             }
-            let quantities: Vec<(i64, i64)> = redis.zrange_withscores(&keys.quantities, 0, -1).await?;
-            let revenue: HashMap<i64, i64> = redis.zrange_withscores(&keys.revenue, 0, -1).await?;
-            for (product_id, quantity) in quantities {
+            sales = self.read(&days).await?;
+        }
+        let mut totals: HashMap<i64, (i64, i64)> = HashMap::new();
+        for day in sales {
+            let revenue: HashMap<i64, i64> = day.revenue.into_iter().collect();
+            for (product_id, quantity) in day.quantities {
                 let entry = totals.entry(product_id).or_default();
                 entry.0 += quantity;
                 entry.1 += revenue.get(&product_id).copied().unwrap_or(0);
@@ -174,6 +182,19 @@ impl TopSellers {
                 total_revenue: revenue,
             })
             .collect())
+    }
+
+    /// The days' sets and whether each is built, in one round trip; a
+    /// transaction, so a day's marker and sets are read together.
+    async fn read(&self, days: &[NaiveDate]) -> Result<Vec<DaySales>, AppError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for day in days {
+            let keys = self.keys(*day);
+            pipe.exists(&keys.built).zrange_withscores(&keys.quantities, 0, -1).zrange_withscores(&keys.revenue, 0, -1);
+        }
+        let replies: Vec<(bool, Vec<(i64, i64)>, Vec<(i64, i64)>)> = pipe.query_async(&mut self.redis.clone()).await?;
+        Ok(replies.into_iter().map(|(built, quantities, revenue)| DaySales { built, quantities, revenue }).collect())
     }
 
     /// Loads one day from PostgreSQL: lines of orders paid that day and not
