@@ -77,11 +77,14 @@ pub struct TopSellers {
     timezone: chrono_tz::Tz,
 }
 
-/// One day's sets: (product, quantity) and (product, revenue).
+/// A sorted set's (product, score) pairs.
+type Scores = Vec<(i64, i64)>;
+
+/// One day's sets: quantities and revenue by product.
 struct DaySales {
     built: bool,
-    quantities: Vec<(i64, i64)>,
-    revenue: Vec<(i64, i64)>,
+    quantities: Scores,
+    revenue: Scores,
 }
 
 struct DayKeys {
@@ -193,7 +196,7 @@ impl TopSellers {
             let keys = self.keys(*day);
             pipe.exists(&keys.built).zrange_withscores(&keys.quantities, 0, -1).zrange_withscores(&keys.revenue, 0, -1);
         }
-        let replies: Vec<(bool, Vec<(i64, i64)>, Vec<(i64, i64)>)> = pipe.query_async(&mut self.redis.clone()).await?;
+        let replies: Vec<(bool, Scores, Scores)> = pipe.query_async(&mut self.redis.clone()).await?;
         Ok(replies.into_iter().map(|(built, quantities, revenue)| DaySales { built, quantities, revenue }).collect())
     }
 
