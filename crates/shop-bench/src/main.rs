@@ -27,6 +27,12 @@ use scenario::{Scenario, Setup};
 use setup::Api;
 use targets::{Spawn, Targets};
 
+/// Database connections of all spawned instances together. PostgreSQL on
+/// two cores is busy with a handful of active connections; more only queue
+/// on its CPUs and on a hot row's lock (measured: a one-wallet charge storm
+/// ran 1,397/s with 40 connections, 2,458/s with 10).
+pub(crate) const TOTAL_POOL: u32 = 10;
+
 #[derive(Parser)]
 #[command(name = "shop-bench", about = "Load generator for shop: scenarios, latency percentiles, invariants")]
 struct Cli {
@@ -104,6 +110,10 @@ pub(crate) struct RunArgs {
     stock_strategy: Option<String>,
     #[arg(long, env = "COUPON_STRATEGY")]
     coupon_strategy: Option<String>,
+    /// Database connections of each spawned instance (default: 10 shared
+    /// by the instances, at least 4 each).
+    #[arg(long)]
+    pool: Option<u32>,
     /// PostgreSQL server for spawned instances (a fresh database is made on it).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     postgres: String,
@@ -153,6 +163,7 @@ async fn main() -> ExitCode {
                 products: 1,
                 targets: Vec::new(),
                 spawn: None,
+                pool: None,
                 points_strategy: None,
                 stock_strategy: None,
                 coupon_strategy: None,
@@ -191,7 +202,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 instances,
                 postgres: &args.postgres,
                 redis_url: &args.redis_url,
-                connections_per_instance: std::env::var("BENCH_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(40),
+                connections_per_instance: args.pool.unwrap_or((TOTAL_POOL / instances as u32).max(4)),
                 strategies: &strategies,
             })
             .await?

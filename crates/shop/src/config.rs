@@ -61,7 +61,7 @@ pub struct Config {
     #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Atomic)]
     pub points_strategy: PointsStrategyKind,
     /// Defaults to the winners of docs/benchmarks.md (see the README).
-    #[arg(long, env = "STOCK_STRATEGY", value_enum, default_value_t = StockStrategyKind::RedisLock)]
+    #[arg(long, env = "STOCK_STRATEGY", value_enum, default_value_t = StockStrategyKind::Batch)]
     pub stock_strategy: StockStrategyKind,
     #[arg(long, env = "COUPON_STRATEGY", value_enum, default_value_t = CouponStrategyKind::RedisGate)]
     pub coupon_strategy: CouponStrategyKind,

@@ -10,10 +10,10 @@ use utoipa::ToSchema;
 use crate::domain::order::OrderStatus;
 use crate::http::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
-use crate::orders::{views, visible};
+use crate::orders::visible;
 use crate::storage::orders::OrderRow;
 use crate::storage::payments::PaymentRow;
-use crate::storage::{coupons, orders, outbox, payments};
+use crate::storage::{orders, outbox, payments};
 use crate::strategy::points::{PointsStrategy, Spend};
 use crate::top_sellers::TopSellers;
 
@@ -48,7 +48,7 @@ impl PaymentView {
     }
 }
 
-/// Why an order cannot be paid now, checked on the locked order too.
+/// Why an order cannot be paid now, checked on the locked order.
 fn check_payable(order: &OrderRow) -> Result<(), AppError> {
     match order.status() {
         OrderStatus::Pending if order.expires_at <= Utc::now() => Err(AppError::OrderExpired),
@@ -59,7 +59,9 @@ fn check_payable(order: &OrderRow) -> Result<(), AppError> {
 
 /// Pays the order's final amount from the caller's points. The debit (through
 /// the points strategy), its `USE` ledger row, the payment, the order's PAID
-/// state, its coupon's use and the outbox event commit together.
+/// state, its coupon's use and the outbox event commit together. The order
+/// is read only under its lock: a payment's first statement is the one that
+/// decides it.
 #[tracing::instrument(skip_all, fields(order_id, user_id))]
 pub async fn pay(
     db: &PgPool,
@@ -69,10 +71,6 @@ pub async fn pay(
     user_id: i64,
     claim: Option<&Claim>,
 ) -> Result<PaymentView, AppError> {
-    // A first look without locks answers most refusals cheaply.
-    let order = visible(orders::find(&mut *db.acquire().await?, order_id).await?, user_id, false)?;
-    check_payable(&order)?;
-    let spend = Spend { user_id, amount: order.final_amount, order_id };
     let hold = points.hold_wallet(user_id).await?;
     let paid = async {
         let mut tx = db.begin().await?;
@@ -82,32 +80,30 @@ pub async fn pay(
         } else {
             orders::lock(&mut tx, order_id).await?
         };
-        let order = order.ok_or_else(|| AppError::not_found("order not found"))?;
+        let order = visible(order, user_id, false)?;
         check_payable(&order)?;
         fail::fail_point!("payments::pay::read");
-        points.debit(&mut tx, spend, &hold).await?;
-        let payment = payments::insert(&mut tx, order.id, user_id, order.final_amount)
+        points.debit(&mut tx, Spend { user_id, amount: order.final_amount, order_id }, &hold).await?;
+        let recorded = payments::record(&mut tx, order.id, user_id, order.final_amount)
             .await
             .on_constraint("payments_order_key", || AppError::OrderNotPayable("PAID"))?;
-        let paid = orders::set_status(&mut tx, order.id, OrderStatus::Paid).await?;
-        coupons::mark_used(&mut tx, order.id).await?;
+        let payment = &recorded.payment;
         let event = json!({
             "orderId": order.id, "userId": user_id, "paymentId": payment.id,
             "finalAmount": order.final_amount, "paidAt": payment.paid_at,
         });
         outbox::record(&mut tx, order.id, "ORDER_PAID", &event).await?;
-        let paid = views(&mut tx, vec![paid]).await?.remove(0);
-        let view = PaymentView::new(&payment, &order);
+        let view = PaymentView::new(payment, &order);
         if let Some(claim) = claim {
             claim.save(&mut tx, axum::http::StatusCode::CREATED, &view).await?;
         }
         tx.commit().await?;
-        Ok::<_, AppError>((view, paid))
+        Ok::<_, AppError>((view, recorded.sales))
     }
     .await;
     points.release_wallet(hold).await;
-    let (payment, order) = paid?;
-    top_sellers.paid(payment.paid_at, &order.sales()).await;
+    let (payment, sales) = paid?;
+    top_sellers.paid(payment.paid_at, &sales).await;
     Ok(payment)
 }
 

@@ -310,15 +310,6 @@ pub async fn release(conn: &mut PgConnection, order_id: i64) -> Result<(), sqlx:
         .map(drop)
 }
 
-/// Marks the coupon reserved by `order_id` as used.
-pub async fn mark_used(conn: &mut PgConnection, order_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE coupons SET status = 'USED' WHERE order_id = $1 AND status = 'RESERVED'")
-        .bind(order_id)
-        .execute(conn)
-        .await
-        .map(drop)
-}
-
 /// Sets the issued count outright, whatever it is now. Only the test-only
 /// `naive` strategy counts this way.
 #[cfg(feature = "naive")]

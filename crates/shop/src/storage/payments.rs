@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use crate::top_sellers::Sale;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PaymentRow {
     pub id: i64,
@@ -13,21 +15,52 @@ pub struct PaymentRow {
     pub paid_at: DateTime<Utc>,
 }
 
-pub async fn insert(
+/// A recorded payment, with its order's lines as sales (product, quantity,
+/// revenue) for the top sellers.
+pub struct RecordedPayment {
+    pub payment: PaymentRow,
+    pub sales: Vec<Sale>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RecordedRow {
+    #[sqlx(flatten)]
+    payment: PaymentRow,
+    product_ids: Vec<i64>,
+    quantities: Vec<i64>,
+    revenues: Vec<i64>,
+}
+
+/// In one statement: the payment, its order set PAID, the order's coupon
+/// USED. A second payment of the order is refused by `payments_order_key`.
+pub async fn record(
     conn: &mut PgConnection,
     order_id: i64,
     user_id: i64,
     amount: i64,
-) -> Result<PaymentRow, sqlx::Error> {
-    sqlx::query_as(
-        "INSERT INTO payments (order_id, user_id, amount) VALUES ($1, $2, $3)
-         RETURNING id, order_id, user_id, amount, status, paid_at",
+) -> Result<RecordedPayment, sqlx::Error> {
+    let row: RecordedRow = sqlx::query_as(
+        "WITH payment AS (
+             INSERT INTO payments (order_id, user_id, amount) VALUES ($1, $2, $3)
+             RETURNING id, order_id, user_id, amount, status, paid_at
+         ), paid AS (
+             UPDATE orders SET status = 'PAID', updated_at = now(), paid_at = now() WHERE id = $1
+         ), used AS (
+             UPDATE coupons SET status = 'USED' WHERE order_id = $1 AND status = 'RESERVED'
+         )
+         SELECT payment.*,
+                ARRAY(SELECT product_id FROM order_items WHERE order_id = $1 ORDER BY product_id) AS product_ids,
+                ARRAY(SELECT quantity::bigint FROM order_items WHERE order_id = $1 ORDER BY product_id) AS quantities,
+                ARRAY(SELECT quantity * unit_price FROM order_items WHERE order_id = $1 ORDER BY product_id) AS revenues
+         FROM payment",
     )
     .bind(order_id)
     .bind(user_id)
     .bind(amount)
     .fetch_one(conn)
-    .await
+    .await?;
+    let sales = row.product_ids.into_iter().zip(row.quantities).zip(row.revenues).map(|((id, q), r)| (id, q, r));
+    Ok(RecordedPayment { sales: sales.collect(), payment: row.payment })
 }
 
 pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<PaymentRow>, sqlx::Error> {

@@ -173,15 +173,27 @@ pub async fn set_balance(
     Ok(result.rows_affected() == 1)
 }
 
-/// Debits `amount` if the balance covers it, in one statement; the new
+/// A payment's debit in one statement: `amount` leaves the wallet and its
+/// `USE` ledger row is written only if the balance covers it. The new
 /// balance, or `None` when it does not.
-pub async fn debit_if_covered(conn: &mut PgConnection, user_id: i64, amount: i64) -> Result<Option<i64>, sqlx::Error> {
+pub async fn debit_if_covered(
+    conn: &mut PgConnection,
+    user_id: i64,
+    amount: i64,
+    order_id: i64,
+) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar(
-        "UPDATE point_wallets SET balance = balance - $2, version = version + 1
-         WHERE user_id = $1 AND balance >= $2 RETURNING balance",
+        "WITH debited AS (
+             UPDATE point_wallets SET balance = balance - $2, version = version + 1
+             WHERE user_id = $1 AND balance >= $2 RETURNING user_id, balance
+         )
+         INSERT INTO point_ledger (user_id, kind, amount, balance_after, order_id)
+         SELECT user_id, 'USE', -$2, balance, $3 FROM debited
+         RETURNING balance_after",
     )
     .bind(user_id)
     .bind(amount)
+    .bind(order_id)
     .fetch_optional(conn)
     .await
 }

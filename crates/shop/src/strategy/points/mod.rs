@@ -130,14 +130,9 @@ impl PointsStrategy {
                     .await?
                     .ok_or_else(|| AppError::internal(anyhow::anyhow!("a locked wallet changed")))
             }
-            Self::Atomic => {
-                let balance = wallets::debit_if_covered(conn, spend.user_id, spend.amount)
-                    .await?
-                    .ok_or(AppError::InsufficientPoints)?;
-                ledger::append(conn, spend.user_id, LedgerKind::Use, -spend.amount, balance, Some(spend.order_id))
-                    .await?;
-                Ok(balance)
-            }
+            Self::Atomic => wallets::debit_if_covered(conn, spend.user_id, spend.amount, spend.order_id)
+                .await?
+                .ok_or(AppError::InsufficientPoints),
             Self::RedisLock(locks) => {
                 let lease =
                     hold.lease.as_ref().ok_or_else(|| AppError::internal(anyhow::anyhow!("no wallet lease")))?;
