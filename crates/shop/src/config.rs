@@ -140,6 +140,8 @@ pub enum PointsStrategyKind {
     Pessimistic,
     Atomic,
     RedisLock,
+    /// The charges an instance receives together are made in one transaction.
+    Batch,
     /// No concurrency control at all: unlocked reads, unconditional writes.
     /// Compiled only for the tests that show the races.
     #[cfg(feature = "naive")]

@@ -12,6 +12,7 @@
 //! - [`idempotency`]: `Idempotency-Key` replay, shared by every state-changing POST.
 //! - [`storage`]: SQL, one module per table family.
 //! - [`auth`]: password hashes and tokens.
+//! - [`batcher`]: requests that arrive together, written together (the `batch` strategies).
 //! - [`seed`]: the admin account and demo data.
 //! - [`coupon_types`]: campaigns by code, cached.
 //! - [`orders`], [`payments`]: placing, paying, cancelling and expiring orders.
@@ -19,6 +20,7 @@
 //! - [`top_sellers`]: the best sellers of recent days, from Redis, rebuilt from PostgreSQL.
 
 pub mod auth;
+pub mod batcher;
 pub mod config;
 pub mod coupon_types;
 pub mod domain;

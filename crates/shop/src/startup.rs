@@ -24,7 +24,7 @@ use crate::domain::points::ChargeLimits;
 use crate::http::{self, AppState, Shared};
 use crate::lock::LeaseLocks;
 use crate::strategy::coupons::{CouponGate, CouponStrategy};
-use crate::strategy::points::PointsStrategy;
+use crate::strategy::points::{ChargeBatcher, PointsStrategy};
 use crate::strategy::stock::{StockGate, StockStrategy};
 use crate::top_sellers::TopSellers;
 use crate::{idempotency, orders, seed};
@@ -81,6 +81,7 @@ impl Server {
             }
             PointsStrategyKind::Atomic => PointsStrategy::Atomic,
             PointsStrategyKind::RedisLock => PointsStrategy::RedisLock(locks.clone()),
+            PointsStrategyKind::Batch => PointsStrategy::Batch(ChargeBatcher::start(db.clone())),
             #[cfg(feature = "naive")]
             PointsStrategyKind::Naive => PointsStrategy::Naive,
         };

@@ -15,21 +15,17 @@
 //! checks: a batch whose writes fail anyway is rolled back whole, and its
 //! orders are placed one by one (as `atomic` does), each with its own answer.
 //!
-//! Batches form by themselves: a worker takes whatever queued while the
-//! previous batch was in flight, so a lone order waits for nothing and a
-//! rush fills batches. An order whose client goes away once it is queued
-//! is still placed (it expires unpaid, like any other).
+//! Batches form by themselves (see [`crate::batcher`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use anyhow::anyhow;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{OrderLineView, OrderView, Placement, coupon_terms, place_alone, price, total_of};
+use crate::batcher::Batcher;
 use crate::domain::order::{Amounts, OrderLines};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
@@ -39,19 +35,8 @@ use crate::storage::products::ProductRow;
 use crate::storage::{coupons, orders, products};
 use crate::strategy::stock::StockStrategy;
 
-/// Orders per batch at most: enough for every connection of a rush, few
-/// enough that one statement's arrays stay small.
-const MAX_BATCH: usize = 128;
-/// Workers taking batches. Two, so that one gathers the next batch while
-/// the other's is in flight; more would only queue on a hot product's row.
-const WORKERS: usize = 2;
-/// Orders waiting for a worker; placing more waits for room (backpressure).
-const QUEUE: usize = 4096;
-
-/// The queue of orders waiting for a batch.
-pub struct OrderBatcher {
-    jobs: mpsc::Sender<Job>,
-}
+/// Orders waiting to be placed together.
+pub struct OrderBatcher(Batcher<Job, Result<OrderView, AppError>>);
 
 struct Job {
     user_id: i64,
@@ -59,76 +44,48 @@ struct Job {
     coupon_id: Option<i64>,
     payment_timeout_secs: i64,
     claim: Option<Claim>,
-    answer: oneshot::Sender<Result<OrderView, AppError>>,
 }
 
 impl OrderBatcher {
-    /// Starts the workers; they stop once the batcher is dropped and its
-    /// queue drained.
     pub fn start(db: PgPool) -> Self {
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        let queue = Arc::new(Mutex::new(queue));
-        for _ in 0..WORKERS {
-            tokio::spawn(work(db.clone(), queue.clone()));
-        }
-        Self { jobs }
+        Self(Batcher::start("orders", move |jobs| place_batch(db.clone(), jobs)))
     }
 
     /// Queues the order for the next batch and waits for its answer.
     pub async fn place(&self, placement: Placement<'_>, claim: Option<&Claim>) -> Result<OrderView, AppError> {
-        let (answer, answered) = oneshot::channel();
         let job = Job {
             user_id: placement.user_id,
             lines: placement.lines.clone(),
             coupon_id: placement.coupon_id,
             payment_timeout_secs: placement.payment_timeout_secs,
             claim: claim.cloned(),
-            answer,
         };
-        self.jobs.send(job).await.map_err(|_| AppError::internal(anyhow!("the order batcher has stopped")))?;
-        answered.await.map_err(|_| AppError::internal(anyhow!("an order batch was dropped unanswered")))?
+        self.0.submit(job).await?
     }
 }
 
-async fn work(db: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        // The lock is held only while gathering: the other worker gathers
-        // the next batch while this one is written.
-        if queue.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        place_batch(&db, std::mem::take(&mut batch)).await;
-    }
-}
-
-async fn place_batch(db: &PgPool, jobs: Vec<Job>) {
-    metrics::histogram!("shop_order_batch_size").record(jobs.len() as f64);
-    match write(db, &jobs).await {
-        Ok(answers) => {
-            for (job, answer) in jobs.into_iter().zip(answers) {
-                // The client may have gone; its order stands (see above).
-                job.answer.send(answer).ok();
-            }
-        }
+async fn place_batch(db: PgPool, jobs: Vec<Job>) -> Vec<Result<OrderView, AppError>> {
+    match write(&db, &jobs).await {
+        Ok(answers) => answers,
         Err(error) => {
             tracing::warn!(%error, orders = jobs.len(), "an order batch failed; placing its orders one by one");
-            for job in jobs {
-                tokio::spawn(place_one(db.clone(), job));
+            let mut answers = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                answers.push(place_one(&db, job).await);
             }
+            answers
         }
     }
 }
 
-async fn place_one(db: PgPool, job: Job) {
+async fn place_one(db: &PgPool, job: &Job) -> Result<OrderView, AppError> {
     let placement = Placement {
         user_id: job.user_id,
         lines: &job.lines,
         coupon_id: job.coupon_id,
         payment_timeout_secs: job.payment_timeout_secs,
     };
-    let answer = place_alone(&db, &StockStrategy::Atomic, placement, job.claim.as_ref()).await;
-    job.answer.send(answer).ok();
+    place_alone(db, &StockStrategy::Atomic, placement, job.claim.as_ref()).await
 }
 
 /// An order the batch will write.

@@ -34,6 +34,29 @@ pub async fn append(
         .map(drop)
 }
 
+/// A `CHARGE` row of a batch.
+pub struct NewCharge {
+    pub user_id: i64,
+    pub amount: i64,
+    pub balance_after: i64,
+}
+
+/// Appends `CHARGE` rows in the order given, so their ids follow it.
+pub async fn append_charges(conn: &mut PgConnection, rows: &[NewCharge]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO point_ledger (user_id, kind, amount, balance_after)
+         SELECT user_id, 'CHARGE', amount, balance_after
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS t(user_id, amount, balance_after, n)
+         ORDER BY n",
+    )
+    .bind(rows.iter().map(|row| row.user_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.amount).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.balance_after).collect::<Vec<_>>())
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
 /// Newest first, strictly older than `before_id` when given.
 pub async fn page(
     conn: &mut PgConnection,

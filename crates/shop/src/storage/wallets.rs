@@ -53,6 +53,54 @@ pub async fn read_for_update(conn: &mut PgConnection, user_id: i64) -> Result<Op
         .await
 }
 
+/// Locks the wallets of `user_ids` in ascending order and reads them.
+pub async fn lock_many(conn: &mut PgConnection, user_ids: &[i64]) -> Result<Vec<(i64, Wallet)>, sqlx::Error> {
+    let rows: Vec<WalletOf> = sqlx::query_as(concat!(
+        "SELECT user_id, ",
+        wallet_columns!(),
+        " FROM point_wallets WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE"
+    ))
+    .bind(user_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.user_id, row.wallet)).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct WalletOf {
+    user_id: i64,
+    #[sqlx(flatten)]
+    wallet: Wallet,
+}
+
+/// A wallet's new balance and charge counters.
+pub struct WalletWrite {
+    pub user_id: i64,
+    pub balance: i64,
+    pub counters: ChargeCounters,
+}
+
+/// Writes wallets the caller has locked and read.
+pub async fn write_many(conn: &mut PgConnection, writes: &[WalletWrite]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE point_wallets w
+         SET balance = t.balance, charge_day = t.day, charges_on_day = t.on_day, charge_month = t.month,
+             charges_in_month = t.in_month, version = w.version + 1
+         FROM unnest($1::bigint[], $2::bigint[], $3::date[], $4::int[], $5::date[], $6::int[])
+              AS t(user_id, balance, day, on_day, month, in_month)
+         WHERE w.user_id = t.user_id",
+    )
+    .bind(writes.iter().map(|w| w.user_id).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.balance).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.counters.day).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.counters.on_day).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.counters.month).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.counters.in_month).collect::<Vec<_>>())
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
 pub enum FenceClaim {
     /// The token was newer than any written before: the row is now locked by
     /// this transaction and carries the token.

@@ -82,7 +82,7 @@ async fn stock_is_never_oversold_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn charges_and_payments_across_instances_keep_the_ledger() {
-    for strategy in ["optimistic", "pessimistic", "atomic", "redis-lock"] {
+    for strategy in ["optimistic", "pessimistic", "atomic", "redis-lock", "batch"] {
         let cluster = start("POINTS_STRATEGY", strategy).await;
         let admin = admin_of(&cluster.db).await;
         let product = json!({"name": "once", "price": 3000, "stock": 100, "category": "test"});

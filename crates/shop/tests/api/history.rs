@@ -58,7 +58,7 @@ async fn a_random_history_across_instances_is_consistent() {
     let seed = setting("SHOP_HISTORY_SEED").unwrap_or_else(rand::random);
     let operations = setting("SHOP_HISTORY_OPERATIONS").unwrap_or(400);
     let mut rng = StdRng::seed_from_u64(seed);
-    let points = *["optimistic", "pessimistic", "atomic", "redis-lock"].choose(&mut rng).unwrap();
+    let points = *["optimistic", "pessimistic", "atomic", "redis-lock", "batch"].choose(&mut rng).unwrap();
     let stock = *["optimistic", "pessimistic", "atomic", "redis-lock", "redis-gate", "batch"].choose(&mut rng).unwrap();
     let coupons = *["pessimistic", "atomic", "redis-lock", "redis-gate"].choose(&mut rng).unwrap();
     eprintln!(

@@ -44,11 +44,12 @@ where
     (a, b)
 }
 
-const POINTS_STRATEGIES: [PointsStrategyKind; 4] = [
+const POINTS_STRATEGIES: [PointsStrategyKind; 5] = [
     PointsStrategyKind::Optimistic,
     PointsStrategyKind::Pessimistic,
     PointsStrategyKind::Atomic,
     PointsStrategyKind::RedisLock,
+    PointsStrategyKind::Batch,
 ];
 const STOCK_STRATEGIES: [StockStrategyKind; 6] = [
     StockStrategyKind::Optimistic,

@@ -5,6 +5,7 @@
 //! row in one transaction.
 
 mod atomic;
+mod batch;
 #[cfg(feature = "naive")]
 mod naive;
 mod optimistic;
@@ -25,6 +26,8 @@ use crate::storage::wallets::Wallet;
 use crate::storage::{ledger, wallets};
 use crate::strategy::{lease_error, lost_race, set_lock_timeout};
 
+pub use batch::ChargeBatcher;
+
 pub enum PointsStrategy {
     Optimistic {
         max_retries: u32,
@@ -34,6 +37,7 @@ pub enum PointsStrategy {
     },
     Atomic,
     RedisLock(LeaseLocks),
+    Batch(ChargeBatcher),
     #[cfg(feature = "naive")]
     Naive,
 }
@@ -54,6 +58,7 @@ impl PointsStrategy {
             Self::Pessimistic { .. } => PointsStrategyKind::Pessimistic,
             Self::Atomic => PointsStrategyKind::Atomic,
             Self::RedisLock(_) => PointsStrategyKind::RedisLock,
+            Self::Batch(_) => PointsStrategyKind::Batch,
             #[cfg(feature = "naive")]
             Self::Naive => PointsStrategyKind::Naive,
         }
@@ -78,6 +83,7 @@ impl PointsStrategy {
             Self::Pessimistic { lock_timeout } => pessimistic::charge(db, charge, claim, *lock_timeout).await,
             Self::Atomic => atomic::charge(db, charge, claim).await,
             Self::RedisLock(locks) => redis_lock::charge(db, locks, charge, claim).await,
+            Self::Batch(batcher) => batcher.charge(charge, claim).await,
             #[cfg(feature = "naive")]
             Self::Naive => naive::charge(db, charge, claim).await,
         }
@@ -130,9 +136,11 @@ impl PointsStrategy {
                     .await?
                     .ok_or_else(|| AppError::internal(anyhow::anyhow!("a locked wallet changed")))
             }
-            Self::Atomic => wallets::debit_if_covered(conn, spend.user_id, spend.amount, spend.order_id)
-                .await?
-                .ok_or(AppError::InsufficientPoints),
+            Self::Atomic | Self::Batch(_) => {
+                wallets::debit_if_covered(conn, spend.user_id, spend.amount, spend.order_id)
+                    .await?
+                    .ok_or(AppError::InsufficientPoints)
+            }
             Self::RedisLock(locks) => {
                 let lease =
                     hold.lease.as_ref().ok_or_else(|| AppError::internal(anyhow::anyhow!("no wallet lease")))?;

@@ -214,6 +214,7 @@ mod payments {
         pessimistic => Pessimistic,
         atomic => Atomic,
         redis_lock => RedisLock,
+        batch => Batch,
     }
 }
 

@@ -27,7 +27,7 @@ async fn two_hundred_charges_lose_no_update(strategy: PointsStrategyKind) {
     for (status, code) in &failures {
         assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("CONCURRENCY_CONFLICT")));
     }
-    if matches!(strategy, PointsStrategyKind::Atomic | PointsStrategyKind::Pessimistic) {
+    if matches!(strategy, PointsStrategyKind::Atomic | PointsStrategyKind::Pessimistic | PointsStrategyKind::Batch) {
         assert!(failures.is_empty(), "{strategy:?} should queue, not fail: {} failures", failures.len());
     }
     assert!(successes > 0);
@@ -35,6 +35,19 @@ async fn two_hundred_charges_lose_no_update(strategy: PointsStrategyKind) {
     let (balance, ledger_sum) = app.balance_and_ledger_sum(user.id).await;
     assert_eq!(balance, initial + 1000 * successes, "every success and nothing else is in the balance");
     assert_eq!(ledger_sum, balance);
+    // Read in id order, the ledger is a running sum: every row's balance
+    // after is the one before it plus its amount.
+    let broken_links: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT amount, balance_after,
+                                      lag(balance_after, 1, 0::bigint) OVER (ORDER BY id) AS before
+                               FROM point_ledger WHERE user_id = $1) AS rows
+         WHERE balance_after <> before + amount",
+    )
+    .bind(user.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(broken_links, 0, "{strategy:?}");
     app.assert_invariants().await;
 }
 
@@ -79,4 +92,5 @@ for_each_points_strategy! {
     pessimistic => Pessimistic,
     atomic => Atomic,
     redis_lock => RedisLock,
+    batch => Batch,
 }

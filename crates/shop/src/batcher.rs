@@ -1,0 +1,80 @@
+//! Requests that arrive together are written together: a queue, and workers
+//! that each take whatever queued while the previous batch was in flight
+//! and hand it to one write. A lone request waits for nothing; a rush fills
+//! batches, so a hot row is locked and written once per batch, and a batch
+//! costs a handful of round trips and one WAL flush whatever its size.
+//!
+//! Used by the `batch` strategies of orders (`orders::batch`) and charges
+//! (`strategy::points::batch`). A request whose client goes away once it is
+//! queued is still written, as it would be had it reached the database.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::http::error::AppError;
+
+/// Requests per batch at most: enough for every connection of a rush, few
+/// enough that one statement's arrays stay small.
+const MAX_BATCH: usize = 128;
+/// Workers per batcher. Two, so that one gathers the next batch while the
+/// other's is in flight; more would only queue on a hot row.
+const WORKERS: usize = 2;
+/// Requests waiting for a worker; submitting more waits for room.
+const QUEUE: usize = 4096;
+
+type Queue<J, A> = Arc<Mutex<mpsc::Receiver<(J, oneshot::Sender<A>)>>>;
+
+pub struct Batcher<J, A> {
+    name: &'static str,
+    jobs: mpsc::Sender<(J, oneshot::Sender<A>)>,
+}
+
+impl<J: Send + 'static, A: Send + 'static> Batcher<J, A> {
+    /// Starts the workers. `write` answers a batch, one answer per job in
+    /// the order given. The workers stop once the batcher is dropped and
+    /// its queue drained. `name` labels the batch-size metric.
+    pub fn start<F, Fut>(name: &'static str, write: F) -> Self
+    where
+        F: Fn(Vec<J>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<A>> + Send + 'static,
+    {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        let write = Arc::new(write);
+        for _ in 0..WORKERS {
+            tokio::spawn(work(name, queue.clone(), write.clone()));
+        }
+        Self { name, jobs }
+    }
+
+    /// Queues the job for the next batch and waits for its answer.
+    pub async fn submit(&self, job: J) -> Result<A, AppError> {
+        let (answer, answered) = oneshot::channel();
+        let stopped = || AppError::internal(anyhow!("the {} batcher has stopped", self.name));
+        self.jobs.send((job, answer)).await.map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())
+    }
+}
+
+async fn work<J, A, F, Fut>(name: &'static str, queue: Queue<J, A>, write: Arc<F>)
+where
+    F: Fn(Vec<J>) -> Fut,
+    Fut: Future<Output = Vec<A>>,
+{
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        // The lock is held only while gathering: the other worker gathers
+        // the next batch while this one is written.
+        if queue.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        metrics::histogram!("shop_batch_size", "batch" => name).record(batch.len() as f64);
+        let (jobs, answers): (Vec<J>, Vec<oneshot::Sender<A>>) = std::mem::take(&mut batch).into_iter().unzip();
+        for (answer, result) in answers.into_iter().zip(write(jobs).await) {
+            // The client may have gone; what was written stands.
+            answer.send(result).ok();
+        }
+    }
+}

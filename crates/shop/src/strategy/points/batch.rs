@@ -1,0 +1,125 @@
+//! Batch: the charges an instance receives together are written together,
+//! in one transaction (see [`crate::batcher`]). A wallet charged from many
+//! tabs is locked and written once per batch instead of once per charge,
+//! so one wallet takes charges faster than its single row can be updated.
+//!
+//! A batch locks its wallets (ascending user id, as every wallet lock is
+//! taken) and reads them; under those locks it applies each charge in
+//! arrival order to what the charges before it left: the limits are checked
+//! on the counters so far, the balance grows. A refused charge gets its
+//! answer (`CHARGE_LIMIT_EXCEEDED`, `NOT_FOUND`) and changes nothing; the
+//! accepted ones are written with one statement for the wallets and one for
+//! their ledger rows, each row with its own balance after. A batch whose
+//! writes fail is rolled back whole and its charges made one by one, as
+//! `atomic` makes them. Payments' debits are `atomic`'s single statement:
+//! they take the same row lock.
+//!
+//! Cost: a lone charge waits for nothing, and costs four round trips
+//! (begin, lock, two writes) and a commit instead of `atomic`'s one
+//! statement. Never answers `CONCURRENCY_CONFLICT`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::anyhow;
+use sqlx::PgPool;
+
+use super::{Charge, atomic, save_response, wallet_missing};
+use crate::batcher::Batcher;
+use crate::domain::points::ChargeCounters;
+use crate::http::error::AppError;
+use crate::idempotency::Claim;
+use crate::storage::ledger::{self, NewCharge};
+use crate::storage::wallets::{self, WalletWrite};
+
+/// Charges waiting to be made together.
+pub struct ChargeBatcher(Batcher<Job, Result<i64, AppError>>);
+
+struct Job {
+    charge: Charge,
+    claim: Option<Claim>,
+}
+
+impl ChargeBatcher {
+    pub fn start(db: PgPool) -> Self {
+        Self(Batcher::start("charges", move |jobs| charge_batch(db.clone(), jobs)))
+    }
+
+    /// Queues the charge for the next batch; its new balance.
+    pub async fn charge(&self, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
+        self.0.submit(Job { charge, claim: claim.cloned() }).await?
+    }
+}
+
+async fn charge_batch(db: PgPool, jobs: Vec<Job>) -> Vec<Result<i64, AppError>> {
+    match write(&db, &jobs).await {
+        Ok(answers) => answers,
+        Err(error) => {
+            tracing::warn!(%error, charges = jobs.len(), "a charge batch failed; charging one by one");
+            let mut answers = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                answers.push(atomic::charge(&db, job.charge, job.claim.as_ref()).await);
+            }
+            answers
+        }
+    }
+}
+
+/// A wallet as the batch's charges leave it.
+struct Running {
+    balance: i64,
+    counters: ChargeCounters,
+    charged: bool,
+}
+
+/// Applies and writes the batch in one transaction: each charge's answer,
+/// or an error if the batch as a whole failed (nothing was written).
+async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<i64, AppError>>, AppError> {
+    let mut tx = db.begin().await?;
+    let user_ids: BTreeSet<i64> = jobs.iter().map(|job| job.charge.user_id).collect();
+    let mut wallets: HashMap<i64, Running> = wallets::lock_many(&mut tx, &Vec::from_iter(user_ids))
+        .await?
+        .into_iter()
+        .map(|(user_id, wallet)| {
+            (user_id, Running { balance: wallet.balance, counters: wallet.counters(), charged: false })
+        })
+        .collect();
+    fail::fail_point!("points::charge::read");
+    let mut ledger_rows = Vec::new();
+    let answers: Vec<Result<i64, AppError>> = jobs
+        .iter()
+        .map(|job| {
+            let charge = job.charge;
+            let wallet = wallets.get_mut(&charge.user_id).ok_or_else(wallet_missing)?;
+            wallet.counters = wallet.counters.after_charge(charge.on, charge.limits)?;
+            wallet.balance += charge.amount.won();
+            wallet.charged = true;
+            ledger_rows.push(NewCharge {
+                user_id: charge.user_id,
+                amount: charge.amount.won(),
+                balance_after: wallet.balance,
+            });
+            Ok(wallet.balance)
+        })
+        .collect();
+    if !ledger_rows.is_empty() {
+        let written: Vec<WalletWrite> = wallets
+            .iter()
+            .filter(|(_, wallet)| wallet.charged)
+            .map(|(user_id, wallet)| WalletWrite {
+                user_id: *user_id,
+                balance: wallet.balance,
+                counters: wallet.counters,
+            })
+            .collect();
+        wallets::write_many(&mut tx, &written).await?;
+        fail::fail_point!("points::batch::written", |_| Err(AppError::internal(anyhow!("failed at a fail point"))));
+        ledger::append_charges(&mut tx, &ledger_rows).await?;
+        for (job, answer) in jobs.iter().zip(&answers) {
+            if let Ok(balance) = answer {
+                save_response(&mut tx, job.charge, *balance, job.claim.as_ref()).await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
