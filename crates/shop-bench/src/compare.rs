@@ -43,7 +43,7 @@ fn matrix() -> Vec<Case> {
         1,
         1,
     );
-    let points = ["optimistic", "pessimistic", "atomic", "redis-lock"];
+    let points = ["optimistic", "pessimistic", "atomic", "redis-lock", "batch"];
     add(Scenario::ChargeStorm, "high: one wallet", "POINTS_STRATEGY", &points, None, 1, 1);
     add(Scenario::ChargeStorm, "low: 64 wallets", "POINTS_STRATEGY", &points, None, 64, 1);
     let stock = ["optimistic", "pessimistic", "atomic", "redis-lock", "redis-gate", "batch"];

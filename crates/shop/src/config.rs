@@ -58,9 +58,10 @@ pub struct Config {
     pub admin_email: String,
     #[arg(long, env = "ADMIN_PASSWORD", default_value = "admin-password", hide_env_values = true)]
     pub admin_password: String,
-    #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Atomic)]
+    /// The three strategies default to the winners of docs/benchmarks.md
+    /// (see the README).
+    #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Batch)]
     pub points_strategy: PointsStrategyKind,
-    /// Defaults to the winners of docs/benchmarks.md (see the README).
     #[arg(long, env = "STOCK_STRATEGY", value_enum, default_value_t = StockStrategyKind::Batch)]
     pub stock_strategy: StockStrategyKind,
     #[arg(long, env = "COUPON_STRATEGY", value_enum, default_value_t = CouponStrategyKind::RedisGate)]
