@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use anyhow::anyhow;
 use sqlx::PgPool;
 
 use super::{Charge, atomic, save_response, wallet_missing};
@@ -112,7 +111,9 @@ async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<i64, AppError>>, 
             })
             .collect();
         wallets::write_many(&mut tx, &written).await?;
-        fail::fail_point!("points::batch::written", |_| Err(AppError::internal(anyhow!("failed at a fail point"))));
+        fail::fail_point!("points::batch::written", |_| Err(AppError::internal(anyhow::anyhow!(
+            "failed at a fail point"
+        ))));
         ledger::append_charges(&mut tx, &ledger_rows).await?;
         for (job, answer) in jobs.iter().zip(&answers) {
             if let Ok(balance) = answer {
