@@ -21,6 +21,7 @@ use crate::auth::{PasswordHasher, Tokens};
 use crate::config::{Config, CouponStrategyKind, DatabaseConfig, PointsStrategyKind, StockStrategyKind};
 use crate::coupon_types::CouponTypes;
 use crate::domain::points::ChargeLimits;
+use crate::http::catalogue::Catalogue;
 use crate::http::{self, AppState, Shared};
 use crate::lock::LeaseLocks;
 use crate::strategy::coupons::{CouponGate, CouponStrategy};
@@ -118,6 +119,7 @@ impl Server {
             )),
         };
         let state = AppState::new(Shared {
+            catalogue: Catalogue::new(db.clone()),
             db,
             redis: redis.clone(),
             tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs)),

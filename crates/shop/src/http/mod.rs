@@ -2,6 +2,7 @@
 //! middleware every request passes through.
 
 mod auth;
+pub mod catalogue;
 mod coupons;
 pub mod error;
 pub mod extract;
@@ -56,6 +57,7 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub db: PgPool,
+    pub catalogue: catalogue::Catalogue,
     pub redis: ConnectionManager,
     pub tokens: Tokens,
     pub passwords: PasswordHasher,

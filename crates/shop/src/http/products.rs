@@ -1,11 +1,14 @@
 //! The catalogue: public reads, admin writes.
 
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::catalogue::CatalogueRead;
 use super::error::{AppError, Problem};
 use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageRequest, bounded};
@@ -76,14 +79,12 @@ pub struct ProductPatch {
 /// Products by ascending id.
 #[utoipa::path(get, path = "/api/products", tag = "products", params(ProductListQuery),
     responses((status = 200, body = Page<Product>), (status = 400, description = "VALIDATION_FAILED", body = Problem)))]
-pub async fn list(
-    State(state): State<AppState>,
-    Query(query): Query<ProductListQuery>,
-) -> Result<Json<Page<Product>>, AppError> {
+pub async fn list(State(state): State<AppState>, Query(query): Query<ProductListQuery>) -> Result<Response, AppError> {
     let page = PageRequest::parse(query.limit.as_deref(), query.cursor.as_deref(), 50)?;
-    let category = query.category.as_deref().map(str::trim).filter(|c| !c.is_empty());
-    let rows = products::page(&mut *state.db.acquire().await?, category, page.after, page.fetch()).await?;
-    Ok(Json(page.page(rows, |row| row.id, Product::from)))
+    let category = query.category.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned);
+    let read = CatalogueRead::Page { category, limit: page.limit, after: page.after };
+    let body = state.catalogue.read(read).await?.expect("a page is always found");
+    Ok(json_body(body))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -117,11 +118,14 @@ pub async fn top_sellers(
         (status = 200, body = Product),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
         (status = 404, description = "NOT_FOUND", body = Problem)))]
-pub async fn detail(State(state): State<AppState>, PathId(id): PathId) -> Result<Json<Product>, AppError> {
-    let row = products::find(&mut *state.db.acquire().await?, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("product not found"))?;
-    Ok(Json(row.into()))
+pub async fn detail(State(state): State<AppState>, PathId(id): PathId) -> Result<Response, AppError> {
+    let body = state.catalogue.read(CatalogueRead::Product(id)).await?;
+    Ok(json_body(body.ok_or_else(|| AppError::not_found("product not found"))?))
+}
+
+/// A JSON body serialized beforehand (and shared by the requests of one read).
+fn json_body(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 /// Adds a product (admin).

@@ -110,3 +110,39 @@ async fn empty_query_parameters_count_as_absent() {
     let page: Value = response.json().await.unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
 }
+
+/// Identical reads share queries, but never one sent before they arrived:
+/// with the product read without pause by others, each buyer's next read
+/// still shows the stock after their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_reads_show_every_write_that_finished_before_them() {
+    let app = spawn_app().await;
+    let product = app.create_product("hot", 1000, 1000).await;
+    let buyer = app.new_user().await;
+    let path = format!("/api/products/{product}");
+    let list = "/api/products?limit=100";
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let readers = futures::future::join_all((0..16).map(|_| async {
+        let mut reads = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            assert_eq!(app.get(&path, None).await.status(), StatusCode::OK);
+            assert_eq!(app.get(list, None).await.status(), StatusCode::OK);
+            reads += 2;
+        }
+        reads
+    }));
+    let buyer_reads = async {
+        for placed in 1..=100 {
+            app.order_id(&buyer, &[(product, 1)], None).await;
+            let read: Value = app.get(&path, None).await.json().await.unwrap();
+            assert_eq!(read["stock"], 1000 - placed, "a read after order {placed}");
+            let listed: Value = app.get(list, None).await.json().await.unwrap();
+            let item = listed["items"].as_array().unwrap().iter().find(|item| item["id"] == product).cloned();
+            assert_eq!(item.unwrap()["stock"], 1000 - placed, "a listing after order {placed}");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (reads, ()) = tokio::join!(readers, buyer_reads);
+    assert!(reads.iter().sum::<usize>() > 0);
+    app.assert_invariants().await;
+}
