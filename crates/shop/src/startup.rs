@@ -118,8 +118,9 @@ impl Server {
                 config.locks.gate_reconcile_after(),
             )),
         };
+        let top_sellers = TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone);
         let state = AppState::new(Shared {
-            catalogue: Catalogue::new(db.clone()),
+            catalogue: Catalogue::new(db.clone(), top_sellers.clone()),
             db,
             redis: redis.clone(),
             tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs)),
@@ -128,7 +129,7 @@ impl Server {
             coupons,
             coupon_types: CouponTypes::default(),
             stock,
-            top_sellers: TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone),
+            top_sellers,
             order_payment_timeout_secs: config.order_payment_timeout_secs as i64,
             charge_limits: ChargeLimits {
                 daily: config.points_daily_charge_limit,

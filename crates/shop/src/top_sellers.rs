@@ -71,6 +71,7 @@ pub struct TopSeller {
 /// (product id, quantity, revenue) of one order line.
 pub type Sale = (i64, i64, i64);
 
+#[derive(Clone)]
 pub struct TopSellers {
     redis: ConnectionManager,
     prefix: String,

@@ -106,10 +106,11 @@ pub struct TopSellersQuery {
 pub async fn top_sellers(
     State(state): State<AppState>,
     Query(query): Query<TopSellersQuery>,
-) -> Result<Json<Vec<TopSeller>>, AppError> {
+) -> Result<Response, AppError> {
     let days = bounded(query.days.as_deref(), "days", 3, 30)?;
     let limit = bounded(query.limit.as_deref(), "limit", 5, 100)?;
-    Ok(Json(state.top_sellers.top(&state.db, days as u32, limit as usize).await?))
+    let read = CatalogueRead::TopSellers { days: days as u32, limit: limit as usize };
+    Ok(json_body(state.catalogue.read(read).await?.expect("a ranking is always found")))
 }
 
 /// One product.

@@ -36,10 +36,14 @@ async fn charges_of_a_failed_batch_are_made_one_by_one() {
     })
     .await;
     let user = app.new_user().await;
-    // Every batch fails once it has written the wallets: only the fallback charges.
+    // Every batch fails once it has written the wallets: only the fallback
+    // (and a charge alone, made as by `atomic`) charges. Each charge pauses
+    // after its read, so the others queue and batches form.
     fail::cfg("points::batch::written", "return").unwrap();
+    fail::cfg("points::charge::read", "sleep(50)").unwrap();
     let outcomes = futures::future::join_all((0..12).map(|_| app.charge(&user, 1000))).await;
     fail::remove("points::batch::written");
+    fail::remove("points::charge::read");
     let statuses: Vec<StatusCode> = outcomes.iter().map(reqwest::Response::status).collect();
     assert_eq!(statuses.iter().filter(|status| **status == StatusCode::OK).count(), 5, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|status| **status == StatusCode::CONFLICT).count(), 7, "{statuses:?}");
