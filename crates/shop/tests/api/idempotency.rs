@@ -3,6 +3,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use shop::config::{PointsStrategyKind, StockStrategyKind};
 use tokio::sync::Barrier;
 
 use crate::support::{TestApp, User, assert_problem, spawn_app, spawn_app_with};
@@ -109,4 +110,49 @@ async fn concurrent_requests_with_one_key_take_effect_once() {
     }
     assert!(ok >= 1);
     assert_eq!(app.balance_and_ledger_sum(user.id).await, (7000, 7000));
+}
+
+/// Under the `batch` strategies, keyed requests written in one batch store
+/// their answers in its transaction: each replays its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_charges_and_orders_replay_their_own_answers() {
+    let app = spawn_app_with(|config| {
+        config.points_strategy = PointsStrategyKind::Batch;
+        config.stock_strategy = StockStrategyKind::Batch;
+        config.points_daily_charge_limit = 0;
+    })
+    .await;
+    let product = app.create_product("keyed", 1000, 100).await;
+    let users = app.bulk_users(30).await;
+    let order = json!({"items": [{"productId": product, "quantity": 2}]});
+    let send_all = || async {
+        let charges = join_all(
+            users
+                .iter()
+                .enumerate()
+                .map(|(i, user)| charge_with_key(&app, user, "charge", json!({"amount": 1000 * (i as i64 + 1)}))),
+        );
+        let orders =
+            join_all(users.iter().map(|user| app.post_with_key("/api/orders", &user.token, "order", &order).send()));
+        let (charges, orders) = tokio::join!(charges, orders);
+        let mut answers = Vec::new();
+        for response in charges.into_iter().chain(orders.into_iter().map(Result::unwrap)) {
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            answers.push((response.status(), replayed, response.json::<Value>().await.unwrap()));
+        }
+        answers
+    };
+    let first = send_all().await;
+    assert!(first.iter().all(|(status, replayed, _)| status.is_success() && !replayed), "{first:?}");
+    let again = send_all().await;
+    for ((status, _, body), (replay_status, replayed, replay_body)) in first.iter().zip(&again) {
+        assert_eq!((status, body), (replay_status, replay_body));
+        assert!(replayed);
+    }
+    for (i, user) in users.iter().enumerate() {
+        let charged = 1000 * (i as i64 + 1);
+        assert_eq!(app.balance_and_ledger_sum(user.id).await, (charged, charged));
+    }
+    assert_eq!(app.stock(product).await, 100 - 2 * 30);
+    app.assert_invariants().await;
 }
