@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use clap::ValueEnum;
+use futures::StreamExt;
 use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
@@ -165,6 +166,11 @@ fn tokens(sessions: Vec<Session>) -> Arc<[String]> {
     sessions.into_iter().map(|session| session.token).collect()
 }
 
+/// Unpaid orders mixed prepares per user, for its payments: enough for
+/// 150,000 requests (two payments in fifty) with 2,000 users; a longer run
+/// starts paying orders again, and those answer `ORDER_NOT_PAYABLE`.
+const UNPAID_PER_USER: usize = 3;
+
 /// Reads dominate: product list and detail, top sellers, balances; a fifth
 /// of the requests charge, order or pay for an order placed beforehand.
 async fn mixed(setup: Setup<'_>, urls: Arc<[String]>) -> anyhow::Result<Prepared> {
@@ -174,13 +180,28 @@ async fn mixed(setup: Setup<'_>, urls: Arc<[String]>) -> anyhow::Result<Prepared
             .push(setup.api.create_product(setup.admin, &format!("bench {i}"), 1000 * (i + 1), 1_000_000_000).await?);
     }
     let users = setup.api.register_users(setup.users).await?;
+    let api = setup.api;
+    let prepared = futures::stream::iter(users.iter().enumerate())
+        .map(|(i, user)| {
+            let product = products[i % products.len()];
+            async move {
+                let path = format!("/api/users/{}/points", user.user_id);
+                api.post(&path, Some(&user.token), json!({"amount": 1_000_000})).await?;
+                let mut orders = Vec::with_capacity(UNPAID_PER_USER);
+                for _ in 0..UNPAID_PER_USER {
+                    let order = json!({"items": [{"productId": product, "quantity": 1}]});
+                    let placed = api.post("/api/orders", Some(&user.token), order).await?;
+                    orders.push((user.token.clone(), placed["orderId"].as_i64().unwrap_or_default()));
+                }
+                anyhow::Ok(orders)
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
     let mut unpaid = Vec::new();
-    for (i, user) in users.iter().enumerate() {
-        let path = format!("/api/users/{}/points", user.user_id);
-        setup.api.post(&path, Some(&user.token), json!({"amount": 1_000_000})).await?;
-        let order = json!({"items": [{"productId": products[i % products.len()], "quantity": 1}]});
-        let placed = setup.api.post("/api/orders", Some(&user.token), order).await?;
-        unpaid.push((user.token.clone(), placed["orderId"].as_i64().unwrap_or_default()));
+    for orders in prepared {
+        unpaid.extend(orders?);
     }
     let users: Arc<[(i64, String)]> = users.into_iter().map(|user| (user.user_id, user.token)).collect();
     let products: Arc<[i64]> = products.into();
