@@ -197,11 +197,11 @@ pub async fn page(
     .await
 }
 
-/// Moves the order to `status`, stamping the time it was paid or cancelled.
+/// Moves the order to `status`, stamping the time it was cancelled. (A
+/// payment sets PAID itself: `payments::record`.)
 pub async fn set_status(conn: &mut PgConnection, id: i64, status: OrderStatus) -> Result<OrderRow, sqlx::Error> {
     sqlx::query_as(concat!(
         "UPDATE orders SET status = $2, updated_at = now(),
-             paid_at = CASE WHEN $2 = 'PAID' THEN now() ELSE paid_at END,
              cancelled_at = CASE WHEN $2 = 'CANCELLED' THEN now() ELSE cancelled_at END
          WHERE id = $1 RETURNING ",
         order_columns!()
