@@ -9,7 +9,9 @@
 //!    its stored answer, nor a stored answer without its effect.
 //! 3. If the operation fails, [`Claim::settle`] stores a final answer (a
 //!    domain 4xx, which happened without effect) or frees the key for an
-//!    answer a retry could change (5xx, `CONCURRENCY_CONFLICT`).
+//!    answer a retry could change (5xx, `CONCURRENCY_CONFLICT`) — but never
+//!    deletes a stored answer, and keeps the claim when a lost COMMIT could
+//!    not be resolved, so that the retry replays rather than re-runs.
 //!
 //! A claim left by a server that died mid-request had no effect (step 2), so
 //! once it is older than any request can run it is taken over.
@@ -220,22 +222,40 @@ impl Claim {
         Ok(())
     }
 
-    /// After the operation failed without effect: keep a final answer, free
-    /// the key when a retry could be answered differently.
+    /// After the operation failed: keep a final answer, free the key when a
+    /// retry could be answered differently, and leave it claimed when the
+    /// effect may have committed ([`AppError::OutcomeUnknown`]): its answer
+    /// was stored with it, so a retry replays it, or, if it did not commit,
+    /// takes the claim over once stale.
     pub async fn settle(self, db: &PgPool, error: &AppError) -> Result<(), AppError> {
-        let mut conn = db.acquire().await?;
-        if error.is_transient() {
-            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND claim_token = $3")
-                .bind(self.user_id)
-                .bind(&self.key)
-                .bind(self.token)
-                .execute(&mut *conn)
-                .await?;
-        } else {
-            let body = serde_json::to_value(error.problem()).map_err(AppError::internal)?;
-            // Nothing to roll back: the failed operation changed nothing.
-            self.store(&mut conn, error.status(), &body).await?;
+        if matches!(error, AppError::OutcomeUnknown) {
+            return Ok(());
         }
+        if error.is_transient() {
+            return self.free(db).await;
+        }
+        let body = serde_json::to_value(error.problem()).map_err(AppError::internal)?;
+        // Nothing to roll back: the failed operation changed nothing.
+        self.store(&mut *db.acquire().await?, error.status(), &body).await
+    }
+
+    /// Deletes the claim unless an answer is stored: a stored answer is
+    /// never deleted. The effect's transaction stores the answer while it
+    /// holds the row, so if that transaction is somehow still running the
+    /// delete waits for it (a bounded while) and then sees its answer.
+    async fn free(&self, db: &PgPool) -> Result<(), AppError> {
+        let mut tx = db.begin().await?;
+        sqlx::query("SELECT set_config('lock_timeout', '1000ms', true)").execute(&mut *tx).await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys
+             WHERE user_id = $1 AND key = $2 AND claim_token = $3 AND response_status IS NULL",
+        )
+        .bind(self.user_id)
+        .bind(&self.key)
+        .bind(self.token)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use crate::idempotency::Claim;
 use crate::storage::coupons::CouponForOrder;
 use crate::storage::orders::{ItemRow, NewItem, NewOrder, OrderRow};
 use crate::storage::products::ProductRow;
-use crate::storage::{coupons, ledger, orders, outbox, payments, products, wallets};
+use crate::storage::{Tx, coupons, ledger, orders, outbox, payments, products, wallets};
 use crate::strategy::stock::StockStrategy;
 use crate::top_sellers::{Sale, TopSellers};
 
@@ -153,7 +153,7 @@ async fn place_alone(
     fail::fail_point!("orders::coupon::read");
     let hold = stock.hold(db, placement.lines).await?;
     let placed = async {
-        let mut tx = db.begin().await?;
+        let mut tx = Tx::begin(db).await?;
         stock.take(&mut tx, placement.lines, &hold).await?;
         let new = NewOrder {
             user_id: placement.user_id,
@@ -265,7 +265,7 @@ pub async fn cancel(
     caller: (i64, bool),
     claim: Option<&Claim>,
 ) -> Result<OrderView, AppError> {
-    let mut tx = db.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     let order = visible(orders::lock(&mut tx, order_id).await?, caller.0, caller.1)?;
     let status = order.status();
     if order::next(status, Event::Cancel).is_err() {
@@ -305,7 +305,7 @@ pub async fn cancel(
 /// Moves a paid order along fulfilment (admin): PAID → SHIPPED → DELIVERED →
 /// COMPLETED; any other move is `INVALID_STATE_TRANSITION`.
 pub async fn advance(db: &PgPool, order_id: i64, target: OrderStatus) -> Result<OrderView, AppError> {
-    let mut tx = db.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     let order = orders::lock(&mut tx, order_id).await?.ok_or_else(|| AppError::not_found("order not found"))?;
     let moved = order::admin_event_to(target)
         .and_then(|event| order::next(order.status(), event).ok())
@@ -323,7 +323,7 @@ pub async fn advance(db: &PgPool, order_id: i64, target: OrderStatus) -> Result<
 /// coupons; orders another instance is expiring are skipped. Returns how
 /// many were expired.
 pub async fn expire_overdue(db: &PgPool, stock: &StockStrategy, batch: i64) -> Result<usize, AppError> {
-    let mut tx = db.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     let overdue = orders::lock_overdue(&mut tx, batch).await?;
     let mut returned = Vec::new();
     for order_id in &overdue {

@@ -13,7 +13,7 @@ use crate::idempotency::Claim;
 use crate::orders::visible;
 use crate::storage::orders::OrderRow;
 use crate::storage::payments::PaymentRow;
-use crate::storage::{orders, outbox, payments};
+use crate::storage::{Tx, orders, outbox, payments};
 use crate::strategy::points::{PointsStrategy, Spend};
 use crate::top_sellers::TopSellers;
 
@@ -73,7 +73,7 @@ pub async fn pay(
 ) -> Result<PaymentView, AppError> {
     let hold = points.hold_wallet(user_id).await?;
     let paid = async {
-        let mut tx = db.begin().await?;
+        let mut tx = Tx::begin(db).await?;
         // Lock order: the order, then the wallet.
         let order = if points.without_locks() {
             orders::find(&mut tx, order_id).await?

@@ -16,6 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool, Postgres};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::{PasswordHasher, Tokens};
 use crate::config::{Config, CouponStrategyKind, DatabaseConfig, PointsStrategyKind, StockStrategyKind};
@@ -137,6 +138,7 @@ impl Server {
             },
             timezone: config.shop_timezone,
             metrics: metrics_handle()?,
+            tasks: TaskTracker::new(),
         });
         let listener = TcpListener::bind(config.bind_addr)
             .await
@@ -202,6 +204,9 @@ impl Server {
             .with_graceful_shutdown(shutdown)
             .await
             .context("the HTTP server failed")?;
+        // Requests whose clients left are still finishing on their own tasks.
+        self.state.tasks.close();
+        self.state.tasks.wait().await;
         stop.cancel();
         for task in background {
             task.await.ok();

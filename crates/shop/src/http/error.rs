@@ -10,6 +10,8 @@ use utoipa::ToSchema;
 
 /// Seconds a client should wait before retrying a lost race.
 const CONFLICT_RETRY_AFTER_SECS: u32 = 1;
+/// Seconds a client should wait before retrying when a dependency failed.
+const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -61,6 +63,15 @@ pub enum AppError {
     IdempotencyKeyInUse,
     #[error("{0}; retry later")]
     ConcurrencyConflict(&'static str),
+    /// PostgreSQL or Redis failed before anything was written: a retry is safe.
+    #[error("{0}; nothing was changed, retry later")]
+    Unavailable(&'static str),
+    /// The database connection was lost after COMMIT was sent, and whether it
+    /// committed could not be found out in time. The request's
+    /// Idempotency-Key stays claimed, so a retry with it replays the answer
+    /// once it is known instead of running the request again.
+    #[error("the database did not confirm whether the change was saved; retry with the same Idempotency-Key")]
+    OutcomeUnknown,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -120,6 +131,7 @@ impl AppError {
             | Self::InvalidStateTransition(_)
             | Self::IdempotencyKeyInUse
             | Self::ConcurrencyConflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -150,6 +162,7 @@ impl AppError {
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
             Self::ConcurrencyConflict(_) => "CONCURRENCY_CONFLICT",
+            Self::Unavailable(_) | Self::OutcomeUnknown => "SERVICE_UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -157,7 +170,14 @@ impl AppError {
     /// Whether a retry of the same request could get another answer; such
     /// answers are not stored under an Idempotency-Key (API.md).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::ConcurrencyConflict(_) | Self::IdempotencyKeyInUse | Self::Internal(_))
+        matches!(
+            self,
+            Self::ConcurrencyConflict(_)
+                | Self::IdempotencyKeyInUse
+                | Self::Unavailable(_)
+                | Self::OutcomeUnknown
+                | Self::Internal(_)
+        )
     }
 
     pub fn problem(&self) -> Problem {
@@ -180,6 +200,9 @@ impl IntoResponse for AppError {
             Self::ConcurrencyConflict(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(CONFLICT_RETRY_AFTER_SECS));
             }
+            Self::Unavailable(_) | Self::OutcomeUnknown => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS));
+            }
             Self::Internal(error) => {
                 response.extensions_mut().insert(InternalErrorReport(Arc::new(error)));
             }
@@ -195,14 +218,62 @@ pub fn problem_response(status: StatusCode, body: &impl Serialize) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))], bytes).into_response()
 }
 
+/// A database failure as the client should see it: a lost race (a deadlock,
+/// a serialization failure, a lock wait past `lock_timeout`) is
+/// `CONCURRENCY_CONFLICT`; a lost or refused connection is
+/// `SERVICE_UNAVAILABLE`; anything else is a bug. A failed statement rolls
+/// its transaction back, so none of these has changed anything — except a
+/// lost COMMIT, which `storage::commit` resolves before it gets here.
 impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> Self {
-        Self::internal(error)
+        if let sqlx::Error::Database(db) = &error {
+            return match db.code().as_deref() {
+                Some("40P01" | "40001" | "55P03") => {
+                    tracing::warn!(%error, "a transaction lost a race in PostgreSQL");
+                    Self::ConcurrencyConflict("the change lost a race in the database")
+                }
+                // Connection exceptions (08), the server shutting down or
+                // starting (57P01–57P03), out of connections (53300).
+                Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
+                    tracing::warn!(%error, "PostgreSQL refused or dropped the connection");
+                    Self::Unavailable("the database is unavailable")
+                }
+                _ => Self::internal(error),
+            };
+        }
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => {
+                tracing::warn!(%error, "PostgreSQL could not be reached");
+                Self::Unavailable("the database is unavailable")
+            }
+            error => Self::internal(error),
+        }
     }
 }
 
 impl From<redis::RedisError> for AppError {
     fn from(error: redis::RedisError) -> Self {
+        let unreachable = error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+            || error.is_cluster_error()
+            || matches!(
+                error.kind(),
+                redis::ErrorKind::Server(
+                    redis::ServerErrorKind::BusyLoading
+                        | redis::ServerErrorKind::MasterDown
+                        | redis::ServerErrorKind::TryAgain
+                )
+            );
+        if unreachable {
+            tracing::warn!(%error, "Redis could not be reached");
+            return Self::Unavailable("Redis is unavailable");
+        }
         Self::internal(error)
     }
 }

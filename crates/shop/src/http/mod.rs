@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::HeaderName;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,8 +32,9 @@ use sqlx::PgPool;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tokio_util::task::TaskTracker;
 use tower_http::trace::TraceLayer;
-use tracing::Span;
+use tracing::{Instrument, Span};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -70,6 +71,9 @@ pub struct Shared {
     pub charge_limits: ChargeLimits,
     pub timezone: chrono_tz::Tz,
     pub metrics: PrometheusHandle,
+    /// Requests that change state, each on a task of its own (see
+    /// [`run_to_completion`]); shutdown waits for them.
+    pub tasks: TaskTracker,
 }
 
 impl AppState {
@@ -133,6 +137,7 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn_with_state(state.tasks.clone(), run_to_completion))
         .layer(CatchPanicLayer::custom(|_| AppError::internal(anyhow::anyhow!("a handler panicked")).into_response()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
 
@@ -181,4 +186,18 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed());
     response
+}
+
+/// axum drops a handler's future when its client disconnects. A request that
+/// changes state must not stop half-way — between a Redis gate and its
+/// write, holding a lease or a batch's answer, with an Idempotency-Key
+/// claimed — so it runs on a task of its own that the connection only
+/// awaits: the task finishes, and settles what it took, whether or not
+/// anyone is left to read the answer. Reads are dropped freely.
+async fn run_to_completion(State(tasks): State<TaskTracker>, request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(request).await;
+    }
+    let running = tasks.spawn(next.run(request).in_current_span());
+    running.await.unwrap_or_else(|error| AppError::internal(anyhow::anyhow!("a request task failed: {error}")).into_response())
 }

@@ -14,6 +14,9 @@
 //! stock, orders with their lines, and coupons. The constraints back the
 //! checks: a batch whose writes fail anyway is rolled back whole, and its
 //! orders are placed one by one (as `atomic` does), each with its own answer.
+//! A batch whose COMMIT reply was lost is resolved (`storage::Tx`) and never
+//! redone: if it cannot be resolved, each of its orders is answered
+//! `SERVICE_UNAVAILABLE`, its Idempotency-Key kept.
 //!
 //! Batches form by themselves (see [`crate::batcher`]).
 
@@ -32,7 +35,7 @@ use crate::idempotency::Claim;
 use crate::storage::coupons::CouponForOrder;
 use crate::storage::orders::{NewItem, NewOrder};
 use crate::storage::products::ProductRow;
-use crate::storage::{coupons, orders, products};
+use crate::storage::{Tx, coupons, orders, products};
 use crate::strategy::stock::StockStrategy;
 
 /// Orders waiting to be placed together.
@@ -67,6 +70,8 @@ impl OrderBatcher {
 async fn place_batch(db: PgPool, jobs: Vec<Job>) -> Vec<Result<OrderView, AppError>> {
     match write(&db, &jobs).await {
         Ok(answers) => answers,
+        // The batch may have committed: redoing it could place orders twice.
+        Err(AppError::OutcomeUnknown) => jobs.iter().map(|_| Err(AppError::OutcomeUnknown)).collect(),
         Err(error) => {
             tracing::warn!(%error, orders = jobs.len(), "an order batch failed; placing its orders one by one");
             let mut answers = Vec::with_capacity(jobs.len());
@@ -97,7 +102,7 @@ struct Accepted {
 /// Decides and writes the batch in one transaction: each order's answer,
 /// or an error if the batch as a whole failed (nothing was written).
 async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<OrderView, AppError>>, AppError> {
-    let mut tx = db.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     let product_ids: BTreeSet<i64> = jobs.iter().flat_map(|job| job.lines.product_ids()).collect();
     let found = products::lock_for_orders(&mut tx, &Vec::from_iter(product_ids)).await?;
     fail::fail_point!("stock::take::read");

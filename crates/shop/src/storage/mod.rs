@@ -1,5 +1,5 @@
 //! SQL, one module per table family. Functions take `&mut PgConnection` and
-//! never begin or commit: the caller owns the transaction.
+//! never begin or commit: the caller owns the transaction, a [`Tx`].
 
 pub mod coupons;
 pub mod ledger;
@@ -7,5 +7,8 @@ pub mod orders;
 pub mod outbox;
 pub mod payments;
 pub mod products;
+mod tx;
 pub mod users;
 pub mod wallets;
+
+pub use tx::Tx;

@@ -10,7 +10,7 @@ use super::write_coupon;
 use crate::domain::coupon::{CouponType, CouponView};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
-use crate::storage::coupons;
+use crate::storage::{Tx, coupons};
 
 pub async fn issue(
     db: &PgPool,
@@ -20,7 +20,7 @@ pub async fn issue(
 ) -> Result<CouponView, AppError> {
     // No read to race: the conditional increment is the whole decision.
     fail::fail_point!("coupons::issue::read");
-    let mut tx = db.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     if !coupons::count_issued_if_left(&mut tx, coupon_type.id).await? {
         return Err(AppError::CouponSoldOut);
     }

@@ -11,7 +11,7 @@ use super::{count_issued, write_coupon};
 use crate::domain::coupon::{CouponType, CouponView};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
-use crate::storage::coupons;
+use crate::storage::{Tx, coupons};
 use crate::strategy::{lost_race, set_lock_timeout};
 
 pub async fn issue(
@@ -21,7 +21,7 @@ pub async fn issue(
     claim: Option<&Claim>,
     lock_timeout: Duration,
 ) -> Result<CouponView, AppError> {
-    let mut tx = db.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     set_lock_timeout(&mut tx, lock_timeout).await?;
     let (issued, total) = coupons::lock_type(&mut tx, coupon_type.id).await.map_err(lost_race)?;
     fail::fail_point!("coupons::issue::read");

@@ -37,7 +37,7 @@ use super::{count_issued, write_coupon};
 use crate::domain::coupon::{CouponType, CouponView};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
-use crate::storage::coupons;
+use crate::storage::{Tx, coupons};
 
 /// Hands out a unit. KEYS: state, holders, pending. ARGV: user. Public so
 /// the load generator can measure Redis running it alone.
@@ -160,7 +160,7 @@ impl CouponGate {
         // The gate has decided; others racing now get its answer.
         fail::fail_point!("coupons::issue::read");
         let written = async {
-            let mut tx = db.begin().await?;
+            let mut tx = Tx::begin(db).await?;
             count_issued(&mut tx, coupon_type.id).await?;
             let view = write_coupon(&mut tx, coupon_type, user_id, claim).await?;
             if granted_at.elapsed() > self.reconcile_after * 2 / 3 {

@@ -11,7 +11,7 @@ use crate::domain::coupon::{CouponType, CouponView};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
 use crate::lock::LeaseLocks;
-use crate::storage::coupons;
+use crate::storage::{Tx, coupons};
 use crate::strategy::{GiveUp, stale_fence, under_lease};
 
 pub async fn issue(
@@ -25,7 +25,7 @@ pub async fn issue(
     let sold_out = format!("coupon-type:{}:sold-out", coupon_type.id);
     let give_up = GiveUp { flag: &sold_out, answer: || AppError::CouponSoldOut };
     under_lease(locks, &resource, Some(give_up), async |fence| {
-        let mut tx = db.begin().await?;
+        let mut tx = Tx::begin(db).await?;
         let Some((issued, total)) = coupons::claim_fence(&mut tx, coupon_type.id, fence).await? else {
             let newest = coupons::fence(&mut tx, coupon_type.id).await?;
             return Err(stale_fence(locks, &resource, newest).await);

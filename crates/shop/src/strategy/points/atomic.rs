@@ -2,26 +2,23 @@
 //! the ledger insert in the same statement, applies the charge only if the
 //! limits allow; PostgreSQL serializes concurrent statements on the row.
 //!
-//! Cost: the row lock lasts one statement, one round trip without an
-//! Idempotency-Key. The rule lives in SQL beside its Rust form in
+//! Cost: one statement, in a transaction of its own so that a lost COMMIT
+//! can be resolved (see `storage::Tx`); the row lock lasts from the
+//! statement to the commit. The rule lives in SQL beside its Rust form in
 //! `domain::points`. Never answers `CONCURRENCY_CONFLICT`: a concurrent
 //! statement waits for the row and re-checks its condition on the new version.
 
-use sqlx::{Acquire, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
 use super::{Charge, save_response, wallet_missing};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
-use crate::storage::wallets;
+use crate::storage::{Tx, wallets};
 
 pub async fn charge(db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
-    let mut conn = db.acquire().await?;
-    let Some(claim) = claim else {
-        return charge_once(&mut conn, charge).await;
-    };
-    let mut tx = conn.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     let balance = charge_once(&mut tx, charge).await?;
-    save_response(&mut tx, charge, balance, Some(claim)).await?;
+    save_response(&mut tx, charge, balance, claim).await?;
     tx.commit().await?;
     Ok(balance)
 }

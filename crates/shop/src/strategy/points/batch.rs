@@ -11,7 +11,9 @@
 //! accepted ones are written with one statement for the wallets and one for
 //! their ledger rows, each row with its own balance after. A batch whose
 //! writes fail is rolled back whole and its charges made one by one, as
-//! `atomic` makes them. Payments' debits are `atomic`'s single statement:
+//! `atomic` makes them; a batch whose COMMIT reply was lost is resolved
+//! (`storage::Tx`) and never redone: if it cannot be resolved, each of its
+//! charges is answered `SERVICE_UNAVAILABLE`, its Idempotency-Key kept. Payments' debits are `atomic`'s single statement:
 //! they take the same row lock.
 //!
 //! Cost: a charge that finds no other in its batch is made alone, by
@@ -27,6 +29,7 @@ use crate::batcher::Batcher;
 use crate::domain::points::ChargeCounters;
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
+use crate::storage::Tx;
 use crate::storage::ledger::{self, NewCharge};
 use crate::storage::wallets::{self, WalletWrite};
 
@@ -56,6 +59,8 @@ async fn charge_batch(db: PgPool, jobs: Vec<Job>) -> Vec<Result<i64, AppError>> 
     }
     match write(&db, &jobs).await {
         Ok(answers) => answers,
+        // The batch may have committed: redoing it could charge twice.
+        Err(AppError::OutcomeUnknown) => jobs.iter().map(|_| Err(AppError::OutcomeUnknown)).collect(),
         Err(error) => {
             tracing::warn!(%error, charges = jobs.len(), "a charge batch failed; charging one by one");
             let mut answers = Vec::with_capacity(jobs.len());
@@ -77,7 +82,7 @@ struct Running {
 /// Applies and writes the batch in one transaction: each charge's answer,
 /// or an error if the batch as a whole failed (nothing was written).
 async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<i64, AppError>>, AppError> {
-    let mut tx = db.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     let user_ids: BTreeSet<i64> = jobs.iter().map(|job| job.charge.user_id).collect();
     let mut wallets: HashMap<i64, Running> = wallets::lock_many(&mut tx, &Vec::from_iter(user_ids))
         .await?

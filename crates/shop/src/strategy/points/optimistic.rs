@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use sqlx::{Acquire, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
 use super::{Charge, Spend, wallet_missing, write_charge, write_debit};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
-use crate::storage::wallets;
+use crate::storage::{Tx, wallets};
 use crate::strategy::backoff;
 
 /// Longest wait between two attempts.
@@ -25,10 +25,11 @@ pub async fn charge(db: &PgPool, charge: Charge, claim: Option<&Claim>, max_retr
             metrics::counter!("shop_optimistic_retries_total", "operation" => "points.charge").increment(1);
             tokio::time::sleep(backoff::full_jitter(attempt, RETRY_CAP)).await;
         }
-        let mut conn = db.acquire().await?;
-        let wallet = wallets::read(&mut conn, charge.user_id).await?.ok_or_else(wallet_missing)?;
+        // A plain read: each statement sees what committed before it, and
+        // nothing is locked until the versioned write.
+        let mut tx = Tx::begin(db).await?;
+        let wallet = wallets::read(&mut tx, charge.user_id).await?.ok_or_else(wallet_missing)?;
         fail::fail_point!("points::charge::read");
-        let mut tx = conn.begin().await?;
         let Some(balance) = write_charge(&mut tx, charge, &wallet, Some(wallet.version), claim).await? else {
             continue;
         };

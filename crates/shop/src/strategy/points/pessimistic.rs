@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use super::{Charge, wallet_missing, write_charge};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
-use crate::storage::wallets;
+use crate::storage::{Tx, wallets};
 use crate::strategy::{lost_race, set_lock_timeout};
 
 pub async fn charge(
@@ -21,7 +21,7 @@ pub async fn charge(
     claim: Option<&Claim>,
     lock_timeout: Duration,
 ) -> Result<i64, AppError> {
-    let mut tx = db.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     set_lock_timeout(&mut tx, lock_timeout).await?;
     let waiting = Instant::now();
     let wallet = wallets::read_for_update(&mut tx, charge.user_id).await.map_err(lost_race)?;

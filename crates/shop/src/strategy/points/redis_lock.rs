@@ -18,6 +18,7 @@ use super::{Charge, Spend, wallet_missing, write_charge, write_debit};
 use crate::http::error::AppError;
 use crate::idempotency::Claim;
 use crate::lock::LeaseLocks;
+use crate::storage::Tx;
 use crate::storage::wallets::{self, FenceClaim};
 use crate::strategy::{stale_fence, under_lease};
 
@@ -26,7 +27,7 @@ pub async fn charge(db: &PgPool, locks: &LeaseLocks, charge: Charge, claim: Opti
     under_lease(locks, &resource, None, async |fence| {
         // Tests hold a holder here until its lease has run out.
         fail::fail_point!("points::redis_lock::leased");
-        let mut tx = db.begin().await?;
+        let mut tx = Tx::begin(db).await?;
         let wallet = match wallets::claim_fence(&mut tx, charge.user_id, fence).await? {
             FenceClaim::Claimed(wallet) => wallet,
             FenceClaim::Missing => return Err(wallet_missing()),
