@@ -29,10 +29,10 @@ use chrono::Utc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tokio_util::task::TaskTracker;
 use tower_http::trace::TraceLayer;
 use tracing::{Instrument, Span};
 use utoipa::OpenApi;
@@ -199,5 +199,7 @@ async fn run_to_completion(State(tasks): State<TaskTracker>, request: Request, n
         return next.run(request).await;
     }
     let running = tasks.spawn(next.run(request).in_current_span());
-    running.await.unwrap_or_else(|error| AppError::internal(anyhow::anyhow!("a request task failed: {error}")).into_response())
+    running
+        .await
+        .unwrap_or_else(|error| AppError::internal(anyhow::anyhow!("a request task failed: {error}")).into_response())
 }

@@ -121,10 +121,8 @@ async fn resolve(db: &PgPool, xid: i64) -> Result<(), AppError> {
 /// requests waiting, or of connections as dead as the one that was lost.
 async fn status(db: &PgPool, xid: i64, terminate_if_running: bool) -> Result<Status, sqlx::Error> {
     let mut conn = PgConnection::connect_with(&db.connect_options()).await?;
-    let status: Option<String> = sqlx::query_scalar("SELECT pg_xact_status($1::text::xid8)")
-        .bind(xid.to_string())
-        .fetch_one(&mut conn)
-        .await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT pg_xact_status($1::text::xid8)").bind(xid.to_string()).fetch_one(&mut conn).await?;
     let status = match status.as_deref() {
         Some("committed") => Status::Committed,
         Some("aborted") => Status::Aborted,
@@ -132,10 +130,12 @@ async fn status(db: &PgPool, xid: i64, terminate_if_running: bool) -> Result<Sta
         // gone holds its locks until it does: end it, which aborts it (or,
         // if it is committing this very moment, lets it finish).
         _ if terminate_if_running => {
-            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid = $1::text::xid8::xid")
-                .bind(xid.to_string())
-                .execute(&mut conn)
-                .await?;
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid = $1::text::xid8::xid",
+            )
+            .bind(xid.to_string())
+            .execute(&mut conn)
+            .await?;
             Status::InProgress
         }
         _ => Status::InProgress,

@@ -9,6 +9,7 @@ mod authorization;
 mod cluster;
 mod concurrency;
 mod coupons;
+mod faults;
 mod health;
 mod history;
 mod idempotency;

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 pub mod cluster;
 pub mod invariants;
+pub mod pg_proxy;
 
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
@@ -96,6 +97,21 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     start(config, true).await
 }
 
+/// A test server whose database connections pass through `proxy`, so a
+/// test can break them; the test's own checks connect directly.
+pub async fn spawn_app_behind(proxy: &pg_proxy::PgProxy, configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with(|config| {
+        config.database.database_url = proxy.url(database_name(&config.database.database_url));
+        configure(config);
+    })
+    .await
+}
+
+/// The database part of a PostgreSQL URL.
+pub fn database_name(url: &str) -> &str {
+    url.rsplit('/').next().unwrap()
+}
+
 async fn start(config: Config, owns_data: bool) -> TestApp {
     let server = Server::build(&config).await.expect("the test server starts");
     let address = format!("http://{}", server.local_addr());
@@ -105,7 +121,7 @@ async fn start(config: Config, owns_data: bool) -> TestApp {
     }));
     let db = PgPoolOptions::new()
         .max_connections(2)
-        .connect(&config.database.database_url)
+        .connect(&format!("{PG}/{}", database_name(&config.database.database_url)))
         .await
         .expect("the test database is reachable");
     let client =
@@ -133,6 +149,13 @@ impl TestApp {
             .query_async(&mut redis)
             .await
             .unwrap()
+    }
+
+    /// The size of a sorted set of this shop's (named without the prefix).
+    pub async fn redis_zcard(&self, key: &str) -> i64 {
+        let client = redis::Client::open(REDIS).unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("ZCARD").arg(format!("{}{key}", self.config.redis_key_prefix)).query_async(&mut redis).await.unwrap()
     }
 
     /// Deletes every Redis key of this shop, as a Redis restart without
@@ -356,7 +379,7 @@ impl Drop for TestApp {
 /// Drops a test's database and Redis keys, from a `Drop` (which cannot
 /// await): on a thread of its own, waited for.
 pub fn drop_test_data(database_url: &str, redis_key_prefix: &str) {
-    let database = database_url.rsplit('/').next().unwrap().to_owned();
+    let database = database_name(database_url).to_owned();
     let prefix = redis_key_prefix.to_owned();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

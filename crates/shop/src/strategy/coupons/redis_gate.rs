@@ -10,21 +10,34 @@
 //!
 //! - the issuing request after its commit (`ZREM`), or after a failed write
 //!   by giving the unit back (the give-back script `ZREM`s first and only
-//!   returns the unit if that removed something);
+//!   returns the unit if that removed something). The request runs to its
+//!   end even when its client leaves (`http::run_to_completion`);
 //! - the reconciler, for grants older than `reconcile_after`: if the coupon
 //!   is in PostgreSQL it completes the grant, else it gives the unit back —
-//!   so a crash between the gate and the write loses no unit for good. A
-//!   request stops before committing once it is two thirds of that old, so a
-//!   grant the reconciler returns can no longer commit.
+//!   so a crash between the gate and the write loses no unit for good.
+//!
+//! A refusal is given only once it is final. While a unit is pending, the
+//! gate does not know whether it will be written or come back, so a user
+//! whose own grant is pending, or anyone asking while every unit left is
+//! pending, waits for the grants to settle (briefly; past that, PostgreSQL
+//! answers what it knows, or the answer is a retryable 503) — never
+//! `COUPON_ALREADY_ISSUED` or `COUPON_SOLD_OUT` on a guess.
+//!
+//! PostgreSQL has the last word, so the gate may be optimistic but never
+//! pessimistic: a unit the reconciler returned while its slow writer still
+//! committed makes the gate hand out one too many, and the database's
+//! `coupon_types_issued_check` refuses it, which closes the gate; a holder
+//! the gate forgot is refused by `coupons_user_type_key`.
 //!
 //! If Redis loses the keys (a restart without persistence), the script says
 //! so and the gate is rebuilt from PostgreSQL before it answers again: one
-//! instance takes a loading lock and loads `left = total − issued` and the
-//! holders, the others wait for it. Grants that were in flight during the
-//! loss may then be handed out twice by Redis; the database's
-//! `coupon_types_issued_check` and `coupons_user_type_key` refuse the
-//! surplus, which closes the gate (`left = 0`). Redis must not evict these
-//! keys (`maxmemory-policy noeviction`).
+//! instance takes a loading lease and loads `left = total − issued` and the
+//! holders, the others wait for it. The load installs only while its lease
+//! holds and no gate exists, so a loader that stalled past its lease cannot
+//! overwrite a newer gate with an older snapshot. Grants that were in flight
+//! during the loss may then be handed out twice by Redis; the constraints
+//! refuse the surplus. Redis must not evict these keys
+//! (`maxmemory-policy noeviction`).
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -39,11 +52,18 @@ use crate::http::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::{Tx, coupons};
 
-/// Hands out a unit. KEYS: state, holders, pending. ARGV: user. Public so
+/// Hands out a unit. KEYS: state, holders, pending. ARGV: user. Answers
+/// `PENDING` while the answer depends on grants not yet settled. Public so
 /// the load generator can measure Redis running it alone.
 pub const GRANT_LUA: &str = r"if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOT_LOADED' end
-          if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 'ALREADY_ISSUED' end
-          if tonumber(redis.call('HGET', KEYS[1], 'left')) <= 0 then return 'SOLD_OUT' end
+          if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+              if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 'PENDING' end
+              return 'ALREADY_ISSUED'
+          end
+          if tonumber(redis.call('HGET', KEYS[1], 'left')) <= 0 then
+              if redis.call('ZCARD', KEYS[3]) > 0 then return 'PENDING' end
+              return 'SOLD_OUT'
+          end
           redis.call('HINCRBY', KEYS[1], 'left', -1)
           redis.call('SADD', KEYS[2], ARGV[1])
           local now = redis.call('TIME')
@@ -75,11 +95,17 @@ static CLOSE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Swaps a loaded campaign in. KEYS: state, holders, pending, staged
-/// holders, active campaigns, loading lock. ARGV: left, campaign id, loader token.
+/// Installs a loaded campaign, if this loader still holds the loading lease
+/// and no gate exists. KEYS: state, holders, pending, this loader's staged
+/// holders, active campaigns, loading lease. ARGV: left, campaign id, loader
+/// token. Answers 1 if installed.
 static LOAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('EXISTS', KEYS[4]) == 1 then
+        r"if redis.call('GET', KEYS[6]) ~= ARGV[3] or redis.call('EXISTS', KEYS[1]) == 1 then
+              redis.call('DEL', KEYS[4])
+              return 0
+          end
+          if redis.call('EXISTS', KEYS[4]) == 1 then
               redis.call('RENAME', KEYS[4], KEYS[2])
           else
               redis.call('DEL', KEYS[2])
@@ -87,7 +113,7 @@ static LOAD: LazyLock<Script> = LazyLock::new(|| {
           redis.call('DEL', KEYS[3])
           redis.call('HSET', KEYS[1], 'left', ARGV[1])
           redis.call('SADD', KEYS[5], ARGV[2])
-          if redis.call('GET', KEYS[6]) == ARGV[3] then redis.call('DEL', KEYS[6]) end
+          redis.call('DEL', KEYS[6])
           return 1",
     )
 });
@@ -95,6 +121,10 @@ static LOAD: LazyLock<Script> = LazyLock::new(|| {
 /// How long one instance may take to load a campaign before another may.
 const LOADING_LEASE: Duration = Duration::from_secs(10);
 const HOLDERS_PER_SADD: usize = 5_000;
+/// How long a request waits for pending grants to settle before it asks
+/// PostgreSQL what is final. Writes take milliseconds; a grant pending
+/// longer lost its writer, and the reconciler settles it.
+const PENDING_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct CouponGate {
@@ -108,13 +138,9 @@ struct Keys {
     state: String,
     holders: String,
     pending: String,
-    staged: String,
     loading: String,
-}
-
-enum Grant {
-    Granted,
-    NotLoaded,
+    /// Prefix of each loader's staged holders.
+    staged: String,
 }
 
 impl CouponGate {
@@ -134,8 +160,8 @@ impl CouponGate {
             state: format!("{base}:state"),
             holders: format!("{base}:holders"),
             pending: format!("{base}:pending"),
-            staged: format!("{base}:staged"),
             loading: format!("{base}:loading"),
+            staged: format!("{base}:staged"),
         }
     }
 
@@ -151,7 +177,6 @@ impl CouponGate {
         claim: Option<&Claim>,
     ) -> Result<CouponView, AppError> {
         let keys = self.keys(coupon_type.id);
-        let granted_at = Instant::now();
         self.grant(db, coupon_type, &keys, user_id).await?;
         // A simulated crash: the unit is handed out and never written.
         fail::fail_point!("coupons::gate::granted", |_| Err(AppError::internal(anyhow::anyhow!(
@@ -163,10 +188,6 @@ impl CouponGate {
             let mut tx = Tx::begin(db).await?;
             count_issued(&mut tx, coupon_type.id).await?;
             let view = write_coupon(&mut tx, coupon_type, user_id, claim).await?;
-            if granted_at.elapsed() > self.reconcile_after * 2 / 3 {
-                // The reconciler may already have returned this unit.
-                return Err(AppError::ConcurrencyConflict("the coupon could not be written in time"));
-            }
             tx.commit().await?;
             Ok(view)
         }
@@ -175,6 +196,9 @@ impl CouponGate {
             Ok(_) => self.redis.clone().zrem(&keys.pending, user_id).await.map(|_: i64| ()),
             Err(AppError::CouponSoldOut) => self.settle(&CLOSE, &keys, user_id, None).await,
             Err(AppError::CouponAlreadyIssued) => self.settle(&GIVE_BACK, &keys, user_id, Some(true)).await,
+            // It may have been written: the reconciler looks in PostgreSQL
+            // before it completes the grant or gives the unit back.
+            Err(AppError::OutcomeUnknown) => Ok(()),
             Err(_) => self.settle(&GIVE_BACK, &keys, user_id, Some(false)).await,
         };
         if let Err(error) = settled {
@@ -183,8 +207,13 @@ impl CouponGate {
         written
     }
 
+    /// Takes a unit from the gate for the user, or says why not once that
+    /// is final.
     async fn grant(&self, db: &PgPool, coupon_type: &CouponType, keys: &Keys, user_id: i64) -> Result<(), AppError> {
-        for _ in 0..3 {
+        let asked = Instant::now();
+        let mut loads = 0;
+        let mut pause = Duration::from_millis(5);
+        loop {
             let answer: String = GRANT
                 .key(&keys.state)
                 .key(&keys.holders)
@@ -193,21 +222,23 @@ impl CouponGate {
                 .invoke_async(&mut self.redis.clone())
                 .await?;
             metrics::counter!("shop_coupon_gate_total", "outcome" => answer.to_lowercase()).increment(1);
-            let grant = match answer.as_str() {
-                "GRANTED" => Grant::Granted,
-                "NOT_LOADED" => Grant::NotLoaded,
+            match answer.as_str() {
+                "GRANTED" => return Ok(()),
                 "SOLD_OUT" => return Err(AppError::CouponSoldOut),
                 "ALREADY_ISSUED" => return Err(AppError::CouponAlreadyIssued),
-                other => {
-                    return Err(AppError::internal(anyhow::anyhow!("unexpected gate answer {other}")));
+                "NOT_LOADED" if loads < 3 => {
+                    loads += 1;
+                    self.load(db, coupon_type.id, keys).await?;
                 }
-            };
-            match grant {
-                Grant::Granted => return Ok(()),
-                Grant::NotLoaded => self.load(db, coupon_type.id, keys).await?,
+                "NOT_LOADED" => return Err(AppError::Unavailable("the coupon gate is being rebuilt")),
+                "PENDING" if asked.elapsed() < PENDING_WAIT => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                "PENDING" => return settled_in_database(db, coupon_type.id, user_id).await,
+                other => return Err(AppError::internal(anyhow::anyhow!("unexpected gate answer {other}"))),
             }
         }
-        Err(AppError::ConcurrencyConflict("the coupon gate is being rebuilt"))
     }
 
     async fn settle(
@@ -243,23 +274,29 @@ impl CouponGate {
             return Ok(());
         }
         let (left, holders) = coupons::holders(&mut *db.acquire().await?, type_id).await?;
-        let _: () = redis.del(&keys.staged).await?;
+        let staged = format!("{}:{token}", keys.staged);
         for chunk in holders.chunks(HOLDERS_PER_SADD) {
-            let _: () = redis.sadd(&keys.staged, chunk).await?;
+            let _: () = redis.sadd(&staged, chunk).await?;
+            let _: () = redis.pexpire(&staged, LOADING_LEASE.as_millis() as i64).await?;
         }
-        LOAD.key(&keys.state)
+        let installed: i64 = LOAD
+            .key(&keys.state)
             .key(&keys.holders)
             .key(&keys.pending)
-            .key(&keys.staged)
+            .key(&staged)
             .key(self.active_key())
             .key(&keys.loading)
             .arg(left)
             .arg(type_id)
             .arg(&token)
-            .invoke_async::<i64>(&mut redis)
+            .invoke_async(&mut redis)
             .await?;
-        metrics::counter!("shop_coupon_gate_loads_total").increment(1);
-        tracing::info!(type_id, left, holders = holders.len(), "loaded the coupon gate from PostgreSQL");
+        if installed == 1 {
+            metrics::counter!("shop_coupon_gate_loads_total").increment(1);
+            tracing::info!(type_id, left, holders = holders.len(), "loaded the coupon gate from PostgreSQL");
+        } else {
+            tracing::warn!(type_id, "a coupon gate load outlived its lease; its snapshot was dropped");
+        }
         Ok(())
     }
 
@@ -302,4 +339,18 @@ impl CouponGate {
         }
         Ok(())
     }
+}
+
+/// When grants stayed pending past [`PENDING_WAIT`] (their writer died; the
+/// reconciler will settle them): what PostgreSQL says is final, else a 503
+/// to retry, never a refusal that a returning unit could prove wrong.
+async fn settled_in_database(db: &PgPool, type_id: i64, user_id: i64) -> Result<(), AppError> {
+    let facts = coupons::issue_facts(&mut *db.acquire().await?, type_id, user_id).await?;
+    if facts.held {
+        return Err(AppError::CouponAlreadyIssued);
+    }
+    if facts.sold_out {
+        return Err(AppError::CouponSoldOut);
+    }
+    Err(AppError::Unavailable("a coupon of this campaign is still being settled"))
 }

@@ -1,0 +1,196 @@
+//! Faults of the network between the shop and PostgreSQL, made by a wire
+//! proxy (`support::pg_proxy`), and clients that give up mid-request. Each
+//! answer must be true of the database: an effect whose COMMIT reply was lost
+//! is found out, never redone; a request whose client left finishes anyway;
+//! an outcome that cannot be found out is 503 and its Idempotency-Key
+//! replays once it can.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind};
+
+use crate::support::pg_proxy::{PgProxy, Statement};
+use crate::support::{TestApp, User, assert_problem, spawn_app_behind};
+
+/// The statement of a lone charge (`atomic`, and `batch` with one charge).
+const LONE_CHARGE: &str = "WITH charged AS (";
+/// The ledger rows of a batch of several charges.
+const BATCH_LEDGER: &str = "WITH ORDINALITY AS t(user_id, amount, balance_after, n)";
+/// The orders of a batch.
+const BATCH_ORDERS: &str = "INSERT INTO orders (id, user_id";
+
+fn charge_request(app: &TestApp, user: &User, amount: i64, key: Option<&str>) -> reqwest::RequestBuilder {
+    let request = app.client.post(app.url(&format!("/api/users/{}/points", user.id))).bearer_auth(&user.token);
+    let request = match key {
+        Some(key) => request.header("Idempotency-Key", key),
+        None => request,
+    };
+    request.json(&json!({"amount": amount}))
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&app.db).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_charge_batch_whose_commit_reply_is_lost_is_resolved_not_redone() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| {
+        config.points_strategy = PointsStrategyKind::Batch;
+        config.points_daily_charge_limit = 0;
+        config.points_monthly_charge_limit = 0;
+    })
+    .await;
+    let user = app.new_user().await;
+    // The first charges wait on their replies, so the rest queue into one batch,
+    // whose COMMIT commits and whose reply is lost.
+    proxy.delay_reply_to(Statement::Containing(LONE_CHARGE.into()), Duration::from_millis(300), 2);
+    proxy.lose_reply_to(Statement::CommitOf(BATCH_LEDGER.into()), 1);
+    let answers = join_all((0..16).map(|_| charge_request(&app, &user, 1000, None).send())).await;
+    let statuses: Vec<StatusCode> = answers.into_iter().map(|answer| answer.unwrap().status()).collect();
+    assert_eq!(proxy.fired(), 3, "the batch's COMMIT reply was lost");
+    assert!(statuses.iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+    let rows = count(&app, &format!("SELECT count(*) FROM point_ledger WHERE user_id = {}", user.id)).await;
+    assert_eq!(rows, 16, "each charge answered 200 was made once");
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (16_000, 16_000));
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_batch_whose_commit_reply_is_lost_is_resolved_not_redone() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| config.stock_strategy = StockStrategyKind::Batch).await;
+    let product = app.create_product("hot", 2000, 100).await;
+    let buyers = app.bulk_users(12).await;
+    proxy.lose_reply_to(Statement::CommitOf(BATCH_ORDERS.into()), 1);
+    let answers = join_all(buyers.iter().map(|buyer| app.place_order(buyer, &[(product, 1)], None))).await;
+    let statuses: Vec<StatusCode> = answers.iter().map(reqwest::Response::status).collect();
+    assert_eq!(proxy.fired(), 1);
+    assert!(statuses.iter().all(|status| *status == StatusCode::CREATED), "{statuses:?}");
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 12, "no order was placed twice");
+    assert_eq!(app.stock(product).await, 88);
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_charge_whose_commit_reply_is_lost_answers_what_happened_and_replays_it() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| config.points_strategy = PointsStrategyKind::Atomic).await;
+    let user = app.new_user().await;
+    proxy.lose_reply_to(Statement::Commit, 1);
+    let first = charge_request(&app, &user, 10_000, Some("lost-reply")).send().await.unwrap();
+    assert_eq!(proxy.fired(), 1);
+    assert_eq!(first.status(), StatusCode::OK, "the charge committed, and the shop found out");
+    let first: Value = first.json().await.unwrap();
+    let retry = charge_request(&app, &user, 10_000, Some("lost-reply")).send().await.unwrap();
+    assert_eq!(retry.status(), StatusCode::OK);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.json::<Value>().await.unwrap(), first);
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (10_000, 10_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outcome_that_cannot_be_found_out_is_503_and_its_key_replays_once_it_can() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| config.points_strategy = PointsStrategyKind::Atomic).await;
+    let user = app.new_user().await;
+    // Connections are pooled now; from here on no new one gets through.
+    assert_eq!(charge_request(&app, &user, 1000, Some("warm")).send().await.unwrap().status(), StatusCode::OK);
+    proxy.lose_reply_to(Statement::Commit, 1);
+    proxy.refuse_connections(true);
+    let unknown = charge_request(&app, &user, 10_000, Some("unknown")).send().await.unwrap();
+    assert_eq!(proxy.fired(), 1);
+    assert!(unknown.headers().contains_key("retry-after"));
+    assert_problem(unknown, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+    proxy.heal();
+
+    let retry = charge_request(&app, &user, 10_000, Some("unknown")).send().await.unwrap();
+    assert_eq!(retry.status(), StatusCode::OK, "the charge had committed: its answer replays");
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (11_000, 11_000), "charged once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_lost_mid_transaction_is_503_and_changes_nothing() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| config.stock_strategy = StockStrategyKind::Atomic).await;
+    let product = app.create_product("p", 5000, 3).await;
+    let buyer = app.new_user().await;
+    proxy.cut_before(Statement::Containing("INSERT INTO orders".into()), 1);
+    let cut = app.place_order(&buyer, &[(product, 1)], None).await;
+    assert_eq!(proxy.fired(), 1);
+    assert!(cut.headers().contains_key("retry-after"));
+    assert_problem(cut, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+    assert_eq!(app.stock(product).await, 3, "the stock taken before the cut was rolled back");
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 0);
+    assert_eq!(app.place_order(&buyer, &[(product, 1)], None).await.status(), StatusCode::CREATED);
+    app.assert_invariants().await;
+}
+
+/// Polls `condition` for up to ten seconds.
+async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within ten seconds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coupon_request_whose_client_gives_up_is_issued_anyway() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| config.coupon_strategy = CouponStrategyKind::RedisGate).await;
+    let code = app.create_coupon_type("GIVE_UP", 1, json!({})).await;
+    let (leaver, late) = (app.new_user().await, app.new_user().await);
+    proxy.delay_reply_to(Statement::Containing("INSERT INTO coupons".into()), Duration::from_millis(500), 1);
+    let impatient = app
+        .client
+        .post(app.url("/api/coupons/issue"))
+        .bearer_auth(&leaver.token)
+        .timeout(Duration::from_millis(150))
+        .json(&json!({"couponType": code}))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up before the answer");
+    eventually("the abandoned request's coupon", async || count(&app, "SELECT count(*) FROM coupons").await == 1).await;
+    let holder: i64 = sqlx::query_scalar("SELECT user_id FROM coupons").fetch_one(&app.db).await.unwrap();
+    assert_eq!(holder, leaver.id);
+    assert_problem(app.issue_coupon(&late, &code).await, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+    assert_problem(app.issue_coupon(&leaver, &code).await, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pending_grant_is_not_sold_out_to_others_and_comes_back_when_its_write_fails() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| config.coupon_strategy = CouponStrategyKind::RedisGate).await;
+    let code = app.create_coupon_type("LAST_ONE", 1, json!({})).await;
+    let (first, second) = (app.new_user().await, app.new_user().await);
+    // The first user's write waits, then loses its connection: the unit it
+    // was granted must go to the second user, who asked meanwhile.
+    proxy.delay_reply_to(
+        Statement::Containing("UPDATE coupon_types SET issued_quantity".into()),
+        Duration::from_millis(400),
+        1,
+    );
+    proxy.cut_before(Statement::Containing("INSERT INTO coupons".into()), 1);
+    let failing = {
+        let request = app.client.post(app.url("/api/coupons/issue")).bearer_auth(&first.token);
+        tokio::spawn(request.json(&json!({"couponType": code})).send())
+    };
+    let type_id = count(&app, "SELECT id FROM coupon_types WHERE code = 'LAST_ONE'").await;
+    let pending = format!("coupon-gate:{type_id}:pending");
+    eventually("the first grant", async || app.redis_zcard(&pending).await == 1).await;
+    let waited = app.issue_coupon(&second, &code).await;
+    assert_eq!(waited.status(), StatusCode::CREATED, "{}", waited.text().await.unwrap());
+    let failed = failing.await.unwrap().unwrap();
+    assert_problem(failed, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+    let holders: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM coupons").fetch_all(&app.db).await.unwrap();
+    assert_eq!(holders, vec![second.id]);
+    app.assert_invariants().await;
+}
