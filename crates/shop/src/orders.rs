@@ -175,12 +175,11 @@ async fn place_alone(
         if let Some(claim) = claim {
             claim.save(&mut tx, axum::http::StatusCode::CREATED, &view).await?;
         }
-        hold.check_before_commit()?;
         tx.commit().await?;
         Ok(view)
     }
     .await;
-    stock.settle(hold, placed.is_ok()).await;
+    stock.settle(hold, &placed).await;
     placed
 }
 
@@ -280,8 +279,9 @@ pub async fn cancel(
             ));
         }
     }
-    let returned = products::return_stock(&mut tx, order.id).await?;
-    coupons::release(&mut tx, order.id).await?;
+    products::lock_for_return(&mut tx, &[order.id]).await?;
+    let returned = products::return_stock(&mut tx, &[order.id]).await?;
+    coupons::release(&mut tx, &[order.id]).await?;
     if was_paid {
         let balance = wallets::credit(&mut tx, order.user_id, order.final_amount).await?;
         ledger::append(&mut tx, order.user_id, LedgerKind::Refund, order.final_amount, balance, Some(order.id)).await?;
@@ -295,7 +295,7 @@ pub async fn cancel(
         claim.save(&mut tx, axum::http::StatusCode::OK, &view).await?;
     }
     tx.commit().await?;
-    stock.returned(&returned).await;
+    stock.changed(&returned).await;
     if let (true, Some(paid_at)) = (was_paid, order.paid_at) {
         top_sellers.cancelled(paid_at, &view.sales()).await;
     }
@@ -320,18 +320,22 @@ pub async fn advance(db: &PgPool, order_id: i64, target: OrderStatus) -> Result<
 }
 
 /// Expires up to `batch` overdue PENDING orders, releasing their stock and
-/// coupons; orders another instance is expiring are skipped. Returns how
-/// many were expired.
+/// coupons; orders another instance is expiring are skipped. Locks in the
+/// order every transaction takes: the orders, then all their products
+/// (ascending id), then their coupons (ascending id). Returns how many were
+/// expired.
 pub async fn expire_overdue(db: &PgPool, stock: &StockStrategy, batch: i64) -> Result<usize, AppError> {
     let mut tx = Tx::begin(db).await?;
     let overdue = orders::lock_overdue(&mut tx, batch).await?;
-    let mut returned = Vec::new();
-    for order_id in &overdue {
-        returned.extend(products::return_stock(&mut tx, *order_id).await?);
-        coupons::release(&mut tx, *order_id).await?;
-        orders::set_status(&mut tx, *order_id, OrderStatus::Expired).await?;
+    if overdue.is_empty() {
+        return Ok(0);
     }
+    products::lock_for_return(&mut tx, &overdue).await?;
+    fail::fail_point!("orders::expire::locked");
+    let returned = products::return_stock(&mut tx, &overdue).await?;
+    coupons::release(&mut tx, &overdue).await?;
+    orders::set_statuses(&mut tx, &overdue, OrderStatus::Expired).await?;
     tx.commit().await?;
-    stock.returned(&returned).await;
+    stock.changed(&returned).await;
     Ok(overdue.len())
 }

@@ -83,10 +83,12 @@ pub async fn pay(
         let order = visible(order, user_id, false)?;
         check_payable(&order)?;
         fail::fail_point!("payments::pay::read");
-        points.debit(&mut tx, Spend { user_id, amount: order.final_amount, order_id }, &hold).await?;
+        // The coupon (made USED here) before the wallet: the lock order of
+        // every transaction (order, products, coupons, wallet).
         let recorded = payments::record(&mut tx, order.id, user_id, order.final_amount)
             .await
             .on_constraint("payments_order_key", || AppError::OrderNotPayable("PAID"))?;
+        points.debit(&mut tx, Spend { user_id, amount: order.final_amount, order_id }, &hold).await?;
         let payment = &recorded.payment;
         let event = json!({
             "orderId": order.id, "userId": user_id, "paymentId": payment.id,

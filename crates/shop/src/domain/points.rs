@@ -61,7 +61,16 @@ pub enum ChargeLimitExceeded {
 
 impl ChargeCounters {
     /// The counters after one more charge on `when`, or which limit forbids it.
+    ///
+    /// Counters never go back: a charge stamped with a day before the last
+    /// one counted (servers whose clocks disagree, a request that waited
+    /// across midnight) counts on that later day, so an old stamp cannot
+    /// reset a newer day's count.
     pub fn after_charge(self, when: ChargeDay, limits: ChargeLimits) -> Result<Self, ChargeLimitExceeded> {
+        let when = match self.day {
+            Some(day) if day > when.day => ChargeDay::new(day),
+            _ => when,
+        };
         let on_day = if self.day == Some(when.day) { self.on_day } else { 0 };
         let in_month = if self.month == Some(when.month) { self.in_month } else { 0 };
         if limits.daily != 0 && on_day >= limits.daily as i32 {
@@ -150,6 +159,18 @@ mod tests {
         assert_eq!(counters.after_charge(day(2026, 11, 30), LIMITS), Err(ChargeLimitExceeded::Monthly(10)));
         let december = counters.after_charge(day(2026, 12, 1), LIMITS).unwrap();
         assert_eq!((december.on_day, december.in_month), (1, 1));
+    }
+
+    #[test]
+    fn an_earlier_stamp_counts_on_the_later_day_and_never_resets_it() {
+        let mut counters = ChargeCounters::default();
+        for _ in 0..3 {
+            counters = counters.after_charge(day(2026, 12, 1), LIMITS).unwrap();
+        }
+        assert_eq!(counters.after_charge(day(2026, 11, 30), LIMITS), Err(ChargeLimitExceeded::Daily(3)));
+        let fresh = ChargeCounters::default().after_charge(day(2026, 12, 1), LIMITS).unwrap();
+        let late = fresh.after_charge(day(2026, 11, 30), LIMITS).unwrap();
+        assert_eq!((late.day, late.on_day, late.month, late.in_month), (fresh.day, 2, fresh.month, 2));
     }
 
     #[test]

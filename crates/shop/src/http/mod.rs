@@ -83,7 +83,14 @@ impl AppState {
 
     /// Today in the shop's time zone.
     pub fn today(&self) -> ChargeDay {
-        ChargeDay::new(Utc::now().with_timezone(&self.timezone).date_naive())
+        let today = Utc::now().with_timezone(&self.timezone).date_naive();
+        // Tests make this server's clock a number of days behind, as a server
+        // whose clock disagrees with the others' would be.
+        fail::fail_point!("clock::days_behind", |days: Option<String>| {
+            let behind = days.and_then(|days| days.parse().ok()).unwrap_or(1);
+            ChargeDay::new(today - chrono::Days::new(behind))
+        });
+        ChargeDay::new(today)
     }
 }
 

@@ -14,7 +14,8 @@ use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageRequest, bounded};
 use crate::auth::Caller;
 use crate::domain::product::{Category, Price, ProductName, Stock};
-use crate::storage::products::{self, ProductRow};
+use crate::storage::Tx;
+use crate::storage::products::{self, ProductRow, StockChange};
 use crate::top_sellers::TopSeller;
 
 #[derive(Serialize, ToSchema)]
@@ -175,18 +176,30 @@ pub async fn update(
         return Err(AppError::Validation("body: give at least one of name, price, stock, category".into()));
     }
     caller.require_admin()?;
-    let row = products::update(
-        &mut *state.db.acquire().await?,
-        id,
-        name.as_ref().map(ProductName::as_str),
-        price.map(Price::won),
-        stock.map(Stock::units),
-        category.as_ref().map(Category::as_str),
-    )
-    .await?
-    .ok_or_else(|| AppError::not_found("product not found"))?;
-    if stock.is_some() {
-        state.stock.restocked(id).await;
+    let updated = async {
+        let mut tx = Tx::begin(&state.db).await?;
+        let before = products::lock_stock(&mut tx, &[id]).await?;
+        let before = before.first().ok_or_else(|| AppError::not_found("product not found"))?;
+        let row = products::update(
+            &mut tx,
+            id,
+            name.as_ref().map(ProductName::as_str),
+            price.map(Price::won),
+            stock.map(Stock::units),
+            category.as_ref().map(Category::as_str),
+        )
+        .await?
+        .ok_or_else(|| AppError::not_found("product not found"))?;
+        tx.commit().await?;
+        // The row was locked, so this update is the version after `before`.
+        let change = StockChange { product_id: id, delta: row.stock - before.stock, version: before.version + 1 };
+        Ok::<_, AppError>((row, change))
     }
-    Ok(Json(row.into()))
+    .await;
+    match &updated {
+        Ok((_, change)) if change.delta != 0 => state.stock.changed(&[*change]).await,
+        Err(AppError::OutcomeUnknown) if stock.is_some() => state.stock.forget(id).await,
+        _ => {}
+    }
+    Ok(Json(updated?.0.into()))
 }

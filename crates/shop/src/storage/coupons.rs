@@ -301,13 +301,20 @@ pub async fn reserve(
     Ok(reserved.rows_affected() == 1)
 }
 
-/// Makes the coupon held by `order_id` available again.
-pub async fn release(conn: &mut PgConnection, order_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE coupons SET status = 'AVAILABLE', order_id = NULL WHERE order_id = $1 AND status = 'RESERVED'")
-        .bind(order_id)
-        .execute(conn)
-        .await
-        .map(drop)
+/// Makes the coupons held by these orders available again.
+pub async fn release(conn: &mut PgConnection, order_ids: &[i64]) -> Result<(), sqlx::Error> {
+    // Locked first in ascending id order, the order every transaction takes
+    // coupons in (a multi-row UPDATE locks in whatever order it scans).
+    sqlx::query(
+        "WITH held AS MATERIALIZED (
+             SELECT id FROM coupons WHERE order_id = ANY($1) AND status = 'RESERVED' ORDER BY id FOR UPDATE
+         )
+         UPDATE coupons SET status = 'AVAILABLE', order_id = NULL WHERE id IN (SELECT id FROM held)",
+    )
+    .bind(order_ids)
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// Sets the issued count outright, whatever it is now. Only the test-only

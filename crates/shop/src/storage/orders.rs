@@ -212,6 +212,16 @@ pub async fn set_status(conn: &mut PgConnection, id: i64, status: OrderStatus) -
     .await
 }
 
+/// Moves orders the caller has locked to `status` (expiry: no stamp to set).
+pub async fn set_statuses(conn: &mut PgConnection, ids: &[i64], status: OrderStatus) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .bind(status.as_str())
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// Up to `limit` PENDING orders past their expiry, locked; orders another
 /// instance is already expiring are skipped, not waited for.
 pub async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> Result<Vec<i64>, sqlx::Error> {

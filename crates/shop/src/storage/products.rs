@@ -177,22 +177,46 @@ pub async fn fence(conn: &mut PgConnection, id: i64) -> Result<i64, sqlx::Error>
     sqlx::query_scalar("SELECT fence FROM products WHERE id = $1").bind(id).fetch_one(conn).await
 }
 
-/// Puts an order's units back in stock, locking the products in ascending
-/// id order first. Returns (product id, quantity) of what was returned.
-pub async fn return_stock(conn: &mut PgConnection, order_id: i64) -> Result<Vec<(i64, i32)>, sqlx::Error> {
+/// A change of a product's stock that no order took through a stock
+/// strategy: units returned by a cancelled or expired order, an admin's new
+/// level. `version` is the row's version once changed, so that a copy of
+/// the stock read at some version (the Redis stock gate) can tell whether
+/// it already holds the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct StockChange {
+    pub product_id: i64,
+    pub delta: i64,
+    pub version: i64,
+}
+
+/// Locks the products of these orders, all of them in ascending id order
+/// (the one order every writer of stock locks them in), before any is
+/// changed: an expiry sweep over several orders must not lock one order's
+/// products and then another's lower ones.
+pub async fn lock_for_return(conn: &mut PgConnection, order_ids: &[i64]) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "SELECT p.id FROM products p JOIN order_items i ON i.product_id = p.id
-         WHERE i.order_id = $1 ORDER BY p.id FOR UPDATE OF p",
+        "SELECT p.id FROM products p
+         WHERE p.id IN (SELECT product_id FROM order_items WHERE order_id = ANY($1))
+         ORDER BY p.id FOR UPDATE",
     )
-    .bind(order_id)
-    .execute(&mut *conn)
-    .await?;
+    .bind(order_ids)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Puts the orders' units back in stock; the caller has locked the
+/// products ([`lock_for_return`]). One change per product, however many of
+/// the orders held it.
+pub async fn return_stock(conn: &mut PgConnection, order_ids: &[i64]) -> Result<Vec<StockChange>, sqlx::Error> {
     sqlx::query_as(
-        "UPDATE products p SET stock = p.stock + i.quantity, version = p.version + 1
-         FROM order_items i WHERE i.order_id = $1 AND p.id = i.product_id
-         RETURNING p.id, i.quantity",
+        "UPDATE products p SET stock = p.stock + returned.quantity, version = p.version + 1
+         FROM (SELECT product_id, sum(quantity)::bigint AS quantity FROM order_items
+               WHERE order_id = ANY($1) GROUP BY product_id) returned
+         WHERE p.id = returned.product_id
+         RETURNING p.id AS product_id, returned.quantity AS delta, p.version",
     )
-    .bind(order_id)
+    .bind(order_ids)
     .fetch_all(conn)
     .await
 }

@@ -163,8 +163,9 @@ pub async fn write(
 
 /// The whole charge in one statement: the balance, the counters and the
 /// ledger row change only if the limits allow, with no read beforehand. The
-/// row lock is held only while this statement runs. `None`: a limit refused
-/// it (or there is no wallet).
+/// counters follow `ChargeCounters::after_charge`: a stamp older than the
+/// last charge's day counts on that day. `None`: a limit refused it (or
+/// there is no wallet).
 pub async fn charge_within_limits(
     conn: &mut PgConnection,
     user_id: i64,
@@ -176,14 +177,14 @@ pub async fn charge_within_limits(
         "WITH charged AS (
              UPDATE point_wallets
              SET balance = balance + $2,
-                 charges_on_day = CASE WHEN charge_day = $3 THEN charges_on_day + 1 ELSE 1 END,
-                 charge_day = $3,
-                 charges_in_month = CASE WHEN charge_month = $4 THEN charges_in_month + 1 ELSE 1 END,
-                 charge_month = $4,
+                 charges_on_day = CASE WHEN charge_day >= $3 THEN charges_on_day + 1 ELSE 1 END,
+                 charge_day = GREATEST(charge_day, $3),
+                 charges_in_month = CASE WHEN charge_month >= $4 THEN charges_in_month + 1 ELSE 1 END,
+                 charge_month = GREATEST(charge_month, $4),
                  version = version + 1
              WHERE user_id = $1
-               AND ($5 = 0 OR charge_day IS DISTINCT FROM $3 OR charges_on_day < $5)
-               AND ($6 = 0 OR charge_month IS DISTINCT FROM $4 OR charges_in_month < $6)
+               AND ($5 = 0 OR charge_day IS NULL OR charge_day < $3 OR charges_on_day < $5)
+               AND ($6 = 0 OR charge_month IS NULL OR charge_month < $4 OR charges_in_month < $6)
              RETURNING user_id, balance
          )
          INSERT INTO point_ledger (user_id, kind, amount, balance_after)

@@ -28,7 +28,7 @@ use crate::domain::order::OrderLines;
 use crate::http::error::AppError;
 use crate::lock::{Lease, LeaseLocks};
 use crate::orders::OrderBatcher;
-use crate::storage::products;
+use crate::storage::products::{self, StockChange};
 
 pub enum StockStrategy {
     Optimistic {
@@ -59,12 +59,6 @@ impl StockHold {
     /// The gate reservation to record on the order, if any.
     pub fn gate_reservation(&self) -> Option<Uuid> {
         self.gate.as_ref().map(|gate| gate.id)
-    }
-
-    /// Call just before committing: fails if the hold may no longer be
-    /// honoured (a gate reservation old enough to have been reconciled).
-    pub fn check_before_commit(&self) -> Result<(), AppError> {
-        self.gate.as_ref().map_or(Ok(()), redis_gate::GateReservation::check_before_commit)
     }
 }
 
@@ -121,28 +115,30 @@ impl StockStrategy {
         }
     }
 
-    /// After the transaction committed (`committed`) or rolled back.
-    pub async fn settle(&self, hold: StockHold, committed: bool) {
+    /// After the transaction: `placed` is its outcome.
+    pub async fn settle<T>(&self, hold: StockHold, placed: &Result<T, AppError>) {
         for lease in hold.leases.into_iter().rev() {
             if let Err(error) = lease.release().await {
                 tracing::warn!(%error, "lock release failed; the lease will expire");
             }
         }
         if let (Self::RedisGate(gate), Some(reservation)) = (self, hold.gate) {
-            gate.settle(reservation, committed).await;
+            gate.settle(reservation, placed).await;
         }
     }
 
-    /// Tells the strategy that units went back to stock in PostgreSQL (a
-    /// cancelled or expired order, committed).
-    pub async fn returned(&self, units: &[(i64, i32)]) {
+    /// Tells the strategy of stock changed in PostgreSQL outside an order's
+    /// take (units of cancelled or expired orders, an admin's new level),
+    /// once committed.
+    pub async fn changed(&self, changes: &[StockChange]) {
         if let Self::RedisGate(gate) = self {
-            gate.returned(units).await;
+            gate.changed(changes).await;
         }
     }
 
-    /// Tells the strategy that an admin set a product's stock.
-    pub async fn restocked(&self, product_id: i64) {
+    /// Tells the strategy that a product's stock may have changed without
+    /// its knowing how (a change whose COMMIT could not be confirmed).
+    pub async fn forget(&self, product_id: i64) {
         if let Self::RedisGate(gate) = self {
             gate.forget(product_id).await;
         }

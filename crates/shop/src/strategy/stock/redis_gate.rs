@@ -6,21 +6,32 @@
 //! Each reservation has an id, recorded with its lines and the time it was
 //! made (*pending*) and written on the order it becomes. It is settled by
 //! whoever removes it from `pending` first: the request after its commit,
-//! the request giving its units back after a failure, or the reconciler,
-//! which completes reservations older than `reconcile_after` whose order
-//! exists and gives back the units of the others (a crash between the gate
-//! and the write). A request stops before committing once it is two thirds
-//! of that old.
+//! the request giving its units back after a failure (requests run to their
+//! end even when their client leaves), or the reconciler, which completes
+//! reservations older than `reconcile_after` whose order exists and gives
+//! back the units of the others (a crash between the gate and the write).
 //!
-//! A counter missing from Redis (never loaded, or lost in a restart) is
-//! loaded from PostgreSQL with `SET NX`, so the first loader wins. Units
-//! that were in flight when Redis lost them can be handed out again; the
-//! PostgreSQL decrement refuses the surplus. Stock returned by a cancelled or
-//! expired order is added back only to counters that exist (a missing one
-//! loads the returned stock with it); an admin's change drops the counter.
+//! The gate may hand out too many units, never too few: PostgreSQL refuses
+//! the surplus, and an order the gate let through but PostgreSQL refused
+//! drops its products' counters so they are loaded afresh. Too few would
+//! lose sales for good, so every way the counters are written keeps them
+//! at or above the truth:
+//!
+//! - A counter is loaded from PostgreSQL with the row's `version`, and only
+//!   if it does not exist (the first loader wins).
+//! - Stock that comes back outside an order's take (a cancelled or expired
+//!   order's units, an admin's new level) is applied with the version it
+//!   produced: to a counter loaded at an older version only. When the
+//!   counter does not exist it is kept aside, and the next load adds what
+//!   its snapshot did not yet hold — so a change committed between a
+//!   loader's read and its write is neither lost nor counted twice. A
+//!   change Redis could not be told of drops the counter instead.
+//! - Units in flight when Redis lost its keys can be handed out again, and a
+//!   slow order the reconciler gave up on may still commit: over-counts,
+//!   which PostgreSQL refuses.
 
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -29,7 +40,12 @@ use uuid::Uuid;
 
 use crate::domain::order::OrderLines;
 use crate::http::error::AppError;
+use crate::storage::products::StockChange;
 use crate::storage::{orders, products};
+
+/// How long a change is kept aside for a counter not yet loaded: far
+/// longer than a load takes from its read to its write.
+const KEPT_ASIDE: Duration = Duration::from_secs(3600);
 
 /// KEYS: pending, reservations, one counter per line. ARGV: reservation id,
 /// one quantity per line. Answers `OK`, `OUT_OF_STOCK` or `NOT_LOADED`.
@@ -37,13 +53,13 @@ static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local lines = #KEYS - 2
           for i = 1, lines do
-              local left = redis.call('GET', KEYS[i + 2])
+              local left = redis.call('HGET', KEYS[i + 2], 'left')
               if not left then return 'NOT_LOADED' end
               if tonumber(left) < tonumber(ARGV[i + 1]) then return 'OUT_OF_STOCK' end
           end
           local record = {}
           for i = 1, lines do
-              redis.call('DECRBY', KEYS[i + 2], ARGV[i + 1])
+              redis.call('HINCRBY', KEYS[i + 2], 'left', -tonumber(ARGV[i + 1]))
               record[i] = KEYS[i + 2] .. '=' .. ARGV[i + 1]
           end
           local now = redis.call('TIME')
@@ -53,14 +69,16 @@ static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Settles a reservation by returning its units. KEYS: pending,
-/// reservations, one counter per line. ARGV: reservation id, quantities.
+/// Settles a reservation by returning its units, read from its record.
+/// KEYS: pending, reservations. ARGV: reservation id.
 static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+          local record = redis.call('HGET', KEYS[2], ARGV[1])
           redis.call('HDEL', KEYS[2], ARGV[1])
-          for i = 3, #KEYS do
-              if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[i - 1]) end
+          if not record then return 1 end
+          for counter, quantity in string.gmatch(record, '(%S+)=(%d+)') do
+              if redis.call('EXISTS', counter) == 1 then redis.call('HINCRBY', counter, 'left', quantity) end
           end
           return 1",
     )
@@ -76,12 +94,40 @@ static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Adds returned units to the counters that exist. KEYS: counters. ARGV: quantities.
-static RETURN: LazyLock<Script> = LazyLock::new(|| {
+/// Applies stock changes committed in PostgreSQL. KEYS: counter, kept-aside
+/// changes, repeated per change. ARGV: delta, version, repeated; then how
+/// long to keep a change aside (ms).
+static CHANGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"for i = 1, #KEYS do
-              if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[i]) end
+        r"local keep = ARGV[#ARGV]
+          for i = 1, #KEYS, 2 do
+              local loaded = redis.call('HGET', KEYS[i], 'version')
+              if loaded then
+                  if tonumber(ARGV[i + 1]) > tonumber(loaded) then
+                      redis.call('HINCRBY', KEYS[i], 'left', ARGV[i])
+                  end
+              else
+                  redis.call('HSET', KEYS[i + 1], ARGV[i + 1], ARGV[i])
+                  redis.call('PEXPIRE', KEYS[i + 1], keep)
+              end
           end
+          return 1",
+    )
+});
+
+/// Loads a counter that does not exist, adding the changes kept aside that
+/// its snapshot does not hold. KEYS: counter, kept-aside changes. ARGV:
+/// stock, version. Answers 1 if loaded.
+static LOAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+          local left = tonumber(ARGV[1])
+          local kept = redis.call('HGETALL', KEYS[2])
+          for i = 1, #kept, 2 do
+              if tonumber(kept[i]) > tonumber(ARGV[2]) then left = left + tonumber(kept[i + 1]) end
+          end
+          redis.call('HSET', KEYS[1], 'left', left, 'version', ARGV[2])
+          redis.call('DEL', KEYS[2])
           return 1",
     )
 });
@@ -89,20 +135,7 @@ static RETURN: LazyLock<Script> = LazyLock::new(|| {
 /// Units taken from the gate for one order, not yet settled.
 pub struct GateReservation {
     pub id: Uuid,
-    lines: Vec<(i64, i32)>,
-    made_at: Instant,
-    /// After this long the reconciler may give the units back, so the order
-    /// must not commit any more.
-    valid_for: Duration,
-}
-
-impl GateReservation {
-    pub fn check_before_commit(&self) -> Result<(), AppError> {
-        if self.made_at.elapsed() > self.valid_for {
-            return Err(AppError::ConcurrencyConflict("the order could not be written in time"));
-        }
-        Ok(())
-    }
+    products: Vec<i64>,
 }
 
 #[derive(Clone)]
@@ -121,12 +154,15 @@ impl StockGate {
         self.reconcile_after / 3
     }
 
-    fn counter_prefix(&self) -> String {
-        format!("{}stock-gate:product:", self.prefix)
+    /// A hash of `left` (units the gate may still hand out) and `version`
+    /// (of the product row it was loaded from).
+    fn counter(&self, product_id: i64) -> String {
+        format!("{}stock-gate:counter:{product_id}", self.prefix)
     }
 
-    fn counter(&self, product_id: i64) -> String {
-        format!("{}{product_id}", self.counter_prefix())
+    /// Changes committed while the counter was not loaded, by version.
+    fn kept_aside(&self, product_id: i64) -> String {
+        format!("{}stock-gate:changes:{product_id}", self.prefix)
     }
 
     fn pending(&self) -> String {
@@ -139,44 +175,13 @@ impl StockGate {
 
     /// Takes every line's units from the gate, before the transaction.
     pub async fn reserve(&self, db: &PgPool, lines: &OrderLines) -> Result<GateReservation, AppError> {
-        let reservation = GateReservation {
-            id: Uuid::new_v4(),
-            lines: lines.iter().collect(),
-            made_at: Instant::now(),
-            valid_for: self.reconcile_after * 2 / 3,
-        };
-        self.take(db, lines, reservation.id).await?;
-        fail::fail_point!("stock::gate::reserved", |_| Err(AppError::internal(anyhow::anyhow!(
-            "simulated crash after the stock gate"
-        ))));
-        Ok(reservation)
-    }
-
-    /// After the transaction: completes the reservation, or gives its units
-    /// back if the order was not written.
-    pub async fn settle(&self, reservation: GateReservation, committed: bool) {
-        let settled = if committed {
-            COMPLETE
-                .key(self.pending())
-                .key(self.reservations())
-                .arg(reservation.id.to_string())
-                .invoke_async::<i64>(&mut self.redis.clone())
-                .await
-        } else {
-            self.give_back(reservation.id, reservation.lines).await
-        };
-        if let Err(error) = settled {
-            tracing::warn!(%error, "could not settle a stock reservation; the reconciler will");
-        }
-    }
-
-    async fn take(&self, db: &PgPool, lines: &OrderLines, reservation: Uuid) -> Result<(), AppError> {
+        let reservation = GateReservation { id: Uuid::new_v4(), products: lines.product_ids() };
         let mut script = RESERVE.key(self.pending());
         script.key(self.reservations());
         for (product_id, _) in lines.iter() {
             script.key(self.counter(product_id));
         }
-        script.arg(reservation.to_string());
+        script.arg(reservation.id.to_string());
         for (_, quantity) in lines.iter() {
             script.arg(quantity);
         }
@@ -184,63 +189,127 @@ impl StockGate {
             let answer: String = script.invoke_async(&mut self.redis.clone()).await?;
             metrics::counter!("shop_stock_gate_total", "outcome" => answer.to_lowercase()).increment(1);
             match answer.as_str() {
-                "OK" => return Ok(()),
+                "OK" => {
+                    fail::fail_point!("stock::gate::reserved", |_| Err(AppError::internal(anyhow::anyhow!(
+                        "simulated crash after the stock gate"
+                    ))));
+                    return Ok(reservation);
+                }
                 "OUT_OF_STOCK" => return Err(AppError::OutOfStock),
-                "NOT_LOADED" => self.load(db, lines).await?,
+                "NOT_LOADED" => self.load(db, &reservation.products).await?,
                 other => {
                     return Err(AppError::internal(anyhow::anyhow!("unexpected gate answer {other}")));
                 }
             }
         }
-        Err(AppError::ConcurrencyConflict("the stock gate is being loaded"))
+        Err(AppError::Unavailable("the stock gate is being loaded"))
     }
 
-    /// Loads the counters missing from Redis from PostgreSQL; `SET NX`, so a
-    /// counter is loaded once however many requests find it missing.
-    async fn load(&self, db: &PgPool, lines: &OrderLines) -> Result<(), AppError> {
-        let rows = products::stock_of(&mut *db.acquire().await?, &lines.product_ids()).await?;
+    /// After the transaction: completes the reservation if its order
+    /// committed, else gives its units back. An order PostgreSQL refused for
+    /// want of stock shows the counters were too high: they are dropped, to
+    /// be loaded afresh.
+    pub async fn settle<T>(&self, reservation: GateReservation, placed: &Result<T, AppError>) {
+        let script = match placed {
+            Ok(_) => &COMPLETE,
+            // It may have been placed: the reconciler looks for the order.
+            Err(AppError::OutcomeUnknown) => return,
+            Err(_) => &GIVE_BACK,
+        };
+        let settled = script
+            .key(self.pending())
+            .key(self.reservations())
+            .arg(reservation.id.to_string())
+            .invoke_async::<i64>(&mut self.redis.clone())
+            .await;
+        if let Err(error) = settled {
+            tracing::warn!(%error, "could not settle a stock reservation; the reconciler will");
+        }
+        if matches!(placed, Err(AppError::OutOfStock)) {
+            for product_id in reservation.products {
+                self.forget(product_id).await;
+            }
+        }
+    }
+
+    /// Loads the counters missing from Redis from PostgreSQL.
+    async fn load(&self, db: &PgPool, product_ids: &[i64]) -> Result<(), AppError> {
+        let rows = products::stock_of(&mut *db.acquire().await?, product_ids).await?;
+        // Tests hold a load here while the stock changes in PostgreSQL.
+        fail::fail_point!("stock::gate::read");
         let mut redis = self.redis.clone();
         for row in rows {
-            let loaded: bool = redis.set_nx(self.counter(row.id), row.stock).await?;
-            if loaded {
+            let loaded: i64 = LOAD
+                .key(self.counter(row.id))
+                .key(self.kept_aside(row.id))
+                .arg(row.stock)
+                .arg(row.version)
+                .invoke_async(&mut redis)
+                .await?;
+            if loaded == 1 {
                 metrics::counter!("shop_stock_gate_loads_total").increment(1);
             }
         }
         Ok(())
     }
 
-    async fn give_back(&self, reservation: Uuid, lines: Vec<(i64, i32)>) -> redis::RedisResult<i64> {
-        let mut script = GIVE_BACK.key(self.pending());
-        script.key(self.reservations());
-        for (product_id, _) in &lines {
-            script.key(self.counter(*product_id));
+    /// Applies stock changes committed in PostgreSQL (see the module
+    /// documentation). A counter that missed a return would refuse units
+    /// that exist, so when Redis does not answer the changes are retried in
+    /// the background until it does; should the first attempt have been
+    /// applied after all, a change counts twice: too many units, which
+    /// PostgreSQL refuses.
+    pub async fn changed(&self, changes: &[StockChange]) {
+        if changes.is_empty() {
+            return;
         }
-        script.arg(reservation.to_string());
-        for (_, quantity) in &lines {
-            script.arg(quantity);
+        if let Err(error) = self.apply(changes).await {
+            tracing::warn!(%error, "could not tell the stock gate of a change; retrying");
+            tokio::spawn(self.clone().repair(Repair::Apply(changes.to_vec())));
         }
-        script.invoke_async(&mut self.redis.clone()).await
     }
 
-    /// Adds units returned to PostgreSQL's stock (committed) to the gate.
-    pub async fn returned(&self, units: &[(i64, i32)]) {
-        let mut script = RETURN.prepare_invoke();
-        for (product_id, quantity) in units {
-            script.key(self.counter(*product_id)).arg(quantity);
+    async fn apply(&self, changes: &[StockChange]) -> redis::RedisResult<()> {
+        let mut script = CHANGE.prepare_invoke();
+        for change in changes {
+            script.key(self.counter(change.product_id)).key(self.kept_aside(change.product_id));
+            script.arg(change.delta).arg(change.version);
         }
-        if let Err(error) = script.invoke_async::<i64>(&mut self.redis.clone()).await {
-            tracing::warn!(%error, "could not return units to the stock gate; dropping its counters");
-            for (product_id, _) in units {
-                self.forget(*product_id).await;
-            }
-        }
+        script.arg(KEPT_ASIDE.as_millis() as u64);
+        script.invoke_async::<i64>(&mut self.redis.clone()).await.map(drop)
     }
 
     /// Drops a product's counter, to be loaded afresh from PostgreSQL.
     pub async fn forget(&self, product_id: i64) {
-        if let Err(error) = self.redis.clone().del::<_, i64>(self.counter(product_id)).await {
-            tracing::warn!(%error, product_id, "could not drop a stock gate counter");
+        if let Err(error) = self.drop_counter(product_id).await {
+            tracing::warn!(%error, product_id, "could not drop a stock gate counter; retrying");
+            tokio::spawn(self.clone().repair(Repair::Drop(product_id)));
         }
+    }
+
+    async fn drop_counter(&self, product_id: i64) -> redis::RedisResult<()> {
+        self.redis.clone().del::<_, i64>(self.counter(product_id)).await.map(drop)
+    }
+
+    /// Retries a repair for about a minute while Redis does not answer.
+    async fn repair(self, repair: Repair) {
+        let mut pause = Duration::from_millis(100);
+        for _ in 0..20 {
+            tokio::time::sleep(pause).await;
+            let repaired = match &repair {
+                Repair::Apply(changes) => self.apply(changes).await,
+                Repair::Drop(product_id) => self.drop_counter(*product_id).await,
+            };
+            match repaired {
+                Ok(()) => return,
+                Err(error) => tracing::debug!(%error, "the stock gate cannot be repaired yet"),
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        tracing::error!(
+            ?repair,
+            "gave up repairing the stock gate: it may refuse units until its counters are dropped"
+        );
     }
 
     /// Settles reservations pending longer than `reconcile_after`: completed
@@ -256,30 +325,18 @@ impl StockGate {
                 continue;
             };
             let placed = orders::placed_under(&mut *db.acquire().await?, reservation).await?;
-            let action = if placed {
-                COMPLETE.key(self.pending()).key(self.reservations()).arg(&id).invoke_async::<i64>(&mut redis).await?;
-                "completed"
-            } else {
-                let record: Option<String> = redis.hget(self.reservations(), &id).await?;
-                let lines = record.as_deref().map(|record| self.parse_record(record)).unwrap_or_default();
-                self.give_back(reservation, lines).await?;
-                "returned"
-            };
+            let (script, action) = if placed { (&COMPLETE, "completed") } else { (&GIVE_BACK, "returned") };
+            script.key(self.pending()).key(self.reservations()).arg(&id).invoke_async::<i64>(&mut redis).await?;
             metrics::counter!("shop_stock_gate_reconciled_total", "action" => action).increment(1);
             tracing::info!(reservation = %id, action, "reconciled a stale stock reservation");
         }
         Ok(())
     }
+}
 
-    /// Reads `<counter key>=<quantity> …` as written by the reserve script.
-    fn parse_record(&self, record: &str) -> Vec<(i64, i32)> {
-        let prefix = self.counter_prefix();
-        record
-            .split(' ')
-            .filter_map(|line| {
-                let (key, quantity) = line.split_once('=')?;
-                Some((key.strip_prefix(&prefix)?.parse().ok()?, quantity.parse().ok()?))
-            })
-            .collect()
-    }
+/// What the gate could not be told while Redis did not answer.
+#[derive(Debug)]
+enum Repair {
+    Apply(Vec<StockChange>),
+    Drop(i64),
 }
