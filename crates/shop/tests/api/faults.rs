@@ -194,3 +194,83 @@ async fn a_pending_grant_is_not_sold_out_to_others_and_comes_back_when_its_write
     assert_eq!(holders, vec![second.id]);
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiry_sweeping_several_orders_never_deadlocks_with_a_batch() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| {
+        config.stock_strategy = StockStrategyKind::Batch;
+        config.order_payment_timeout_secs = 1;
+    })
+    .await;
+    let (low, high) = (app.create_product("low", 3000, 10).await, app.create_product("high", 3000, 10).await);
+    let buyer = app.new_user().await;
+    // They expire in this order: the sweep meets the higher product first.
+    let first = app.order_id(&buyer, &[(high, 1)], None).await;
+    let second = app.order_id(&buyer, &[(low, 1)], None).await;
+    // The sweep's first product lock stalls on its way back, with its locks
+    // taken, while a batch locks both products in ascending order.
+    proxy.delay_reply_to(Statement::Containing("SELECT p.id FROM products p".into()), Duration::from_millis(800), 1);
+    eventually("the expiry sweep", async || proxy.fired() == 1).await;
+    let both = app.place_order(&buyer, &[(low, 1), (high, 1)], None).await;
+    assert_eq!(both.status(), StatusCode::CREATED, "{}", both.text().await.unwrap());
+    let expired = format!("SELECT count(*) FROM orders WHERE id IN ({first}, {second}) AND status = 'EXPIRED'");
+    eventually("the sweep's commit", async || count(&app, &expired).await == 2).await;
+    assert_eq!(proxy.errors("40P01"), 0, "no transaction deadlocked");
+    app.assert_invariants().await;
+}
+
+/// How the stock comes back while the gate is loading.
+#[derive(Debug, Clone, Copy)]
+enum Comeback {
+    Cancel,
+    Restock,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_that_comes_back_while_the_gate_loads_is_not_lost() {
+    for comeback in [Comeback::Cancel, Comeback::Restock] {
+        let proxy = PgProxy::start().await;
+        let app = spawn_app_behind(&proxy, |config| config.stock_strategy = StockStrategyKind::RedisGate).await;
+        let product = app.create_product("gated", 2000, 5).await;
+        let buyer = app.new_user().await;
+        let cancelled = app.order_id(&buyer, &[(product, 1)], None).await;
+        // Redis forgets the counter; the next order loads it, and the load's
+        // read of the stock (4) comes back late. Meanwhile a unit comes back.
+        app.lose_redis_keys().await;
+        proxy.delay_reply_to(
+            Statement::Containing("SELECT id, stock, version FROM products".into()),
+            Duration::from_millis(500),
+            1,
+        );
+        let loading = {
+            let (client, url, token) = (app.client.clone(), app.url("/api/orders"), buyer.token.clone());
+            let body = json!({"items": [{"productId": product, "quantity": 1}]});
+            tokio::spawn(async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap() })
+        };
+        eventually("the gate's load", async || proxy.fired() == 1).await;
+        let came_back = match comeback {
+            Comeback::Cancel => {
+                let path = format!("/api/orders/{cancelled}/cancel");
+                app.post(&path, Some(&buyer.token), json!({})).await
+            }
+            Comeback::Restock => {
+                let admin = app.admin().await;
+                let path = format!("/api/admin/products/{product}");
+                app.request(reqwest::Method::PATCH, &path, Some(&admin.token), Some(json!({"stock": 5}))).await
+            }
+        };
+        assert_eq!(came_back.status(), StatusCode::OK, "{comeback:?}");
+        assert_eq!(loading.await.unwrap().status(), StatusCode::CREATED, "{comeback:?}");
+        // Every unit PostgreSQL holds can still be sold through the gate.
+        let left = app.stock(product).await;
+        for _ in 0..left {
+            let sold = app.place_order(&buyer, &[(product, 1)], None).await;
+            assert_eq!(sold.status(), StatusCode::CREATED, "{comeback:?}: the gate refused a unit PostgreSQL has");
+        }
+        assert_eq!(app.stock(product).await, 0);
+        let refused = app.place_order(&buyer, &[(product, 1)], None).await;
+        assert_problem(refused, StatusCode::CONFLICT, "OUT_OF_STOCK").await;
+        app.assert_invariants().await;
+    }
+}

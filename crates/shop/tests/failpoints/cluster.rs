@@ -64,3 +64,32 @@ async fn others_go_on_after_a_killed_holders_lease_and_nothing_is_lost_or_double
     .unwrap();
     assert_eq!((balance, ledger, rows), (6000, 6000, 6), "the killed charge left nothing, the others everything");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_whose_clock_is_a_day_behind_cannot_reset_the_daily_charge_limit() {
+    for strategy in ["optimistic", "pessimistic", "atomic", "redis-lock", "batch"] {
+        let cluster = Cluster::start(2, &[("POINTS_STRATEGY", strategy), ("POINTS_DAILY_CHARGE_LIMIT", "3")], |i| {
+            if i == 1 { vec![("FAILPOINTS".into(), "clock::days_behind=return(1)".into())] } else { Vec::new() }
+        })
+        .await;
+        let user = bulk_users(&cluster.db, 1).await.remove(0);
+        let wallet = format!("/api/users/{}/points", user.id);
+        let charge = async |instance: usize| {
+            let request = cluster.client.post(cluster.url(instance, &wallet)).bearer_auth(&user.token);
+            request.json(&json!({"amount": 1000})).send().await.unwrap().status()
+        };
+        for _ in 0..3 {
+            assert_eq!(charge(0).await, StatusCode::OK, "{strategy}");
+        }
+        // Instance 1 still thinks it is yesterday: its charge counts on the
+        // later day, which is used up, and does not start yesterday afresh.
+        assert_eq!(charge(1).await, StatusCode::CONFLICT, "{strategy}: a late stamp reset the count");
+        assert_eq!(charge(0).await, StatusCode::CONFLICT, "{strategy}");
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM point_ledger WHERE user_id = $1")
+            .bind(user.id)
+            .fetch_one(&cluster.db)
+            .await
+            .unwrap();
+        assert_eq!(rows, 3, "{strategy}: three charges on one day");
+    }
+}

@@ -72,6 +72,8 @@ struct Fault {
 struct State {
     faults: Vec<Fault>,
     fired: usize,
+    /// The SQLSTATE of every error the server answered.
+    errors: Vec<String>,
     refuse_connections: bool,
     /// Cancelled to reset every open connection; replaced afterwards.
     reset: CancellationToken,
@@ -158,6 +160,11 @@ impl PgProxy {
         self.state.lock().unwrap().fired
     }
 
+    /// How many errors with this SQLSTATE the server has answered.
+    pub fn errors(&self, sqlstate: &str) -> usize {
+        self.state.lock().unwrap().errors.iter().filter(|code| *code == sqlstate).count()
+    }
+
     /// New connections are closed at once while `refuse` holds.
     pub fn refuse_connections(&self, refuse: bool) {
         self.state.lock().unwrap().refuse_connections = refuse;
@@ -189,6 +196,11 @@ async fn relay(mut client: TcpStream, state: Arc<Mutex<State>>) {
         break message;
     };
     let Ok(mut server) = TcpStream::connect(UPSTREAM).await else { return };
+    // Messages are forwarded one by one: without this, Nagle's algorithm
+    // and delayed ACKs hold many of them back for tens of milliseconds.
+    if client.set_nodelay(true).is_err() || server.set_nodelay(true).is_err() {
+        return;
+    }
     if server.write_all(&startup).await.is_err() {
         return;
     }
@@ -196,8 +208,8 @@ async fn relay(mut client: TcpStream, state: Arc<Mutex<State>>) {
     let (server_read, server_write) = server.into_split();
     let pending: Pending = Arc::default();
     tokio::select! {
-        _ = client_to_server(BufReader::new(client_read), server_write, state, pending.clone()) => {}
-        _ = server_to_client(BufReader::new(server_read), client_write, pending) => {}
+        _ = client_to_server(BufReader::new(client_read), server_write, state.clone(), pending.clone()) => {}
+        _ = server_to_client(BufReader::new(server_read), client_write, state, pending) => {}
     }
 }
 
@@ -283,9 +295,21 @@ async fn client_to_server(
     }
 }
 
-async fn server_to_client(mut server: BufReader<OwnedReadHalf>, mut client: OwnedWriteHalf, pending: Pending) {
+async fn server_to_client(
+    mut server: BufReader<OwnedReadHalf>,
+    mut client: OwnedWriteHalf,
+    state: Arc<Mutex<State>>,
+    pending: Pending,
+) {
     loop {
         let Ok((kind, message)) = read_typed(&mut server).await else { return };
+        if kind == b'E' {
+            // Fields: a type byte and a NUL-terminated value each; 'C' is the SQLSTATE.
+            let fields = message[5..].split(|byte| *byte == 0);
+            if let Some(code) = fields.filter_map(|field| field.split_first()).find(|(kind, _)| **kind == b'C') {
+                state.lock().unwrap().errors.push(String::from_utf8_lossy(code.1).into_owned());
+            }
+        }
         let action = *pending.lock().unwrap();
         match action {
             Some(Action::LoseReply) => {
