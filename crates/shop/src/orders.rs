@@ -19,7 +19,7 @@ use crate::storage::orders::{ItemRow, NewItem, NewOrder, OrderRow};
 use crate::storage::products::ProductRow;
 use crate::storage::{Tx, coupons, ledger, orders, outbox, payments, products, wallets};
 use crate::strategy::stock::StockStrategy;
-use crate::top_sellers::{Sale, TopSellers};
+use crate::top_sellers::{Sale, SaleRecord, TopSellers};
 
 mod batch;
 
@@ -294,10 +294,11 @@ pub async fn cancel(
     if let Some(claim) = claim {
         claim.save(&mut tx, axum::http::StatusCode::OK, &view).await?;
     }
+    let xid = tx.xid();
     tx.commit().await?;
     stock.changed(&returned).await;
     if let (true, Some(paid_at)) = (was_paid, order.paid_at) {
-        top_sellers.cancelled(paid_at, &view.sales()).await;
+        top_sellers.cancelled(SaleRecord { order_id: order.id, xid, paid_at, sales: &view.sales() }).await;
     }
     Ok(view)
 }

@@ -15,7 +15,7 @@ use crate::storage::orders::OrderRow;
 use crate::storage::payments::PaymentRow;
 use crate::storage::{Tx, orders, outbox, payments};
 use crate::strategy::points::{PointsStrategy, Spend};
-use crate::top_sellers::TopSellers;
+use crate::top_sellers::{SaleRecord, TopSellers};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -99,13 +99,16 @@ pub async fn pay(
         if let Some(claim) = claim {
             claim.save(&mut tx, axum::http::StatusCode::CREATED, &view).await?;
         }
+        let xid = tx.xid();
         tx.commit().await?;
-        Ok::<_, AppError>((view, recorded.sales))
+        Ok::<_, AppError>((view, recorded.sales, xid))
     }
     .await;
     points.release_wallet(hold).await;
-    let (payment, sales) = paid?;
-    top_sellers.paid(payment.paid_at, &sales).await;
+    let (payment, sales, xid) = paid?;
+    // Tests hold a committed payment here while the top sellers rebuild.
+    fail::fail_point!("payments::pay::committed");
+    top_sellers.paid(SaleRecord { order_id: payment.order_id, xid, paid_at: payment.paid_at, sales: &sales }).await;
     Ok(payment)
 }
 

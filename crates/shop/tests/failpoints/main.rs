@@ -10,6 +10,7 @@ mod fencing;
 mod gates;
 mod lifecycle;
 mod races;
+mod top_sellers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
