@@ -41,8 +41,10 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every error answer is `application/problem+json`, and every route with a
-/// JSON body can answer 413 and 415: said once here rather than per handler.
+/// Every error answer is `application/problem+json`, every route with a
+/// JSON body can answer 413 and 415, and every route but the probes can
+/// answer 503 when PostgreSQL or Redis fails: said once here rather than per
+/// handler.
 /// Runs on the finished document, after the router has added the paths.
 pub fn document_problem_responses(openapi: &mut utoipa::openapi::OpenApi) {
     for item in openapi.paths.paths.values_mut() {
@@ -54,7 +56,20 @@ pub fn document_problem_responses(openapi: &mut utoipa::openapi::OpenApi) {
 }
 
 fn document_problems(operation: &mut Operation) {
+    let probe = operation.tags.iter().flatten().any(|tag| tag == "health");
     let responses = &mut operation.responses.responses;
+    if !probe {
+        responses.entry("503".into()).or_insert_with(|| {
+            let mut unavailable = Response::new(
+                "SERVICE_UNAVAILABLE, with Retry-After: PostgreSQL or Redis failed. Nothing was changed, or — \
+                 when the database did not confirm a commit in time — the change may have been saved, and a \
+                 retry with the same Idempotency-Key replays its answer.",
+            );
+            let problem = RefOr::T(Content::new(Some(problem_schema())));
+            unavailable.content.insert("application/problem+json".into(), problem);
+            RefOr::T(unavailable)
+        });
+    }
     if operation.request_body.is_some() {
         for (status, description) in [
             ("413", "PAYLOAD_TOO_LARGE: the body is over 64 KiB"),

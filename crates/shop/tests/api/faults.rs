@@ -1,5 +1,6 @@
-//! Faults of the network between the shop and PostgreSQL, made by a wire
-//! proxy (`support::pg_proxy`), and clients that give up mid-request. Each
+//! Faults of the network between the shop and PostgreSQL or Redis, made by
+//! proxies (`support::pg_proxy`, `support::redis_proxy`), and clients that
+//! give up mid-request. Each
 //! answer must be true of the database: an effect whose COMMIT reply was lost
 //! is found out, never redone; a request whose client left finishes anyway;
 //! an outcome that cannot be found out is 503 and its Idempotency-Key
@@ -13,7 +14,8 @@ use serde_json::{Value, json};
 use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind};
 
 use crate::support::pg_proxy::{PgProxy, Statement};
-use crate::support::{TestApp, User, assert_problem, spawn_app_behind};
+use crate::support::redis_proxy::RedisProxy;
+use crate::support::{TestApp, User, assert_problem, spawn_app_behind, spawn_app_with};
 
 /// The statement of a lone charge (`atomic`, and `batch` with one charge).
 const LONE_CHARGE: &str = "WITH charged AS (";
@@ -273,4 +275,32 @@ async fn stock_that_comes_back_while_the_gate_loads_is_not_lost() {
         assert_problem(refused, StatusCode::CONFLICT, "OUT_OF_STOCK").await;
         app.assert_invariants().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coupon_grant_whose_redis_reply_is_lost_is_503_and_its_unit_comes_back() {
+    let redis = RedisProxy::start().await;
+    let app = spawn_app_with(|config| {
+        config.redis_url = redis.url();
+        config.coupon_strategy = CouponStrategyKind::RedisGate;
+        config.locks.gate_reconcile_after_ms = 300;
+    })
+    .await;
+    let code = app.create_coupon_type("LOST_GRANT", 1, json!({})).await;
+    let (first, second) = (app.new_user().await, app.new_user().await);
+    // The gate grants the only unit to the first user; the answer is lost.
+    let type_id = count(&app, "SELECT id FROM coupon_types WHERE code = 'LOST_GRANT'").await;
+    redis.lose_reply_to(&format!("coupon-gate:{type_id}:state"), 1);
+    let lost = app.issue_coupon(&first, &code).await;
+    assert_eq!(redis.fired(), 1);
+    assert!(lost.headers().contains_key("retry-after"));
+    assert_problem(lost, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+    // The grant is pending with no coupon behind it: the second user waits
+    // for the reconciler, which gives the unit back, and gets it.
+    let waited = app.issue_coupon(&second, &code).await;
+    assert_eq!(waited.status(), StatusCode::CREATED, "{}", waited.text().await.unwrap());
+    assert_problem(app.issue_coupon(&first, &code).await, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+    let holders: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM coupons").fetch_all(&app.db).await.unwrap();
+    assert_eq!(holders, vec![second.id]);
+    app.assert_invariants().await;
 }

@@ -5,6 +5,15 @@
 //! API.md is checked, and every answer against the database: each success
 //! left exactly its record, each refusal left nothing.
 //!
+//! The second run adds faults: COMMIT replies lost on their way back,
+//! connections cut mid-transaction or all at once, slow replies, clients
+//! that give up mid-request, instances killed and restarted. An answer the
+//! client never got (or a 503) is *unknown*, and is checked both ways: the
+//! effect happened once or not at all — never twice, and nothing answered
+//! as done is missing. A request with an Idempotency-Key is retried with it
+//! until its answer is known, as the contract asks of clients. No answer is
+//! ever 500.
+//!
 //! The seed (and the strategies it picks) is printed; to replay a run or go
 //! longer:
 //!
@@ -15,6 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -25,28 +35,44 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::support::cluster::Cluster;
+use crate::support::pg_proxy::{PgProxy, Statement};
 use crate::support::{User, admin_of, bulk_users, invariants};
 
 const CLIENTS: u64 = 8;
 const COUPON_CODES: [&str; 2] = ["SCARCE", "PLENTY"];
+const COUPON_TOTALS: [i64; 2] = [5, 50];
+/// Each user's first charge; every later one has an amount of its own.
+const FUNDING: i64 = 500_000;
 
-/// What one answered request claims happened.
-#[derive(Debug)]
-enum Event {
-    SignedUp { email: String, user_id: Option<i64> },
-    Charged { user_id: i64, amount: i64, ok: bool },
-    Issued { user_id: i64, code: &'static str, coupon_id: Option<i64> },
-    Placed { user_id: i64, order_id: Option<i64>, final_amount: i64 },
-    Paid { user_id: i64, order_id: i64, payment_id: Option<i64>, amount: i64 },
-    Cancelled { order_id: i64, ok: bool },
+/// What a client knows of a request's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    Refused,
+    /// No answer, or a 503: it may have happened, once at most.
+    Unknown,
 }
 
-/// What clients learn as they go and share: who exists, what they hold.
+/// What one request claims happened.
+#[derive(Debug)]
+enum Event {
+    SignedUp { email: String, user_id: Option<i64>, outcome: Outcome },
+    Charged { user_id: i64, amount: i64, outcome: Outcome },
+    Issued { user_id: i64, code: &'static str, coupon_id: Option<i64>, outcome: Outcome, refusal: Option<String> },
+    Placed { user_id: i64, order_id: Option<i64>, final_amount: i64, outcome: Outcome },
+    Paid { user_id: i64, order_id: i64, payment_id: Option<i64>, amount: i64, outcome: Outcome },
+    Cancelled { order_id: i64, outcome: Outcome },
+}
+
+/// What clients learn as they go and share: who exists, what they hold,
+/// and each user's next charge amount (unique per user, so every ledger
+/// row names the request that made it).
 #[derive(Default)]
 struct Known {
     users: Vec<User>,
     coupons: HashMap<i64, Vec<i64>>,
     orders: Vec<(User, i64)>,
+    charges: HashMap<i64, i64>,
 }
 
 fn setting(name: &str) -> Option<u64> {
@@ -55,6 +81,23 @@ fn setting(name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_random_history_across_instances_is_consistent() {
+    random_history(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_random_history_with_lost_replies_dropped_requests_and_killed_instances_is_consistent() {
+    random_history(true).await;
+}
+
+/// The clients' side of a run.
+struct Run {
+    cluster: Cluster,
+    known: Mutex<Known>,
+    products: Vec<i64>,
+    faults: bool,
+}
+
+async fn random_history(faults: bool) {
     let seed = setting("SHOP_HISTORY_SEED").unwrap_or_else(rand::random);
     let operations = setting("SHOP_HISTORY_OPERATIONS").unwrap_or(400);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -62,10 +105,13 @@ async fn a_random_history_across_instances_is_consistent() {
     let stock = *["optimistic", "pessimistic", "atomic", "redis-lock", "redis-gate", "batch"].choose(&mut rng).unwrap();
     let coupons = *["pessimistic", "atomic", "redis-lock", "redis-gate"].choose(&mut rng).unwrap();
     eprintln!(
-        "history: seed {seed}, {operations} operations, points {points}, stock {stock}, coupons {coupons} \
-         (replay with SHOP_HISTORY_SEED={seed})"
+        "history{}: seed {seed}, {operations} operations, points {points}, stock {stock}, coupons {coupons} \
+         (replay with SHOP_HISTORY_SEED={seed})",
+        if faults { " with faults" } else { "" }
     );
-    let cluster = Cluster::start(
+    let proxy = PgProxy::start().await;
+    let cluster = Cluster::start_behind(
+        faults.then_some(&proxy),
         3,
         &[
             ("POINTS_STRATEGY", points),
@@ -74,6 +120,8 @@ async fn a_random_history_across_instances_is_consistent() {
             ("POINTS_DAILY_CHARGE_LIMIT", "5"),
             ("ORDER_PAYMENT_TIMEOUT_SECS", "2"),
             ("DATABASE_MAX_CONNECTIONS", "5"),
+            // Grants left by a killed instance come back within the run.
+            ("GATE_RECONCILE_AFTER_MS", "1500"),
         ],
         |_| Vec::new(),
     )
@@ -82,33 +130,32 @@ async fn a_random_history_across_instances_is_consistent() {
     let mut products = Vec::new();
     for (name, price, stock) in [("a", 3000, 30), ("b", 8000, 15), ("c", 15000, 5)] {
         let body = json!({"name": name, "price": price, "stock": stock, "category": "history"});
-        let created: Value = post(&cluster, 0, "/api/admin/products", &admin.token, body).await.1;
+        let created = setup(&cluster, "/api/admin/products", &admin.token, body).await;
         products.push(created["id"].as_i64().unwrap());
     }
-    for (code, total) in COUPON_CODES.iter().zip([5, 50]) {
+    for (code, total) in COUPON_CODES.iter().zip(COUPON_TOTALS) {
         let body = json!({"code": code, "kind": "PERCENT", "value": 10, "minOrderAmount": 5000, "totalQuantity": total, "validDays": 7});
-        post(&cluster, 0, "/api/admin/coupon-types", &admin.token, body).await;
+        setup(&cluster, "/api/admin/coupon-types", &admin.token, body).await;
     }
     let users = bulk_users(&cluster.db, 20).await;
     let mut events = Vec::new();
     for user in &users {
         // Enough to pay for a few orders, so payments are a real part of the mix.
-        let path = format!("/api/users/{}/points", user.id);
-        let (status, _) = post(&cluster, 0, &path, &user.token, json!({"amount": 100_000})).await;
-        events.push(Event::Charged { user_id: user.id, amount: 100_000, ok: status == StatusCode::OK });
+        setup(&cluster, &format!("/api/users/{}/points", user.id), &user.token, json!({"amount": FUNDING})).await;
+        events.push(Event::Charged { user_id: user.id, amount: FUNDING, outcome: Outcome::Done });
     }
-    let known = Arc::new(Mutex::new(Known { users, ..Known::default() }));
-    let cluster = Arc::new(cluster);
-    let products = Arc::new(products);
+    let run = Arc::new(Run { cluster, known: Mutex::new(Known { users, ..Known::default() }), products, faults });
 
+    let running = Arc::new(AtomicBool::new(true));
+    let injector = faults.then(|| tokio::spawn(inject_faults(run.clone(), proxy.clone(), running.clone(), seed)));
     let clients = (0..CLIENTS).map(|client| {
-        let (cluster, known, products) = (cluster.clone(), known.clone(), products.clone());
+        let run = run.clone();
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client + 1));
             let mut events = Vec::new();
             for step in 0..operations / CLIENTS {
                 let instance = (client + step) as usize;
-                events.push(random_operation(&mut rng, &cluster, instance, &known, &products).await);
+                events.push(random_operation(&mut rng, &run, instance).await);
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
             }
             events
@@ -117,101 +164,220 @@ async fn a_random_history_across_instances_is_consistent() {
     for client in clients {
         events.extend(client.await.unwrap());
     }
-    check(&cluster, &events).await;
-    invariants::all(&cluster.db).await;
+    running.store(false, Ordering::SeqCst);
+    if let Some(injector) = injector {
+        injector.await.unwrap();
+    }
+    proxy.heal();
+    // Requests whose clients gave up finish on their servers meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    check(&run.cluster, &events).await;
+    invariants::all(&run.cluster.db).await;
 }
 
-async fn post(cluster: &Cluster, instance: usize, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    let response =
-        cluster.client.post(cluster.url(instance, path)).bearer_auth(token).json(&body).send().await.unwrap();
-    let status = response.status();
-    assert!(!status.is_server_error(), "{path} answered {status}");
-    (status, response.json().await.unwrap_or(Value::Null))
+/// Set-up requests, made before any fault: they must succeed.
+async fn setup(cluster: &Cluster, path: &str, token: &str, body: Value) -> Value {
+    let response = cluster.client.post(cluster.url(0, path)).bearer_auth(token).json(&body).send().await.unwrap();
+    assert!(response.status().is_success(), "{path} answered {}", response.status());
+    response.json().await.unwrap()
 }
 
-async fn random_operation(
-    rng: &mut StdRng,
-    cluster: &Cluster,
+/// Breaks something every few hundred milliseconds until the clients are done.
+async fn inject_faults(run: Arc<Run>, proxy: PgProxy, running: Arc<AtomicBool>, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut killed = 0;
+    while running.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        match rng.random_range(0..100) {
+            0..40 => proxy.lose_reply_to(Statement::Commit, 1),
+            40..55 => proxy.cut_before(Statement::Containing("INSERT INTO".into()), 1),
+            55..70 => proxy.delay_reply_to(Statement::Commit, Duration::from_millis(300), 2),
+            70..85 => proxy.reset_all(),
+            _ => {
+                let instance = killed % run.cluster.len();
+                killed += 1;
+                run.cluster.kill(instance);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                run.cluster.restart(instance).await;
+            }
+        }
+    }
+    eprintln!("history: {} faults fired, {killed} instances killed", proxy.fired());
+}
+
+/// The answer to a request as a client sees it: its outcome and body.
+struct Answer {
+    outcome: Outcome,
+    body: Value,
+}
+
+/// Sends a POST; under faults, some clients give up early, and a request
+/// with an Idempotency-Key whose outcome is unknown is retried with it
+/// until it is known (or the retries run out).
+async fn post(run: &Run, rng: &mut StdRng, instance: usize, path: &str, token: &str, body: Value) -> Answer {
+    let key = (run.faults && rng.random_bool(0.5)).then(|| uuid::Uuid::new_v4().to_string());
+    let impatient = run.faults && rng.random_bool(0.1);
+    let mut answer = send(run, instance, path, token, &body, key.as_deref(), impatient).await;
+    let Some(key) = key else { return answer };
+    for attempt in 1..=10 {
+        if answer.outcome != Outcome::Unknown {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+        answer = send(run, instance + attempt as usize, path, token, &body, Some(&key), false).await;
+    }
+    answer
+}
+
+async fn send(
+    run: &Run,
     instance: usize,
-    known: &Mutex<Known>,
-    products: &[i64],
-) -> Event {
-    let user = known.lock().await.users.choose(rng).unwrap().clone();
+    path: &str,
+    token: &str,
+    body: &Value,
+    key: Option<&str>,
+    impatient: bool,
+) -> Answer {
+    let mut request = run.cluster.client.post(run.cluster.url(instance, path)).bearer_auth(token).json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    if impatient {
+        request = request.timeout(Duration::from_millis(30));
+    }
+    let response = match request.send().await {
+        // It never reached the server (a killed instance).
+        Err(error) if error.is_connect() => return Answer { outcome: Outcome::Refused, body: Value::Null },
+        Err(_) => return Answer { outcome: Outcome::Unknown, body: Value::Null },
+        Ok(response) => response,
+    };
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path} answered 500: {body}");
+    assert!(run.faults || !status.is_server_error(), "{path} answered {status} without faults: {body}");
+    let outcome = if status.is_success() {
+        Outcome::Done
+    } else if status == StatusCode::SERVICE_UNAVAILABLE || body["code"] == "IDEMPOTENCY_KEY_IN_USE" {
+        Outcome::Unknown
+    } else {
+        Outcome::Refused
+    };
+    Answer { outcome, body }
+}
+
+async fn random_operation(rng: &mut StdRng, run: &Run, instance: usize) -> Event {
+    let user = run.known.lock().await.users.choose(rng).unwrap().clone();
     match rng.random_range(0..100) {
         0..10 => {
             // Often an email someone else may be signing up at the same moment.
             let email = format!("history-{}@example.com", rng.random_range(0..40));
             let body = json!({"email": email, "password": "password123", "name": "History"});
-            let (status, answer) = post(cluster, instance, "/api/auth/register", "", body).await;
-            let user_id = (status == StatusCode::CREATED).then(|| answer["userId"].as_i64().unwrap());
+            let answer = post(run, rng, instance, "/api/auth/register", "", body).await;
+            let user_id = (answer.outcome == Outcome::Done).then(|| answer.body["userId"].as_i64().unwrap());
             if let Some(id) = user_id {
-                let token = answer["accessToken"].as_str().unwrap().to_owned();
-                known.lock().await.users.push(User { id, email: email.clone(), token, refresh_token: String::new() });
+                let token = answer.body["accessToken"].as_str().unwrap().to_owned();
+                let user = User { id, email: email.clone(), token, refresh_token: String::new() };
+                run.known.lock().await.users.push(user);
             }
-            Event::SignedUp { email, user_id }
+            Event::SignedUp { email, user_id, outcome: answer.outcome }
         }
         10..35 => {
-            let amount = rng.random_range(1..=20) * 1000;
+            let amount = {
+                let mut known = run.known.lock().await;
+                let next = known.charges.entry(user.id).or_insert(1000);
+                *next += if *next + 1000 == FUNDING { 2000 } else { 1000 };
+                *next
+            };
             let path = format!("/api/users/{}/points", user.id);
-            let (status, _) = post(cluster, instance, &path, &user.token, json!({"amount": amount})).await;
-            Event::Charged { user_id: user.id, amount, ok: status == StatusCode::OK }
+            let answer = post(run, rng, instance, &path, &user.token, json!({"amount": amount})).await;
+            Event::Charged { user_id: user.id, amount, outcome: answer.outcome }
         }
         35..50 => {
             let code = *COUPON_CODES.choose(rng).unwrap();
-            let (status, answer) =
-                post(cluster, instance, "/api/coupons/issue", &user.token, json!({"couponType": code})).await;
-            let coupon_id = (status == StatusCode::CREATED).then(|| answer["couponId"].as_i64().unwrap());
+            let answer = post(run, rng, instance, "/api/coupons/issue", &user.token, json!({"couponType": code})).await;
+            let coupon_id = (answer.outcome == Outcome::Done).then(|| answer.body["couponId"].as_i64().unwrap());
             if let Some(id) = coupon_id {
-                known.lock().await.coupons.entry(user.id).or_default().push(id);
+                run.known.lock().await.coupons.entry(user.id).or_default().push(id);
             }
-            Event::Issued { user_id: user.id, code, coupon_id }
+            let refusal =
+                (answer.outcome == Outcome::Refused).then(|| answer.body["code"].as_str().unwrap_or("").to_owned());
+            Event::Issued { user_id: user.id, code, coupon_id, outcome: answer.outcome, refusal }
         }
         50..75 => {
-            let count = rng.random_range(1..=products.len());
-            let chosen: Vec<i64> = products.sample(rng, count).copied().collect();
+            let count = rng.random_range(1..=run.products.len());
+            let chosen: Vec<i64> = run.products.sample(rng, count).copied().collect();
             let lines: Vec<Value> =
                 chosen.iter().map(|id| json!({"productId": id, "quantity": rng.random_range(1..=3)})).collect();
-            let coupon = known.lock().await.coupons.get(&user.id).and_then(|held| held.choose(rng).copied());
+            let coupon = run.known.lock().await.coupons.get(&user.id).and_then(|held| held.choose(rng).copied());
             let coupon = coupon.filter(|_| rng.random_bool(0.5));
-            let (status, answer) =
-                post(cluster, instance, "/api/orders", &user.token, json!({"items": lines, "couponId": coupon})).await;
-            let order_id = (status == StatusCode::CREATED).then(|| answer["orderId"].as_i64().unwrap());
+            let body = json!({"items": lines, "couponId": coupon});
+            let answer = post(run, rng, instance, "/api/orders", &user.token, body).await;
+            let order_id = (answer.outcome == Outcome::Done).then(|| answer.body["orderId"].as_i64().unwrap());
             if let Some(id) = order_id {
-                known.lock().await.orders.push((user.clone(), id));
+                run.known.lock().await.orders.push((user.clone(), id));
             }
-            Event::Placed { user_id: user.id, order_id, final_amount: answer["finalAmount"].as_i64().unwrap_or(0) }
+            let final_amount = answer.body["finalAmount"].as_i64().unwrap_or(0);
+            Event::Placed { user_id: user.id, order_id, final_amount, outcome: answer.outcome }
         }
         75..92 => {
-            let Some((owner, order_id)) = known.lock().await.orders.choose(rng).cloned() else {
-                return Event::Cancelled { order_id: 0, ok: false };
+            let Some((owner, order_id)) = run.known.lock().await.orders.choose(rng).cloned() else {
+                return Event::Cancelled { order_id: 0, outcome: Outcome::Refused };
             };
-            let (status, answer) =
-                post(cluster, instance, "/api/payments", &owner.token, json!({"orderId": order_id})).await;
-            let payment_id = (status == StatusCode::CREATED).then(|| answer["paymentId"].as_i64().unwrap());
-            Event::Paid { user_id: owner.id, order_id, payment_id, amount: answer["finalAmount"].as_i64().unwrap_or(0) }
+            let answer = post(run, rng, instance, "/api/payments", &owner.token, json!({"orderId": order_id})).await;
+            let payment_id = (answer.outcome == Outcome::Done).then(|| answer.body["paymentId"].as_i64().unwrap());
+            let amount = answer.body["finalAmount"].as_i64().unwrap_or(0);
+            Event::Paid { user_id: owner.id, order_id, payment_id, amount, outcome: answer.outcome }
         }
         _ => {
-            let Some((owner, order_id)) = known.lock().await.orders.choose(rng).cloned() else {
-                return Event::Cancelled { order_id: 0, ok: false };
+            let Some((owner, order_id)) = run.known.lock().await.orders.choose(rng).cloned() else {
+                return Event::Cancelled { order_id: 0, outcome: Outcome::Refused };
             };
             let path = format!("/api/orders/{order_id}/cancel");
-            let (status, _) = post(cluster, instance, &path, &owner.token, json!({})).await;
-            Event::Cancelled { order_id, ok: status == StatusCode::OK }
+            let answer = post(run, rng, instance, &path, &owner.token, json!({})).await;
+            Event::Cancelled { order_id, outcome: answer.outcome }
         }
+    }
+}
+
+/// Done and unknown counts of one kind of effect: the database must hold at
+/// least the done ones and at most all of them.
+#[derive(Default, Debug)]
+struct Bounds {
+    done: i64,
+    unknown: i64,
+}
+
+impl Bounds {
+    fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Done => self.done += 1,
+            Outcome::Unknown => self.unknown += 1,
+            Outcome::Refused => {}
+        }
+    }
+
+    fn check(&self, what: &str, stored: i64) {
+        assert!(
+            (self.done..=self.done + self.unknown).contains(&stored),
+            "{what}: {stored} stored, {} answered done and {} unknown",
+            self.done,
+            self.unknown
+        );
     }
 }
 
 /// Every answer against the database.
 async fn check(cluster: &Cluster, events: &[Event]) {
     let db = &cluster.db;
-    let mut charges: HashMap<i64, (i64, i64)> = HashMap::new();
-    let mut payments: HashMap<i64, i64> = HashMap::new();
-    let mut coupons_issued = HashSet::new();
-    let mut orders_placed = HashSet::new();
-    let mut signed_up = HashSet::new();
+    let mut charges: HashMap<(i64, i64), Outcome> = HashMap::new();
+    let (mut coupons, mut orders, mut payments) = (Bounds::default(), Bounds::default(), Bounds::default());
+    let mut orders_of: HashMap<i64, Bounds> = HashMap::new();
+    let mut sold_out = HashSet::new();
+    let mut held = HashSet::new();
+    let mut unknown = 0;
     for event in events {
         match event {
-            Event::SignedUp { email, user_id } => {
+            Event::SignedUp { email, user_id, outcome } => {
                 let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
                     .bind(email)
                     .fetch_all(db)
@@ -220,49 +386,61 @@ async fn check(cluster: &Cluster, events: &[Event]) {
                 assert!(ids.len() <= 1, "{email} signed up twice");
                 if let Some(id) = user_id {
                     assert_eq!(ids, vec![*id], "{email}'s account is the one answered");
-                    assert!(signed_up.insert(email.clone()), "{email} answered 201 twice");
+                }
+                if *outcome == Outcome::Unknown {
+                    unknown += 1;
                 }
             }
-            Event::Charged { user_id, amount, ok: true } => {
-                let (count, sum) = charges.entry(*user_id).or_default();
-                *count += 1;
-                *sum += amount;
+            Event::Charged { user_id, amount, outcome } => {
+                assert!(charges.insert((*user_id, *amount), *outcome).is_none(), "one charge per amount and user");
             }
-            Event::Charged { .. } => {}
-            Event::Issued { user_id, code, coupon_id: Some(id) } => {
-                let holder: (i64, String) = sqlx::query_as(
-                    "SELECT c.user_id, t.code FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE c.id = $1",
-                )
-                .bind(id)
-                .fetch_one(db)
-                .await
-                .unwrap();
-                assert_eq!(holder, (*user_id, (*code).to_owned()));
-                coupons_issued.insert(*id);
-            }
-            Event::Issued { .. } => {}
-            Event::Placed { user_id, order_id: Some(id), final_amount } => {
-                let row: (i64, i64) = sqlx::query_as("SELECT user_id, final_amount FROM orders WHERE id = $1")
+            Event::Issued { user_id, code, coupon_id, outcome, refusal } => {
+                coupons.add(*outcome);
+                if let Some(id) = coupon_id {
+                    let holder: (i64, String) = sqlx::query_as(
+                        "SELECT c.user_id, t.code FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE c.id = $1",
+                    )
                     .bind(id)
                     .fetch_one(db)
                     .await
                     .unwrap();
-                assert_eq!(row, (*user_id, *final_amount));
-                orders_placed.insert(*id);
+                    assert_eq!(holder, (*user_id, (*code).to_owned()));
+                }
+                match refusal.as_deref() {
+                    Some("COUPON_SOLD_OUT") => {
+                        sold_out.insert(*code);
+                    }
+                    Some("COUPON_ALREADY_ISSUED") => {
+                        held.insert((*user_id, *code));
+                    }
+                    _ => {}
+                }
             }
-            Event::Placed { .. } => {}
-            Event::Paid { user_id, order_id, payment_id: Some(id), amount } => {
-                let row: (i64, i64, i64) =
-                    sqlx::query_as("SELECT order_id, user_id, amount FROM payments WHERE id = $1")
+            Event::Placed { user_id, order_id, final_amount, outcome } => {
+                orders.add(*outcome);
+                orders_of.entry(*user_id).or_default().add(*outcome);
+                if let Some(id) = order_id {
+                    let row: (i64, i64) = sqlx::query_as("SELECT user_id, final_amount FROM orders WHERE id = $1")
                         .bind(id)
                         .fetch_one(db)
                         .await
                         .unwrap();
-                assert_eq!(row, (*order_id, *user_id, *amount));
-                assert!(payments.insert(*order_id, *id).is_none(), "order {order_id} answered paid twice");
+                    assert_eq!(row, (*user_id, *final_amount));
+                }
             }
-            Event::Paid { .. } => {}
-            Event::Cancelled { order_id, ok: true } => {
+            Event::Paid { user_id, order_id, payment_id, amount, outcome } => {
+                payments.add(*outcome);
+                if let Some(id) = payment_id {
+                    let row: (i64, i64, i64) =
+                        sqlx::query_as("SELECT order_id, user_id, amount FROM payments WHERE id = $1")
+                            .bind(id)
+                            .fetch_one(db)
+                            .await
+                            .unwrap();
+                    assert_eq!(row, (*order_id, *user_id, *amount));
+                }
+            }
+            Event::Cancelled { order_id, outcome: Outcome::Done } => {
                 let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
                     .bind(order_id)
                     .fetch_one(db)
@@ -273,16 +451,26 @@ async fn check(cluster: &Cluster, events: &[Event]) {
             Event::Cancelled { .. } => {}
         }
     }
-    // Refusals left nothing: the rows are exactly the successes.
-    for (user_id, (count, sum)) in &charges {
-        let (rows, total): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), COALESCE(SUM(amount), 0)::bigint FROM point_ledger WHERE user_id = $1 AND kind = 'CHARGE'",
-        )
-        .bind(user_id)
-        .fetch_one(db)
-        .await
-        .unwrap();
-        assert_eq!((rows, total), (*count, *sum), "user {user_id}'s charges");
+    // Charges, exactly: every ledger row is one request's, made once; a
+    // charge answered done is there, one refused is not.
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT user_id, amount, count(*) FROM point_ledger WHERE kind = 'CHARGE' GROUP BY user_id, amount",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    let stored: HashMap<(i64, i64), i64> = rows.into_iter().map(|(user, amount, n)| ((user, amount), n)).collect();
+    for ((user_id, amount), outcome) in &charges {
+        let n = stored.get(&(*user_id, *amount)).copied().unwrap_or(0);
+        match outcome {
+            Outcome::Done => assert_eq!(n, 1, "user {user_id}'s charge of {amount}, answered done"),
+            Outcome::Refused => assert_eq!(n, 0, "user {user_id}'s charge of {amount}, refused"),
+            Outcome::Unknown => assert!(n <= 1, "user {user_id}'s charge of {amount}, unknown, made {n} times"),
+        }
+        unknown += i64::from(*outcome == Outcome::Unknown);
+    }
+    for key in stored.keys() {
+        assert!(charges.contains_key(key), "a charge of {} to user {} nobody asked for", key.1, key.0);
     }
     let counted: (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM coupons), (SELECT count(*) FROM orders), (SELECT count(*) FROM payments)",
@@ -290,11 +478,48 @@ async fn check(cluster: &Cluster, events: &[Event]) {
     .fetch_one(db)
     .await
     .unwrap();
-    assert_eq!(counted, (coupons_issued.len() as i64, orders_placed.len() as i64, payments.len() as i64));
+    coupons.check("coupons", counted.0);
+    orders.check("orders", counted.1);
+    payments.check("payments", counted.2);
+    for (user_id, bounds) in &orders_of {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(db)
+            .await
+            .unwrap();
+        bounds.check(&format!("user {user_id}'s orders"), stored);
+    }
+    // A refusal is final: sold out means every unit issued, already issued
+    // means held.
+    for (code, total) in COUPON_CODES.iter().zip(COUPON_TOTALS) {
+        if sold_out.contains(code) {
+            let issued: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE t.code = $1",
+            )
+            .bind(code)
+            .fetch_one(db)
+            .await
+            .unwrap();
+            assert_eq!(issued, total, "{code} was answered sold out");
+        }
+    }
+    for (user_id, code) in &held {
+        let holds: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id
+                            WHERE c.user_id = $1 AND t.code = $2)",
+        )
+        .bind(user_id)
+        .bind(code)
+        .fetch_one(db)
+        .await
+        .unwrap();
+        assert!(holds, "user {user_id} was answered already issued {code}");
+    }
+    unknown += coupons.unknown + orders.unknown + payments.unknown;
     eprintln!(
-        "history: {} events, {} charges, {} coupons, {} orders, {} payments checked",
+        "history: {} events ({unknown} unknown), {} charges, {} coupons, {} orders, {} payments checked",
         events.len(),
-        charges.values().map(|(count, _)| count).sum::<i64>(),
+        stored.values().sum::<i64>(),
         counted.0,
         counted.1,
         counted.2

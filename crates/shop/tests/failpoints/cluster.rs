@@ -10,7 +10,7 @@ use crate::support::{REDIS, bulk_users};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn others_go_on_after_a_killed_holders_lease_and_nothing_is_lost_or_doubled() {
-    let mut cluster = Cluster::start(
+    let cluster = Cluster::start(
         3,
         &[
             ("POINTS_STRATEGY", "redis-lock"),

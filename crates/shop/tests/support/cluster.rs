@@ -2,16 +2,21 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+use super::pg_proxy::PgProxy;
 use super::{PG, REDIS, drop_test_data};
 
 pub struct Cluster {
-    instances: Vec<Instance>,
+    instances: Mutex<Vec<Instance>>,
+    /// The environment each instance was started with, to restart it.
+    environments: Vec<Vec<(String, String)>>,
+    /// The test's own connection to the database, never through a proxy.
     pub db: PgPool,
     pub client: reqwest::Client,
     pub database_url: String,
@@ -52,18 +57,35 @@ impl Cluster {
         environment: &[(&str, &str)],
         per_instance: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Cluster {
+        Self::start_behind(None, count, environment, per_instance).await
+    }
+
+    /// As [`Cluster::start`], with the instances' database connections
+    /// passing through `proxy` when given.
+    pub async fn start_behind(
+        proxy: Option<&PgProxy>,
+        count: usize,
+        environment: &[(&str, &str)],
+        per_instance: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         let id = Uuid::new_v4().simple().to_string();
-        let database_url = format!("{PG}/shop_test_{id}");
+        let database = format!("shop_test_{id}");
+        let database_url = format!("{PG}/{database}");
+        let served_url = proxy.map_or_else(|| database_url.clone(), |proxy| proxy.url(&database));
         let redis_key_prefix = format!("test:{id}:");
-        let mut shared = shared_environment(&database_url, &redis_key_prefix);
+        let mut shared = shared_environment(&served_url, &redis_key_prefix);
         shared.extend(environment.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        let starting: Vec<_> = (0..count)
+        let environments: Vec<Vec<(String, String)>> = (0..count)
             .map(|i| {
-                let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
-                command.arg("serve").env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-                command.envs(shared.iter().cloned()).envs(per_instance(i));
-                tokio::task::spawn_blocking(move || spawn(command))
+                let mut environment = shared.clone();
+                environment.extend(per_instance(i));
+                environment
             })
+            .collect();
+        let starting: Vec<_> = environments
+            .iter()
+            .cloned()
+            .map(|environment| tokio::task::spawn_blocking(move || spawn(&environment)))
             .collect();
         let mut instances = Vec::new();
         for started in starting {
@@ -71,28 +93,40 @@ impl Cluster {
         }
         let db = PgPoolOptions::new().max_connections(2).connect(&database_url).await.unwrap();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        Cluster { instances, db, client, database_url, redis_key_prefix }
+        Cluster { instances: Mutex::new(instances), environments, db, client, database_url, redis_key_prefix }
     }
 
     pub fn len(&self) -> usize {
-        self.instances.len()
+        self.environments.len()
     }
 
     /// The URL of `path` on instance `i` (modulo the number of instances, so
     /// callers can round-robin with a counter).
     pub fn url(&self, i: usize, path: &str) -> String {
-        format!("{}{path}", self.instances[i % self.instances.len()].address)
+        let instances = self.instances.lock().unwrap();
+        format!("{}{path}", instances[i % instances.len()].address)
     }
 
     /// Kills instance `i` without warning (SIGKILL).
-    pub fn kill(&mut self, i: usize) {
-        self.instances[i].child.kill().unwrap();
-        self.instances[i].child.wait().unwrap();
+    pub fn kill(&self, i: usize) {
+        let mut instances = self.instances.lock().unwrap();
+        instances[i].child.kill().unwrap();
+        instances[i].child.wait().unwrap();
+    }
+
+    /// Starts instance `i` again, on a new port, after [`Cluster::kill`].
+    pub async fn restart(&self, i: usize) {
+        let environment = self.environments[i].clone();
+        let started = tokio::task::spawn_blocking(move || spawn(&environment)).await.unwrap();
+        self.instances.lock().unwrap()[i] = started;
     }
 }
 
 /// Starts the process and reads its address from its `listening on` line.
-fn spawn(mut command: Command) -> Instance {
+fn spawn(environment: &[(String, String)]) -> Instance {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
+    command.arg("serve").env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command.envs(environment.iter().cloned());
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("the shop binary starts");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
@@ -107,7 +141,7 @@ fn spawn(mut command: Command) -> Instance {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for instance in &mut self.instances {
+        for instance in self.instances.get_mut().unwrap() {
             instance.child.kill().ok();
             instance.child.wait().ok();
         }

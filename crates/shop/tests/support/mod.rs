@@ -20,6 +20,7 @@ use uuid::Uuid;
 pub mod cluster;
 pub mod invariants;
 pub mod pg_proxy;
+pub mod redis_proxy;
 
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
 pub const REDIS: &str = "redis://127.0.0.1:6379";

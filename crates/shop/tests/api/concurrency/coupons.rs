@@ -168,3 +168,24 @@ async fn gate_loads(app: &TestApp) -> u64 {
         .and_then(|line| line.split_whitespace().last())
         .map_or(0, |value| value.parse().unwrap())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reconciler_that_runs_every_few_milliseconds_never_makes_the_gate_answer_a_conflict() {
+    // Grants are reconciled after 40 ms, while their writes may still run:
+    // the reconciler gives units back under live writers, and the database
+    // has the last word.
+    let app = spawn_app_with(|config| {
+        config.coupon_strategy = CouponStrategyKind::RedisGate;
+        config.locks.gate_reconcile_after_ms = 40;
+    })
+    .await;
+    let code = app.create_coupon_type("HURRIED", 100, json!({})).await;
+    let users = app.bulk_users(600).await;
+    let outcomes = together(users.iter().map(|user| app.issue_coupon(user, &code)).collect()).await;
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 100);
+    for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
+        assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")));
+    }
+    assert_eq!(issued_rows(&app, &code).await, (100, 100));
+    app.assert_invariants().await;
+}

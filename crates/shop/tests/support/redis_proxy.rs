@@ -1,0 +1,126 @@
+//! A TCP proxy between a shop and Redis that can lose the reply to a
+//! command: the command reaches Redis and runs, and the connection is cut
+//! before its answer comes back — the one failure a client cannot tell from
+//! "it never ran". Commands are recognised by a piece of their bytes (a key
+//! name, say); replies are not parsed, so the cut takes whatever Redis sent
+//! next, as a real one would.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+const UPSTREAM: &str = "127.0.0.1:6379";
+
+#[derive(Default)]
+struct State {
+    /// Commands containing this lose their reply, this many more times.
+    lose_reply: Option<(Vec<u8>, usize)>,
+    fired: usize,
+}
+
+#[derive(Clone)]
+pub struct RedisProxy {
+    port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl RedisProxy {
+    pub async fn start() -> RedisProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let accepting = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, accepting.clone()));
+            }
+        });
+        RedisProxy { port, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The next `times` commands whose bytes contain `needle` run in Redis,
+    /// and their connection is cut before the reply.
+    pub fn lose_reply_to(&self, needle: &str, times: usize) {
+        self.state.lock().unwrap().lose_reply = Some((needle.as_bytes().to_vec(), times));
+    }
+
+    /// How many replies have been lost.
+    pub fn fired(&self) -> usize {
+        self.state.lock().unwrap().fired
+    }
+}
+
+async fn relay(client: TcpStream, state: Arc<Mutex<State>>) {
+    let Ok(server) = TcpStream::connect(UPSTREAM).await else { return };
+    if client.set_nodelay(true).is_err() || server.set_nodelay(true).is_err() {
+        return;
+    }
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    // Set once a matching command is forwarded: the next reply is cut.
+    let cut = Arc::new(Notify::new());
+    tokio::select! {
+        _ = upstream(client_read, server_write, state, cut.clone()) => {}
+        _ = downstream(server_read, client_write, cut) => {}
+    }
+}
+
+async fn upstream(mut client: OwnedReadHalf, mut server: OwnedWriteHalf, state: Arc<Mutex<State>>, cut: Arc<Notify>) {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let read = match client.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let chunk = &buffer[..read];
+        let matched = {
+            let mut state = state.lock().unwrap();
+            let hit = match &mut state.lose_reply {
+                Some((needle, remaining)) if *remaining > 0 && chunk.windows(needle.len()).any(|w| w == needle) => {
+                    *remaining -= 1;
+                    true
+                }
+                _ => false,
+            };
+            state.fired += usize::from(hit);
+            hit
+        };
+        // Armed before the command goes out, so its reply cannot slip past.
+        if matched {
+            cut.notify_one();
+        }
+        if server.write_all(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn downstream(mut server: OwnedReadHalf, mut client: OwnedWriteHalf, cut: Arc<Notify>) {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        tokio::select! {
+            biased;
+            _ = cut.notified() => {
+                // Wait for Redis to answer, so the command has run, then drop it all.
+                server.read(&mut buffer).await.ok();
+                return;
+            }
+            read = server.read(&mut buffer) => {
+                let read = match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => read,
+                };
+                if client.write_all(&buffer[..read]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
