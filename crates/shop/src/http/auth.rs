@@ -11,6 +11,7 @@ use super::error::{AppError, Problem, ResultExt};
 use super::extract::Json;
 use crate::auth::{Caller, TokenKind};
 use crate::domain::user::{Email, Password, Role, UserName};
+use crate::storage::Tx;
 use crate::storage::users::{self, UserRow};
 
 #[derive(Deserialize, ToSchema)]
@@ -80,9 +81,11 @@ pub async fn register(
     }
     fail::fail_point!("auth::signup::read");
     let hash = state.passwords.hash(password.expose()).await.map_err(AppError::Internal)?;
-    let user = users::insert(&mut *state.db.acquire().await?, email.as_str(), name.as_str(), &hash, Role::User)
+    let mut tx = Tx::begin(&state.db).await?;
+    let user = users::insert(&mut tx, email.as_str(), name.as_str(), &hash, Role::User)
         .await
         .on_constraint("users_email_key", || AppError::EmailTaken)?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(signed_in(&state, user)?)))
 }
 

@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::domain::coupon::{
     CouponCode, CouponFace, CouponKind, CouponStatus, CouponTerms, CouponType, CouponView, IssuedCoupon,
 };
-use crate::storage::{coupons, users};
+use crate::storage::{Tx, coupons, users};
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -151,9 +151,11 @@ pub async fn create_type(
     }
     .validate()?;
     caller.require_admin()?;
-    let created = coupons::insert_type(&mut *state.db.acquire().await?, &terms)
+    let mut tx = Tx::begin(&state.db).await?;
+    let created = coupons::insert_type(&mut tx, &terms)
         .await
         .on_constraint("coupon_types_code_key", || AppError::Conflict("a coupon type with this code exists".into()))?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(CouponTypeView::new(created, 0))))
 }
 

@@ -147,9 +147,9 @@ pub async fn create(
     let stock = Stock::parse(new.stock)?;
     let category = Category::parse(&new.category)?;
     caller.require_admin()?;
-    let row =
-        products::insert(&mut *state.db.acquire().await?, name.as_str(), price.won(), stock.units(), category.as_str())
-            .await?;
+    let mut tx = Tx::begin(&state.db).await?;
+    let row = products::insert(&mut tx, name.as_str(), price.won(), stock.units(), category.as_str()).await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
