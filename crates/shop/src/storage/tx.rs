@@ -103,11 +103,15 @@ async fn resolve(db: &PgPool, xid: i64) -> Result<(), AppError> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
-        match status(db, xid, started.elapsed() >= IN_PROGRESS_GRACE).await {
-            Ok(Status::Committed) => return Ok(()),
-            Ok(Status::Aborted) => return Err(AppError::Unavailable("the database connection was lost")),
-            Ok(Status::InProgress) => {}
-            Err(error) => tracing::debug!(%error, xid, "could not ask about a lost COMMIT yet"),
+        // A connection attempt into a silent network would wait far longer.
+        let left = RESOLVE_WITHIN.saturating_sub(started.elapsed());
+        let asked = tokio::time::timeout(left, status(db, xid, started.elapsed() >= IN_PROGRESS_GRACE)).await;
+        match asked {
+            Ok(Ok(Status::Committed)) => return Ok(()),
+            Ok(Ok(Status::Aborted)) => return Err(AppError::Unavailable("the database connection was lost")),
+            Ok(Ok(Status::InProgress)) => {}
+            Ok(Err(error)) => tracing::debug!(%error, xid, "could not ask about a lost COMMIT yet"),
+            Err(_) => return Err(AppError::OutcomeUnknown),
         }
         if started.elapsed() + pause > RESOLVE_WITHIN {
             return Err(AppError::OutcomeUnknown);

@@ -10,6 +10,7 @@
 //! declines TLS itself, so the stream stays readable.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +67,17 @@ struct Fault {
     statement: Statement,
     action: Action,
     remaining: usize,
+    fired: Fired,
+}
+
+/// How many times one fault has fired.
+#[derive(Clone, Default)]
+pub struct Fired(Arc<AtomicUsize>);
+
+impl Fired {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 #[derive(Default)]
@@ -84,6 +96,7 @@ impl State {
     fn take(&mut self, sql: &str, before: &[String]) -> Option<Action> {
         let fault = self.faults.iter_mut().find(|fault| fault.remaining > 0 && fault.statement.matches(sql, before))?;
         fault.remaining -= 1;
+        fault.fired.0.fetch_add(1, Ordering::SeqCst);
         self.fired += 1;
         Some(fault.action)
     }
@@ -129,23 +142,25 @@ impl PgProxy {
 
     /// The next `times` matching statements reach PostgreSQL and take
     /// effect, but their replies are lost with their connections.
-    pub fn lose_reply_to(&self, statement: Statement, times: usize) {
-        self.add(statement, Action::LoseReply, times);
+    pub fn lose_reply_to(&self, statement: Statement, times: usize) -> Fired {
+        self.add(statement, Action::LoseReply, times)
     }
 
     /// The next `times` matching statements never reach PostgreSQL: their
     /// connections are cut instead.
-    pub fn cut_before(&self, statement: Statement, times: usize) {
-        self.add(statement, Action::CutBefore, times);
+    pub fn cut_before(&self, statement: Statement, times: usize) -> Fired {
+        self.add(statement, Action::CutBefore, times)
     }
 
     /// The replies to the next `times` matching statements come `delay` late.
-    pub fn delay_reply_to(&self, statement: Statement, delay: Duration, times: usize) {
-        self.add(statement, Action::Delay(delay), times);
+    pub fn delay_reply_to(&self, statement: Statement, delay: Duration, times: usize) -> Fired {
+        self.add(statement, Action::Delay(delay), times)
     }
 
-    fn add(&self, statement: Statement, action: Action, times: usize) {
-        self.state.lock().unwrap().faults.push(Fault { statement, action, remaining: times });
+    fn add(&self, statement: Statement, action: Action, times: usize) -> Fired {
+        let fired = Fired::default();
+        self.state.lock().unwrap().faults.push(Fault { statement, action, remaining: times, fired: fired.clone() });
+        fired
     }
 
     /// Removes the faults that have not fired yet.
@@ -155,7 +170,7 @@ impl PgProxy {
         state.refuse_connections = false;
     }
 
-    /// How many faults have fired.
+    /// How many faults have fired, all together.
     pub fn fired(&self) -> usize {
         self.state.lock().unwrap().fired
     }
