@@ -189,9 +189,9 @@ async fn inject_faults(run: Arc<Run>, proxy: PgProxy, running: Arc<AtomicBool>, 
     while running.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
         match rng.random_range(0..100) {
-            0..40 => proxy.lose_reply_to(Statement::Commit, 1),
-            40..55 => proxy.cut_before(Statement::Containing("INSERT INTO".into()), 1),
-            55..70 => proxy.delay_reply_to(Statement::Commit, Duration::from_millis(300), 2),
+            0..40 => drop(proxy.lose_reply_to(Statement::Commit, 1)),
+            40..55 => drop(proxy.cut_before(Statement::Containing("INSERT INTO".into()), 1)),
+            55..70 => drop(proxy.delay_reply_to(Statement::Commit, Duration::from_millis(300), 2)),
             70..85 => proxy.reset_all(),
             _ => {
                 let instance = killed % run.cluster.len();

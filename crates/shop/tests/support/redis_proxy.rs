@@ -108,8 +108,9 @@ async fn downstream(mut server: OwnedReadHalf, mut client: OwnedWriteHalf, cut: 
         tokio::select! {
             biased;
             _ = cut.notified() => {
-                // Wait for Redis to answer, so the command has run, then drop it all.
-                server.read(&mut buffer).await.ok();
+                // Wait for Redis to answer, so the command has run, then drop
+                // the answer and the connection.
+                let _answered = server.read(&mut buffer).await;
                 return;
             }
             read = server.read(&mut buffer) => {
