@@ -154,7 +154,16 @@ pub async fn begin(
         .bind(&fingerprint.body_hash)
         .bind(claim.token)
         .execute(&mut *conn)
-        .await?;
+        .await;
+        let inserted = match inserted {
+            Ok(inserted) => inserted,
+            Err(error) => {
+                // The claim may have been written with its reply lost: undo
+                // it once the database answers, or retries find it in use.
+                claim.free_later(db.clone());
+                return Err(error.into());
+            }
+        };
         if inserted.rows_affected() == 1 {
             return Ok(Begun::Fresh(claim));
         }
@@ -229,10 +238,17 @@ impl Claim {
     /// takes the claim over once stale.
     pub async fn settle(self, db: &PgPool, error: &AppError) -> Result<(), AppError> {
         if matches!(error, AppError::OutcomeUnknown) {
+            // The database cannot be asked now; once it can, the claim goes
+            // unless the answer is there (see `free`).
+            self.free_later(db.clone());
             return Ok(());
         }
         if error.is_transient() {
-            return self.free(db).await;
+            if let Err(error) = self.free(db).await {
+                self.free_later(db.clone());
+                return Err(error);
+            }
+            return Ok(());
         }
         let body = serde_json::to_value(error.problem()).map_err(AppError::internal)?;
         // Nothing to roll back: the failed operation changed nothing.
@@ -242,7 +258,8 @@ impl Claim {
     /// Deletes the claim unless an answer is stored: a stored answer is
     /// never deleted. The effect's transaction stores the answer while it
     /// holds the row, so if that transaction is somehow still running the
-    /// delete waits for it (a bounded while) and then sees its answer.
+    /// delete waits for it (a bounded while) and then sees its answer; one
+    /// that has not stored it yet finds the claim gone and rolls back.
     async fn free(&self, db: &PgPool) -> Result<(), AppError> {
         let mut tx = db.begin().await?;
         sqlx::query("SELECT set_config('lock_timeout', '1000ms', true)").execute(&mut *tx).await?;
@@ -257,6 +274,25 @@ impl Claim {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// [`Claim::free`] in the background, retried while the database does
+    /// not answer, for as long as the claim could matter: a claim left in
+    /// place makes retries wait ([`STALE_CLAIM`]) for nothing.
+    fn free_later(&self, db: PgPool) {
+        let claim = self.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut pause = Duration::from_millis(100);
+            while started.elapsed() < STALE_CLAIM {
+                tokio::time::sleep(pause).await;
+                match claim.free(&db).await {
+                    Ok(()) => return,
+                    Err(error) => tracing::debug!(%error, "cannot free an idempotency claim yet"),
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     async fn store(&self, conn: &mut PgConnection, status: StatusCode, body: &Value) -> Result<(), AppError> {

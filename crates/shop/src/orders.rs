@@ -281,6 +281,7 @@ pub async fn cancel(
     }
     products::lock_for_return(&mut tx, &[order.id]).await?;
     let returned = products::return_stock(&mut tx, &[order.id]).await?;
+    let returned = stock.record_changes(&mut tx, returned).await?;
     coupons::release(&mut tx, &[order.id]).await?;
     if was_paid {
         let balance = wallets::credit(&mut tx, order.user_id, order.final_amount).await?;
@@ -295,8 +296,14 @@ pub async fn cancel(
         claim.save(&mut tx, axum::http::StatusCode::OK, &view).await?;
     }
     let xid = tx.xid();
-    tx.commit().await?;
-    stock.changed(&returned).await;
+    if let Err(error) = tx.commit().await {
+        if let (true, Some(paid_at), AppError::OutcomeUnknown) = (was_paid, order.paid_at, &error) {
+            // It may have been cancelled: the day it was paid is read again.
+            top_sellers.rebuild_later(paid_at).await;
+        }
+        return Err(error);
+    }
+    stock.changed(db, returned).await;
     if let (true, Some(paid_at)) = (was_paid, order.paid_at) {
         top_sellers.cancelled(SaleRecord { order_id: order.id, xid, paid_at, sales: &view.sales() }).await;
     }
@@ -334,9 +341,10 @@ pub async fn expire_overdue(db: &PgPool, stock: &StockStrategy, batch: i64) -> R
     products::lock_for_return(&mut tx, &overdue).await?;
     fail::fail_point!("orders::expire::locked");
     let returned = products::return_stock(&mut tx, &overdue).await?;
+    let returned = stock.record_changes(&mut tx, returned).await?;
     coupons::release(&mut tx, &overdue).await?;
     orders::set_statuses(&mut tx, &overdue, OrderStatus::Expired).await?;
     tx.commit().await?;
-    stock.changed(&returned).await;
+    stock.changed(db, returned).await;
     Ok(overdue.len())
 }

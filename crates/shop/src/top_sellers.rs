@@ -14,9 +14,10 @@
 //! see is added, whether it was recorded before the rebuild was installed
 //! or after; a payment recorded twice counts once. So a sale is counted
 //! exactly once, and a rebuild that read an older snapshot than the one
-//! installed is dropped. An update Redis never received (it was down) is
-//! healed by the next rebuild: today's *built* marker lives [`TODAY_TTL`],
-//! a past day's [`PAST_DAY_TTL`].
+//! installed is dropped. An update Redis never received (it was down, or
+//! the instance died) is healed by the next rebuild: today's *built* marker
+//! lives [`TODAY_TTL`], a past day's [`PAST_DAY_TTL`]; a cancellation whose
+//! commit could not be confirmed drops its day's marker at once.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -214,6 +215,15 @@ impl TopSellers {
         // A missed update heals when the day is next rebuilt.
         if let Err(error) = script.invoke_async::<i64>(&mut self.redis.clone()).await {
             tracing::warn!(%error, "could not update the top sellers");
+        }
+    }
+
+    /// Marks the day of `paid_at` for a rebuild at its next read: a
+    /// cancellation whose commit could not be confirmed may or may not count.
+    pub async fn rebuild_later(&self, paid_at: DateTime<Utc>) {
+        let keys = self.keys(self.day_of(paid_at));
+        if let Err(error) = redis::cmd("DEL").arg(&keys.built).query_async::<i64>(&mut self.redis.clone()).await {
+            tracing::warn!(%error, "could not mark a top-sellers day for a rebuild");
         }
     }
 

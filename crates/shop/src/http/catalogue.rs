@@ -35,8 +35,8 @@ pub enum CatalogueRead {
 }
 
 /// The JSON body of a read; `None`: no such product. The error is shared by
-/// every request of the read, hence its text only.
-type Answer = Result<Option<Bytes>, Arc<str>>;
+/// every request of the read.
+type Answer = Result<Option<Bytes>, Arc<AppError>>;
 
 #[derive(Clone)]
 pub struct Catalogue {
@@ -66,17 +66,12 @@ impl Catalogue {
             let mut waiting = self.waiting.lock().expect("no panics while the map is held");
             waiting.entry(read.clone()).or_insert_with(|| self.start(read).boxed().shared()).clone()
         };
-        shared.await.map_err(|error| AppError::internal(anyhow::anyhow!("{error}")))
+        shared.await.map_err(|error| each_its_own(&error))
     }
 
     fn start(&self, read: CatalogueRead) -> impl Future<Output = Answer> + Send + 'static {
         let catalogue = self.clone();
-        async move {
-            catalogue.load(&read).await.map_err(|error| match error {
-                AppError::Internal(error) => Arc::from(format!("{error:#}")),
-                other => Arc::from(other.to_string()),
-            })
-        }
+        async move { catalogue.load(&read).await.map_err(Arc::new) }
     }
 
     async fn load(&self, read: &CatalogueRead) -> Result<Option<Bytes>, AppError> {
@@ -110,5 +105,16 @@ impl Catalogue {
     fn sending<T>(&self, read: &CatalogueRead, ready: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         self.waiting.lock().expect("no panics while the map is held").remove(read);
         ready
+    }
+}
+
+/// A shared read's error, for one of the requests that shared it: a
+/// dependency that failed stays a 503 for each of them.
+fn each_its_own(error: &AppError) -> AppError {
+    match error {
+        AppError::Unavailable(why) => AppError::Unavailable(why),
+        AppError::ConcurrencyConflict(why) => AppError::ConcurrencyConflict(why),
+        AppError::Internal(cause) => AppError::internal(anyhow::anyhow!("{cause:#}")),
+        other => AppError::internal(anyhow::anyhow!("{other}")),
     }
 }

@@ -197,7 +197,7 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let mut response = problem_response(self.status(), &self.problem());
         match self {
-            Self::ConcurrencyConflict(_) => {
+            Self::ConcurrencyConflict(_) | Self::IdempotencyKeyInUse => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(CONFLICT_RETRY_AFTER_SECS));
             }
             Self::Unavailable(_) | Self::OutcomeUnknown => {
@@ -232,9 +232,14 @@ impl From<sqlx::Error> for AppError {
                     tracing::warn!(%error, "a transaction lost a race in PostgreSQL");
                     Self::ConcurrencyConflict("the change lost a race in the database")
                 }
-                // Connection exceptions (08), the server shutting down or
-                // starting (57P01–57P03), out of connections (53300).
-                Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
+                // Connection exceptions (08), out of connections, memory or
+                // disk (53), the server shutting down or starting, or the
+                // session or statement timed out or cancelled (57P, 57014,
+                // 25P03), a system error such as an I/O error (58).
+                Some(code)
+                    if ["08", "53", "57P", "58"].iter().any(|class| code.starts_with(class))
+                        || matches!(code, "57014" | "25P03") =>
+                {
                     tracing::warn!(%error, "PostgreSQL refused or dropped the connection");
                     Self::Unavailable("the database is unavailable")
                 }
@@ -257,19 +262,14 @@ impl From<sqlx::Error> for AppError {
 
 impl From<redis::RedisError> for AppError {
     fn from(error: redis::RedisError) -> Self {
+        // Unreachable, or refusing for now: loading, a failover in progress
+        // (read-only replica, master down), out of memory, busy with a script.
         let unreachable = error.is_io_error()
             || error.is_connection_dropped()
             || error.is_connection_refusal()
             || error.is_timeout()
             || error.is_cluster_error()
-            || matches!(
-                error.kind(),
-                redis::ErrorKind::Server(
-                    redis::ServerErrorKind::BusyLoading
-                        | redis::ServerErrorKind::MasterDown
-                        | redis::ServerErrorKind::TryAgain
-                )
-            );
+            || matches!(error.code(), Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "BUSY"));
         if unreachable {
             tracing::warn!(%error, "Redis could not be reached");
             return Self::Unavailable("Redis is unavailable");

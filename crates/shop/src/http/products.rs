@@ -176,30 +176,24 @@ pub async fn update(
         return Err(AppError::Validation("body: give at least one of name, price, stock, category".into()));
     }
     caller.require_admin()?;
-    let updated = async {
-        let mut tx = Tx::begin(&state.db).await?;
-        let before = products::lock_stock(&mut tx, &[id]).await?;
-        let before = before.first().ok_or_else(|| AppError::not_found("product not found"))?;
-        let row = products::update(
-            &mut tx,
-            id,
-            name.as_ref().map(ProductName::as_str),
-            price.map(Price::won),
-            stock.map(Stock::units),
-            category.as_ref().map(Category::as_str),
-        )
-        .await?
-        .ok_or_else(|| AppError::not_found("product not found"))?;
-        tx.commit().await?;
-        // The row was locked, so this update is the version after `before`.
-        let change = StockChange { product_id: id, delta: row.stock - before.stock, version: before.version + 1 };
-        Ok::<_, AppError>((row, change))
-    }
-    .await;
-    match &updated {
-        Ok((_, change)) if change.delta != 0 => state.stock.changed(&[*change]).await,
-        Err(AppError::OutcomeUnknown) if stock.is_some() => state.stock.forget(id).await,
-        _ => {}
-    }
-    Ok(Json(updated?.0.into()))
+    let mut tx = Tx::begin(&state.db).await?;
+    let before = products::lock_stock(&mut tx, &[id]).await?;
+    let before = before.first().ok_or_else(|| AppError::not_found("product not found"))?;
+    let row = products::update(
+        &mut tx,
+        id,
+        name.as_ref().map(ProductName::as_str),
+        price.map(Price::won),
+        stock.map(Stock::units),
+        category.as_ref().map(Category::as_str),
+    )
+    .await?
+    .ok_or_else(|| AppError::not_found("product not found"))?;
+    // The row was locked, so this update made the version after `before`'s.
+    let change = StockChange { product_id: id, delta: row.stock - before.stock, version: before.version + 1 };
+    let changes = if change.delta == 0 { Vec::new() } else { vec![change] };
+    let recorded = state.stock.record_changes(&mut tx, changes).await?;
+    tx.commit().await?;
+    state.stock.changed(&state.db, recorded).await;
+    Ok(Json(row.into()))
 }

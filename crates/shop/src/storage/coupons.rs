@@ -170,6 +170,19 @@ pub async fn holds(conn: &mut PgConnection, type_id: i64, user_id: i64) -> Resul
         .await
 }
 
+/// When the user's coupon of this campaign was issued, if they hold one.
+pub async fn issued_at(
+    conn: &mut PgConnection,
+    type_id: i64,
+    user_id: i64,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT issued_at FROM coupons WHERE coupon_type_id = $1 AND user_id = $2")
+        .bind(type_id)
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await
+}
+
 /// The holders of a campaign and how many are left, read in one snapshot.
 pub async fn holders(conn: &mut PgConnection, type_id: i64) -> Result<(i64, Vec<i64>), sqlx::Error> {
     sqlx::query_as(

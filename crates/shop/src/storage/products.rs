@@ -189,6 +189,48 @@ pub struct StockChange {
     pub version: i64,
 }
 
+/// Writes changes for the stock gate to learn of, in the transaction that
+/// makes them; their ids.
+pub async fn record_gate_changes(conn: &mut PgConnection, changes: &[StockChange]) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO stock_gate_changes (product_id, delta, version)
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
+         RETURNING id",
+    )
+    .bind(changes.iter().map(|change| change.product_id).collect::<Vec<_>>())
+    .bind(changes.iter().map(|change| change.delta).collect::<Vec<_>>())
+    .bind(changes.iter().map(|change| change.version).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
+}
+
+/// Deletes gate changes the gate has learnt of.
+pub async fn forget_gate_changes(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM stock_gate_changes WHERE id = ANY($1)").bind(ids).execute(conn).await.map(drop)
+}
+
+/// Gate changes older than `older_than` (so left behind, not in flight), up
+/// to `limit`, locked; those another instance is passing on are skipped.
+pub async fn lock_stale_gate_changes(
+    conn: &mut PgConnection,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(i64, StockChange)>, sqlx::Error> {
+    let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT id, product_id, delta, version FROM stock_gate_changes
+         WHERE created_at < now() - make_interval(secs => $1)
+         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, product_id, delta, version)| (id, StockChange { product_id, delta, version }))
+        .collect())
+}
+
 /// Locks the products of these orders, all of them in ascending id order
 /// (the one order every writer of stock locks them in), before any is
 /// changed: an expiry sweep over several orders must not lock one order's

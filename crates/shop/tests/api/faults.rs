@@ -304,3 +304,52 @@ async fn a_coupon_grant_whose_redis_reply_is_lost_is_503_and_its_unit_comes_back
     assert_eq!(holders, vec![second.id]);
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn units_a_cancellation_returned_reach_the_gate_even_when_its_commit_could_not_be_confirmed() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| {
+        config.stock_strategy = StockStrategyKind::RedisGate;
+        config.locks.gate_reconcile_after_ms = 300;
+    })
+    .await;
+    let product = app.create_product("gated", 2000, 2).await;
+    let buyer = app.new_user().await;
+    let order = app.order_id(&buyer, &[(product, 1)], None).await;
+    // The cancellation commits; its reply is lost and the database cannot
+    // be asked, so this instance never tells the gate of the returned unit.
+    proxy.lose_reply_to(Statement::CommitOf("RETURNING p.id AS product_id".into()), 1);
+    proxy.refuse_connections(true);
+    let path = format!("/api/orders/{order}/cancel");
+    let unknown = app.post_with_key(&path, &buyer.token, "cancel", &json!({})).send().await.unwrap();
+    assert_problem(unknown, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+    proxy.heal();
+    let replayed = app.post_with_key(&path, &buyer.token, "cancel", &json!({})).send().await.unwrap();
+    assert_eq!(replayed.status(), StatusCode::OK, "the cancellation had committed");
+    assert_eq!(app.stock(product).await, 2);
+    // The change was recorded with it, and the reconciler passes it on: one
+    // order for both units PostgreSQL holds gets through the gate.
+    eventually("an order for every unit in stock", async || {
+        app.place_order(&buyer, &[(product, 2)], None).await.status() == StatusCode::CREATED
+    })
+    .await;
+    assert_eq!(app.stock(product).await, 0);
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catalogue_read_whose_connection_is_cut_is_503() {
+    let proxy = PgProxy::start().await;
+    let redis = RedisProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| config.redis_url = redis.url()).await;
+    let product = app.create_product("listed", 2000, 2).await;
+    proxy.cut_before(Statement::Containing("FROM products".into()), 2);
+    let list = app.get("/api/products", None).await;
+    assert_problem(list, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+    let one = app.get(&format!("/api/products/{product}"), None).await;
+    assert_problem(one, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+    redis.lose_reply_to("TIME", 1);
+    let top = app.get("/api/products/top-sellers", None).await;
+    assert_problem(top, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+    assert_eq!(app.get("/api/products", None).await.status(), StatusCode::OK, "it recovers by itself");
+}

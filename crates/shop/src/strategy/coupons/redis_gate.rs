@@ -323,15 +323,29 @@ impl CouponGate {
         let cutoff = seconds * 1000 + micros / 1000 - self.reconcile_after.as_millis() as i64;
         for type_id in campaigns {
             let keys = self.keys(type_id);
-            let stale: Vec<i64> = redis.zrangebyscore_limit(&keys.pending, "-inf", cutoff, 0, 500).await?;
-            for user_id in stale {
-                let issued = coupons::holds(&mut *db.acquire().await?, type_id, user_id).await?;
-                let action = if issued {
-                    let _: i64 = redis.zrem(&keys.pending, user_id).await?;
-                    "completed"
-                } else {
-                    self.settle(&GIVE_BACK, &keys, user_id, Some(false)).await?;
-                    "returned"
+            let stale: Vec<(i64, i64)> =
+                redis.zrangebyscore_limit_withscores(&keys.pending, "-inf", cutoff, 0, 500).await?;
+            for (user_id, granted_ms) in stale {
+                let issued_at = coupons::issued_at(&mut *db.acquire().await?, type_id, user_id).await?;
+                let action = match issued_at {
+                    // The grant's own coupon.
+                    Some(issued_at) if issued_at.timestamp_millis() >= granted_ms => {
+                        let _: i64 = redis.zrem(&keys.pending, user_id).await?;
+                        "completed"
+                    }
+                    // A coupon from before the grant, which the gate had lost
+                    // track of: the grant's write was refused, its unit is
+                    // free. (A clock behind Redis's can make a grant's own
+                    // coupon look older: its unit is then handed out once too
+                    // often, and the database refuses it.)
+                    Some(_) => {
+                        self.settle(&GIVE_BACK, &keys, user_id, Some(true)).await?;
+                        "returned"
+                    }
+                    None => {
+                        self.settle(&GIVE_BACK, &keys, user_id, Some(false)).await?;
+                        "returned"
+                    }
                 };
                 metrics::counter!("shop_coupon_gate_reconciled_total", "action" => action).increment(1);
                 tracing::info!(type_id, user_id, action, "reconciled a stale coupon grant");

@@ -18,7 +18,7 @@ mod redis_lock;
 
 use std::time::Duration;
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 pub use redis_gate::StockGate;
@@ -87,7 +87,7 @@ impl StockStrategy {
     }
 
     /// Before the transaction: what must be held across it.
-    pub async fn hold(&self, db: &sqlx::PgPool, lines: &OrderLines) -> Result<StockHold, AppError> {
+    pub async fn hold(&self, db: &PgPool, lines: &OrderLines) -> Result<StockHold, AppError> {
         match self {
             Self::RedisLock(locks) => Ok(StockHold { leases: redis_lock::hold(locks, lines).await?, gate: None }),
             Self::RedisGate(gate) => Ok(StockHold { leases: Vec::new(), gate: Some(gate.reserve(db, lines).await?) }),
@@ -127,22 +127,35 @@ impl StockStrategy {
         }
     }
 
-    /// Tells the strategy of stock changed in PostgreSQL outside an order's
-    /// take (units of cancelled or expired orders, an admin's new level),
-    /// once committed.
-    pub async fn changed(&self, changes: &[StockChange]) {
-        if let Self::RedisGate(gate) = self {
-            gate.changed(changes).await;
-        }
+    /// In the transaction that returns units or restocks: makes sure the
+    /// strategy will learn of the changes once committed, even if this
+    /// instance dies first (under `redis-gate`, they are written down for it).
+    pub async fn record_changes(
+        &self,
+        conn: &mut PgConnection,
+        changes: Vec<StockChange>,
+    ) -> Result<RecordedChanges, AppError> {
+        let ids = match self {
+            Self::RedisGate(_) if !changes.is_empty() => products::record_gate_changes(conn, &changes).await?,
+            _ => Vec::new(),
+        };
+        Ok(RecordedChanges { ids, changes })
     }
 
-    /// Tells the strategy that a product's stock may have changed without
-    /// its knowing how (a change whose COMMIT could not be confirmed).
-    pub async fn forget(&self, product_id: i64) {
+    /// After the transaction of [`StockStrategy::record_changes`] committed.
+    pub async fn changed(&self, db: &PgPool, recorded: RecordedChanges) {
         if let Self::RedisGate(gate) = self {
-            gate.forget(product_id).await;
+            gate.changed(db, recorded).await;
         }
     }
+}
+
+/// Stock changes made outside an order's take, as recorded in their
+/// transaction (see [`StockStrategy::record_changes`]).
+pub struct RecordedChanges {
+    /// The rows that stand for them until the strategy has learnt of them.
+    ids: Vec<i64>,
+    changes: Vec<StockChange>,
 }
 
 /// Atomic: one conditional `UPDATE … WHERE stock >= quantity` per line, in

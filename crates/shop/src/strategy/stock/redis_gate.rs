@@ -24,8 +24,12 @@
 //!   produced: to a counter loaded at an older version only. When the
 //!   counter does not exist it is kept aside, and the next load adds what
 //!   its snapshot did not yet hold — so a change committed between a
-//!   loader's read and its write is neither lost nor counted twice. A
-//!   change Redis could not be told of drops the counter instead.
+//!   loader's read and its write is neither lost nor counted twice.
+//! - Such a change is also written to PostgreSQL in its own transaction
+//!   (`stock_gate_changes`), and deleted once applied. If its instance dies
+//!   after the commit, Redis does not answer, or the commit's outcome could
+//!   not be confirmed, the reconciler applies it from there: at least once,
+//!   so at worst twice — too many units, never too few.
 //! - Units in flight when Redis lost its keys can be handed out again, and a
 //!   slow order the reconciler gave up on may still commit: over-counts,
 //!   which PostgreSQL refuses.
@@ -38,10 +42,11 @@ use redis::{AsyncCommands, Script};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::RecordedChanges;
 use crate::domain::order::OrderLines;
 use crate::http::error::AppError;
 use crate::storage::products::StockChange;
-use crate::storage::{orders, products};
+use crate::storage::{Tx, orders, products};
 
 /// How long a change is kept aside for a counter not yet loaded: far
 /// longer than a load takes from its read to its write.
@@ -253,19 +258,22 @@ impl StockGate {
         Ok(())
     }
 
-    /// Applies stock changes committed in PostgreSQL (see the module
-    /// documentation). A counter that missed a return would refuse units
-    /// that exist, so when Redis does not answer the changes are retried in
-    /// the background until it does; should the first attempt have been
-    /// applied after all, a change counts twice: too many units, which
-    /// PostgreSQL refuses.
-    pub async fn changed(&self, changes: &[StockChange]) {
-        if changes.is_empty() {
+    /// Applies stock changes just committed in PostgreSQL (see the module
+    /// documentation), and deletes the rows that recorded them. If Redis
+    /// does not answer, the rows stay, and the reconciler applies them.
+    pub async fn changed(&self, db: &PgPool, recorded: RecordedChanges) {
+        if recorded.changes.is_empty() {
             return;
         }
-        if let Err(error) = self.apply(changes).await {
-            tracing::warn!(%error, "could not tell the stock gate of a change; retrying");
-            tokio::spawn(self.clone().repair(Repair::Apply(changes.to_vec())));
+        if let Err(error) = self.apply(&recorded.changes).await {
+            tracing::warn!(%error, "could not tell the stock gate of a change; the reconciler will");
+            return;
+        }
+        // A failure leaves the rows to be applied again: a change counted
+        // twice is too many units, which PostgreSQL refuses.
+        let forgotten = async { products::forget_gate_changes(&mut *db.acquire().await?, &recorded.ids).await };
+        if let Err(error) = forgotten.await {
+            tracing::warn!(%error, "could not delete applied stock gate changes");
         }
     }
 
@@ -279,43 +287,38 @@ impl StockGate {
         script.invoke_async::<i64>(&mut self.redis.clone()).await.map(drop)
     }
 
-    /// Drops a product's counter, to be loaded afresh from PostgreSQL.
-    pub async fn forget(&self, product_id: i64) {
-        if let Err(error) = self.drop_counter(product_id).await {
-            tracing::warn!(%error, product_id, "could not drop a stock gate counter; retrying");
-            tokio::spawn(self.clone().repair(Repair::Drop(product_id)));
+    /// Drops a product's counter, to be loaded afresh from PostgreSQL. If
+    /// Redis does not answer, the counter stays too high, which PostgreSQL
+    /// refuses.
+    async fn forget(&self, product_id: i64) {
+        if let Err(error) = self.redis.clone().del::<_, i64>(self.counter(product_id)).await {
+            tracing::warn!(%error, product_id, "could not drop a stock gate counter");
         }
     }
 
-    async fn drop_counter(&self, product_id: i64) -> redis::RedisResult<()> {
-        self.redis.clone().del::<_, i64>(self.counter(product_id)).await.map(drop)
-    }
-
-    /// Retries a repair for about a minute while Redis does not answer.
-    async fn repair(self, repair: Repair) {
-        let mut pause = Duration::from_millis(100);
-        for _ in 0..20 {
-            tokio::time::sleep(pause).await;
-            let repaired = match &repair {
-                Repair::Apply(changes) => self.apply(changes).await,
-                Repair::Drop(product_id) => self.drop_counter(*product_id).await,
-            };
-            match repaired {
-                Ok(()) => return,
-                Err(error) => tracing::debug!(%error, "the stock gate cannot be repaired yet"),
-            }
-            pause = (pause * 2).min(Duration::from_secs(5));
+    /// Applies the changes whose instance did not (it died, or Redis did not
+    /// answer it), oldest first; safe on many instances at once.
+    async fn apply_left_behind(&self, db: &PgPool) -> Result<(), AppError> {
+        let mut tx = Tx::begin(db).await?;
+        // Its own instance applies a change within milliseconds of the commit.
+        let left_behind_after = self.reconcile_every();
+        let left: Vec<(i64, StockChange)> = products::lock_stale_gate_changes(&mut tx, left_behind_after, 500).await?;
+        if left.is_empty() {
+            return Ok(());
         }
-        tracing::error!(
-            ?repair,
-            "gave up repairing the stock gate: it may refuse units until its counters are dropped"
-        );
+        let (ids, changes): (Vec<i64>, Vec<StockChange>) = left.into_iter().unzip();
+        self.apply(&changes).await?;
+        products::forget_gate_changes(&mut tx, &ids).await?;
+        tx.commit().await?;
+        metrics::counter!("shop_stock_gate_changes_left_behind_total").increment(ids.len() as u64);
+        Ok(())
     }
 
     /// Settles reservations pending longer than `reconcile_after`: completed
     /// if their order exists, else their units go back. Safe on many
     /// instances at once: each is settled by whoever removes it first.
     pub async fn reconcile(&self, db: &PgPool) -> Result<(), AppError> {
+        self.apply_left_behind(db).await?;
         let mut redis = self.redis.clone();
         let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await?;
         let cutoff = seconds * 1000 + micros / 1000 - self.reconcile_after.as_millis() as i64;
@@ -332,11 +335,4 @@ impl StockGate {
         }
         Ok(())
     }
-}
-
-/// What the gate could not be told while Redis did not answer.
-#[derive(Debug)]
-enum Repair {
-    Apply(Vec<StockChange>),
-    Drop(i64),
 }
