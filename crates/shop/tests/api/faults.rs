@@ -353,3 +353,25 @@ async fn a_catalogue_read_whose_connection_is_cut_is_503() {
     assert_problem(top, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
     assert_eq!(app.get("/api/products", None).await.status(), StatusCode::OK, "it recovers by itself");
 }
+
+#[tokio::test]
+async fn database_failures_are_lost_races_or_unavailable_never_internal() {
+    let app = crate::support::spawn_app().await;
+    for (sqlstate, status) in [
+        ("40P01", StatusCode::CONFLICT),              // deadlock_detected
+        ("40001", StatusCode::CONFLICT),              // serialization_failure
+        ("55P03", StatusCode::CONFLICT),              // lock_not_available
+        ("08006", StatusCode::SERVICE_UNAVAILABLE),   // connection_failure
+        ("53300", StatusCode::SERVICE_UNAVAILABLE),   // too_many_connections
+        ("53200", StatusCode::SERVICE_UNAVAILABLE),   // out_of_memory
+        ("57P01", StatusCode::SERVICE_UNAVAILABLE),   // admin_shutdown
+        ("57014", StatusCode::SERVICE_UNAVAILABLE),   // query_canceled
+        ("25P03", StatusCode::SERVICE_UNAVAILABLE),   // idle_in_transaction_session_timeout
+        ("23505", StatusCode::INTERNAL_SERVER_ERROR), // a unique violation no query expected
+    ] {
+        let raise = format!("DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{sqlstate}'; END $$");
+        let error = sqlx::query(sqlx::AssertSqlSafe(raise)).execute(&app.db).await.unwrap_err();
+        let answer = shop::http::error::AppError::from(error);
+        assert_eq!(answer.status(), status, "{sqlstate}");
+    }
+}

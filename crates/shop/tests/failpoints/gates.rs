@@ -4,7 +4,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 use shop::config::CouponStrategyKind;
 
-use crate::support::{assert_problem, spawn_app_with};
+use crate::Hold;
+use crate::support::{REDIS, assert_problem, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_unit_lost_to_a_crash_after_the_gate_is_reconciled() {
@@ -61,6 +62,38 @@ async fn stock_lost_to_a_crash_after_the_gate_is_reconciled() {
     }
     assert!(placed, "the reconciler returned the unit within 5 s");
     assert_eq!(app.stock(product).await, 0);
+    app.assert_invariants().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coupon_gate_load_that_outlived_its_lease_does_not_overwrite_a_newer_gate() {
+    let scenario = fail::FailScenario::setup();
+    let app = spawn_app_with(|config| config.coupon_strategy = CouponStrategyKind::RedisGate).await;
+    let code = app.create_coupon_type("RELOADED", 3, json!({})).await;
+    let type_id: i64 =
+        sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1").bind(&code).fetch_one(&app.db).await.unwrap();
+    let (slow, quick) = (app.new_user().await, app.new_user().await);
+    // The first load reads PostgreSQL (3 left, no holders) and stalls.
+    let mut read = Hold::first_at("coupons::gate::read");
+    let stalled = {
+        let request = app.client.post(app.url("/api/coupons/issue")).bearer_auth(&slow.token);
+        let request = request.json(&json!({"couponType": code}));
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    read.reached().await;
+    // Its loading lease runs out; another request loads the gate and is issued one.
+    let lease = format!("{}coupon-gate:{type_id}:loading", app.config.redis_key_prefix);
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("DEL").arg(&lease).query_async::<i64>(&mut redis).await.unwrap();
+    assert_eq!(app.issue_coupon(&quick, &code).await.status(), StatusCode::CREATED);
+    // The stalled load must not put its older snapshot back.
+    read.release();
+    assert_eq!(stalled.await.unwrap().status(), StatusCode::CREATED);
+    let left = app.redis_hash_field(&format!("coupon-gate:{type_id}:state"), "left").await;
+    assert_eq!(left, Some(1), "the gate counts both coupons issued");
+    assert_problem(app.issue_coupon(&quick, &code).await, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
     app.assert_invariants().await;
     scenario.teardown();
 }

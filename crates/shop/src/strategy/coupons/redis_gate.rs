@@ -274,6 +274,8 @@ impl CouponGate {
             return Ok(());
         }
         let (left, holders) = coupons::holders(&mut *db.acquire().await?, type_id).await?;
+        // Tests hold a load here until its lease has run out.
+        fail::fail_point!("coupons::gate::read");
         let staged = format!("{}:{token}", keys.staged);
         for chunk in holders.chunks(HOLDERS_PER_SADD) {
             let _: () = redis.sadd(&staged, chunk).await?;
