@@ -9,6 +9,6 @@ CREATE TABLE stock_gate_changes (
     product_id bigint      NOT NULL REFERENCES products (id),
     delta      bigint      NOT NULL,
     version    bigint      NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX stock_gate_changes_created_idx ON stock_gate_changes (created_at);

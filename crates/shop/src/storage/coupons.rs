@@ -170,13 +170,14 @@ pub async fn holds(conn: &mut PgConnection, type_id: i64, user_id: i64) -> Resul
         .await
 }
 
-/// When the user's coupon of this campaign was issued, if they hold one.
-pub async fn issued_at(
+/// The gate grant the user's coupon of this campaign was written under, if
+/// they hold one (`Some(None)`: not written through the gate).
+pub async fn gate_grant_of(
     conn: &mut PgConnection,
     type_id: i64,
     user_id: i64,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT issued_at FROM coupons WHERE coupon_type_id = $1 AND user_id = $2")
+) -> Result<Option<Option<i64>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT gate_grant FROM coupons WHERE coupon_type_id = $1 AND user_id = $2")
         .bind(type_id)
         .bind(user_id)
         .fetch_optional(conn)
@@ -207,15 +208,21 @@ pub struct CouponRow {
 
 /// Issues a coupon valid for the campaign's days. A second coupon of the
 /// type for the user violates `coupons_user_type_key`.
-pub async fn insert(conn: &mut PgConnection, coupon_type: &CouponType, user_id: i64) -> Result<CouponRow, sqlx::Error> {
+pub async fn insert(
+    conn: &mut PgConnection,
+    coupon_type: &CouponType,
+    user_id: i64,
+    gate_grant: Option<i64>,
+) -> Result<CouponRow, sqlx::Error> {
     sqlx::query_as(
-        "INSERT INTO coupons (coupon_type_id, user_id, expires_at)
-         VALUES ($1, $2, now() + make_interval(days => $3))
+        "INSERT INTO coupons (coupon_type_id, user_id, expires_at, gate_grant)
+         VALUES ($1, $2, now() + make_interval(days => $3), $4)
          RETURNING id, coupon_type_id, user_id, issued_at, expires_at, status",
     )
     .bind(coupon_type.id)
     .bind(user_id)
     .bind(coupon_type.valid_days)
+    .bind(gate_grant)
     .fetch_one(conn)
     .await
 }

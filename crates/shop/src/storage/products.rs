@@ -190,18 +190,25 @@ pub struct StockChange {
 }
 
 /// Writes changes for the stock gate to learn of, in the transaction that
-/// makes them; their ids.
-pub async fn record_gate_changes(conn: &mut PgConnection, changes: &[StockChange]) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+/// makes them; each with its row's id.
+pub async fn record_gate_changes(
+    conn: &mut PgConnection,
+    changes: &[StockChange],
+) -> Result<Vec<(i64, StockChange)>, sqlx::Error> {
+    let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
         "INSERT INTO stock_gate_changes (product_id, delta, version)
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
-         RETURNING id",
+         RETURNING id, product_id, delta, version",
     )
     .bind(changes.iter().map(|change| change.product_id).collect::<Vec<_>>())
     .bind(changes.iter().map(|change| change.delta).collect::<Vec<_>>())
     .bind(changes.iter().map(|change| change.version).collect::<Vec<_>>())
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, product_id, delta, version)| (id, StockChange { product_id, delta, version }))
+        .collect())
 }
 
 /// Deletes gate changes the gate has learnt of.

@@ -97,3 +97,32 @@ async fn a_coupon_gate_load_that_outlived_its_lease_does_not_overwrite_a_newer_g
     app.assert_invariants().await;
     scenario.teardown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_grant_to_a_user_who_already_held_a_coupon_comes_back() {
+    let scenario = fail::FailScenario::setup();
+    let app = spawn_app_with(|config| {
+        config.coupon_strategy = CouponStrategyKind::RedisGate;
+        config.locks.gate_reconcile_after_ms = 300;
+    })
+    .await;
+    let code = app.create_coupon_type("REGRANTED", 2, json!({})).await;
+    let type_id: i64 =
+        sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1").bind(&code).fetch_one(&app.db).await.unwrap();
+    let (holder, other) = (app.new_user().await, app.new_user().await);
+    assert_eq!(app.issue_coupon(&holder, &code).await.status(), StatusCode::CREATED);
+    // The gate loses track of the holder, grants it again, and the request
+    // dies before writing: the reconciler finds a coupon, but an older one.
+    let holders = format!("{}coupon-gate:{type_id}:holders", app.config.redis_key_prefix);
+    let mut redis = redis::Client::open(REDIS).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SREM").arg(&holders).arg(holder.id).query_async::<i64>(&mut redis).await.unwrap();
+    fail::cfg("coupons::gate::granted", "1*return").unwrap();
+    assert_problem(app.issue_coupon(&holder, &code).await, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL").await;
+    // The unit that grant took comes back, and the other user gets it.
+    let served = app.issue_coupon(&other, &code).await;
+    assert_eq!(served.status(), StatusCode::CREATED, "{}", served.text().await.unwrap());
+    let issued: i64 = sqlx::query_scalar("SELECT count(*) FROM coupons").fetch_one(&app.db).await.unwrap();
+    assert_eq!(issued, 2);
+    app.assert_invariants().await;
+    scenario.teardown();
+}

@@ -24,7 +24,7 @@ pub async fn issue(
     if !coupons::count_issued_if_left(&mut tx, coupon_type.id).await? {
         return Err(AppError::CouponSoldOut);
     }
-    let view = write_coupon(&mut tx, coupon_type, user_id, claim).await?;
+    let view = write_coupon(&mut tx, coupon_type, user_id, claim, None).await?;
     tx.commit().await?;
     Ok(view)
 }

@@ -104,8 +104,9 @@ async fn write_coupon(
     coupon_type: &CouponType,
     user_id: i64,
     claim: Option<&Claim>,
+    gate_grant: Option<i64>,
 ) -> Result<CouponView, AppError> {
-    let row = coupons::insert(conn, coupon_type, user_id)
+    let row = coupons::insert(conn, coupon_type, user_id, gate_grant)
         .await
         .on_constraint("coupons_user_type_key", || AppError::CouponAlreadyIssued)?;
     let view = CouponView::new(

@@ -27,7 +27,7 @@ pub async fn issue(
         return Err(AppError::CouponSoldOut);
     }
     coupons::set_issued(&mut tx, coupon_type.id, issued + 1).await?;
-    let view = write_coupon(&mut tx, coupon_type, user_id, claim).await?;
+    let view = write_coupon(&mut tx, coupon_type, user_id, claim, None).await?;
     tx.commit().await?;
     Ok(view)
 }

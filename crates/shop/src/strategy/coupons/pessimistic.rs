@@ -32,7 +32,7 @@ pub async fn issue(
         return Err(AppError::CouponSoldOut);
     }
     count_issued(&mut tx, coupon_type.id).await?;
-    let view = write_coupon(&mut tx, coupon_type, user_id, claim).await?;
+    let view = write_coupon(&mut tx, coupon_type, user_id, claim, None).await?;
     tx.commit().await?;
     Ok(view)
 }

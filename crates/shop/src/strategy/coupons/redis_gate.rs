@@ -39,12 +39,13 @@
 //! refuse the surplus. Redis must not evict these keys
 //! (`maxmemory-policy noeviction`).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use sqlx::PgPool;
+use tokio::sync::Notify;
 
 use super::{count_issued, write_coupon};
 use crate::domain::coupon::{CouponType, CouponView};
@@ -53,8 +54,9 @@ use crate::idempotency::Claim;
 use crate::storage::{Tx, coupons};
 
 /// Hands out a unit. KEYS: state, holders, pending. ARGV: user. Answers
-/// `PENDING` while the answer depends on grants not yet settled. Public so
-/// the load generator can measure Redis running it alone.
+/// `GRANTED:<the grant's time, ms>`, or `PENDING` while the answer depends
+/// on grants not yet settled. Public so the load generator can measure
+/// Redis running it alone.
 pub const GRANT_LUA: &str = r"if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOT_LOADED' end
           if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
               if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 'PENDING' end
@@ -67,10 +69,24 @@ pub const GRANT_LUA: &str = r"if redis.call('EXISTS', KEYS[1]) == 0 then return 
           redis.call('HINCRBY', KEYS[1], 'left', -1)
           redis.call('SADD', KEYS[2], ARGV[1])
           local now = redis.call('TIME')
-          redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[1])
-          return 'GRANTED'";
+          local granted = now[1] * 1000 + math.floor(now[2] / 1000)
+          redis.call('ZADD', KEYS[3], granted, ARGV[1])
+          return 'GRANTED:' .. granted";
 
 static GRANT: LazyLock<Script> = LazyLock::new(|| Script::new(GRANT_LUA));
+
+// The settling scripts answer 0 if the grant was settled already, 2 if
+// requests waiting on pending grants may now have their answer, else 1.
+
+/// Settles a pending grant whose coupon was written. KEYS: state, holders,
+/// pending. ARGV: user.
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+          if redis.call('ZCARD', KEYS[3]) == 0 then return 2 end
+          return 1",
+    )
+});
 
 /// Settles a pending grant by returning its unit. KEYS: state, holders,
 /// pending. ARGV: user, keep holder (1 when the user turned out to hold one).
@@ -79,7 +95,7 @@ static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
         r"if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
           redis.call('HINCRBY', KEYS[1], 'left', 1)
           if ARGV[2] == '0' then redis.call('SREM', KEYS[2], ARGV[1]) end
-          return 1",
+          return 2",
     )
 });
 
@@ -91,7 +107,7 @@ static CLOSE: LazyLock<Script> = LazyLock::new(|| {
         r"if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
           redis.call('SREM', KEYS[2], ARGV[1])
           redis.call('HSET', KEYS[1], 'left', 0)
-          return 1",
+          return 2",
     )
 });
 
@@ -122,9 +138,13 @@ static LOAD: LazyLock<Script> = LazyLock::new(|| {
 const LOADING_LEASE: Duration = Duration::from_secs(10);
 const HOLDERS_PER_SADD: usize = 5_000;
 /// How long a request waits for pending grants to settle before it asks
-/// PostgreSQL what is final. Writes take milliseconds; a grant pending
-/// longer lost its writer, and the reconciler settles it.
-const PENDING_WAIT: Duration = Duration::from_secs(2);
+/// PostgreSQL what is final. Writes take milliseconds, or a few seconds on
+/// a saturated machine; a grant pending longer lost its writer, and the
+/// reconciler settles it.
+const PENDING_WAIT: Duration = Duration::from_secs(5);
+/// Longest pause between two looks while waiting: settlements by other
+/// instances are seen this late at most (this instance's wake waiters).
+const PENDING_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub struct CouponGate {
@@ -132,6 +152,10 @@ pub struct CouponGate {
     prefix: String,
     /// A grant still pending after this long is reconciled.
     reconcile_after: Duration,
+    /// Wakes this instance's requests waiting on pending grants when a
+    /// settlement may have given them their answer, so that they need not
+    /// poll Redis often.
+    settled: Arc<Notify>,
 }
 
 struct Keys {
@@ -145,7 +169,7 @@ struct Keys {
 
 impl CouponGate {
     pub fn new(redis: ConnectionManager, prefix: &str, reconcile_after: Duration) -> Self {
-        Self { redis, prefix: prefix.to_owned(), reconcile_after }
+        Self { redis, prefix: prefix.to_owned(), reconcile_after, settled: Arc::new(Notify::new()) }
     }
 
     /// How often the reconciler should run so that a lost unit is back
@@ -177,7 +201,7 @@ impl CouponGate {
         claim: Option<&Claim>,
     ) -> Result<CouponView, AppError> {
         let keys = self.keys(coupon_type.id);
-        self.grant(db, coupon_type, &keys, user_id).await?;
+        let granted = self.grant(db, coupon_type, &keys, user_id).await?;
         // A simulated crash: the unit is handed out and never written.
         fail::fail_point!("coupons::gate::granted", |_| Err(AppError::internal(anyhow::anyhow!(
             "simulated crash after the coupon gate"
@@ -187,13 +211,13 @@ impl CouponGate {
         let written = async {
             let mut tx = Tx::begin(db).await?;
             count_issued(&mut tx, coupon_type.id).await?;
-            let view = write_coupon(&mut tx, coupon_type, user_id, claim).await?;
+            let view = write_coupon(&mut tx, coupon_type, user_id, claim, Some(granted)).await?;
             tx.commit().await?;
             Ok(view)
         }
         .await;
         let settled = match &written {
-            Ok(_) => self.redis.clone().zrem(&keys.pending, user_id).await.map(|_: i64| ()),
+            Ok(_) => self.settle(&COMPLETE, &keys, user_id, None).await,
             Err(AppError::CouponSoldOut) => self.settle(&CLOSE, &keys, user_id, None).await,
             Err(AppError::CouponAlreadyIssued) => self.settle(&GIVE_BACK, &keys, user_id, Some(true)).await,
             // It may have been written: the reconciler looks in PostgreSQL
@@ -207,9 +231,9 @@ impl CouponGate {
         written
     }
 
-    /// Takes a unit from the gate for the user, or says why not once that
-    /// is final.
-    async fn grant(&self, db: &PgPool, coupon_type: &CouponType, keys: &Keys, user_id: i64) -> Result<(), AppError> {
+    /// Takes a unit from the gate for the user (the grant's time, which
+    /// names it), or says why not once that is final.
+    async fn grant(&self, db: &PgPool, coupon_type: &CouponType, keys: &Keys, user_id: i64) -> Result<i64, AppError> {
         let asked = Instant::now();
         let mut loads = 0;
         let mut pause = Duration::from_millis(5);
@@ -221,9 +245,10 @@ impl CouponGate {
                 .arg(user_id)
                 .invoke_async(&mut self.redis.clone())
                 .await?;
-            metrics::counter!("shop_coupon_gate_total", "outcome" => answer.to_lowercase()).increment(1);
-            match answer.as_str() {
-                "GRANTED" => return Ok(()),
+            let (outcome, granted) = answer.split_once(':').unwrap_or((answer.as_str(), ""));
+            metrics::counter!("shop_coupon_gate_total", "outcome" => outcome.to_lowercase()).increment(1);
+            match outcome {
+                "GRANTED" => return granted.parse().map_err(AppError::internal),
                 "SOLD_OUT" => return Err(AppError::CouponSoldOut),
                 "ALREADY_ISSUED" => return Err(AppError::CouponAlreadyIssued),
                 "NOT_LOADED" if loads < 3 => {
@@ -232,10 +257,13 @@ impl CouponGate {
                 }
                 "NOT_LOADED" => return Err(AppError::Unavailable("the coupon gate is being rebuilt")),
                 "PENDING" if asked.elapsed() < PENDING_WAIT => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                    tokio::select! {
+                        _ = self.settled.notified() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(PENDING_POLL);
                 }
-                "PENDING" => return settled_in_database(db, coupon_type.id, user_id).await,
+                "PENDING" => return Err(refusal_from_database(db, coupon_type.id, user_id).await),
                 other => return Err(AppError::internal(anyhow::anyhow!("unexpected gate answer {other}"))),
             }
         }
@@ -253,7 +281,10 @@ impl CouponGate {
         if let Some(keep) = keep_holder {
             invocation.arg(u8::from(keep));
         }
-        invocation.invoke_async::<i64>(&mut self.redis.clone()).await.map(drop)
+        if invocation.invoke_async::<i64>(&mut self.redis.clone()).await? == 2 {
+            self.settled.notify_waiters();
+        }
+        Ok(())
     }
 
     /// Loads the campaign from PostgreSQL, once across instances: whoever
@@ -328,18 +359,15 @@ impl CouponGate {
             let stale: Vec<(i64, i64)> =
                 redis.zrangebyscore_limit_withscores(&keys.pending, "-inf", cutoff, 0, 500).await?;
             for (user_id, granted_ms) in stale {
-                let issued_at = coupons::issued_at(&mut *db.acquire().await?, type_id, user_id).await?;
-                let action = match issued_at {
+                let written = coupons::gate_grant_of(&mut *db.acquire().await?, type_id, user_id).await?;
+                let action = match written {
                     // The grant's own coupon.
-                    Some(issued_at) if issued_at.timestamp_millis() >= granted_ms => {
-                        let _: i64 = redis.zrem(&keys.pending, user_id).await?;
+                    Some(Some(grant)) if grant == granted_ms => {
+                        self.settle(&COMPLETE, &keys, user_id, None).await?;
                         "completed"
                     }
                     // A coupon from before the grant, which the gate had lost
-                    // track of: the grant's write was refused, its unit is
-                    // free. (A clock behind Redis's can make a grant's own
-                    // coupon look older: its unit is then handed out once too
-                    // often, and the database refuses it.)
+                    // track of: the grant's write was refused, its unit is free.
                     Some(_) => {
                         self.settle(&GIVE_BACK, &keys, user_id, Some(true)).await?;
                         "returned"
@@ -360,13 +388,12 @@ impl CouponGate {
 /// When grants stayed pending past [`PENDING_WAIT`] (their writer died; the
 /// reconciler will settle them): what PostgreSQL says is final, else a 503
 /// to retry, never a refusal that a returning unit could prove wrong.
-async fn settled_in_database(db: &PgPool, type_id: i64, user_id: i64) -> Result<(), AppError> {
-    let facts = coupons::issue_facts(&mut *db.acquire().await?, type_id, user_id).await?;
-    if facts.held {
-        return Err(AppError::CouponAlreadyIssued);
+async fn refusal_from_database(db: &PgPool, type_id: i64, user_id: i64) -> AppError {
+    let facts = async { Ok::<_, AppError>(coupons::issue_facts(&mut *db.acquire().await?, type_id, user_id).await?) };
+    match facts.await {
+        Ok(facts) if facts.held => AppError::CouponAlreadyIssued,
+        Ok(facts) if facts.sold_out => AppError::CouponSoldOut,
+        Ok(_) => AppError::Unavailable("a coupon of this campaign is still being settled"),
+        Err(error) => error,
     }
-    if facts.sold_out {
-        return Err(AppError::CouponSoldOut);
-    }
-    Err(AppError::Unavailable("a coupon of this campaign is still being settled"))
 }

@@ -39,7 +39,7 @@ pub async fn issue(
             return Err(AppError::CouponSoldOut);
         }
         count_issued(&mut tx, coupon_type.id).await?;
-        let view = write_coupon(&mut tx, coupon_type, user_id, claim).await?;
+        let view = write_coupon(&mut tx, coupon_type, user_id, claim, None).await?;
         tx.commit().await?;
         if issued + 1 == total {
             locks.raise_flag(&sold_out).await?;

@@ -135,11 +135,11 @@ impl StockStrategy {
         conn: &mut PgConnection,
         changes: Vec<StockChange>,
     ) -> Result<RecordedChanges, AppError> {
-        let ids = match self {
+        let changes = match self {
             Self::RedisGate(_) if !changes.is_empty() => products::record_gate_changes(conn, &changes).await?,
             _ => Vec::new(),
         };
-        Ok(RecordedChanges { ids, changes })
+        Ok(RecordedChanges { changes })
     }
 
     /// After the transaction of [`StockStrategy::record_changes`] committed.
@@ -153,9 +153,9 @@ impl StockStrategy {
 /// Stock changes made outside an order's take, as recorded in their
 /// transaction (see [`StockStrategy::record_changes`]).
 pub struct RecordedChanges {
-    /// The rows that stand for them until the strategy has learnt of them.
-    ids: Vec<i64>,
-    changes: Vec<StockChange>,
+    /// Each with the id of the row that stands for it until the strategy
+    /// has learnt of it.
+    changes: Vec<(i64, StockChange)>,
 }
 
 /// Atomic: one conditional `UPDATE … WHERE stock >= quantity` per line, in

@@ -48,9 +48,10 @@ use crate::http::error::AppError;
 use crate::storage::products::StockChange;
 use crate::storage::{Tx, orders, products};
 
-/// How long a change is kept aside for a counter not yet loaded: far
-/// longer than a load takes from its read to its write.
-const KEPT_ASIDE: Duration = Duration::from_secs(3600);
+/// How long a change is kept aside for a counter not yet loaded (far
+/// longer than a load takes from its read to its write), and its id
+/// remembered as applied (far longer than it can wait to be passed on again).
+const KEPT_ASIDE: Duration = Duration::from_secs(24 * 3600);
 
 /// KEYS: pending, reservations, one counter per line. ARGV: reservation id,
 /// one quantity per line. Answers `OK`, `OUT_OF_STOCK` or `NOT_LOADED`.
@@ -99,21 +100,26 @@ static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Applies stock changes committed in PostgreSQL. KEYS: counter, kept-aside
-/// changes, repeated per change. ARGV: delta, version, repeated; then how
-/// long to keep a change aside (ms).
+/// Applies stock changes committed in PostgreSQL, each once: KEYS:
+/// counter, kept-aside changes, applied changes, repeated per change. ARGV:
+/// change id, delta, version, repeated; then how long to keep a change
+/// aside and to remember it applied (ms).
 static CHANGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local keep = ARGV[#ARGV]
-          for i = 1, #KEYS, 2 do
-              local loaded = redis.call('HGET', KEYS[i], 'version')
-              if loaded then
-                  if tonumber(ARGV[i + 1]) > tonumber(loaded) then
-                      redis.call('HINCRBY', KEYS[i], 'left', ARGV[i])
+          for i = 1, #KEYS, 3 do
+              local id, delta, version = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+              if redis.call('HSETNX', KEYS[i + 2], id, 1) == 1 then
+                  redis.call('PEXPIRE', KEYS[i + 2], keep)
+                  local loaded = redis.call('HGET', KEYS[i], 'version')
+                  if loaded then
+                      if tonumber(version) > tonumber(loaded) then
+                          redis.call('HINCRBY', KEYS[i], 'left', delta)
+                      end
+                  else
+                      redis.call('HSET', KEYS[i + 1], version, delta)
+                      redis.call('PEXPIRE', KEYS[i + 1], keep)
                   end
-              else
-                  redis.call('HSET', KEYS[i + 1], ARGV[i + 1], ARGV[i])
-                  redis.call('PEXPIRE', KEYS[i + 1], keep)
               end
           end
           return 1",
@@ -121,11 +127,14 @@ static CHANGE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Loads a counter that does not exist, adding the changes kept aside that
-/// its snapshot does not hold. KEYS: counter, kept-aside changes. ARGV:
-/// stock, version. Answers 1 if loaded.
+/// its snapshot does not hold — unless the counter was dropped since the
+/// loader began, whose read may then be older than what was dropped. KEYS:
+/// counter, kept-aside changes, drops. ARGV: stock, version, drops seen
+/// before the read. Answers 1 if loaded.
 static LOAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+          if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[3] then return 0 end
           local left = tonumber(ARGV[1])
           local kept = redis.call('HGETALL', KEYS[2])
           for i = 1, #kept, 2 do
@@ -133,6 +142,15 @@ static LOAD: LazyLock<Script> = LazyLock::new(|| {
           end
           redis.call('HSET', KEYS[1], 'left', left, 'version', ARGV[2])
           redis.call('DEL', KEYS[2])
+          return 1",
+    )
+});
+
+/// Drops a counter, counting the drop. KEYS: counter, drops.
+static DROP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"redis.call('DEL', KEYS[1])
+          redis.call('INCR', KEYS[2])
           return 1",
     )
 });
@@ -168,6 +186,19 @@ impl StockGate {
     /// Changes committed while the counter was not loaded, by version.
     fn kept_aside(&self, product_id: i64) -> String {
         format!("{}stock-gate:changes:{product_id}", self.prefix)
+    }
+
+    /// The ids of the changes applied (or kept aside), so that a change
+    /// passed on twice — by its instance and by the reconciler, or again
+    /// after a lost reply — counts once.
+    fn applied(&self, product_id: i64) -> String {
+        format!("{}stock-gate:applied:{product_id}", self.prefix)
+    }
+
+    /// How many times the counter was dropped: a load that began before a
+    /// drop must not install what it read.
+    fn drops(&self, product_id: i64) -> String {
+        format!("{}stock-gate:drops:{product_id}", self.prefix)
     }
 
     fn pending(&self) -> String {
@@ -239,16 +270,21 @@ impl StockGate {
 
     /// Loads the counters missing from Redis from PostgreSQL.
     async fn load(&self, db: &PgPool, product_ids: &[i64]) -> Result<(), AppError> {
+        let mut redis = self.redis.clone();
+        let drop_keys: Vec<String> = product_ids.iter().map(|id| self.drops(*id)).collect();
+        let drops: Vec<Option<i64>> = redis.mget(&drop_keys).await?;
         let rows = products::stock_of(&mut *db.acquire().await?, product_ids).await?;
         // Tests hold a load here while the stock changes in PostgreSQL.
         fail::fail_point!("stock::gate::read");
-        let mut redis = self.redis.clone();
         for row in rows {
+            let seen = product_ids.iter().position(|id| *id == row.id).and_then(|at| drops[at]).unwrap_or(0);
             let loaded: i64 = LOAD
                 .key(self.counter(row.id))
                 .key(self.kept_aside(row.id))
+                .key(self.drops(row.id))
                 .arg(row.stock)
                 .arg(row.version)
+                .arg(seen)
                 .invoke_async(&mut redis)
                 .await?;
             if loaded == 1 {
@@ -269,29 +305,48 @@ impl StockGate {
             tracing::warn!(%error, "could not tell the stock gate of a change; the reconciler will");
             return;
         }
-        // A failure leaves the rows to be applied again: a change counted
-        // twice is too many units, which PostgreSQL refuses.
-        let forgotten = async { products::forget_gate_changes(&mut *db.acquire().await?, &recorded.ids).await };
-        if let Err(error) = forgotten.await {
-            tracing::warn!(%error, "could not delete applied stock gate changes");
+        let ids: Vec<i64> = recorded.changes.iter().map(|(id, _)| *id).collect();
+        let forgotten = async { products::forget_gate_changes(&mut *db.acquire().await?, &ids).await };
+        match forgotten.await {
+            Ok(()) => self.forget_applied(&recorded.changes).await,
+            // The reconciler passes them on again; the gate counts them once.
+            Err(error) => tracing::warn!(%error, "could not delete applied stock gate changes"),
         }
     }
 
-    async fn apply(&self, changes: &[StockChange]) -> redis::RedisResult<()> {
+    async fn apply(&self, changes: &[(i64, StockChange)]) -> redis::RedisResult<()> {
         let mut script = CHANGE.prepare_invoke();
-        for change in changes {
-            script.key(self.counter(change.product_id)).key(self.kept_aside(change.product_id));
-            script.arg(change.delta).arg(change.version);
+        for (id, change) in changes {
+            script.key(self.counter(change.product_id));
+            script.key(self.kept_aside(change.product_id)).key(self.applied(change.product_id));
+            script.arg(id).arg(change.delta).arg(change.version);
         }
         script.arg(KEPT_ASIDE.as_millis() as u64);
         script.invoke_async::<i64>(&mut self.redis.clone()).await.map(drop)
+    }
+
+    /// Once the rows of applied changes are gone, nothing can pass them on
+    /// again: their ids need not be remembered. (If this fails, they expire.)
+    async fn forget_applied(&self, changes: &[(i64, StockChange)]) {
+        let mut pipe = redis::pipe();
+        for (id, change) in changes {
+            pipe.hdel(self.applied(change.product_id), id).ignore();
+        }
+        if let Err(error) = pipe.query_async::<()>(&mut self.redis.clone()).await {
+            tracing::debug!(%error, "could not forget applied stock gate changes; they expire");
+        }
     }
 
     /// Drops a product's counter, to be loaded afresh from PostgreSQL. If
     /// Redis does not answer, the counter stays too high, which PostgreSQL
     /// refuses.
     async fn forget(&self, product_id: i64) {
-        if let Err(error) = self.redis.clone().del::<_, i64>(self.counter(product_id)).await {
+        let dropped = DROP
+            .key(self.counter(product_id))
+            .key(self.drops(product_id))
+            .invoke_async::<i64>(&mut self.redis.clone())
+            .await;
+        if let Err(error) = dropped {
             tracing::warn!(%error, product_id, "could not drop a stock gate counter");
         }
     }
@@ -302,14 +357,15 @@ impl StockGate {
         let mut tx = Tx::begin(db).await?;
         // Its own instance applies a change within milliseconds of the commit.
         let left_behind_after = self.reconcile_every();
-        let left: Vec<(i64, StockChange)> = products::lock_stale_gate_changes(&mut tx, left_behind_after, 500).await?;
+        let left = products::lock_stale_gate_changes(&mut tx, left_behind_after, 500).await?;
         if left.is_empty() {
             return Ok(());
         }
-        let (ids, changes): (Vec<i64>, Vec<StockChange>) = left.into_iter().unzip();
-        self.apply(&changes).await?;
+        self.apply(&left).await?;
+        let ids: Vec<i64> = left.iter().map(|(id, _)| *id).collect();
         products::forget_gate_changes(&mut tx, &ids).await?;
         tx.commit().await?;
+        self.forget_applied(&left).await;
         metrics::counter!("shop_stock_gate_changes_left_behind_total").increment(ids.len() as u64);
         Ok(())
     }
