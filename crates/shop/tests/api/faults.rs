@@ -375,3 +375,38 @@ async fn database_failures_are_lost_races_or_unavailable_never_internal() {
         assert_eq!(answer.status(), status, "{sqlstate}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stock_change_passed_on_twice_counts_once() {
+    let redis = RedisProxy::start().await;
+    let app = spawn_app_with(|config| {
+        config.redis_url = redis.url();
+        config.stock_strategy = StockStrategyKind::RedisGate;
+        config.locks.gate_reconcile_after_ms = 300;
+    })
+    .await;
+    let product = app.create_product("restocked", 2000, 10).await;
+    let buyer = app.new_user().await;
+    app.order_id(&buyer, &[(product, 1)], None).await;
+    let admin = app.admin().await;
+    let path = format!("/api/admin/products/{product}");
+    let restock = async |stock: i64| {
+        let body = json!({"stock": stock});
+        app.request(reqwest::Method::PATCH, &path, Some(&admin.token), Some(body)).await.status()
+    };
+    assert_eq!(restock(10).await, StatusCode::OK);
+    // The admin lowers the stock from 10 to 3. The gate applies the change
+    // but its answer is lost, so the reconciler passes the change on again.
+    redis.lose_reply_to("stock-gate:applied", 1);
+    assert_eq!(restock(3).await, StatusCode::OK);
+    assert_eq!(redis.fired(), 1);
+    eventually("the reconciler passing the change on", async || {
+        count(&app, "SELECT count(*) FROM stock_gate_changes").await == 0
+    })
+    .await;
+    // Counted twice, -7 would leave the gate at -4, refusing what is there.
+    let all_three = app.place_order(&buyer, &[(product, 3)], None).await;
+    assert_eq!(all_three.status(), StatusCode::CREATED, "{}", all_three.text().await.unwrap());
+    assert_eq!(app.stock(product).await, 0);
+    app.assert_invariants().await;
+}
