@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::http::error::AppError;
+use crate::error::AppError;
 
 /// Requests per batch at most: enough for every connection of a rush, few
 /// enough that one statement's arrays stay small.

@@ -26,7 +26,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::ValidationError;
-use crate::http::error::AppError;
+use crate::error::AppError;
 
 /// Longer than any request runs (lock waits are a few seconds).
 const STALE_CLAIM: Duration = Duration::from_secs(60);

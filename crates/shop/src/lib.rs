@@ -4,6 +4,7 @@
 //!
 //! - [`config`]: the command line and its environment fallbacks.
 //! - [`startup`]: reaching PostgreSQL and Redis, migrating, serving.
+//! - [`error`]: the one error type every layer returns.
 //! - [`http`]: the router, one module per resource; errors become
 //!   problem+json in `http::error` only.
 //! - [`domain`]: pure rules and the newtypes that carry them.
@@ -24,6 +25,7 @@ pub mod batcher;
 pub mod config;
 pub mod coupon_types;
 pub mod domain;
+pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod invariants;

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::domain::coupon::{CouponKind, CouponStatus};
 use crate::domain::order::{self, Amounts, Event, MIN_TOTAL, OrderLines, OrderStatus};
 use crate::domain::points::LedgerKind;
-use crate::http::error::{AppError, ResultExt};
+use crate::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
 use crate::storage::coupons::CouponForOrder;
 use crate::storage::orders::{ItemRow, NewItem, NewOrder, OrderRow};

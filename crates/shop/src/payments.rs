@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use crate::domain::order::OrderStatus;
-use crate::http::error::{AppError, ResultExt};
+use crate::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
 use crate::orders::visible;
 use crate::storage::orders::OrderRow;

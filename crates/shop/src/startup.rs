@@ -317,7 +317,7 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
 async fn every_while<F, Fut>(period: Duration, stop: CancellationToken, what: &'static str, task: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Result<(), crate::http::error::AppError>>,
+    Fut: Future<Output = Result<(), crate::error::AppError>>,
 {
     let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -30,7 +30,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use crate::http::error::AppError;
+use crate::error::AppError;
 
 const TODAY_TTL: Duration = Duration::from_secs(5);
 const PAST_DAY_TTL: Duration = Duration::from_secs(3600);

@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{AppError, Problem, ResultExt};
+use super::error::Problem;
 use super::extract::Json;
 use crate::auth::{Caller, TokenKind};
 use crate::domain::user::{Email, Password, Role, UserName};
+use crate::error::{AppError, ResultExt};
 use crate::storage::Tx;
 use crate::storage::users::{self, UserRow};
 

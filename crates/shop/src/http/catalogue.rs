@@ -20,9 +20,9 @@ use axum::body::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use sqlx::PgPool;
 
-use super::error::AppError;
 use super::pagination::PageRequest;
 use super::products::Product;
+use crate::error::AppError;
 use crate::storage::products;
 use crate::top_sellers::TopSellers;
 

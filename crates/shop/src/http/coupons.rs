@@ -9,12 +9,13 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{AppError, Problem, ResultExt};
+use super::error::Problem;
 use super::extract::{IdempotencyHeader, Json, PathId, PathText, decode};
 use crate::auth::Caller;
 use crate::domain::coupon::{
     CouponCode, CouponFace, CouponKind, CouponStatus, CouponTerms, CouponType, CouponView, IssuedCoupon,
 };
+use crate::error::{AppError, ResultExt};
 use crate::storage::{Tx, coupons, users};
 
 #[derive(Serialize, ToSchema)]

@@ -8,73 +8,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::error::AppError;
+
 /// Seconds a client should wait before retrying a lost race.
 const CONFLICT_RETRY_AFTER_SECS: u32 = 1;
 /// Seconds a client should wait before retrying when a dependency failed.
 const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 2;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("{0}")]
-    Validation(String),
-    #[error("{0}")]
-    Unauthenticated(&'static str),
-    #[error("wrong email or password")]
-    InvalidCredentials,
-    #[error("{0}")]
-    Forbidden(&'static str),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("this route does not accept that method")]
-    MethodNotAllowed,
-    #[error("the body is larger than 64 KiB")]
-    PayloadTooLarge,
-    #[error("the body must be application/json")]
-    UnsupportedMediaType,
-    #[error("this email is already registered")]
-    EmailTaken,
-    #[error("{0}")]
-    ChargeLimitExceeded(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("this coupon type is not open for issue now")]
-    CouponNotOpen,
-    #[error("no coupons of this type are left")]
-    CouponSoldOut,
-    #[error("you already hold a coupon of this type")]
-    CouponAlreadyIssued,
-    #[error("not enough stock for every item; nothing was taken")]
-    OutOfStock,
-    #[error("{0}")]
-    CouponNotUsable(&'static str),
-    #[error("{0}")]
-    OrderNotCancellable(&'static str),
-    #[error("the order is {0}, not PENDING")]
-    OrderNotPayable(&'static str),
-    #[error("the order's payment time ran out")]
-    OrderExpired,
-    #[error("the balance is lower than the amount to pay")]
-    InsufficientPoints,
-    #[error("{0}")]
-    InvalidStateTransition(String),
-    #[error("this Idempotency-Key was used for a different request")]
-    IdempotencyKeyReused,
-    #[error("a request with this Idempotency-Key is still running")]
-    IdempotencyKeyInUse,
-    #[error("{0}; retry later")]
-    ConcurrencyConflict(&'static str),
-    /// PostgreSQL or Redis failed before anything was written: a retry is safe.
-    #[error("{0}; nothing was changed, retry later")]
-    Unavailable(&'static str),
-    /// The database connection was lost after COMMIT was sent, and whether it
-    /// committed could not be found out in time. The request's
-    /// Idempotency-Key stays claimed, so a retry with it replays the answer
-    /// once it is known instead of running the request again.
-    #[error("the database did not confirm whether the change was saved; retry with the same Idempotency-Key")]
-    OutcomeUnknown,
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
-}
 
 /// The problem document of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,88 +37,6 @@ pub struct Problem {
 pub struct InternalErrorReport(pub Arc<anyhow::Error>);
 
 impl AppError {
-    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
-        Self::Internal(error.into())
-    }
-
-    pub fn not_found(what: impl Into<String>) -> Self {
-        Self::NotFound(what.into())
-    }
-
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Validation(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated(_) | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::EmailTaken
-            | Self::ChargeLimitExceeded(_)
-            | Self::Conflict(_)
-            | Self::CouponNotOpen
-            | Self::CouponSoldOut
-            | Self::CouponAlreadyIssued
-            | Self::OutOfStock
-            | Self::CouponNotUsable(_)
-            | Self::OrderNotCancellable(_)
-            | Self::OrderNotPayable(_)
-            | Self::OrderExpired
-            | Self::InsufficientPoints
-            | Self::InvalidStateTransition(_)
-            | Self::IdempotencyKeyInUse
-            | Self::ConcurrencyConflict(_) => StatusCode::CONFLICT,
-            Self::Unavailable(_) | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Validation(_) => "VALIDATION_FAILED",
-            Self::Unauthenticated(_) => "UNAUTHENTICATED",
-            Self::InvalidCredentials => "INVALID_CREDENTIALS",
-            Self::Forbidden(_) => "FORBIDDEN",
-            Self::NotFound(_) => "NOT_FOUND",
-            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            Self::EmailTaken => "EMAIL_TAKEN",
-            Self::ChargeLimitExceeded(_) => "CHARGE_LIMIT_EXCEEDED",
-            Self::Conflict(_) => "CONFLICT",
-            Self::CouponNotOpen => "COUPON_NOT_OPEN",
-            Self::CouponSoldOut => "COUPON_SOLD_OUT",
-            Self::CouponAlreadyIssued => "COUPON_ALREADY_ISSUED",
-            Self::OutOfStock => "OUT_OF_STOCK",
-            Self::CouponNotUsable(_) => "COUPON_NOT_USABLE",
-            Self::OrderNotCancellable(_) => "ORDER_NOT_CANCELLABLE",
-            Self::OrderNotPayable(_) => "ORDER_NOT_PAYABLE",
-            Self::OrderExpired => "ORDER_EXPIRED",
-            Self::InsufficientPoints => "INSUFFICIENT_POINTS",
-            Self::InvalidStateTransition(_) => "INVALID_STATE_TRANSITION",
-            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
-            Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
-            Self::ConcurrencyConflict(_) => "CONCURRENCY_CONFLICT",
-            Self::Unavailable(_) | Self::OutcomeUnknown => "SERVICE_UNAVAILABLE",
-            Self::Internal(_) => "INTERNAL",
-        }
-    }
-
-    /// Whether a retry of the same request could get another answer; such
-    /// answers are not stored under an Idempotency-Key (API.md).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::ConcurrencyConflict(_)
-                | Self::IdempotencyKeyInUse
-                | Self::Unavailable(_)
-                | Self::OutcomeUnknown
-                | Self::Internal(_)
-        )
-    }
-
     pub fn problem(&self) -> Problem {
         let status = self.status();
         let code = self.code();
@@ -216,79 +73,4 @@ impl IntoResponse for AppError {
 pub fn problem_response(status: StatusCode, body: &impl Serialize) -> Response {
     let bytes = serde_json::to_vec(body).expect("a problem serializes");
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))], bytes).into_response()
-}
-
-/// A database failure as the client should see it: a lost race (a deadlock,
-/// a serialization failure, a lock wait past `lock_timeout`) is
-/// `CONCURRENCY_CONFLICT`; a lost or refused connection is
-/// `SERVICE_UNAVAILABLE`; anything else is a bug. A failed statement rolls
-/// its transaction back, so none of these has changed anything — except a
-/// lost COMMIT, which `storage::commit` resolves before it gets here.
-impl From<sqlx::Error> for AppError {
-    fn from(error: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &error {
-            return match db.code().as_deref() {
-                Some("40P01" | "40001" | "55P03") => {
-                    tracing::warn!(%error, "a transaction lost a race in PostgreSQL");
-                    Self::ConcurrencyConflict("the change lost a race in the database")
-                }
-                // Connection exceptions (08), out of connections, memory or
-                // disk (53), the server shutting down or starting, or the
-                // session or statement timed out or cancelled (57P, 57014,
-                // 25P03), a system error such as an I/O error (58).
-                Some(code)
-                    if ["08", "53", "57P", "58"].iter().any(|class| code.starts_with(class))
-                        || matches!(code, "57014" | "25P03") =>
-                {
-                    tracing::warn!(%error, "PostgreSQL refused or dropped the connection");
-                    Self::Unavailable("the database is unavailable")
-                }
-                _ => Self::internal(error),
-            };
-        }
-        match error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => {
-                tracing::warn!(%error, "PostgreSQL could not be reached");
-                Self::Unavailable("the database is unavailable")
-            }
-            error => Self::internal(error),
-        }
-    }
-}
-
-impl From<redis::RedisError> for AppError {
-    fn from(error: redis::RedisError) -> Self {
-        // Unreachable, or refusing for now: loading, a failover in progress
-        // (read-only replica, master down), out of memory, busy with a script.
-        let unreachable = error.is_io_error()
-            || error.is_connection_dropped()
-            || error.is_connection_refusal()
-            || error.is_timeout()
-            || error.is_cluster_error()
-            || matches!(error.code(), Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "BUSY"));
-        if unreachable {
-            tracing::warn!(%error, "Redis could not be reached");
-            return Self::Unavailable("Redis is unavailable");
-        }
-        Self::internal(error)
-    }
-}
-
-/// Maps a violation of one named constraint to a client error right beside
-/// the query, so uniqueness needs no racy check-then-insert.
-pub trait ResultExt<T> {
-    fn on_constraint(self, name: &str, to_error: impl FnOnce() -> AppError) -> Result<T, AppError>;
-}
-
-impl<T> ResultExt<T> for Result<T, sqlx::Error> {
-    fn on_constraint(self, name: &str, to_error: impl FnOnce() -> AppError) -> Result<T, AppError> {
-        self.map_err(|error| match &error {
-            sqlx::Error::Database(db) if db.constraint() == Some(name) => to_error(),
-            _ => AppError::from(error),
-        })
-    }
 }

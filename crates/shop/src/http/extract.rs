@@ -11,16 +11,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::AppState;
-use super::error::AppError;
 use crate::auth::{Caller, TokenKind};
-use crate::domain::ValidationError;
+use crate::error::AppError;
 use crate::idempotency::IdempotencyKey;
-
-impl From<ValidationError> for AppError {
-    fn from(error: ValidationError) -> Self {
-        AppError::Validation(error.to_string())
-    }
-}
 
 /// A JSON body. It is parsed to a `serde_json::Value` first and then to `T`,
 /// so a type error names the field (`amount: invalid type: floating point…`).

@@ -5,9 +5,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::AppState;
-use super::error::{AppError, problem_response};
+use super::error::problem_response;
 use super::extract::IdempotencyHeader;
 use crate::auth::Caller;
+use crate::error::AppError;
 use crate::idempotency::{self, Begun, Claim, Fingerprint, StoredResponse};
 
 impl IdempotencyHeader {

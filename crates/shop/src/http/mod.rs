@@ -47,7 +47,9 @@ use crate::strategy::coupons::CouponStrategy;
 use crate::strategy::points::PointsStrategy;
 use crate::strategy::stock::StockStrategy;
 use crate::top_sellers::TopSellers;
-use error::{AppError, InternalErrorReport};
+use error::InternalErrorReport;
+
+use crate::error::AppError;
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

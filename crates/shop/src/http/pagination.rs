@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::error::AppError;
+use crate::error::AppError;
 
 const MAX_LIMIT: i64 = 100;
 

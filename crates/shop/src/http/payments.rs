@@ -8,9 +8,10 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{AppError, Problem};
+use super::error::Problem;
 use super::extract::{IdempotencyHeader, Json, PathId, decode};
 use crate::auth::Caller;
+use crate::error::AppError;
 use crate::payments::{self, PaymentView};
 
 #[derive(Deserialize, ToSchema)]

@@ -8,11 +8,12 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{AppError, Problem};
+use super::error::Problem;
 use super::extract::{IdempotencyHeader, Json, PathId, Query, decode};
 use super::pagination::{Page, PageRequest};
 use crate::auth::Caller;
 use crate::domain::points::{ChargeAmount, LedgerKind, PointBalance};
+use crate::error::AppError;
 use crate::storage::{ledger, users, wallets};
 use crate::strategy::points::Charge;
 

@@ -9,11 +9,12 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::catalogue::CatalogueRead;
-use super::error::{AppError, Problem};
+use super::error::Problem;
 use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageRequest, bounded};
 use crate::auth::Caller;
 use crate::domain::product::{Category, Price, ProductName, Stock};
+use crate::error::AppError;
 use crate::storage::Tx;
 use crate::storage::products::{self, ProductRow, StockChange};
 use crate::top_sellers::TopSeller;

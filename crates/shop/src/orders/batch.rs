@@ -30,7 +30,7 @@ use sqlx::PgPool;
 use super::{OrderLineView, OrderView, Placement, coupon_terms, place_alone, price, total_of};
 use crate::batcher::Batcher;
 use crate::domain::order::{Amounts, OrderLines};
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::coupons::CouponForOrder;
 use crate::storage::orders::{NewItem, NewOrder};

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
-use crate::http::error::AppError;
+use crate::error::AppError;
 
 /// How long a lost COMMIT is investigated before the answer is "unknown".
 const RESOLVE_WITHIN: Duration = Duration::from_secs(3);

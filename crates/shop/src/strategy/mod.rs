@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::lock::{LeaseLocks, LockError};
 
 /// PostgreSQL's `lock_not_available` (a `lock_timeout` ran out) and

@@ -371,7 +371,7 @@ async fn database_failures_are_lost_races_or_unavailable_never_internal() {
     ] {
         let raise = format!("DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{sqlstate}'; END $$");
         let error = sqlx::query(sqlx::AssertSqlSafe(raise)).execute(&app.db).await.unwrap_err();
-        let answer = shop::http::error::AppError::from(error);
+        let answer = shop::error::AppError::from(error);
         assert_eq!(answer.status(), status, "{sqlstate}");
     }
 }

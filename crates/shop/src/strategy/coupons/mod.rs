@@ -21,7 +21,7 @@ pub use redis_gate::{CouponGate, GRANT_LUA};
 
 use crate::config::CouponStrategyKind;
 use crate::domain::coupon::{CouponStatus, CouponType, CouponView, IssuedCoupon};
-use crate::http::error::{AppError, ResultExt};
+use crate::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
 use crate::lock::LeaseLocks;
 use crate::storage::coupons;

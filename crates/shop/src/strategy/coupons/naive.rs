@@ -6,7 +6,7 @@ use sqlx::PgPool;
 
 use super::write_coupon;
 use crate::domain::coupon::{CouponType, CouponView};
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::coupons;
 

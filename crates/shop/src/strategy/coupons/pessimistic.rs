@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use super::{count_issued, write_coupon};
 use crate::domain::coupon::{CouponType, CouponView};
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::{Tx, coupons};
 use crate::strategy::{lost_race, set_lock_timeout};

@@ -49,7 +49,7 @@ use tokio::sync::Notify;
 
 use super::{count_issued, write_coupon};
 use crate::domain::coupon::{CouponType, CouponView};
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::{Tx, coupons};
 

@@ -11,7 +11,7 @@
 use sqlx::{PgConnection, PgPool};
 
 use super::{Charge, save_response, wallet_missing};
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::{Tx, wallets};
 

@@ -27,7 +27,7 @@ use sqlx::PgPool;
 use super::{Charge, atomic, save_response, wallet_missing};
 use crate::batcher::Batcher;
 use crate::domain::points::ChargeCounters;
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::Tx;
 use crate::storage::ledger::{self, NewCharge};

@@ -18,8 +18,8 @@ use axum::http::StatusCode;
 use sqlx::{PgConnection, PgPool};
 
 use crate::config::PointsStrategyKind;
-use crate::domain::points::{ChargeAmount, ChargeDay, ChargeLimitExceeded, ChargeLimits, LedgerKind, PointBalance};
-use crate::http::error::AppError;
+use crate::domain::points::{ChargeAmount, ChargeDay, ChargeLimits, LedgerKind, PointBalance};
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::lock::{Lease, LeaseLocks};
 use crate::storage::wallets::Wallet;
@@ -223,10 +223,4 @@ async fn save_response(
 
 fn wallet_missing() -> AppError {
     AppError::not_found("user not found")
-}
-
-impl From<ChargeLimitExceeded> for AppError {
-    fn from(exceeded: ChargeLimitExceeded) -> Self {
-        AppError::ChargeLimitExceeded(exceeded.to_string())
-    }
 }

@@ -6,7 +6,7 @@
 use sqlx::{Acquire, PgConnection, PgPool};
 
 use super::{Charge, Spend, wallet_missing, write_charge, write_debit};
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::wallets;
 

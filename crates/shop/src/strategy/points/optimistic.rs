@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 
 use super::{Charge, Spend, wallet_missing, write_charge, write_debit};
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::{Tx, wallets};
 use crate::strategy::backoff;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use super::{Charge, wallet_missing, write_charge};
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::{Tx, wallets};
 use crate::strategy::{lost_race, set_lock_timeout};

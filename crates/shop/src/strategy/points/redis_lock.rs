@@ -15,7 +15,7 @@
 use sqlx::{PgConnection, PgPool};
 
 use super::{Charge, Spend, wallet_missing, write_charge, write_debit};
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::lock::LeaseLocks;
 use crate::storage::Tx;

@@ -25,7 +25,7 @@ pub use redis_gate::StockGate;
 
 use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::lock::{Lease, LeaseLocks};
 use crate::orders::OrderBatcher;
 use crate::storage::products::{self, StockChange};

@@ -6,7 +6,7 @@
 use sqlx::PgConnection;
 
 use crate::domain::order::OrderLines;
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::storage::products;
 
 pub async fn take(conn: &mut PgConnection, lines: &OrderLines) -> Result<(), AppError> {

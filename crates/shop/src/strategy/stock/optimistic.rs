@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 
 use crate::domain::order::OrderLines;
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::storage::products;
 use crate::strategy::backoff;
 

@@ -44,7 +44,7 @@ use uuid::Uuid;
 
 use super::RecordedChanges;
 use crate::domain::order::OrderLines;
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::storage::products::StockChange;
 use crate::storage::{Tx, orders, products};
 

@@ -7,7 +7,7 @@
 use sqlx::PgConnection;
 
 use crate::domain::order::OrderLines;
-use crate::http::error::AppError;
+use crate::error::AppError;
 use crate::lock::{Lease, LeaseLocks};
 use crate::storage::products;
 use crate::strategy::{lease_error, stale_fence};
