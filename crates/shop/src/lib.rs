@@ -21,6 +21,7 @@
 //! - [`top_sellers`]: the best sellers of recent days, from Redis, rebuilt from PostgreSQL.
 
 pub mod auth;
+pub(crate) mod backoff;
 pub mod batcher;
 pub mod config;
 pub mod coupon_types;

@@ -33,7 +33,7 @@ use tokio::sync::OwnedMutexGuard;
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
-use crate::strategy::backoff;
+use crate::backoff;
 
 /// KEYS: lock, fencing counter, give-up flag (optional). Returns the fencing
 /// token, `-1` if the give-up flag is raised, or nil while the lock is held.

@@ -16,10 +16,11 @@ use crate::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
 use crate::storage::coupons::CouponForOrder;
 use crate::storage::orders::{ItemRow, NewItem, NewOrder, OrderRow};
+use crate::storage::payments::Sale;
 use crate::storage::products::ProductRow;
 use crate::storage::{Tx, coupons, ledger, orders, outbox, payments, products, wallets};
 use crate::strategy::stock::StockStrategy;
-use crate::top_sellers::{Sale, SaleRecord, TopSellers};
+use crate::top_sellers::{SaleRecord, TopSellers};
 
 mod batch;
 

@@ -31,6 +31,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use crate::error::AppError;
+use crate::storage::payments::Sale;
 
 const TODAY_TTL: Duration = Duration::from_secs(5);
 const PAST_DAY_TTL: Duration = Duration::from_secs(3600);
@@ -123,9 +124,6 @@ pub struct TopSeller {
     pub sales_count: i64,
     pub total_revenue: i64,
 }
-
-/// (product id, quantity, revenue) of one order line.
-pub type Sale = (i64, i64, i64);
 
 #[derive(Clone)]
 pub struct TopSellers {

@@ -18,13 +18,33 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
+use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 
 use super::pagination::PageRequest;
-use super::products::Product;
 use crate::error::AppError;
-use crate::storage::products;
+use crate::storage::products::{self, ProductRow};
 use crate::top_sellers::TopSellers;
+
+#[derive(Serialize, ToSchema)]
+pub struct Product {
+    id: i64,
+    #[schema(example = "아메리카노")]
+    name: String,
+    /// Won.
+    #[schema(example = 3000)]
+    price: i64,
+    stock: i64,
+    #[schema(example = "음료")]
+    category: String,
+}
+
+impl From<ProductRow> for Product {
+    fn from(row: ProductRow) -> Self {
+        Self { id: row.id, name: row.name, price: row.price, stock: row.stock, category: row.category }
+    }
+}
 
 /// One read of the catalogue, and the key identical reads share.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

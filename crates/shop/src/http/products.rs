@@ -4,11 +4,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::catalogue::CatalogueRead;
+use super::catalogue::{CatalogueRead, Product};
 use super::error::Problem;
 use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageRequest, bounded};
@@ -16,27 +16,8 @@ use crate::auth::Caller;
 use crate::domain::product::{Category, Price, ProductName, Stock};
 use crate::error::AppError;
 use crate::storage::Tx;
-use crate::storage::products::{self, ProductRow, StockChange};
+use crate::storage::products::{self, StockChange};
 use crate::top_sellers::TopSeller;
-
-#[derive(Serialize, ToSchema)]
-pub struct Product {
-    id: i64,
-    #[schema(example = "아메리카노")]
-    name: String,
-    /// Won.
-    #[schema(example = 3000)]
-    price: i64,
-    stock: i64,
-    #[schema(example = "음료")]
-    category: String,
-}
-
-impl From<ProductRow> for Product {
-    fn from(row: ProductRow) -> Self {
-        Self { id: row.id, name: row.name, price: row.price, stock: row.stock, category: row.category }
-    }
-}
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -3,8 +3,6 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::top_sellers::Sale;
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PaymentRow {
     pub id: i64,
@@ -14,6 +12,9 @@ pub struct PaymentRow {
     pub status: String,
     pub paid_at: DateTime<Utc>,
 }
+
+/// (product id, quantity, revenue) of one order line.
+pub type Sale = (i64, i64, i64);
 
 /// A recorded payment, with its order's lines as sales (product, quantity,
 /// revenue) for the top sellers.

@@ -5,7 +5,6 @@
 //! defence, and a race lost past the strategy's limit (retries used up, lock
 //! wait timed out) is `CONCURRENCY_CONFLICT` with nothing written.
 
-pub(crate) mod backoff;
 pub mod coupons;
 pub mod points;
 pub mod stock;

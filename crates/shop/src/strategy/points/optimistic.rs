@@ -11,10 +11,10 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 
 use super::{Charge, Spend, wallet_missing, write_charge, write_debit};
+use crate::backoff;
 use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::{Tx, wallets};
-use crate::strategy::backoff;
 
 /// Longest wait between two attempts.
 const RETRY_CAP: Duration = Duration::from_millis(50);

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
+use crate::backoff;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
 use crate::storage::products;
-use crate::strategy::backoff;
 
 const RETRY_CAP: Duration = Duration::from_millis(50);
 
