@@ -58,6 +58,30 @@ impl<J: Send + 'static, A: Send + 'static> Batcher<J, A> {
     }
 }
 
+/// The answers of a batch whose write failed: each request made alone, in
+/// order — unless the batch may have committed (its COMMIT's outcome is
+/// unknown), when redoing it could do it twice and every request is told so.
+pub async fn one_by_one<'a, J, T, F, Fut>(
+    name: &str,
+    jobs: &'a [J],
+    failure: AppError,
+    alone: F,
+) -> Vec<Result<T, AppError>>
+where
+    F: Fn(&'a J) -> Fut,
+    Fut: Future<Output = Result<T, AppError>>,
+{
+    if matches!(failure, AppError::OutcomeUnknown) {
+        return jobs.iter().map(|_| Err(AppError::OutcomeUnknown)).collect();
+    }
+    tracing::warn!(error = %failure, batch = name, requests = jobs.len(), "a batch failed; writing its requests one by one");
+    let mut answers = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        answers.push(alone(job).await);
+    }
+    answers
+}
+
 async fn work<J, A, F, Fut>(name: &'static str, queue: Queue<J, A>, write: Arc<F>)
 where
     F: Fn(Vec<J>) -> Fut,

@@ -220,11 +220,15 @@ impl Lease {
         self.fence
     }
 
-    pub async fn release(mut self) -> Result<(), redis::RedisError> {
+    /// Releases the lease (compare-and-delete). If Redis does not answer,
+    /// the lease runs out by itself, and the next holder waits until then.
+    pub async fn release(mut self) {
         self.keep_alive.abort();
         let released = RELEASE.key(&self.key).arg(&self.token).invoke_async::<i64>(&mut self.redis).await;
         drop(self.turn.take());
-        released.map(drop)
+        if let Err(error) = released {
+            tracing::warn!(%error, lock = %self.key, "lock release failed; the lease will expire");
+        }
     }
 }
 

@@ -166,32 +166,14 @@ impl Server {
             tokio::spawn(expire_overdue_orders(state.clone(), stop.clone())),
         ];
         if let CouponStrategy::RedisGate(gate) = &state.coupons {
-            background.push(tokio::spawn(every_while(
-                gate.reconcile_every(),
-                stop.clone(),
-                "reconcile the coupon gate",
-                {
-                    let (state, gate) = (state.clone(), gate.clone());
-                    move || {
-                        let (state, gate) = (state.clone(), gate.clone());
-                        async move { gate.reconcile(&state.db).await }
-                    }
-                },
-            )));
+            let (gate, db, every) = (gate.clone(), state.db.clone(), gate.reconcile_every());
+            let reconcile = move || gate.clone().reconcile(db.clone());
+            background.push(tokio::spawn(every_while(every, stop.clone(), "reconcile the coupon gate", reconcile)));
         }
         if let StockStrategy::RedisGate(gate) = &state.stock {
-            background.push(tokio::spawn(every_while(
-                gate.reconcile_every(),
-                stop.clone(),
-                "reconcile the stock gate",
-                {
-                    let (state, gate) = (state.clone(), gate.clone());
-                    move || {
-                        let (state, gate) = (state.clone(), gate.clone());
-                        async move { gate.reconcile(&state.db).await }
-                    }
-                },
-            )));
+            let (gate, db, every) = (gate.clone(), state.db.clone(), gate.reconcile_every());
+            let reconcile = move || gate.clone().reconcile(db.clone());
+            background.push(tokio::spawn(every_while(every, stop.clone(), "reconcile the stock gate", reconcile)));
         }
         tracing::info!(
             strategy.points = ?self.state.points.kind(),

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::{OrderLineView, OrderView, Placement, coupon_terms, place_alone, price, total_of};
-use crate::batcher::Batcher;
+use crate::batcher::{self, Batcher};
 use crate::domain::order::{Amounts, OrderLines};
 use crate::error::AppError;
 use crate::idempotency::Claim;
@@ -70,16 +70,7 @@ impl OrderBatcher {
 async fn place_batch(db: PgPool, jobs: Vec<Job>) -> Vec<Result<OrderView, AppError>> {
     match write(&db, &jobs).await {
         Ok(answers) => answers,
-        // The batch may have committed: redoing it could place orders twice.
-        Err(AppError::OutcomeUnknown) => jobs.iter().map(|_| Err(AppError::OutcomeUnknown)).collect(),
-        Err(error) => {
-            tracing::warn!(%error, orders = jobs.len(), "an order batch failed; placing its orders one by one");
-            let mut answers = Vec::with_capacity(jobs.len());
-            for job in &jobs {
-                answers.push(place_one(&db, job).await);
-            }
-            answers
-        }
+        Err(failure) => batcher::one_by_one("orders", &jobs, failure, |job| place_one(&db, job)).await,
     }
 }
 

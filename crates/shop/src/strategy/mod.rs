@@ -55,9 +55,7 @@ async fn under_lease<T>(
     let flag = give_up.as_ref().map(|give_up| give_up.flag);
     let lease = locks.acquire(resource, flag).await.map_err(|error| lease_error(error, give_up.as_ref()))?;
     let outcome = work(lease.fence()).await;
-    if let Err(error) = lease.release().await {
-        tracing::warn!(%error, resource, "lock release failed; the lease will expire");
-    }
+    lease.release().await;
     outcome
 }
 

@@ -349,7 +349,7 @@ impl CouponGate {
     /// Settles grants pending longer than `reconcile_after`: completed if the
     /// coupon is in PostgreSQL, else its unit is given back. Safe on many
     /// instances at once: each grant is settled by whoever removes it first.
-    pub async fn reconcile(&self, db: &PgPool) -> Result<(), AppError> {
+    pub async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
         let mut redis = self.redis.clone();
         let campaigns: Vec<i64> = redis.smembers(self.active_key()).await?;
         let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await?;

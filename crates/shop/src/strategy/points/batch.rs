@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::PgPool;
 
 use super::{Charge, atomic, save_response, wallet_missing};
-use crate::batcher::Batcher;
+use crate::batcher::{self, Batcher};
 use crate::domain::points::ChargeCounters;
 use crate::error::AppError;
 use crate::idempotency::Claim;
@@ -59,15 +59,9 @@ async fn charge_batch(db: PgPool, jobs: Vec<Job>) -> Vec<Result<i64, AppError>> 
     }
     match write(&db, &jobs).await {
         Ok(answers) => answers,
-        // The batch may have committed: redoing it could charge twice.
-        Err(AppError::OutcomeUnknown) => jobs.iter().map(|_| Err(AppError::OutcomeUnknown)).collect(),
-        Err(error) => {
-            tracing::warn!(%error, charges = jobs.len(), "a charge batch failed; charging one by one");
-            let mut answers = Vec::with_capacity(jobs.len());
-            for job in &jobs {
-                answers.push(atomic::charge(&db, job.charge, job.claim.as_ref()).await);
-            }
-            answers
+        Err(failure) => {
+            batcher::one_by_one("charges", &jobs, failure, |job| atomic::charge(&db, job.charge, job.claim.as_ref()))
+                .await
         }
     }
 }

@@ -153,10 +153,8 @@ impl PointsStrategy {
 
     /// After the payment's transaction committed or rolled back.
     pub async fn release_wallet(&self, hold: WalletHold) {
-        if let Some(lease) = hold.lease
-            && let Err(error) = lease.release().await
-        {
-            tracing::warn!(%error, "lock release failed; the lease will expire");
+        if let Some(lease) = hold.lease {
+            lease.release().await;
         }
     }
 }

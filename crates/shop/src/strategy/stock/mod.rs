@@ -118,9 +118,7 @@ impl StockStrategy {
     /// After the transaction: `placed` is its outcome.
     pub async fn settle<T>(&self, hold: StockHold, placed: &Result<T, AppError>) {
         for lease in hold.leases.into_iter().rev() {
-            if let Err(error) = lease.release().await {
-                tracing::warn!(%error, "lock release failed; the lease will expire");
-            }
+            lease.release().await;
         }
         if let (Self::RedisGate(gate), Some(reservation)) = (self, hold.gate) {
             gate.settle(reservation, placed).await;

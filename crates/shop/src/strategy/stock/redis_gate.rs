@@ -373,8 +373,8 @@ impl StockGate {
     /// Settles reservations pending longer than `reconcile_after`: completed
     /// if their order exists, else their units go back. Safe on many
     /// instances at once: each is settled by whoever removes it first.
-    pub async fn reconcile(&self, db: &PgPool) -> Result<(), AppError> {
-        self.apply_left_behind(db).await?;
+    pub async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
+        self.apply_left_behind(&db).await?;
         let mut redis = self.redis.clone();
         let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await?;
         let cutoff = seconds * 1000 + micros / 1000 - self.reconcile_after.as_millis() as i64;

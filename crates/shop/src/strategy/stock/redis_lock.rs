@@ -24,7 +24,7 @@ pub async fn hold(locks: &LeaseLocks, lines: &OrderLines) -> Result<Vec<Lease>, 
             Ok(lease) => leases.push(lease),
             Err(error) => {
                 for lease in leases.into_iter().rev() {
-                    lease.release().await.ok();
+                    lease.release().await;
                 }
                 return Err(lease_error(error, None));
             }
