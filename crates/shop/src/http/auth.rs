@@ -64,7 +64,7 @@ pub struct Me {
 }
 
 /// Registers an account. Exactly one of many simultaneous sign-ups of one email succeeds.
-#[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
+#[utoipa::path(post, path = "/api/auth/register", operation_id = "register", tag = "auth", request_body = RegisterRequest,
     responses(
         (status = 201, body = AuthResponse),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
@@ -91,7 +91,7 @@ pub async fn register(
 }
 
 /// Exchanges email and password for tokens.
-#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
+#[utoipa::path(post, path = "/api/auth/login", operation_id = "login", tag = "auth", request_body = LoginRequest,
     responses(
         (status = 200, body = AuthResponse),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
@@ -111,7 +111,7 @@ pub async fn login(
 }
 
 /// Exchanges a refresh token for a new token pair. Access tokens are refused here.
-#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", request_body = RefreshRequest,
+#[utoipa::path(post, path = "/api/auth/refresh", operation_id = "refreshTokens", tag = "auth", request_body = RefreshRequest,
     responses(
         (status = 200, body = AuthResponse),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
@@ -132,7 +132,7 @@ pub async fn refresh(
 }
 
 /// The caller's profile.
-#[utoipa::path(get, path = "/api/users/me", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/users/me", operation_id = "getMe", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = Me), (status = 401, description = "UNAUTHENTICATED", body = Problem)))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, AppError> {
     let user = users::find(&mut *state.db.acquire().await?, caller.user_id)

@@ -95,7 +95,7 @@ pub struct IssueRequest {
 }
 
 /// Every campaign, with what is left of it.
-#[utoipa::path(get, path = "/api/coupon-types", tag = "coupons",
+#[utoipa::path(get, path = "/api/coupon-types", operation_id = "listCouponTypes", tag = "coupons",
     responses((status = 200, body = Vec<CouponTypeView>)))]
 pub async fn list_types(State(state): State<AppState>) -> Result<Json<Vec<CouponTypeView>>, AppError> {
     let types = coupons::types_with_counts(&mut *state.db.acquire().await?).await?;
@@ -103,7 +103,7 @@ pub async fn list_types(State(state): State<AppState>) -> Result<Json<Vec<Coupon
 }
 
 /// How many of a campaign are issued and left.
-#[utoipa::path(get, path = "/api/coupons/status/{couponType}", tag = "coupons",
+#[utoipa::path(get, path = "/api/coupons/status/{couponType}", operation_id = "getCouponStatus", tag = "coupons",
     params(("couponType" = String, Path, pattern = "^[A-Z0-9_]{1,64}$")),
     responses(
         (status = 200, body = CouponTypeStatus),
@@ -126,7 +126,7 @@ pub async fn status(
 }
 
 /// Creates a campaign (admin).
-#[utoipa::path(post, path = "/api/admin/coupon-types", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/admin/coupon-types", operation_id = "createCouponType", tag = "admin", security(("bearer" = [])),
     request_body = NewCouponType,
     responses(
         (status = 201, body = CouponTypeView),
@@ -163,7 +163,7 @@ pub async fn create_type(
 /// Issues a coupon, first come first served. However many requests arrive at
 /// once, exactly min(distinct users, totalQuantity) coupons are issued, never
 /// two of a type to one user. Honours `Idempotency-Key`.
-#[utoipa::path(post, path = "/api/coupons/issue", tag = "coupons", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/coupons/issue", operation_id = "issueCoupon", tag = "coupons", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters")),
     request_body = IssueRequest,
     responses(
@@ -194,7 +194,7 @@ pub async fn issue(
 
 /// Every coupon the user holds, whatever its status, newest first. Also
 /// served at `GET /api/coupons/user/{userId}`, its older path.
-#[utoipa::path(get, path = "/api/users/{userId}/coupons", tag = "coupons", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/users/{userId}/coupons", operation_id = "listUserCoupons", tag = "coupons", security(("bearer" = [])),
     params(("userId" = i64, Path, minimum = 1)),
     responses(
         (status = 200, body = Vec<CouponView>),

@@ -26,13 +26,13 @@ pub struct Health {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health/live", operation_id = "live", tag = "health", responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
     Json(Health { status: "ok", postgres: None, redis: None })
 }
 
 /// PostgreSQL and Redis both answer.
-#[utoipa::path(get, path = "/health/ready", tag = "health",
+#[utoipa::path(get, path = "/health/ready", operation_id = "ready", tag = "health",
     responses((status = 200, body = Health), (status = 503, description = "names the dependency that is down", body = Health)))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let postgres = async {
@@ -53,7 +53,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Prometheus text format: requests per route and status, lock waits,
 /// optimistic retries, gate outcomes, outbox backlog.
-#[utoipa::path(get, path = "/metrics", tag = "health",
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Read when scraped: a count over a partial index of undelivered events.

@@ -55,7 +55,7 @@ pub struct OrderListQuery {
 
 /// Places an order, reserving the stock of every line (all or nothing) and
 /// its coupon until it is paid, cancelled or expires. Honours `Idempotency-Key`.
-#[utoipa::path(post, path = "/api/orders", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/orders", operation_id = "placeOrder", tag = "orders", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters")),
     request_body = OrderRequest,
     responses(
@@ -94,7 +94,7 @@ pub async fn place(
 }
 
 /// One order, the caller's own (or any, for an admin).
-#[utoipa::path(get, path = "/api/orders/{orderId}", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/orders/{orderId}", operation_id = "getOrder", tag = "orders", security(("bearer" = [])),
     params(("orderId" = i64, Path, minimum = 1)),
     responses(
         (status = 200, body = OrderView),
@@ -112,7 +112,7 @@ pub async fn detail(
 }
 
 /// The user's orders, newest first.
-#[utoipa::path(get, path = "/api/users/{userId}/orders", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/users/{userId}/orders", operation_id = "listUserOrders", tag = "orders", security(("bearer" = [])),
     params(("userId" = i64, Path, minimum = 1), OrderListQuery),
     responses(
         (status = 200, body = Page<OrderView>),
@@ -140,7 +140,7 @@ pub async fn list(
 /// Cancels an order: a PENDING one releases its stock and coupon; a PAID one,
 /// within an hour of payment and without a coupon, is refunded and restocked.
 /// Honours `Idempotency-Key`.
-#[utoipa::path(post, path = "/api/orders/{orderId}/cancel", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/orders/{orderId}/cancel", operation_id = "cancelOrder", tag = "orders", security(("bearer" = [])),
     params(("orderId" = i64, Path, minimum = 1), ("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters")),
     responses(
         (status = 200, body = OrderView),
@@ -165,7 +165,7 @@ pub async fn cancel(
 }
 
 /// Moves a paid order along fulfilment (admin): PAID → SHIPPED → DELIVERED → COMPLETED.
-#[utoipa::path(post, path = "/api/admin/orders/{orderId}/status", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/admin/orders/{orderId}/status", operation_id = "advanceOrder", tag = "admin", security(("bearer" = [])),
     params(("orderId" = i64, Path, minimum = 1)), request_body = StatusRequest,
     responses(
         (status = 200, body = OrderView),

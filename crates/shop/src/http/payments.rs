@@ -26,7 +26,7 @@ pub struct PaymentRequest {
 /// Pays an order's final amount from points. An order is paid at most once,
 /// however many payment requests race for it. Honours `Idempotency-Key`.
 /// Also served at `POST /api/payments/process`, its older path.
-#[utoipa::path(post, path = "/api/payments", tag = "payments", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/payments", operation_id = "payOrder", tag = "payments", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters")),
     request_body = PaymentRequest,
     responses(
@@ -59,7 +59,7 @@ pub async fn pay(
 }
 
 /// One payment, the caller's own (or any, for an admin).
-#[utoipa::path(get, path = "/api/payments/{paymentId}", tag = "payments", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/payments/{paymentId}", operation_id = "getPayment", tag = "payments", security(("bearer" = [])),
     params(("paymentId" = i64, Path, minimum = 1)),
     responses(
         (status = 200, body = PaymentView),

@@ -47,7 +47,7 @@ pub struct HistoryQuery {
 }
 
 /// The user's balance.
-#[utoipa::path(get, path = "/api/users/{userId}/points", tag = "points", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/users/{userId}/points", operation_id = "getBalance", tag = "points", security(("bearer" = [])),
     params(("userId" = i64, Path, minimum = 1)),
     responses(
         (status = 200, body = PointBalance),
@@ -69,7 +69,7 @@ pub async fn balance(
 
 /// Charges points. The daily and monthly charge-count limits hold under
 /// concurrent charges too. Honours `Idempotency-Key`.
-#[utoipa::path(post, path = "/api/users/{userId}/points", tag = "points", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/users/{userId}/points", operation_id = "chargePoints", tag = "points", security(("bearer" = [])),
     params(("userId" = i64, Path, minimum = 1), ("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters")),
     request_body = ChargeRequest,
     responses(
@@ -100,7 +100,7 @@ pub async fn charge(
 }
 
 /// The user's ledger, newest first.
-#[utoipa::path(get, path = "/api/users/{userId}/points/history", tag = "points", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/users/{userId}/points/history", operation_id = "listPointHistory", tag = "points", security(("bearer" = [])),
     params(("userId" = i64, Path, minimum = 1), HistoryQuery),
     responses(
         (status = 200, body = Page<LedgerEntry>),

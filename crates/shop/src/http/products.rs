@@ -60,7 +60,7 @@ pub struct ProductPatch {
 }
 
 /// Products by ascending id.
-#[utoipa::path(get, path = "/api/products", tag = "products", params(ProductListQuery),
+#[utoipa::path(get, path = "/api/products", operation_id = "listProducts", tag = "products", params(ProductListQuery),
     responses((status = 200, body = Page<Product>), (status = 400, description = "VALIDATION_FAILED", body = Problem)))]
 pub async fn list(State(state): State<AppState>, Query(query): Query<ProductListQuery>) -> Result<Response, AppError> {
     let page = PageRequest::parse(query.limit.as_deref(), query.cursor.as_deref(), 50)?;
@@ -84,7 +84,7 @@ pub struct TopSellersQuery {
 /// The best sellers of the last `days` calendar days (today included), by
 /// quantity of paid orders, cancellations after payment subtracted; ties by
 /// lower product id. A payment shows within 5 seconds.
-#[utoipa::path(get, path = "/api/products/top-sellers", tag = "products", params(TopSellersQuery),
+#[utoipa::path(get, path = "/api/products/top-sellers", operation_id = "listTopSellers", tag = "products", params(TopSellersQuery),
     responses((status = 200, body = Vec<TopSeller>), (status = 400, description = "VALIDATION_FAILED", body = Problem)))]
 pub async fn top_sellers(
     State(state): State<AppState>,
@@ -97,7 +97,7 @@ pub async fn top_sellers(
 }
 
 /// One product.
-#[utoipa::path(get, path = "/api/products/{id}", tag = "products", params(("id" = i64, Path, minimum = 1)),
+#[utoipa::path(get, path = "/api/products/{id}", operation_id = "getProduct", tag = "products", params(("id" = i64, Path, minimum = 1)),
     responses(
         (status = 200, body = Product),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
@@ -113,7 +113,7 @@ fn json_body(body: Bytes) -> Response {
 }
 
 /// Adds a product (admin).
-#[utoipa::path(post, path = "/api/admin/products", tag = "admin", security(("bearer" = [])), request_body = NewProduct,
+#[utoipa::path(post, path = "/api/admin/products", operation_id = "createProduct", tag = "admin", security(("bearer" = [])), request_body = NewProduct,
     responses(
         (status = 201, body = Product),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
@@ -136,7 +136,7 @@ pub async fn create(
 }
 
 /// Changes a product (admin).
-#[utoipa::path(patch, path = "/api/admin/products/{id}", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(patch, path = "/api/admin/products/{id}", operation_id = "updateProduct", tag = "admin", security(("bearer" = [])),
     params(("id" = i64, Path, minimum = 1)), request_body = ProductPatch,
     responses(
         (status = 200, body = Product),

@@ -37,6 +37,14 @@ async fn openapi_document_and_swagger_ui_are_served() {
     for path in ["/api/auth/register", "/api/users/{userId}/points", "/api/admin/products/{id}"] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }
+    // Client generators name methods by operationId: each must be unique.
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has an operationId"));
+            assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+        }
+    }
     let ui = app.get("/swagger-ui/", None).await;
     assert_eq!(ui.status(), StatusCode::OK);
     assert!(ui.text().await.unwrap().contains("swagger"));
