@@ -110,37 +110,6 @@ impl AppError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Validation(_) => "VALIDATION_FAILED",
-            Self::Unauthenticated(_) => "UNAUTHENTICATED",
-            Self::InvalidCredentials => "INVALID_CREDENTIALS",
-            Self::Forbidden(_) => "FORBIDDEN",
-            Self::NotFound(_) => "NOT_FOUND",
-            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            Self::EmailTaken => "EMAIL_TAKEN",
-            Self::ChargeLimitExceeded(_) => "CHARGE_LIMIT_EXCEEDED",
-            Self::Conflict(_) => "CONFLICT",
-            Self::CouponNotOpen => "COUPON_NOT_OPEN",
-            Self::CouponSoldOut => "COUPON_SOLD_OUT",
-            Self::CouponAlreadyIssued => "COUPON_ALREADY_ISSUED",
-            Self::OutOfStock => "OUT_OF_STOCK",
-            Self::CouponNotUsable(_) => "COUPON_NOT_USABLE",
-            Self::OrderNotCancellable(_) => "ORDER_NOT_CANCELLABLE",
-            Self::OrderNotPayable(_) => "ORDER_NOT_PAYABLE",
-            Self::OrderExpired => "ORDER_EXPIRED",
-            Self::InsufficientPoints => "INSUFFICIENT_POINTS",
-            Self::InvalidStateTransition(_) => "INVALID_STATE_TRANSITION",
-            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
-            Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
-            Self::ConcurrencyConflict(_) => "CONCURRENCY_CONFLICT",
-            Self::Unavailable(_) | Self::OutcomeUnknown => "SERVICE_UNAVAILABLE",
-            Self::Internal(_) => "INTERNAL",
-        }
-    }
-
     /// Whether a retry of the same request could get another answer; such
     /// answers are not stored under an Idempotency-Key (API.md).
     pub fn is_transient(&self) -> bool {
@@ -153,6 +122,53 @@ impl AppError {
                 | Self::Internal(_)
         )
     }
+}
+
+/// One table for both: the `code` each error answers, and the list of
+/// every code the server sends (the API document's enum of them).
+macro_rules! codes {
+    ($($variant:pat => $code:literal,)*) => {
+        impl AppError {
+            /// The machine-readable `code` of the problem document.
+            pub fn code(&self) -> &'static str {
+                match self {
+                    $($variant => $code,)*
+                }
+            }
+        }
+
+        /// Every `code` the server sends.
+        pub const CODES: &[&str] = &[$($code),*];
+    };
+}
+
+codes! {
+    AppError::Validation(_) => "VALIDATION_FAILED",
+    AppError::Unauthenticated(_) => "UNAUTHENTICATED",
+    AppError::InvalidCredentials => "INVALID_CREDENTIALS",
+    AppError::Forbidden(_) => "FORBIDDEN",
+    AppError::NotFound(_) => "NOT_FOUND",
+    AppError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+    AppError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+    AppError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+    AppError::EmailTaken => "EMAIL_TAKEN",
+    AppError::ChargeLimitExceeded(_) => "CHARGE_LIMIT_EXCEEDED",
+    AppError::Conflict(_) => "CONFLICT",
+    AppError::CouponNotOpen => "COUPON_NOT_OPEN",
+    AppError::CouponSoldOut => "COUPON_SOLD_OUT",
+    AppError::CouponAlreadyIssued => "COUPON_ALREADY_ISSUED",
+    AppError::OutOfStock => "OUT_OF_STOCK",
+    AppError::CouponNotUsable(_) => "COUPON_NOT_USABLE",
+    AppError::OrderNotCancellable(_) => "ORDER_NOT_CANCELLABLE",
+    AppError::OrderNotPayable(_) => "ORDER_NOT_PAYABLE",
+    AppError::OrderExpired => "ORDER_EXPIRED",
+    AppError::InsufficientPoints => "INSUFFICIENT_POINTS",
+    AppError::InvalidStateTransition(_) => "INVALID_STATE_TRANSITION",
+    AppError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+    AppError::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
+    AppError::ConcurrencyConflict(_) => "CONCURRENCY_CONFLICT",
+    AppError::Unavailable(_) | AppError::OutcomeUnknown => "SERVICE_UNAVAILABLE",
+    AppError::Internal(_) => "INTERNAL",
 }
 
 /// A database failure as the client should see it: a lost race (a deadlock,

@@ -1,12 +1,20 @@
 //! The OpenAPI document's frame; the paths come from the handlers'
 //! `#[utoipa::path]` attributes as the router registers them.
 
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::header::Header;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, RefOr, Response};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::Problem;
+use crate::error::CODES;
+
+/// Older paths kept for existing clients: (older path, the path it serves).
+/// The router routes them to the same handlers.
+pub const ALIASES: [(&str, &str); 2] =
+    [("/api/payments/process", "/api/payments"), ("/api/coupons/user/{userId}", "/api/users/{userId}/coupons")];
 
 #[derive(OpenApi)]
 #[openapi(
@@ -51,7 +59,73 @@ pub fn document_problem_responses(openapi: &mut utoipa::openapi::OpenApi) {
         let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
         for operation in operations.into_iter().flatten() {
             document_problems(operation);
+            document_headers(operation);
         }
+    }
+    document_codes(openapi);
+    document_aliases(openapi);
+}
+
+/// The problem document's `code` is one of [`CODES`].
+fn document_codes(openapi: &mut utoipa::openapi::OpenApi) {
+    let Some(components) = openapi.components.as_mut() else { return };
+    if let Some(RefOr::T(Schema::Object(problem))) = components.schemas.get_mut(Problem::name().as_ref())
+        && let Some(RefOr::T(Schema::Object(code))) = problem.properties.get_mut("code")
+    {
+        code.enum_values = Some(CODES.iter().map(|code| (*code).into()).collect());
+    }
+}
+
+/// Every answer carries `X-Request-Id`; a 409 or 503 may carry
+/// `Retry-After`; the success of a request with an Idempotency-Key may be a
+/// replay, marked `Idempotent-Replayed`.
+fn document_headers(operation: &mut Operation) {
+    let idempotent = operation
+        .parameters
+        .iter()
+        .flatten()
+        .any(|parameter| matches!(parameter, RefOr::T(p) if p.name == "Idempotency-Key" && p.parameter_in == ParameterIn::Header));
+    for (status, response) in operation.responses.responses.iter_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        let headers = &mut response.headers;
+        headers.insert(
+            "X-Request-Id".into(),
+            header(Type::String, "The request's id: the client's, if it sent a valid one"),
+        );
+        if status == "409" || status == "503" {
+            headers.insert(
+                "Retry-After".into(),
+                header(Type::Integer, "Seconds to wait before retrying a transient answer"),
+            );
+        }
+        if idempotent && status.starts_with('2') {
+            headers.insert(
+                "Idempotent-Replayed".into(),
+                header(Type::String, "`true` when this is the stored answer of an earlier request with the same key"),
+            );
+        }
+    }
+}
+
+fn header(kind: Type, description: &str) -> RefOr<Header> {
+    let mut header = Header::new(ObjectBuilder::new().schema_type(kind));
+    header.description = Some(description.into());
+    RefOr::T(header)
+}
+
+/// The older paths, each with the operations of the path it serves (under
+/// operation ids of their own).
+fn document_aliases(openapi: &mut utoipa::openapi::OpenApi) {
+    for (alias, path) in ALIASES {
+        let Some(mut item) = openapi.paths.paths.get(path).cloned() else { continue };
+        let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+        for operation in operations.into_iter().flatten() {
+            operation.operation_id = operation.operation_id.as_ref().map(|id| format!("{id}AtOlderPath"));
+            operation.summary = Some(format!("Older path of {path}, kept for existing clients."));
+        }
+        openapi.paths.paths.insert(alias.into(), item);
     }
 }
 

@@ -45,6 +45,42 @@ async fn openapi_document_and_swagger_ui_are_served() {
             assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
         }
     }
+    // The problem `code` is an enum of every code, and every code an error
+    // response names is one of them.
+    let codes: Vec<String> = spec["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
+        .as_array()
+        .expect("the problem code is an enum")
+        .iter()
+        .map(|code| code.as_str().unwrap().to_owned())
+        .collect();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                assert!(response["headers"]["X-Request-Id"].is_object(), "{method} {path} {status}: X-Request-Id");
+                if status.starts_with('4') || status.starts_with('5') {
+                    let description = response["description"].as_str().unwrap_or("");
+                    let named = description.split(|c: char| !(c.is_ascii_uppercase() || c == '_'));
+                    for code in named.filter(|word| word.len() > 3 && word.contains('_') || *word == "CONFLICT") {
+                        assert!(codes.iter().any(|known| known == code), "{method} {path} {status} names {code}");
+                    }
+                }
+                if status == "409" || status == "503" {
+                    assert!(response["headers"]["Retry-After"].is_object(), "{method} {path} {status}: Retry-After");
+                }
+            }
+        }
+    }
+    let replayed = &spec["paths"]["/api/payments"]["post"]["responses"]["201"]["headers"]["Idempotent-Replayed"];
+    assert!(replayed.is_object(), "a replay is marked");
+    // The older paths are documented, and served.
+    for older in ["/api/payments/process", "/api/coupons/user/{userId}"] {
+        assert!(spec["paths"][older].is_object(), "{older} is documented");
+    }
+    let user = app.new_user().await;
+    let held = app.get(&format!("/api/coupons/user/{}", user.id), Some(&user.token)).await;
+    assert_eq!(held.status(), StatusCode::OK);
+    let paid = app.post("/api/payments/process", Some(&user.token), serde_json::json!({"orderId": 0})).await;
+    assert_eq!(paid.status(), StatusCode::BAD_REQUEST);
     let ui = app.get("/swagger-ui/", None).await;
     assert_eq!(ui.status(), StatusCode::OK);
     assert!(ui.text().await.unwrap().contains("swagger"));
