@@ -114,7 +114,7 @@ impl Scenario {
         }
     }
 
-    /// Broken invariants: the scenario's own, then every invariant of API.md.
+    /// Broken invariants: the scenario's own, then every invariant of the shop (`shop::invariants`).
     pub async fn check(prepared: &Prepared, outcome: &Outcome, db: &PgPool) -> anyhow::Result<Vec<String>> {
         let mut broken = Vec::new();
         match &prepared.check {

@@ -111,7 +111,7 @@ impl AppError {
     }
 
     /// Whether a retry of the same request could get another answer; such
-    /// answers are not stored under an Idempotency-Key (API.md).
+    /// answers are not stored under an Idempotency-Key.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

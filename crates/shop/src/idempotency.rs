@@ -30,7 +30,7 @@ use crate::error::AppError;
 
 /// Longer than any request runs (lock waits are a few seconds).
 const STALE_CLAIM: Duration = Duration::from_secs(60);
-/// Keys live at least this long (API.md: ≥ 24 h).
+/// Keys live at least this long: the contract promises a day.
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// 1–255 printable ASCII characters.

@@ -1,5 +1,8 @@
-//! The invariants of API.md, read from the database. Any test or load run
-//! may check them at any time; each query returns the rows that break one.
+//! The shop's invariants, read from the database: balance = ledger ≥ 0,
+//! stock ≥ 0 with every unit in stock or held by a live order, coupons
+//! within their total and one per user and type, one live order per coupon,
+//! one payment per order. Any test or load run may check them at any time;
+//! each query returns the rows that break one.
 
 use sqlx::PgPool;
 

@@ -17,7 +17,7 @@
 //! - [`seed`]: the admin account and demo data.
 //! - [`coupon_types`]: campaigns by code, cached.
 //! - [`orders`], [`payments`]: placing, paying, cancelling and expiring orders.
-//! - [`invariants`]: the invariants of API.md as queries, for tests and load runs.
+//! - [`invariants`]: the shop's invariants as queries, for tests and load runs.
 //! - [`top_sellers`]: the best sellers of recent days, from Redis, rebuilt from PostgreSQL.
 
 pub mod auth;

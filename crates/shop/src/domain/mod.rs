@@ -22,7 +22,7 @@ impl ValidationError {
     }
 }
 
-/// Length in characters, not bytes, as API.md counts.
+/// Length in characters, not bytes, as the API's limits count.
 fn char_len(value: &str) -> usize {
     value.chars().count()
 }

@@ -1,5 +1,5 @@
 //! The one place where errors become responses: `application/problem+json`
-//! (RFC 9457) with the machine-readable `code` of API.md.
+//! (RFC 9457) with a machine-readable `code`, one of `crate::error::CODES`.
 
 use std::sync::Arc;
 

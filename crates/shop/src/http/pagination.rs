@@ -19,8 +19,8 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    /// An empty `limit=` or `cursor=` counts as absent, as in API.md's
-    /// `?limit=&cursor=`.
+    /// An empty `limit=` or `cursor=` counts as absent, as the documented
+    /// form `?limit=&cursor=` has it.
     pub fn parse(limit: Option<&str>, cursor: Option<&str>, default_limit: i64) -> Result<Self, AppError> {
         let limit = bounded(limit, "limit", default_limit, MAX_LIMIT)?;
         let after = cursor.filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;

@@ -104,7 +104,7 @@ async fn empty_query_parameters_count_as_absent() {
     let app = spawn_app().await;
     let admin = app.admin().await;
     create(&app, &admin, "americano", 3000, 100, "음료").await;
-    // The form API.md writes: `?category=&limit=50&cursor=`.
+    // The documented form: `?category=&limit=50&cursor=`.
     let response = app.get("/api/products?category=&limit=&cursor=", None).await;
     assert_eq!(response.status(), StatusCode::OK);
     let page: Value = response.json().await.unwrap();

@@ -292,7 +292,7 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Every invariant of API.md at once.
+    /// Every invariant of the shop at once.
     pub async fn assert_invariants(&self) {
         invariants::all(&self.db).await;
     }

@@ -2,7 +2,7 @@
 //! run a seeded random mix of sign-ups, charges, coupon issues, orders,
 //! payments and cancellations (orders also expire) against three instances,
 //! with random pauses, and record every answer. Afterwards every invariant of
-//! API.md is checked, and every answer against the database: each success
+//! the shop is checked, and every answer against the database: each success
 //! left exactly its record, each refusal left nothing.
 //!
 //! The second run adds faults: COMMIT replies lost on their way back,
