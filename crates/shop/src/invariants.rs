@@ -1,8 +1,9 @@
-//! The shop's invariants, read from the database: balance = ledger ≥ 0,
-//! stock ≥ 0 with every unit in stock or held by a live order, coupons
-//! within their total and one per user and type, one live order per coupon,
-//! one payment per order. Any test or load run may check them at any time;
-//! each query returns the rows that break one.
+//! The shop's invariants, read from the database: balance = Σ ledger ≥ 0;
+//! stock + units held by live orders = units made available; coupons within
+//! their total and one per user and type; one live order per coupon; one
+//! payment per order, and none marked paid without one; Σ USE and Σ REFUND
+//! equal the final amounts of paid and refunded orders. Any test or load run
+//! may check them at any time; each query returns the rows that break one.
 
 use sqlx::PgPool;
 
