@@ -133,7 +133,7 @@ pub async fn refresh(
 
 /// The caller's profile.
 #[utoipa::path(get, path = "/api/users/me", operation_id = "getMe", tag = "auth", security(("bearer" = [])),
-    responses((status = 200, body = Me), (status = 401, description = "UNAUTHENTICATED", body = Problem)))]
+    responses((status = 200, body = Me)))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, AppError> {
     let user = users::find(&mut *state.db.acquire().await?, caller.user_id)
         .await?

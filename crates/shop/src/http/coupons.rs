@@ -131,7 +131,6 @@ pub async fn status(
     responses(
         (status = 201, body = CouponTypeView),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN", body = Problem),
         (status = 409, description = "CONFLICT: the code exists", body = Problem)))]
 pub async fn create_type(
@@ -169,7 +168,6 @@ pub async fn create_type(
     responses(
         (status = 201, body = CouponView),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN: userId is not yours", body = Problem),
         (status = 404, description = "NOT_FOUND: no such coupon type", body = Problem),
         (status = 409, description = "COUPON_NOT_OPEN, COUPON_SOLD_OUT, COUPON_ALREADY_ISSUED or IDEMPOTENCY_KEY_IN_USE", body = Problem),
@@ -199,7 +197,6 @@ pub async fn issue(
     responses(
         (status = 200, body = Vec<CouponView>),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN", body = Problem),
         (status = 404, description = "NOT_FOUND", body = Problem)))]
 pub async fn held(

@@ -49,10 +49,10 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every error answer is `application/problem+json`, every route with a
-/// JSON body can answer 413 and 415, and every route but the probes can
-/// answer 503 when PostgreSQL or Redis fails: said once here rather than per
-/// handler.
+/// Every error answer is `application/problem+json`, every route that
+/// needs a token can answer 401, every route with a JSON body 413 and 415,
+/// and every route but the probes 503 when PostgreSQL or Redis fails: said
+/// once here rather than per handler.
 /// Runs on the finished document, after the router has added the paths.
 pub fn document_problem_responses(openapi: &mut utoipa::openapi::OpenApi) {
     for item in openapi.paths.paths.values_mut() {
@@ -131,7 +131,13 @@ fn document_aliases(openapi: &mut utoipa::openapi::OpenApi) {
 
 fn document_problems(operation: &mut Operation) {
     let probe = operation.tags.iter().flatten().any(|tag| tag == "health");
+    let signed_in = operation.security.as_ref().is_some_and(|security| !security.is_empty());
     let responses = &mut operation.responses.responses;
+    if signed_in {
+        responses
+            .entry("401".into())
+            .or_insert_with(|| RefOr::T(Response::new("UNAUTHENTICATED: no valid access token")));
+    }
     if !probe {
         responses.entry("503".into()).or_insert_with(|| {
             let mut unavailable = Response::new(

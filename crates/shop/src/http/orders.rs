@@ -61,7 +61,6 @@ pub struct OrderListQuery {
     responses(
         (status = 201, body = OrderView),
         (status = 400, description = "VALIDATION_FAILED, also for a total under 1,000 won", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN: userId is not yours", body = Problem),
         (status = 404, description = "NOT_FOUND: a product does not exist", body = Problem),
         (status = 409, description = "OUT_OF_STOCK, COUPON_NOT_USABLE, CONCURRENCY_CONFLICT or IDEMPOTENCY_KEY_IN_USE", body = Problem),
@@ -99,7 +98,6 @@ pub async fn place(
     responses(
         (status = 200, body = OrderView),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 404, description = "NOT_FOUND, also for another user's order", body = Problem)))]
 pub async fn detail(
     State(state): State<AppState>,
@@ -117,7 +115,6 @@ pub async fn detail(
     responses(
         (status = 200, body = Page<OrderView>),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN", body = Problem),
         (status = 404, description = "NOT_FOUND", body = Problem)))]
 pub async fn list(
@@ -145,7 +142,6 @@ pub async fn list(
     responses(
         (status = 200, body = OrderView),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 404, description = "NOT_FOUND, also for another user's order", body = Problem),
         (status = 409, description = "ORDER_NOT_CANCELLABLE or IDEMPOTENCY_KEY_IN_USE", body = Problem),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = Problem)))]
@@ -170,7 +166,6 @@ pub async fn cancel(
     responses(
         (status = 200, body = OrderView),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN", body = Problem),
         (status = 404, description = "NOT_FOUND", body = Problem),
         (status = 409, description = "INVALID_STATE_TRANSITION", body = Problem)))]

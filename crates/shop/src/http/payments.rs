@@ -32,7 +32,6 @@ pub struct PaymentRequest {
     responses(
         (status = 201, body = PaymentView),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN: userId is not yours", body = Problem),
         (status = 404, description = "NOT_FOUND, also for another user's order", body = Problem),
         (status = 409, description = "ORDER_NOT_PAYABLE, ORDER_EXPIRED, INSUFFICIENT_POINTS, CONCURRENCY_CONFLICT or IDEMPOTENCY_KEY_IN_USE", body = Problem),
@@ -64,7 +63,6 @@ pub async fn pay(
     responses(
         (status = 200, body = PaymentView),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 404, description = "NOT_FOUND, also for another user's payment", body = Problem)))]
 pub async fn detail(
     State(state): State<AppState>,

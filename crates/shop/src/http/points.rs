@@ -52,7 +52,6 @@ pub struct HistoryQuery {
     responses(
         (status = 200, body = PointBalance),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN", body = Problem),
         (status = 404, description = "NOT_FOUND", body = Problem)))]
 pub async fn balance(
@@ -75,7 +74,6 @@ pub async fn balance(
     responses(
         (status = 200, body = PointBalance),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN", body = Problem),
         (status = 404, description = "NOT_FOUND", body = Problem),
         (status = 409, description = "CHARGE_LIMIT_EXCEEDED, CONCURRENCY_CONFLICT (with Retry-After) or IDEMPOTENCY_KEY_IN_USE", body = Problem),
@@ -105,7 +103,6 @@ pub async fn charge(
     responses(
         (status = 200, body = Page<LedgerEntry>),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN", body = Problem),
         (status = 404, description = "NOT_FOUND", body = Problem)))]
 pub async fn history(

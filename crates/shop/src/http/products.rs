@@ -117,7 +117,6 @@ fn json_body(body: Bytes) -> Response {
     responses(
         (status = 201, body = Product),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN", body = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -141,7 +140,6 @@ pub async fn create(
     responses(
         (status = 200, body = Product),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem),
         (status = 403, description = "FORBIDDEN", body = Problem),
         (status = 404, description = "NOT_FOUND", body = Problem)))]
 pub async fn update(

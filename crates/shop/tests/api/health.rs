@@ -55,6 +55,9 @@ async fn openapi_document_and_swagger_ui_are_served() {
         .collect();
     for (path, item) in spec["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
+            if operation["security"].as_array().is_some_and(|security| !security.is_empty()) {
+                assert!(operation["responses"]["401"].is_object(), "{method} {path} documents 401");
+            }
             for (status, response) in operation["responses"].as_object().unwrap() {
                 assert!(response["headers"]["X-Request-Id"].is_object(), "{method} {path} {status}: X-Request-Id");
                 if status.starts_with('4') || status.starts_with('5') {
