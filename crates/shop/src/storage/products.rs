@@ -195,7 +195,7 @@ pub async fn record_gate_changes(
     conn: &mut PgConnection,
     changes: &[StockChange],
 ) -> Result<Vec<(i64, StockChange)>, sqlx::Error> {
-    let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+    let rows: Vec<GateChange> = sqlx::query_as(
         "INSERT INTO stock_gate_changes (product_id, delta, version)
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
          RETURNING id, product_id, delta, version",
@@ -205,10 +205,21 @@ pub async fn record_gate_changes(
     .bind(changes.iter().map(|change| change.version).collect::<Vec<_>>())
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, product_id, delta, version)| (id, StockChange { product_id, delta, version }))
-        .collect())
+    Ok(rows.into_iter().map(GateChange::into_pair).collect())
+}
+
+/// A row of `stock_gate_changes`.
+#[derive(sqlx::FromRow)]
+struct GateChange {
+    id: i64,
+    #[sqlx(flatten)]
+    change: StockChange,
+}
+
+impl GateChange {
+    fn into_pair(self) -> (i64, StockChange) {
+        (self.id, self.change)
+    }
 }
 
 /// Deletes gate changes the gate has learnt of.
@@ -223,7 +234,7 @@ pub async fn lock_stale_gate_changes(
     older_than: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<(i64, StockChange)>, sqlx::Error> {
-    let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+    let rows: Vec<GateChange> = sqlx::query_as(
         "SELECT id, product_id, delta, version FROM stock_gate_changes
          WHERE created_at < now() - make_interval(secs => $1)
          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -232,10 +243,7 @@ pub async fn lock_stale_gate_changes(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, product_id, delta, version)| (id, StockChange { product_id, delta, version }))
-        .collect())
+    Ok(rows.into_iter().map(GateChange::into_pair).collect())
 }
 
 /// Locks the products of these orders, all of them in ascending id order

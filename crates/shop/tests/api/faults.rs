@@ -99,8 +99,11 @@ async fn an_outcome_that_cannot_be_found_out_is_503_and_its_key_replays_once_it_
     let proxy = PgProxy::start().await;
     let app = spawn_app_behind(&proxy, |config| config.points_strategy = PointsStrategyKind::Atomic).await;
     let user = app.new_user().await;
-    // Connections are pooled now; from here on no new one gets through.
+    // Connections are pooled now (several, in case a background task holds
+    // one); from here on no new one gets through.
     assert_eq!(charge_request(&app, &user, 1000, Some("warm")).send().await.unwrap().status(), StatusCode::OK);
+    let balance = format!("/api/users/{}/points", user.id);
+    join_all((0..8).map(|_| app.get(&balance, Some(&user.token)))).await;
     proxy.lose_reply_to(Statement::Commit, 1);
     proxy.refuse_connections(true);
     let unknown = charge_request(&app, &user, 10_000, Some("unknown")).send().await.unwrap();
@@ -316,6 +319,8 @@ async fn units_a_cancellation_returned_reach_the_gate_even_when_its_commit_could
     let product = app.create_product("gated", 2000, 2).await;
     let buyer = app.new_user().await;
     let order = app.order_id(&buyer, &[(product, 1)], None).await;
+    // Pooled connections, for the cancellation to run on once no new one gets through.
+    join_all((0..8).map(|_| app.get(&format!("/api/orders/{order}"), Some(&buyer.token)))).await;
     // The cancellation commits; its reply is lost and the database cannot
     // be asked, so this instance never tells the gate of the returned unit.
     proxy.lose_reply_to(Statement::CommitOf("RETURNING p.id AS product_id".into()), 1);
