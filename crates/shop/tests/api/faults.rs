@@ -320,7 +320,8 @@ async fn units_a_cancellation_returned_reach_the_gate_even_when_its_commit_could
     let buyer = app.new_user().await;
     let order = app.order_id(&buyer, &[(product, 1)], None).await;
     // Pooled connections, for the cancellation to run on once no new one gets through.
-    join_all((0..8).map(|_| app.get(&format!("/api/orders/{order}"), Some(&buyer.token)))).await;
+    let placed = format!("/api/orders/{order}");
+    join_all((0..8).map(|_| app.get(&placed, Some(&buyer.token)))).await;
     // The cancellation commits; its reply is lost and the database cannot
     // be asked, so this instance never tells the gate of the returned unit.
     proxy.lose_reply_to(Statement::CommitOf("RETURNING p.id AS product_id".into()), 1);
