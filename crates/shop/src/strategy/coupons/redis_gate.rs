@@ -47,7 +47,7 @@ use redis::{AsyncCommands, Script};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use super::{count_issued, write_coupon};
+use super::{count_issued, refuse_settled, write_coupon};
 use crate::domain::coupon::{CouponType, CouponView};
 use crate::error::AppError;
 use crate::idempotency::Claim;
@@ -263,7 +263,7 @@ impl CouponGate {
                     }
                     pause = (pause * 2).min(PENDING_POLL);
                 }
-                "PENDING" => return Err(refusal_from_database(db, coupon_type.id, user_id).await),
+                "PENDING" => return Err(refusal_from_database(db, coupon_type, user_id).await),
                 other => return Err(AppError::internal(anyhow::anyhow!("unexpected gate answer {other}"))),
             }
         }
@@ -388,12 +388,9 @@ impl CouponGate {
 /// When grants stayed pending past [`PENDING_WAIT`] (their writer died; the
 /// reconciler will settle them): what PostgreSQL says is final, else a 503
 /// to retry, never a refusal that a returning unit could prove wrong.
-async fn refusal_from_database(db: &PgPool, type_id: i64, user_id: i64) -> AppError {
-    let facts = async { Ok::<_, AppError>(coupons::issue_facts(&mut *db.acquire().await?, type_id, user_id).await?) };
-    match facts.await {
-        Ok(facts) if facts.held => AppError::CouponAlreadyIssued,
-        Ok(facts) if facts.sold_out => AppError::CouponSoldOut,
-        Ok(_) => AppError::Unavailable("a coupon of this campaign is still being settled"),
-        Err(error) => error,
+async fn refusal_from_database(db: &PgPool, coupon_type: &CouponType, user_id: i64) -> AppError {
+    match refuse_settled(db, coupon_type, user_id).await {
+        Err(refusal) => refusal,
+        Ok(()) => AppError::Unavailable("a coupon of this campaign is still being settled"),
     }
 }
