@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::Context;
+use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind, value_names};
 
 use crate::scenario::Scenario;
 use crate::{Report, RunArgs, run};
@@ -16,7 +17,7 @@ struct Case {
     scenario: Scenario,
     contention: &'static str,
     variable: &'static str,
-    strategy: &'static str,
+    strategy: String,
     instances: usize,
     stock: Option<i64>,
     wallets: usize,
@@ -25,14 +26,15 @@ struct Case {
 
 fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
-    let mut add = |scenario, contention, variable, strategies: &[&'static str], stock, wallets, products| {
+    let mut add = |scenario, contention, variable, strategies: &[String], stock, wallets, products| {
         for instances in [1, 3] {
             for strategy in strategies {
+                let strategy = strategy.clone();
                 cases.push(Case { scenario, contention, variable, strategy, instances, stock, wallets, products });
             }
         }
     };
-    let coupons = ["pessimistic", "atomic", "redis-lock", "redis-gate"];
+    let coupons = value_names::<CouponStrategyKind>();
     add(Scenario::CouponRush, "high: 2,000 users, 100 coupons", "COUPON_STRATEGY", &coupons, Some(100), 1, 1);
     add(
         Scenario::CouponRush,
@@ -43,14 +45,14 @@ fn matrix() -> Vec<Case> {
         1,
         1,
     );
-    let points = ["optimistic", "pessimistic", "atomic", "redis-lock", "batch"];
+    let points = value_names::<PointsStrategyKind>();
     add(Scenario::ChargeStorm, "high: one wallet", "POINTS_STRATEGY", &points, None, 1, 1);
     add(Scenario::ChargeStorm, "low: 64 wallets", "POINTS_STRATEGY", &points, None, 64, 1);
-    let stock = ["optimistic", "pessimistic", "atomic", "redis-lock", "redis-gate", "batch"];
+    let stock = value_names::<StockStrategyKind>();
     add(Scenario::OrderRush, "high, ample: one product", "STOCK_STRATEGY", &stock, None, 1, 1);
     add(Scenario::OrderRush, "high, scarce: one product of 100", "STOCK_STRATEGY", &stock, Some(100), 1, 1);
     add(Scenario::OrderRush, "low: 64 products", "STOCK_STRATEGY", &stock, None, 1, 64);
-    add(Scenario::Mixed, "defaults", "", &["defaults"], None, 1, 1);
+    add(Scenario::Mixed, "defaults", "", &["defaults".to_owned()], None, 1, 1);
     cases
 }
 
@@ -84,9 +86,9 @@ pub async fn compare(base: &RunArgs, out: &Path) -> anyhow::Result<()> {
         args.stock_strategy = None;
         args.coupon_strategy = None;
         match case.variable {
-            "POINTS_STRATEGY" => args.points_strategy = Some(case.strategy.into()),
-            "STOCK_STRATEGY" => args.stock_strategy = Some(case.strategy.into()),
-            "COUPON_STRATEGY" => args.coupon_strategy = Some(case.strategy.into()),
+            "POINTS_STRATEGY" => args.points_strategy = Some(case.strategy.clone()),
+            "STOCK_STRATEGY" => args.stock_strategy = Some(case.strategy.clone()),
+            "COUPON_STRATEGY" => args.coupon_strategy = Some(case.strategy.clone()),
             _ => {}
         }
         let report =

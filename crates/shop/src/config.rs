@@ -185,6 +185,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// The name config takes for a value (`redis-lock`), to pass it on as an
+/// environment variable or a flag.
+pub fn value_name(value: &impl ValueEnum) -> String {
+    value.to_possible_value().map(|possible| possible.get_name().to_owned()).unwrap_or_default()
+}
+
+/// The names of every value config takes for `K`, in declaration order:
+/// every strategy of a family, for the tests and the benchmarks that run
+/// them all.
+pub fn value_names<K: ValueEnum>() -> Vec<String> {
+    K::value_variants().iter().map(value_name).collect()
+}
+
 /// Accepts `host:port`, and `:port` for every interface as Go servers do.
 fn parse_bind_addr(value: &str) -> Result<SocketAddr, String> {
     let full = match value.strip_prefix(':') {

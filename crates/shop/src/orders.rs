@@ -2,6 +2,7 @@
 //! (with a refund when paid), expiry, and the admin's fulfilment steps.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -24,7 +25,7 @@ use crate::top_sellers::{SaleRecord, TopSellers};
 
 mod batch;
 
-pub use batch::OrderBatcher;
+use batch::OrderBatcher;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -110,26 +111,37 @@ pub struct Placement<'a> {
     pub payment_timeout_secs: i64,
 }
 
-/// Places an order: prices its lines, checks its coupon, then reserves its
-/// stock (through the stock strategy) and its coupon in the transaction
-/// that writes it. Lock order: products (ascending id), then the coupon.
-#[tracing::instrument(skip_all, fields(user_id = placement.user_id))]
-pub async fn place(
-    db: &PgPool,
-    stock: &StockStrategy,
-    placement: Placement<'_>,
-    claim: Option<&Claim>,
-) -> Result<OrderView, AppError> {
-    if let StockStrategy::Batch(batcher) = stock {
-        return batcher.place(placement, claim).await;
+/// Places orders through the stock strategy: each in a transaction of its
+/// own, or in batches when the strategy places them together.
+pub struct Placing {
+    db: PgPool,
+    stock: Arc<dyn StockStrategy>,
+    together: Option<OrderBatcher>,
+}
+
+impl Placing {
+    pub fn new(db: PgPool, stock: Arc<dyn StockStrategy>) -> Self {
+        let together = stock.places_together().then(|| OrderBatcher::start(db.clone(), stock.clone()));
+        Self { db, stock, together }
     }
-    place_alone(db, stock, placement, claim).await
+
+    /// Places an order: prices its lines, checks its coupon, then reserves
+    /// its stock (through the stock strategy) and its coupon in the
+    /// transaction that writes it. Lock order: products (ascending id), then
+    /// the coupon.
+    #[tracing::instrument(skip_all, fields(user_id = placement.user_id))]
+    pub async fn place(&self, placement: Placement<'_>, claim: Option<&Claim>) -> Result<OrderView, AppError> {
+        match &self.together {
+            Some(batcher) => batcher.place(placement, claim).await,
+            None => place_alone(&self.db, &*self.stock, placement, claim).await,
+        }
+    }
 }
 
 /// Places one order in its own transaction.
 async fn place_alone(
     db: &PgPool,
-    stock: &StockStrategy,
+    stock: &dyn StockStrategy,
     placement: Placement<'_>,
     claim: Option<&Claim>,
 ) -> Result<OrderView, AppError> {
@@ -168,7 +180,7 @@ async fn place_alone(
             AppError::CouponNotUsable("the coupon is held by another order")
         })?;
         if let Some(coupon_id) = placement.coupon_id
-            && !reserve_coupon(&mut tx, stock, coupon_id, placement.user_id, order.id).await?
+            && !stock.reserve_coupon(&mut tx, coupon_id, placement.user_id, order.id).await?
         {
             return Err(AppError::CouponNotUsable("the coupon was taken by another order"));
         }
@@ -180,7 +192,7 @@ async fn place_alone(
         Ok(view)
     }
     .await;
-    stock.settle(hold, &placed).await;
+    stock.settle(hold, placed.as_ref().map(drop)).await;
     placed
 }
 
@@ -210,23 +222,6 @@ impl From<&NewItem> for OrderLineView {
     fn from(item: &NewItem) -> Self {
         Self { product_id: item.product_id, name: item.name.clone(), quantity: item.quantity, price: item.unit_price }
     }
-}
-
-/// Reserves the coupon for the order if it is still available (or, under
-/// the test-only `naive` strategy, whatever its state).
-async fn reserve_coupon(
-    conn: &mut PgConnection,
-    stock: &StockStrategy,
-    coupon_id: i64,
-    user_id: i64,
-    order_id: i64,
-) -> Result<bool, AppError> {
-    if stock.without_locks() {
-        #[cfg(feature = "naive")]
-        coupons::reserve_unconditionally(conn, coupon_id, order_id).await?;
-        return Ok(true);
-    }
-    Ok(coupons::reserve(conn, coupon_id, user_id, order_id).await?)
 }
 
 /// The coupon's discount terms if the user may use it on an order of `total`.
@@ -259,7 +254,7 @@ fn coupon_terms(
 #[tracing::instrument(skip_all, fields(order_id))]
 pub async fn cancel(
     db: &PgPool,
-    stock: &StockStrategy,
+    stock: &dyn StockStrategy,
     top_sellers: &TopSellers,
     order_id: i64,
     caller: (i64, bool),
@@ -333,7 +328,7 @@ pub async fn advance(db: &PgPool, order_id: i64, target: OrderStatus) -> Result<
 /// order every transaction takes: the orders, then all their products
 /// (ascending id), then their coupons (ascending id). Returns how many were
 /// expired.
-pub async fn expire_overdue(db: &PgPool, stock: &StockStrategy, batch: i64) -> Result<usize, AppError> {
+pub async fn expire_overdue(db: &PgPool, stock: &dyn StockStrategy, batch: i64) -> Result<usize, AppError> {
     let mut tx = Tx::begin(db).await?;
     let overdue = orders::lock_overdue(&mut tx, batch).await?;
     if overdue.is_empty() {

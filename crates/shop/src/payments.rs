@@ -65,22 +65,17 @@ fn check_payable(order: &OrderRow) -> Result<(), AppError> {
 #[tracing::instrument(skip_all, fields(order_id, user_id))]
 pub async fn pay(
     db: &PgPool,
-    points: &PointsStrategy,
+    points: &dyn PointsStrategy,
     top_sellers: &TopSellers,
     order_id: i64,
     user_id: i64,
     claim: Option<&Claim>,
 ) -> Result<PaymentView, AppError> {
-    let hold = points.hold_wallet(user_id).await?;
+    let hold = points.hold(user_id).await?;
     let paid = async {
         let mut tx = Tx::begin(db).await?;
         // Lock order: the order, then the wallet.
-        let order = if points.without_locks() {
-            orders::find(&mut tx, order_id).await?
-        } else {
-            orders::lock(&mut tx, order_id).await?
-        };
-        let order = visible(order, user_id, false)?;
+        let order = visible(points.lock_order(&mut tx, order_id).await?, user_id, false)?;
         check_payable(&order)?;
         fail::fail_point!("payments::pay::read");
         // The coupon (made USED here) before the wallet: the lock order of
@@ -104,7 +99,7 @@ pub async fn pay(
         Ok::<_, AppError>((view, recorded.sales, xid))
     }
     .await;
-    points.release_wallet(hold).await;
+    points.settle(hold).await;
     let (payment, sales, xid) = paid?;
     // Tests hold a committed payment here while the top sellers rebuild.
     fail::fail_point!("payments::pay::committed");

@@ -19,15 +19,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{PasswordHasher, Tokens};
-use crate::config::{Config, CouponStrategyKind, DatabaseConfig, PointsStrategyKind, StockStrategyKind};
+use crate::config::{Config, DatabaseConfig};
 use crate::coupon_types::CouponTypes;
 use crate::domain::points::ChargeLimits;
 use crate::http::catalogue::Catalogue;
 use crate::http::{self, AppState, Shared};
 use crate::lock::LeaseLocks;
-use crate::strategy::coupons::{CouponGate, CouponStrategy};
-use crate::strategy::points::{ChargeBatcher, PointsStrategy};
-use crate::strategy::stock::{StockGate, StockStrategy};
+use crate::strategy::{self, Deps};
 use crate::top_sellers::TopSellers;
 use crate::{idempotency, orders, seed};
 
@@ -74,54 +72,20 @@ impl Server {
             config.locks.redis_lock_lease(),
             config.locks.redis_lock_wait(),
         );
-        let points = match config.points_strategy {
-            PointsStrategyKind::Optimistic => {
-                PointsStrategy::Optimistic { max_retries: config.locks.optimistic_max_retries }
-            }
-            PointsStrategyKind::Pessimistic => {
-                PointsStrategy::Pessimistic { lock_timeout: config.locks.db_lock_timeout() }
-            }
-            PointsStrategyKind::Atomic => PointsStrategy::Atomic,
-            PointsStrategyKind::RedisLock => PointsStrategy::RedisLock(locks.clone()),
-            PointsStrategyKind::Batch => PointsStrategy::Batch(ChargeBatcher::start(db.clone())),
-            #[cfg(feature = "naive")]
-            PointsStrategyKind::Naive => PointsStrategy::Naive,
+        let deps = Deps {
+            db: &db,
+            redis: &redis,
+            redis_key_prefix: &config.redis_key_prefix,
+            locks: &config.locks,
+            leases: &locks,
         };
-        let coupons = match config.coupon_strategy {
-            CouponStrategyKind::Pessimistic => {
-                CouponStrategy::Pessimistic { lock_timeout: config.locks.db_lock_timeout() }
-            }
-            CouponStrategyKind::Atomic => CouponStrategy::Atomic,
-            CouponStrategyKind::RedisLock => CouponStrategy::RedisLock(locks.clone()),
-            #[cfg(feature = "naive")]
-            CouponStrategyKind::Naive => CouponStrategy::Naive,
-            CouponStrategyKind::RedisGate => CouponStrategy::RedisGate(CouponGate::new(
-                redis.clone(),
-                &config.redis_key_prefix,
-                config.locks.gate_reconcile_after(),
-            )),
-        };
-        let stock = match config.stock_strategy {
-            StockStrategyKind::Optimistic => {
-                StockStrategy::Optimistic { max_retries: config.locks.optimistic_max_retries }
-            }
-            StockStrategyKind::Pessimistic => {
-                StockStrategy::Pessimistic { lock_timeout: config.locks.db_lock_timeout() }
-            }
-            StockStrategyKind::Atomic => StockStrategy::Atomic,
-            StockStrategyKind::RedisLock => StockStrategy::RedisLock(locks.clone()),
-            StockStrategyKind::Batch => StockStrategy::Batch(orders::OrderBatcher::start(db.clone())),
-            #[cfg(feature = "naive")]
-            StockStrategyKind::Naive => StockStrategy::Naive,
-            StockStrategyKind::RedisGate => StockStrategy::RedisGate(StockGate::new(
-                redis.clone(),
-                &config.redis_key_prefix,
-                config.locks.gate_reconcile_after(),
-            )),
-        };
+        let points = strategy::points::build(config.points_strategy, &deps);
+        let coupons = strategy::coupons::build(config.coupon_strategy, &deps);
+        let stock = strategy::stock::build(config.stock_strategy, &deps);
         let top_sellers = TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone);
         let state = AppState::new(Shared {
             catalogue: Catalogue::new(db.clone(), top_sellers.clone()),
+            placing: orders::Placing::new(db.clone(), stock.clone()),
             db,
             redis: redis.clone(),
             tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs)),
@@ -165,15 +129,8 @@ impl Server {
             })),
             tokio::spawn(expire_overdue_orders(state.clone(), stop.clone())),
         ];
-        if let CouponStrategy::RedisGate(gate) = &state.coupons {
-            let (gate, db, every) = (gate.clone(), state.db.clone(), gate.reconcile_every());
-            let reconcile = move || gate.clone().reconcile(db.clone());
-            background.push(tokio::spawn(every_while(every, stop.clone(), "reconcile the coupon gate", reconcile)));
-        }
-        if let StockStrategy::RedisGate(gate) = &state.stock {
-            let (gate, db, every) = (gate.clone(), state.db.clone(), gate.reconcile_every());
-            let reconcile = move || gate.clone().reconcile(db.clone());
-            background.push(tokio::spawn(every_while(every, stop.clone(), "reconcile the stock gate", reconcile)));
+        for chore in [state.coupons.chore(&state.db), state.stock.chore(&state.db)].into_iter().flatten() {
+            background.push(tokio::spawn(every_while(chore.every, stop.clone(), chore.what, chore.run)));
         }
         tracing::info!(
             strategy.points = ?self.state.points.kind(),
@@ -321,7 +278,7 @@ async fn expire_overdue_orders(state: AppState, stop: CancellationToken) {
     every_while(period, stop, "expire overdue orders", move || {
         let state = state.clone();
         async move {
-            while orders::expire_overdue(&state.db, &state.stock, EXPIRY_BATCH).await? == EXPIRY_BATCH as usize {}
+            while orders::expire_overdue(&state.db, &*state.stock, EXPIRY_BATCH).await? == EXPIRY_BATCH as usize {}
             Ok(())
         }
     })

@@ -184,7 +184,7 @@ pub async fn issue(
     idempotency
         .run(&state, caller, &body, async |claim| {
             let coupon_type = find_type(&state, &code).await?;
-            let coupon = state.coupons.issue(&state.db, &coupon_type, caller.user_id, claim).await?;
+            let coupon = state.coupons.issue_alone(&state.db, &coupon_type, caller.user_id, claim).await?;
             Ok((StatusCode::CREATED, Json(coupon)))
         })
         .await

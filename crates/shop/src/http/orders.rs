@@ -86,7 +86,7 @@ pub async fn place(
                 coupon_id: request.coupon_id,
                 payment_timeout_secs: state.order_payment_timeout_secs,
             };
-            let order = orders::place(&state.db, &state.stock, placement, claim).await?;
+            let order = state.placing.place(placement, claim).await?;
             Ok((StatusCode::CREATED, Json(order)))
         })
         .await
@@ -154,7 +154,7 @@ pub async fn cancel(
     idempotency
         .run(&state, caller, &Value::Null, async |claim| {
             let who = (caller.user_id, caller.is_admin());
-            let order = orders::cancel(&state.db, &state.stock, &state.top_sellers, order_id, who, claim).await?;
+            let order = orders::cancel(&state.db, &*state.stock, &state.top_sellers, order_id, who, claim).await?;
             Ok(Json(order))
         })
         .await

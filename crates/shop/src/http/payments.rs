@@ -50,7 +50,7 @@ pub async fn pay(
     idempotency
         .run(&state, caller, &body, async |claim| {
             let payment =
-                payments::pay(&state.db, &state.points, &state.top_sellers, request.order_id, caller.user_id, claim)
+                payments::pay(&state.db, &*state.points, &state.top_sellers, request.order_id, caller.user_id, claim)
                     .await?;
             Ok((StatusCode::CREATED, Json(payment)))
         })

@@ -91,7 +91,7 @@ pub async fn charge(
     let charge = Charge { user_id, amount, on: state.today(), limits: state.charge_limits };
     idempotency
         .run(&state, caller, &body, async |claim| {
-            let balance = state.points.charge(&state.db, charge, claim).await?;
+            let balance = state.points.charge_alone(&state.db, charge, claim).await?;
             Ok(Json(PointBalance { user_id, balance }))
         })
         .await

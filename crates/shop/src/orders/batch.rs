@@ -1,11 +1,8 @@
-//! `STOCK_STRATEGY=batch`: the orders an instance receives together are
-//! placed together, in one transaction. A hot product's row is then locked
-//! and written once per batch instead of once per order, and a batch costs
-//! a handful of round trips and one WAL flush whatever its size: a product
-//! sells faster than its single row can be updated, and never oversells.
+//! Orders placed together, in one transaction, under a stock strategy that
+//! places them so (`strategy::stock::batch`, which says why).
 //!
-//! A batch locks its products (ascending id), then its coupons (ascending
-//! id): the lock order of every order placement. Under those locks it
+//! A batch locks its products (ascending id, a [`StockTally`]), then its
+//! coupons (ascending id): the lock order of every order placement. Under those locks it
 //! decides each order in arrival order against what it read: prices, the
 //! stock the orders before it left, the coupon (still available, not taken
 //! by an earlier order of the batch). A refused order gets its answer
@@ -13,14 +10,15 @@
 //! nothing; the accepted ones are written with one statement each for
 //! stock, orders with their lines, and coupons. The constraints back the
 //! checks: a batch whose writes fail anyway is rolled back whole, and its
-//! orders are placed one by one (as `atomic` does), each with its own answer.
+//! orders are placed one by one, each with its own answer.
 //! A batch whose COMMIT reply was lost is resolved (`storage::Tx`) and never
 //! redone: if it cannot be resolved, each of its orders is answered
 //! `SERVICE_UNAVAILABLE`, its Idempotency-Key kept.
 //!
 //! Batches form by themselves (see [`crate::batcher`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use anyhow::anyhow;
 use axum::http::StatusCode;
@@ -35,8 +33,8 @@ use crate::idempotency::Claim;
 use crate::storage::coupons::CouponForOrder;
 use crate::storage::orders::{NewItem, NewOrder};
 use crate::storage::products::ProductRow;
-use crate::storage::{Tx, coupons, orders, products};
-use crate::strategy::stock::StockStrategy;
+use crate::storage::{Tx, coupons, orders};
+use crate::strategy::stock::{StockStrategy, StockTally};
 
 /// Orders waiting to be placed together.
 pub struct OrderBatcher(Batcher<Job, Result<OrderView, AppError>>);
@@ -50,8 +48,9 @@ struct Job {
 }
 
 impl OrderBatcher {
-    pub fn start(db: PgPool) -> Self {
-        Self(Batcher::start("orders", move |jobs| place_batch(db.clone(), jobs)))
+    /// `alone` places the orders of a failed batch one by one.
+    pub fn start(db: PgPool, alone: Arc<dyn StockStrategy>) -> Self {
+        Self(Batcher::start("orders", move |jobs| place_batch(db.clone(), alone.clone(), jobs)))
     }
 
     /// Queues the order for the next batch and waits for its answer.
@@ -67,21 +66,21 @@ impl OrderBatcher {
     }
 }
 
-async fn place_batch(db: PgPool, jobs: Vec<Job>) -> Vec<Result<OrderView, AppError>> {
+async fn place_batch(db: PgPool, alone: Arc<dyn StockStrategy>, jobs: Vec<Job>) -> Vec<Result<OrderView, AppError>> {
     match write(&db, &jobs).await {
         Ok(answers) => answers,
-        Err(failure) => batcher::one_by_one("orders", &jobs, failure, |job| place_one(&db, job)).await,
+        Err(failure) => batcher::one_by_one("orders", &jobs, failure, |job| place_one(&db, &*alone, job)).await,
     }
 }
 
-async fn place_one(db: &PgPool, job: &Job) -> Result<OrderView, AppError> {
+async fn place_one(db: &PgPool, alone: &dyn StockStrategy, job: &Job) -> Result<OrderView, AppError> {
     let placement = Placement {
         user_id: job.user_id,
         lines: &job.lines,
         coupon_id: job.coupon_id,
         payment_timeout_secs: job.payment_timeout_secs,
     };
-    place_alone(db, &StockStrategy::Atomic, placement, job.claim.as_ref()).await
+    place_alone(db, alone, placement, job.claim.as_ref()).await
 }
 
 /// An order the batch will write.
@@ -95,8 +94,7 @@ struct Accepted {
 async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<OrderView, AppError>>, AppError> {
     let mut tx = Tx::begin(db).await?;
     let product_ids: BTreeSet<i64> = jobs.iter().flat_map(|job| job.lines.product_ids()).collect();
-    let found = products::lock_for_orders(&mut tx, &Vec::from_iter(product_ids)).await?;
-    fail::fail_point!("stock::take::read");
+    let (found, mut stock) = StockTally::lock(&mut tx, &Vec::from_iter(product_ids)).await?;
     let coupon_ids: BTreeSet<i64> = jobs.iter().filter_map(|job| job.coupon_id).collect();
     let mut coupons = if coupon_ids.is_empty() {
         HashMap::new()
@@ -106,25 +104,15 @@ async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<OrderView, AppErr
     };
     fail::fail_point!("orders::coupon::read");
 
-    let mut left: HashMap<i64, i64> = found.iter().map(|product| (product.id, product.stock)).collect();
     let now = Utc::now();
     let decisions: Vec<Result<Accepted, AppError>> =
-        jobs.iter().map(|job| decide(job, &found, &mut left, &mut coupons, now)).collect();
+        jobs.iter().map(|job| decide(job, &found, &mut stock, &mut coupons, now)).collect();
 
     let accepted: Vec<(&Job, &Accepted)> =
         jobs.iter().zip(&decisions).filter_map(|(job, decision)| Some((job, decision.as_ref().ok()?))).collect();
     let mut views = Vec::with_capacity(accepted.len());
     if !accepted.is_empty() {
-        let mut taken: BTreeMap<i64, i64> = BTreeMap::new();
-        for (job, _) in &accepted {
-            for (product_id, quantity) in job.lines.iter() {
-                *taken.entry(product_id).or_default() += quantity as i64;
-            }
-        }
-        let (ids, quantities): (Vec<i64>, Vec<i64>) = taken.into_iter().unzip();
-        if products::take_stock_many(&mut tx, &ids, &quantities).await? != ids.len() as u64 {
-            return Err(AppError::internal(anyhow!("a locked product vanished")));
-        }
+        stock.write(&mut tx).await?;
         fail::fail_point!("orders::batch::taken", |_| Err(AppError::internal(anyhow!("failed at a fail point"))));
         let new: Vec<NewOrder> = accepted
             .iter()
@@ -168,12 +156,12 @@ async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<OrderView, AppErr
 fn decide(
     job: &Job,
     found: &[ProductRow],
-    left: &mut HashMap<i64, i64>,
+    stock: &mut StockTally,
     coupons: &mut HashMap<i64, CouponForOrder>,
     now: DateTime<Utc>,
 ) -> Result<Accepted, AppError> {
     let items = price(&job.lines, |id| found.binary_search_by_key(&id, |product| product.id).ok().map(|i| &found[i]))?;
-    if job.lines.iter().any(|(id, quantity)| left[&id] < quantity as i64) {
+    if !stock.covers(&job.lines) {
         return Err(AppError::OutOfStock);
     }
     let total = total_of(&items);
@@ -181,9 +169,7 @@ fn decide(
         Some(coupon_id) => Some(coupon_terms(coupons.get(&coupon_id), job.user_id, total, now)?),
         None => None,
     };
-    for (id, quantity) in job.lines.iter() {
-        *left.get_mut(&id).expect("priced, so found") -= quantity as i64;
-    }
+    stock.take(&job.lines);
     if let Some(coupon) = job.coupon_id.and_then(|id| coupons.get_mut(&id)) {
         // Later orders of the batch see it held.
         coupon.status = "RESERVED".into();

@@ -336,31 +336,3 @@ pub async fn release(conn: &mut PgConnection, order_ids: &[i64]) -> Result<(), s
     .await
     .map(drop)
 }
-
-/// Sets the issued count outright, whatever it is now. Only the test-only
-/// `naive` strategy counts this way.
-#[cfg(feature = "naive")]
-pub async fn set_issued(conn: &mut PgConnection, type_id: i64, issued: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE coupon_types SET issued_quantity = $2 WHERE id = $1")
-        .bind(type_id)
-        .bind(issued)
-        .execute(conn)
-        .await
-        .map(drop)
-}
-
-/// Reserves the coupon for an order whatever its state. Only the test-only
-/// `naive` strategy reserves this way.
-#[cfg(feature = "naive")]
-pub async fn reserve_unconditionally(
-    conn: &mut PgConnection,
-    coupon_id: i64,
-    order_id: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE coupons SET status = 'RESERVED', order_id = $2 WHERE id = $1")
-        .bind(coupon_id)
-        .bind(order_id)
-        .execute(conn)
-        .await
-        .map(drop)
-}

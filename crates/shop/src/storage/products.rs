@@ -277,10 +277,3 @@ pub async fn return_stock(conn: &mut PgConnection, order_ids: &[i64]) -> Result<
     .fetch_all(conn)
     .await
 }
-
-/// Sets the stock level outright, whatever it is now. Only the test-only
-/// `naive` strategy writes stock this way.
-#[cfg(feature = "naive")]
-pub async fn set_stock(conn: &mut PgConnection, id: i64, stock: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE products SET stock = $2 WHERE id = $1").bind(id).bind(stock).execute(conn).await.map(drop)
-}

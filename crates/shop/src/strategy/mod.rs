@@ -1,5 +1,21 @@
 //! Concurrency strategies, one module per operation family, one file per
-//! strategy. Config picks a strategy at start; handlers never know which runs.
+//! strategy. Config picks a strategy at start (each family's `build`);
+//! handlers never know which runs.
+//!
+//! Every family speaks one protocol around the caller's transaction, so a
+//! new strategy is one file and a new caller needs no strategy's help:
+//!
+//! 1. **hold**, before a connection is taken: what must be held across the
+//!    transaction (a Redis lease, units from a gate), or an answer that is
+//!    already final;
+//! 2. **apply**, inside the caller's transaction: the reads and writes of
+//!    the row the family guards;
+//! 3. **settle**, after the transaction committed or rolled back, with its
+//!    outcome: leases released, gate units completed or given back.
+//!
+//! The `batch` strategies also gather the requests that arrive together
+//! into one transaction (see [`crate::batcher`]); alone, they apply as
+//! `atomic` does.
 //!
 //! Whatever the strategy, the database constraints stay the last line of
 //! defence, and a race lost past the strategy's limit (retries used up, lock
@@ -11,10 +27,30 @@ pub mod stock;
 
 use std::time::Duration;
 
-use sqlx::PgConnection;
+use futures_util::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use sqlx::{PgConnection, PgPool};
 
+use crate::config::LockConfig;
 use crate::error::AppError;
-use crate::lock::{LeaseLocks, LockError};
+use crate::lock::{Lease, LeaseLocks, LockError};
+
+/// What the families build their strategies from.
+pub struct Deps<'a> {
+    pub db: &'a PgPool,
+    pub redis: &'a ConnectionManager,
+    pub redis_key_prefix: &'a str,
+    pub locks: &'a LockConfig,
+    pub leases: &'a LeaseLocks,
+}
+
+/// Work a strategy needs done every so often while the server runs (a
+/// gate's reconciler).
+pub struct Chore {
+    pub every: Duration,
+    pub what: &'static str,
+    pub run: Box<dyn Fn() -> BoxFuture<'static, Result<(), AppError>> + Send + Sync>,
+}
 
 /// PostgreSQL's `lock_not_available` (a `lock_timeout` ran out) and
 /// `deadlock_detected` are lost races, not failures.
@@ -43,31 +79,23 @@ struct GiveUp<'a> {
     answer: fn() -> AppError,
 }
 
-/// Runs `work` holding the Redis lease on `resource`: taken before the work's
-/// transaction begins, released after it has committed or rolled back, so
-/// the next holder reads what this one wrote. `work` gets the fencing token.
-async fn under_lease<T>(
-    locks: &LeaseLocks,
-    resource: &str,
-    give_up: Option<GiveUp<'_>>,
-    work: impl AsyncFnOnce(i64) -> Result<T, AppError>,
-) -> Result<T, AppError> {
+/// Takes the Redis lease on `resource`, before the transaction begins.
+async fn lease(locks: &LeaseLocks, resource: &str, give_up: Option<GiveUp<'_>>) -> Result<Lease, AppError> {
     let flag = give_up.as_ref().map(|give_up| give_up.flag);
-    let lease = locks.acquire(resource, flag).await.map_err(|error| lease_error(error, give_up.as_ref()))?;
-    let outcome = work(lease.fence()).await;
-    lease.release().await;
-    outcome
-}
-
-/// The answer to a lease that could not be taken.
-fn lease_error(error: LockError, give_up: Option<&GiveUp<'_>>) -> AppError {
-    match error {
+    locks.acquire(resource, flag).await.map_err(|error| match error {
         LockError::Timeout => AppError::ConcurrencyConflict("timed out waiting for a lock"),
         LockError::GaveUp => give_up.map_or_else(
             || AppError::internal(anyhow::anyhow!("gave up waiting without a flag")),
             |give_up| (give_up.answer)(),
         ),
         LockError::Redis(error) => AppError::from(error),
+    })
+}
+
+/// Releases leases in the reverse of the order they were taken.
+async fn release_all(leases: Vec<Lease>) {
+    for lease in leases.into_iter().rev() {
+        lease.release().await;
     }
 }
 

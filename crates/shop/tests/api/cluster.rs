@@ -4,6 +4,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind, value_names};
 
 use crate::concurrency::{count, together};
 use crate::support::cluster::Cluster;
@@ -29,8 +30,8 @@ async fn post(cluster: &Cluster, instance: usize, path: &str, user: &User, body:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn coupons_are_never_over_issued_across_instances() {
-    for strategy in ["pessimistic", "atomic", "redis-lock", "redis-gate"] {
-        let cluster = start("COUPON_STRATEGY", strategy).await;
+    for strategy in value_names::<CouponStrategyKind>() {
+        let cluster = start("COUPON_STRATEGY", &strategy).await;
         let admin = admin_of(&cluster.db).await;
         let campaign = json!({"code": "SPREAD", "kind": "FIXED", "value": 1000, "totalQuantity": 30, "validDays": 7});
         assert_eq!(post(&cluster, 0, "/api/admin/coupon-types", &admin, campaign).await.status(), StatusCode::CREATED);
@@ -54,8 +55,8 @@ async fn coupons_are_never_over_issued_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stock_is_never_oversold_across_instances() {
-    for strategy in ["optimistic", "pessimistic", "atomic", "redis-lock", "redis-gate", "batch"] {
-        let cluster = start("STOCK_STRATEGY", strategy).await;
+    for strategy in value_names::<StockStrategyKind>() {
+        let cluster = start("STOCK_STRATEGY", &strategy).await;
         let admin = admin_of(&cluster.db).await;
         let product = json!({"name": "hot", "price": 1000, "stock": 20, "category": "test"});
         let product: Value = post(&cluster, 0, "/api/admin/products", &admin, product).await.json().await.unwrap();
@@ -82,8 +83,8 @@ async fn stock_is_never_oversold_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn charges_and_payments_across_instances_keep_the_ledger() {
-    for strategy in ["optimistic", "pessimistic", "atomic", "redis-lock", "batch"] {
-        let cluster = start("POINTS_STRATEGY", strategy).await;
+    for strategy in value_names::<PointsStrategyKind>() {
+        let cluster = start("POINTS_STRATEGY", &strategy).await;
         let admin = admin_of(&cluster.db).await;
         let product = json!({"name": "once", "price": 3000, "stock": 100, "category": "test"});
         let product: Value = post(&cluster, 0, "/api/admin/products", &admin, product).await.json().await.unwrap();

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use clap::ValueEnum;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use shop::config::{Config, CouponStrategyKind, PointsStrategyKind, StockStrategyKind};
@@ -43,28 +44,6 @@ where
     fail::remove(point);
     (a, b)
 }
-
-const POINTS_STRATEGIES: [PointsStrategyKind; 5] = [
-    PointsStrategyKind::Optimistic,
-    PointsStrategyKind::Pessimistic,
-    PointsStrategyKind::Atomic,
-    PointsStrategyKind::RedisLock,
-    PointsStrategyKind::Batch,
-];
-const STOCK_STRATEGIES: [StockStrategyKind; 6] = [
-    StockStrategyKind::Optimistic,
-    StockStrategyKind::Pessimistic,
-    StockStrategyKind::Atomic,
-    StockStrategyKind::RedisLock,
-    StockStrategyKind::RedisGate,
-    StockStrategyKind::Batch,
-];
-const COUPON_STRATEGIES: [CouponStrategyKind; 4] = [
-    CouponStrategyKind::Pessimistic,
-    CouponStrategyKind::Atomic,
-    CouponStrategyKind::RedisLock,
-    CouponStrategyKind::RedisGate,
-];
 
 async fn app(configure: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_with(|config| {
@@ -121,7 +100,7 @@ async fn naive_charges_lose_an_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_points_strategy_loses_an_update() {
-    for strategy in POINTS_STRATEGIES {
+    for &strategy in PointsStrategyKind::value_variants() {
         assert_eq!(lost_update(strategy).await, (3000, 3000), "{strategy:?}");
     }
 }
@@ -154,7 +133,7 @@ async fn naive_orders_oversell_the_last_unit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_stock_strategy_oversells() {
-    for strategy in STOCK_STRATEGIES {
+    for &strategy in StockStrategyKind::value_variants() {
         assert_eq!(oversell(strategy).await, (1, 0), "{strategy:?}");
     }
 }
@@ -186,7 +165,7 @@ async fn naive_issue_hands_out_the_last_coupon_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_coupon_strategy_over_issues() {
-    for strategy in COUPON_STRATEGIES {
+    for &strategy in CouponStrategyKind::value_variants() {
         assert_eq!(over_issue(strategy).await, (1, 1), "{strategy:?}");
     }
 }
@@ -257,7 +236,7 @@ async fn the_payment_constraint_alone_stops_the_second_naive_payment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_points_strategy_pays_an_order_twice() {
-    for strategy in POINTS_STRATEGIES {
+    for &strategy in PointsStrategyKind::value_variants() {
         assert_eq!(double_payment(strategy, true).await, (1, 16000), "{strategy:?}");
     }
 }
@@ -293,7 +272,7 @@ async fn naive_orders_use_one_coupon_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_stock_strategy_lets_two_orders_hold_one_coupon() {
-    for strategy in STOCK_STRATEGIES {
+    for &strategy in StockStrategyKind::value_variants() {
         assert_eq!(shared_coupon(strategy, true).await, 1, "{strategy:?}");
     }
 }

@@ -4,27 +4,36 @@
 //! second coupon for the user fails the unique insert and rolls the
 //! increment back. Never answers `CONCURRENCY_CONFLICT`.
 
-use sqlx::PgPool;
+use async_trait::async_trait;
+use sqlx::PgConnection;
 
-use super::write_coupon;
-use crate::domain::coupon::{CouponType, CouponView};
+use super::{CouponHold, CouponStrategy, Issued, write_coupon};
+use crate::config::CouponStrategyKind;
+use crate::domain::coupon::CouponType;
 use crate::error::AppError;
-use crate::idempotency::Claim;
-use crate::storage::{Tx, coupons};
+use crate::storage::coupons;
 
-pub async fn issue(
-    db: &PgPool,
-    coupon_type: &CouponType,
-    user_id: i64,
-    claim: Option<&Claim>,
-) -> Result<CouponView, AppError> {
-    // No read to race: the conditional increment is the whole decision.
-    fail::fail_point!("coupons::issue::read");
-    let mut tx = Tx::begin(db).await?;
-    if !coupons::count_issued_if_left(&mut tx, coupon_type.id).await? {
-        return Err(AppError::CouponSoldOut);
+pub struct Atomic;
+
+#[async_trait]
+impl CouponStrategy for Atomic {
+    fn kind(&self) -> CouponStrategyKind {
+        CouponStrategyKind::Atomic
     }
-    let view = write_coupon(&mut tx, coupon_type, user_id, claim, None).await?;
-    tx.commit().await?;
-    Ok(view)
+
+    async fn issue(
+        &self,
+        conn: &mut PgConnection,
+        coupon_type: &CouponType,
+        user_id: i64,
+        _: &CouponHold,
+    ) -> Result<Issued, AppError> {
+        // No read to race: the conditional increment is the whole decision.
+        fail::fail_point!("coupons::issue::read");
+        if !coupons::count_issued_if_left(conn, coupon_type.id).await? {
+            return Err(AppError::CouponSoldOut);
+        }
+        let coupon = write_coupon(conn, coupon_type, user_id, None).await?;
+        Ok(Issued { coupon, last_unit: false })
+    }
 }

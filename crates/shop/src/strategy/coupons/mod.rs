@@ -2,7 +2,8 @@
 //! `min(distinct users, total)` coupons are issued, never two of a type to
 //! one user. The database's `coupons_user_type_key` and
 //! `coupon_types_issued_check` hold under every strategy; the strategies
-//! decide how requests queue before they reach them.
+//! decide how requests queue before they reach them, in the protocol of
+//! [`crate::strategy`].
 
 mod atomic;
 #[cfg(feature = "naive")]
@@ -11,48 +12,81 @@ mod pessimistic;
 mod redis_gate;
 mod redis_lock;
 
-use std::time::Duration;
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use axum::http::StatusCode;
 use chrono::Utc;
 use sqlx::{PgConnection, PgPool};
 
-pub use redis_gate::{CouponGate, GRANT_LUA};
+pub use redis_gate::GRANT_LUA;
 
+use super::{Chore, Deps, release_all};
 use crate::config::CouponStrategyKind;
 use crate::domain::coupon::{CouponStatus, CouponType, CouponView, IssuedCoupon};
 use crate::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
-use crate::lock::LeaseLocks;
-use crate::storage::coupons;
+use crate::lock::Lease;
+use crate::storage::{Tx, coupons};
 
-pub enum CouponStrategy {
-    Pessimistic {
-        lock_timeout: Duration,
-    },
-    Atomic,
-    RedisLock(LeaseLocks),
-    RedisGate(CouponGate),
-    #[cfg(feature = "naive")]
-    Naive,
+/// What an issue holds across its transaction.
+#[derive(Default)]
+pub struct CouponHold {
+    leases: Vec<Lease>,
+    /// The time (ms) a gate granted the unit, which names the grant.
+    grant: Option<i64>,
 }
 
-impl CouponStrategy {
-    pub fn kind(&self) -> CouponStrategyKind {
-        match self {
-            Self::Pessimistic { .. } => CouponStrategyKind::Pessimistic,
-            Self::Atomic => CouponStrategyKind::Atomic,
-            Self::RedisLock(_) => CouponStrategyKind::RedisLock,
-            Self::RedisGate(_) => CouponStrategyKind::RedisGate,
-            #[cfg(feature = "naive")]
-            Self::Naive => CouponStrategyKind::Naive,
-        }
+/// A coupon written in the caller's transaction.
+pub struct Issued {
+    pub coupon: IssuedCoupon,
+    /// Whether it was the campaign's last unit.
+    pub last_unit: bool,
+}
+
+#[async_trait]
+pub trait CouponStrategy: Send + Sync {
+    fn kind(&self) -> CouponStrategyKind;
+
+    /// Before the transaction: what issuing must hold across it, or an
+    /// answer already final. Sold out and held are final once true, so a
+    /// lock-free read answers most of a rush; only requests that could win
+    /// go on to queue.
+    async fn hold(&self, db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
+        refuse_settled(db, coupon_type, user_id).await?;
+        Ok(CouponHold::default())
     }
 
-    /// Issues one coupon of `coupon_type` to the user; with a claim, the
-    /// answer is stored in the issuing transaction.
-    #[tracing::instrument(skip_all, fields(user_id, coupon_type = coupon_type.code, strategy = ?self.kind()))]
-    pub async fn issue(
+    /// In the caller's transaction: counts the unit against the campaign's
+    /// total and writes the coupon.
+    async fn issue(
+        &self,
+        conn: &mut PgConnection,
+        coupon_type: &CouponType,
+        user_id: i64,
+        hold: &CouponHold,
+    ) -> Result<Issued, AppError>;
+
+    /// After the transaction, with its outcome.
+    async fn settle(
+        &self,
+        _coupon_type: &CouponType,
+        _user_id: i64,
+        hold: CouponHold,
+        _issued: Result<&Issued, &AppError>,
+    ) {
+        release_all(hold.leases).await;
+    }
+
+    /// What must be done in the background while the server runs.
+    fn chore(&self, _db: &PgPool) -> Option<Chore> {
+        None
+    }
+
+    /// An issue asked for over HTTP: held, written in a transaction of its
+    /// own with its answer stored under the request's Idempotency-Key,
+    /// settled.
+    async fn issue_alone(
         &self,
         db: &PgPool,
         coupon_type: &CouponType,
@@ -60,28 +94,42 @@ impl CouponStrategy {
         claim: Option<&Claim>,
     ) -> Result<CouponView, AppError> {
         coupon_type.check_window(Utc::now()).map_err(|_| AppError::CouponNotOpen)?;
-        match self {
-            Self::Pessimistic { lock_timeout } => {
-                refuse_settled(db, coupon_type, user_id).await?;
-                pessimistic::issue(db, coupon_type, user_id, claim, *lock_timeout).await
+        let hold = self.hold(db, coupon_type, user_id).await?;
+        let issued = async {
+            let mut tx = Tx::begin(db).await?;
+            let issued = self.issue(&mut tx, coupon_type, user_id, &hold).await?;
+            if let Some(claim) = claim {
+                claim.save(&mut tx, StatusCode::CREATED, &view(coupon_type, &issued)).await?;
             }
-            Self::Atomic => {
-                refuse_settled(db, coupon_type, user_id).await?;
-                atomic::issue(db, coupon_type, user_id, claim).await
-            }
-            Self::RedisLock(locks) => {
-                refuse_settled(db, coupon_type, user_id).await?;
-                redis_lock::issue(db, locks, coupon_type, user_id, claim).await
-            }
-            Self::RedisGate(gate) => gate.issue(db, coupon_type, user_id, claim).await,
-            #[cfg(feature = "naive")]
-            Self::Naive => naive::issue(db, coupon_type, user_id, claim).await,
+            tx.commit().await?;
+            Ok(issued)
         }
+        .await;
+        self.settle(coupon_type, user_id, hold, issued.as_ref()).await;
+        issued.map(|issued| view(coupon_type, &issued))
     }
 }
 
-/// Sold out and held are final once true, so a lock-free read answers most
-/// of a rush; only requests that could win go on to queue.
+/// The strategy config names.
+pub fn build(kind: CouponStrategyKind, deps: &Deps<'_>) -> Arc<dyn CouponStrategy> {
+    match kind {
+        CouponStrategyKind::Pessimistic => {
+            Arc::new(pessimistic::Pessimistic { lock_timeout: deps.locks.db_lock_timeout() })
+        }
+        CouponStrategyKind::Atomic => Arc::new(atomic::Atomic),
+        CouponStrategyKind::RedisLock => Arc::new(redis_lock::RedisLock { locks: deps.leases.clone() }),
+        CouponStrategyKind::RedisGate => Arc::new(redis_gate::CouponGate::new(deps)),
+        #[cfg(feature = "naive")]
+        CouponStrategyKind::Naive => Arc::new(naive::Naive),
+    }
+}
+
+fn view(coupon_type: &CouponType, issued: &Issued) -> CouponView {
+    CouponView::new(coupon_type.into(), issued.coupon)
+}
+
+/// Refuses a coupon the user holds, or a campaign sold out, from a read
+/// that takes no lock.
 async fn refuse_settled(db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<(), AppError> {
     let facts = coupons::issue_facts(&mut *db.acquire().await?, coupon_type.id, user_id).await?;
     if facts.held {
@@ -98,29 +146,21 @@ async fn count_issued(conn: &mut PgConnection, type_id: i64) -> Result<(), AppEr
     coupons::count_issued(conn, type_id).await.on_constraint("coupon_types_issued_check", || AppError::CouponSoldOut)
 }
 
-/// Writes the coupon and, under an Idempotency-Key, its answer.
+/// Writes the coupon (under a gate, naming its grant).
 async fn write_coupon(
     conn: &mut PgConnection,
     coupon_type: &CouponType,
     user_id: i64,
-    claim: Option<&Claim>,
     gate_grant: Option<i64>,
-) -> Result<CouponView, AppError> {
+) -> Result<IssuedCoupon, AppError> {
     let row = coupons::insert(conn, coupon_type, user_id, gate_grant)
         .await
         .on_constraint("coupons_user_type_key", || AppError::CouponAlreadyIssued)?;
-    let view = CouponView::new(
-        coupon_type.into(),
-        IssuedCoupon {
-            coupon_id: row.id,
-            user_id,
-            issued_at: row.issued_at,
-            expires_at: row.expires_at,
-            status: CouponStatus::Available,
-        },
-    );
-    if let Some(claim) = claim {
-        claim.save(conn, StatusCode::CREATED, &view).await?;
-    }
-    Ok(view)
+    Ok(IssuedCoupon {
+        coupon_id: row.id,
+        user_id,
+        issued_at: row.issued_at,
+        expires_at: row.expires_at,
+        status: CouponStatus::Available,
+    })
 }

@@ -5,34 +5,44 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use async_trait::async_trait;
+use sqlx::PgConnection;
 
-use super::{count_issued, write_coupon};
-use crate::domain::coupon::{CouponType, CouponView};
+use super::{CouponHold, CouponStrategy, Issued, count_issued, write_coupon};
+use crate::config::CouponStrategyKind;
+use crate::domain::coupon::CouponType;
 use crate::error::AppError;
-use crate::idempotency::Claim;
-use crate::storage::{Tx, coupons};
+use crate::storage::coupons;
 use crate::strategy::{lost_race, set_lock_timeout};
 
-pub async fn issue(
-    db: &PgPool,
-    coupon_type: &CouponType,
-    user_id: i64,
-    claim: Option<&Claim>,
-    lock_timeout: Duration,
-) -> Result<CouponView, AppError> {
-    let mut tx = Tx::begin(db).await?;
-    set_lock_timeout(&mut tx, lock_timeout).await?;
-    let (issued, total) = coupons::lock_type(&mut tx, coupon_type.id).await.map_err(lost_race)?;
-    fail::fail_point!("coupons::issue::read");
-    if coupons::holds(&mut tx, coupon_type.id, user_id).await? {
-        return Err(AppError::CouponAlreadyIssued);
+pub struct Pessimistic {
+    pub lock_timeout: Duration,
+}
+
+#[async_trait]
+impl CouponStrategy for Pessimistic {
+    fn kind(&self) -> CouponStrategyKind {
+        CouponStrategyKind::Pessimistic
     }
-    if issued >= total {
-        return Err(AppError::CouponSoldOut);
+
+    async fn issue(
+        &self,
+        conn: &mut PgConnection,
+        coupon_type: &CouponType,
+        user_id: i64,
+        _: &CouponHold,
+    ) -> Result<Issued, AppError> {
+        set_lock_timeout(conn, self.lock_timeout).await?;
+        let (issued, total) = coupons::lock_type(conn, coupon_type.id).await.map_err(lost_race)?;
+        fail::fail_point!("coupons::issue::read");
+        if coupons::holds(conn, coupon_type.id, user_id).await? {
+            return Err(AppError::CouponAlreadyIssued);
+        }
+        if issued >= total {
+            return Err(AppError::CouponSoldOut);
+        }
+        count_issued(conn, coupon_type.id).await?;
+        let coupon = write_coupon(conn, coupon_type, user_id, None).await?;
+        Ok(Issued { coupon, last_unit: issued + 1 == total })
     }
-    count_issued(&mut tx, coupon_type.id).await?;
-    let view = write_coupon(&mut tx, coupon_type, user_id, claim, None).await?;
-    tx.commit().await?;
-    Ok(view)
 }

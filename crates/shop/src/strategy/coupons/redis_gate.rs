@@ -42,16 +42,18 @@
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
-use super::{count_issued, refuse_settled, write_coupon};
-use crate::domain::coupon::{CouponType, CouponView};
+use super::{CouponHold, CouponStrategy, Issued, count_issued, refuse_settled, write_coupon};
+use crate::config::CouponStrategyKind;
+use crate::domain::coupon::CouponType;
 use crate::error::AppError;
-use crate::idempotency::Claim;
-use crate::storage::{Tx, coupons};
+use crate::storage::coupons;
+use crate::strategy::{Chore, Deps};
 
 /// Hands out a unit. KEYS: state, holders, pending. ARGV: user. Answers
 /// `GRANTED:<the grant's time, ms>`, or `PENDING` while the answer depends
@@ -167,15 +169,71 @@ struct Keys {
     staged: String,
 }
 
-impl CouponGate {
-    pub fn new(redis: ConnectionManager, prefix: &str, reconcile_after: Duration) -> Self {
-        Self { redis, prefix: prefix.to_owned(), reconcile_after, settled: Arc::new(Notify::new()) }
+#[async_trait]
+impl CouponStrategy for CouponGate {
+    fn kind(&self) -> CouponStrategyKind {
+        CouponStrategyKind::RedisGate
     }
 
-    /// How often the reconciler should run so that a lost unit is back
-    /// within `reconcile_after` plus this.
-    pub fn reconcile_every(&self) -> Duration {
-        self.reconcile_after / 3
+    async fn hold(&self, db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
+        let granted = self.grant(db, coupon_type, &self.keys(coupon_type.id), user_id).await?;
+        // A simulated crash: the unit is handed out and never written.
+        fail::fail_point!("coupons::gate::granted", |_| Err(AppError::internal(anyhow::anyhow!(
+            "simulated crash after the coupon gate"
+        ))));
+        Ok(CouponHold { leases: Vec::new(), grant: Some(granted) })
+    }
+
+    async fn issue(
+        &self,
+        conn: &mut PgConnection,
+        coupon_type: &CouponType,
+        user_id: i64,
+        hold: &CouponHold,
+    ) -> Result<Issued, AppError> {
+        // The gate has decided; others racing now get its answer.
+        fail::fail_point!("coupons::issue::read");
+        count_issued(conn, coupon_type.id).await?;
+        let coupon = write_coupon(conn, coupon_type, user_id, hold.grant).await?;
+        Ok(Issued { coupon, last_unit: false })
+    }
+
+    async fn settle(&self, coupon_type: &CouponType, user_id: i64, _: CouponHold, issued: Result<&Issued, &AppError>) {
+        let keys = self.keys(coupon_type.id);
+        let settled = match issued {
+            Ok(_) => self.settle_grant(&COMPLETE, &keys, user_id, None).await,
+            Err(AppError::CouponSoldOut) => self.settle_grant(&CLOSE, &keys, user_id, None).await,
+            Err(AppError::CouponAlreadyIssued) => self.settle_grant(&GIVE_BACK, &keys, user_id, Some(true)).await,
+            // It may have been written: the reconciler looks in PostgreSQL
+            // before it completes the grant or gives the unit back.
+            Err(AppError::OutcomeUnknown) => Ok(()),
+            Err(_) => self.settle_grant(&GIVE_BACK, &keys, user_id, Some(false)).await,
+        };
+        if let Err(error) = settled {
+            tracing::warn!(%error, "could not settle a coupon grant; the reconciler will");
+        }
+    }
+
+    /// Settles the grants left behind, often enough that a lost unit is
+    /// back within `reconcile_after` and a third.
+    fn chore(&self, db: &PgPool) -> Option<Chore> {
+        let (gate, db) = (self.clone(), db.clone());
+        Some(Chore {
+            every: self.reconcile_after / 3,
+            what: "reconcile the coupon gate",
+            run: Box::new(move || Box::pin(gate.clone().reconcile(db.clone()))),
+        })
+    }
+}
+
+impl CouponGate {
+    pub fn new(deps: &Deps<'_>) -> Self {
+        Self {
+            redis: deps.redis.clone(),
+            prefix: deps.redis_key_prefix.to_owned(),
+            reconcile_after: deps.locks.gate_reconcile_after(),
+            settled: Arc::new(Notify::new()),
+        }
     }
 
     fn keys(&self, type_id: i64) -> Keys {
@@ -191,44 +249,6 @@ impl CouponGate {
 
     fn active_key(&self) -> String {
         format!("{}coupon-gate:active", self.prefix)
-    }
-
-    pub async fn issue(
-        &self,
-        db: &PgPool,
-        coupon_type: &CouponType,
-        user_id: i64,
-        claim: Option<&Claim>,
-    ) -> Result<CouponView, AppError> {
-        let keys = self.keys(coupon_type.id);
-        let granted = self.grant(db, coupon_type, &keys, user_id).await?;
-        // A simulated crash: the unit is handed out and never written.
-        fail::fail_point!("coupons::gate::granted", |_| Err(AppError::internal(anyhow::anyhow!(
-            "simulated crash after the coupon gate"
-        ))));
-        // The gate has decided; others racing now get its answer.
-        fail::fail_point!("coupons::issue::read");
-        let written = async {
-            let mut tx = Tx::begin(db).await?;
-            count_issued(&mut tx, coupon_type.id).await?;
-            let view = write_coupon(&mut tx, coupon_type, user_id, claim, Some(granted)).await?;
-            tx.commit().await?;
-            Ok(view)
-        }
-        .await;
-        let settled = match &written {
-            Ok(_) => self.settle(&COMPLETE, &keys, user_id, None).await,
-            Err(AppError::CouponSoldOut) => self.settle(&CLOSE, &keys, user_id, None).await,
-            Err(AppError::CouponAlreadyIssued) => self.settle(&GIVE_BACK, &keys, user_id, Some(true)).await,
-            // It may have been written: the reconciler looks in PostgreSQL
-            // before it completes the grant or gives the unit back.
-            Err(AppError::OutcomeUnknown) => Ok(()),
-            Err(_) => self.settle(&GIVE_BACK, &keys, user_id, Some(false)).await,
-        };
-        if let Err(error) = settled {
-            tracing::warn!(%error, "could not settle a coupon grant; the reconciler will");
-        }
-        written
     }
 
     /// Takes a unit from the gate for the user (the grant's time, which
@@ -269,7 +289,7 @@ impl CouponGate {
         }
     }
 
-    async fn settle(
+    async fn settle_grant(
         &self,
         script: &Script,
         keys: &Keys,
@@ -349,7 +369,7 @@ impl CouponGate {
     /// Settles grants pending longer than `reconcile_after`: completed if the
     /// coupon is in PostgreSQL, else its unit is given back. Safe on many
     /// instances at once: each grant is settled by whoever removes it first.
-    pub async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
+    async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
         let mut redis = self.redis.clone();
         let campaigns: Vec<i64> = redis.smembers(self.active_key()).await?;
         let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await?;
@@ -363,17 +383,17 @@ impl CouponGate {
                 let action = match written {
                     // The grant's own coupon.
                     Some(Some(grant)) if grant == granted_ms => {
-                        self.settle(&COMPLETE, &keys, user_id, None).await?;
+                        self.settle_grant(&COMPLETE, &keys, user_id, None).await?;
                         "completed"
                     }
                     // A coupon from before the grant, which the gate had lost
                     // track of: the grant's write was refused, its unit is free.
                     Some(_) => {
-                        self.settle(&GIVE_BACK, &keys, user_id, Some(true)).await?;
+                        self.settle_grant(&GIVE_BACK, &keys, user_id, Some(true)).await?;
                         "returned"
                     }
                     None => {
-                        self.settle(&GIVE_BACK, &keys, user_id, Some(false)).await?;
+                        self.settle_grant(&GIVE_BACK, &keys, user_id, Some(false)).await?;
                         "returned"
                     }
                 };

@@ -2,49 +2,78 @@
 //! after it commits; inside, the same checks as `pessimistic`, with the
 //! fencing token stamped on the campaign row first. Serializes a campaign
 //! across instances without holding database connections while waiting.
+//! Once the campaign is sold out a flag says so, and waiters stop waiting.
 //! Fails as `CONCURRENCY_CONFLICT` when the lock wait runs out.
 
-use sqlx::PgPool;
+use async_trait::async_trait;
+use sqlx::{PgConnection, PgPool};
 
-use super::{count_issued, write_coupon};
-use crate::domain::coupon::{CouponType, CouponView};
+use super::{CouponHold, CouponStrategy, Issued, count_issued, refuse_settled, write_coupon};
+use crate::config::CouponStrategyKind;
+use crate::domain::coupon::CouponType;
 use crate::error::AppError;
-use crate::idempotency::Claim;
 use crate::lock::LeaseLocks;
-use crate::storage::{Tx, coupons};
-use crate::strategy::{GiveUp, stale_fence, under_lease};
+use crate::storage::coupons;
+use crate::strategy::{GiveUp, lease, release_all, stale_fence};
 
-pub async fn issue(
-    db: &PgPool,
-    locks: &LeaseLocks,
-    coupon_type: &CouponType,
-    user_id: i64,
-    claim: Option<&Claim>,
-) -> Result<CouponView, AppError> {
-    let resource = format!("coupon-type:{}", coupon_type.id);
-    let sold_out = format!("coupon-type:{}:sold-out", coupon_type.id);
-    let give_up = GiveUp { flag: &sold_out, answer: || AppError::CouponSoldOut };
-    under_lease(locks, &resource, Some(give_up), async |fence| {
-        let mut tx = Tx::begin(db).await?;
-        let Some((issued, total)) = coupons::claim_fence(&mut tx, coupon_type.id, fence).await? else {
-            let newest = coupons::fence(&mut tx, coupon_type.id).await?;
-            return Err(stale_fence(locks, &resource, newest).await);
+pub struct RedisLock {
+    pub locks: LeaseLocks,
+}
+
+fn resource(type_id: i64) -> String {
+    format!("coupon-type:{type_id}")
+}
+
+fn sold_out(type_id: i64) -> String {
+    format!("coupon-type:{type_id}:sold-out")
+}
+
+#[async_trait]
+impl CouponStrategy for RedisLock {
+    fn kind(&self) -> CouponStrategyKind {
+        CouponStrategyKind::RedisLock
+    }
+
+    async fn hold(&self, db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
+        refuse_settled(db, coupon_type, user_id).await?;
+        let flag = sold_out(coupon_type.id);
+        let give_up = GiveUp { flag: &flag, answer: || AppError::CouponSoldOut };
+        let lease = lease(&self.locks, &resource(coupon_type.id), Some(give_up)).await?;
+        Ok(CouponHold { leases: vec![lease], grant: None })
+    }
+
+    async fn issue(
+        &self,
+        conn: &mut PgConnection,
+        coupon_type: &CouponType,
+        user_id: i64,
+        hold: &CouponHold,
+    ) -> Result<Issued, AppError> {
+        let lease = hold.leases.first().ok_or_else(|| AppError::internal(anyhow::anyhow!("no campaign lease")))?;
+        let Some((issued, total)) = coupons::claim_fence(conn, coupon_type.id, lease.fence()).await? else {
+            let newest = coupons::fence(conn, coupon_type.id).await?;
+            return Err(stale_fence(&self.locks, &resource(coupon_type.id), newest).await);
         };
         fail::fail_point!("coupons::issue::read");
-        if coupons::holds(&mut tx, coupon_type.id, user_id).await? {
+        if coupons::holds(conn, coupon_type.id, user_id).await? {
             return Err(AppError::CouponAlreadyIssued);
         }
         if issued >= total {
-            locks.raise_flag(&sold_out).await?;
             return Err(AppError::CouponSoldOut);
         }
-        count_issued(&mut tx, coupon_type.id).await?;
-        let view = write_coupon(&mut tx, coupon_type, user_id, claim, None).await?;
-        tx.commit().await?;
-        if issued + 1 == total {
-            locks.raise_flag(&sold_out).await?;
+        count_issued(conn, coupon_type.id).await?;
+        let coupon = write_coupon(conn, coupon_type, user_id, None).await?;
+        Ok(Issued { coupon, last_unit: issued + 1 == total })
+    }
+
+    /// Raises the sold-out flag (before the lease goes, so its waiters stop
+    /// at once) when the campaign is known to be sold out.
+    async fn settle(&self, coupon_type: &CouponType, _: i64, hold: CouponHold, issued: Result<&Issued, &AppError>) {
+        if let Ok(Issued { last_unit: true, .. }) | Err(AppError::CouponSoldOut) = issued
+            && let Err(error) = self.locks.raise_flag(&sold_out(coupon_type.id)).await
+        {
+            tracing::warn!(%error, "could not raise a campaign's sold-out flag; its waiters wait for the lease");
         }
-        Ok(view)
-    })
-    .await
+        release_all(hold.leases).await;
+    }
 }

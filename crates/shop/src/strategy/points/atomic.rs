@@ -8,22 +8,40 @@
 //! `domain::points`. Never answers `CONCURRENCY_CONFLICT`: a concurrent
 //! statement waits for the row and re-checks its condition on the new version.
 
-use sqlx::{PgConnection, PgPool};
+use async_trait::async_trait;
+use sqlx::PgConnection;
 
-use super::{Charge, save_response, wallet_missing};
+use super::{Charge, PointsStrategy, Spend, WalletHold, wallet_missing};
+use crate::config::PointsStrategyKind;
 use crate::error::AppError;
-use crate::idempotency::Claim;
-use crate::storage::{Tx, wallets};
+use crate::storage::wallets;
 
-pub async fn charge(db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
-    let mut tx = Tx::begin(db).await?;
-    let balance = charge_once(&mut tx, charge).await?;
-    save_response(&mut tx, charge, balance, claim).await?;
-    tx.commit().await?;
-    Ok(balance)
+pub struct Atomic;
+
+#[async_trait]
+impl PointsStrategy for Atomic {
+    fn kind(&self) -> PointsStrategyKind {
+        PointsStrategyKind::Atomic
+    }
+
+    async fn charge(&self, conn: &mut PgConnection, charge: Charge, _: &WalletHold) -> Result<i64, AppError> {
+        charge_once(conn, charge).await
+    }
+
+    async fn debit(&self, conn: &mut PgConnection, spend: Spend, _: &WalletHold) -> Result<i64, AppError> {
+        debit_once(conn, spend).await
+    }
 }
 
-async fn charge_once(conn: &mut PgConnection, charge: Charge) -> Result<i64, AppError> {
+/// The debit as one conditional statement, which `batch` shares.
+pub(super) async fn debit_once(conn: &mut PgConnection, spend: Spend) -> Result<i64, AppError> {
+    wallets::debit_if_covered(conn, spend.user_id, spend.amount, spend.order_id)
+        .await?
+        .ok_or(AppError::InsufficientPoints)
+}
+
+/// The charge as one conditional statement, which `batch` shares.
+pub(super) async fn charge_once(conn: &mut PgConnection, charge: Charge) -> Result<i64, AppError> {
     // There is no read to race: the statement below is the whole charge.
     fail::fail_point!("points::charge::read");
     let charged =

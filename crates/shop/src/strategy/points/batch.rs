@@ -13,8 +13,10 @@
 //! writes fail is rolled back whole and its charges made one by one, as
 //! `atomic` makes them; a batch whose COMMIT reply was lost is resolved
 //! (`storage::Tx`) and never redone: if it cannot be resolved, each of its
-//! charges is answered `SERVICE_UNAVAILABLE`, its Idempotency-Key kept. Payments' debits are `atomic`'s single statement:
-//! they take the same row lock.
+//! charges is answered `SERVICE_UNAVAILABLE`, its Idempotency-Key kept.
+//! Alone — a charge with no other in its batch, the redo of a failed
+//! batch, a payment's debit — it applies as `atomic` does, taking the same
+//! row lock.
 //!
 //! Cost: a charge that finds no other in its batch is made alone, by
 //! `atomic`'s one statement; a batch of several costs a transaction of four
@@ -22,10 +24,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use sqlx::PgPool;
+use async_trait::async_trait;
+use sqlx::{PgConnection, PgPool};
 
-use super::{Charge, atomic, save_response, wallet_missing};
+use super::{Charge, PointsStrategy, Spend, WalletHold, atomic, save_response, wallet_missing};
 use crate::batcher::{self, Batcher};
+use crate::config::PointsStrategyKind;
 use crate::domain::points::ChargeCounters;
 use crate::error::AppError;
 use crate::idempotency::Claim;
@@ -33,21 +37,36 @@ use crate::storage::Tx;
 use crate::storage::ledger::{self, NewCharge};
 use crate::storage::wallets::{self, WalletWrite};
 
-/// Charges waiting to be made together.
-pub struct ChargeBatcher(Batcher<Job, Result<i64, AppError>>);
+/// Holds the charges waiting to be made together.
+pub struct Batch(Batcher<Job, Result<i64, AppError>>);
 
 struct Job {
     charge: Charge,
     claim: Option<Claim>,
 }
 
-impl ChargeBatcher {
+impl Batch {
     pub fn start(db: PgPool) -> Self {
         Self(Batcher::start("charges", move |jobs| charge_batch(db.clone(), jobs)))
     }
+}
+
+#[async_trait]
+impl PointsStrategy for Batch {
+    fn kind(&self) -> PointsStrategyKind {
+        PointsStrategyKind::Batch
+    }
+
+    async fn charge(&self, conn: &mut PgConnection, charge: Charge, _: &WalletHold) -> Result<i64, AppError> {
+        atomic::charge_once(conn, charge).await
+    }
+
+    async fn debit(&self, conn: &mut PgConnection, spend: Spend, _: &WalletHold) -> Result<i64, AppError> {
+        atomic::debit_once(conn, spend).await
+    }
 
     /// Queues the charge for the next batch; its new balance.
-    pub async fn charge(&self, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
+    async fn charge_alone(&self, _: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
         self.0.submit(Job { charge, claim: claim.cloned() }).await?
     }
 }
@@ -55,13 +74,15 @@ impl ChargeBatcher {
 async fn charge_batch(db: PgPool, jobs: Vec<Job>) -> Vec<Result<i64, AppError>> {
     if let [job] = jobs.as_slice() {
         // Alone, a charge is `atomic`'s one statement, not a transaction of four.
-        return vec![atomic::charge(&db, job.charge, job.claim.as_ref()).await];
+        return vec![atomic::Atomic.charge_alone(&db, job.charge, job.claim.as_ref()).await];
     }
     match write(&db, &jobs).await {
         Ok(answers) => answers,
         Err(failure) => {
-            batcher::one_by_one("charges", &jobs, failure, |job| atomic::charge(&db, job.charge, job.claim.as_ref()))
-                .await
+            batcher::one_by_one("charges", &jobs, failure, |job| {
+                atomic::Atomic.charge_alone(&db, job.charge, job.claim.as_ref())
+            })
+            .await
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Point charges: read the balance and the charge counters, check the limits,
-//! write the new balance and a ledger row — a read-modify-write that loses
-//! updates unless concurrent charges of one user are serialized. Each
-//! strategy serializes them differently; all write the balance and its ledger
-//! row in one transaction.
+//! Point charges and payments' debits: read the balance (and, for a charge,
+//! the charge counters), check, write the new balance and a ledger row — a
+//! read-modify-write that loses updates unless concurrent writes of one
+//! wallet are serialized. Each strategy serializes them differently, in the
+//! protocol of [`crate::strategy`]; all write the balance and its ledger row
+//! in one transaction.
 
 mod atomic;
 mod batch;
@@ -12,35 +13,21 @@ mod optimistic;
 mod pessimistic;
 mod redis_lock;
 
-use std::time::Duration;
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use axum::http::StatusCode;
 use sqlx::{PgConnection, PgPool};
 
+use super::{Deps, release_all};
 use crate::config::PointsStrategyKind;
 use crate::domain::points::{ChargeAmount, ChargeDay, ChargeLimits, LedgerKind, PointBalance};
 use crate::error::AppError;
 use crate::idempotency::Claim;
-use crate::lock::{Lease, LeaseLocks};
+use crate::lock::Lease;
+use crate::storage::orders::OrderRow;
 use crate::storage::wallets::Wallet;
-use crate::storage::{ledger, wallets};
-use crate::strategy::{lease_error, lost_race, set_lock_timeout};
-
-pub use batch::ChargeBatcher;
-
-pub enum PointsStrategy {
-    Optimistic {
-        max_retries: u32,
-    },
-    Pessimistic {
-        lock_timeout: Duration,
-    },
-    Atomic,
-    RedisLock(LeaseLocks),
-    Batch(ChargeBatcher),
-    #[cfg(feature = "naive")]
-    Naive,
-}
+use crate::storage::{Tx, ledger, orders, wallets};
 
 /// One charge, validated.
 #[derive(Debug, Clone, Copy)]
@@ -51,45 +38,6 @@ pub struct Charge {
     pub limits: ChargeLimits,
 }
 
-impl PointsStrategy {
-    pub fn kind(&self) -> PointsStrategyKind {
-        match self {
-            Self::Optimistic { .. } => PointsStrategyKind::Optimistic,
-            Self::Pessimistic { .. } => PointsStrategyKind::Pessimistic,
-            Self::Atomic => PointsStrategyKind::Atomic,
-            Self::RedisLock(_) => PointsStrategyKind::RedisLock,
-            Self::Batch(_) => PointsStrategyKind::Batch,
-            #[cfg(feature = "naive")]
-            Self::Naive => PointsStrategyKind::Naive,
-        }
-    }
-
-    /// Whether operations run without any locks (the test-only `naive`
-    /// strategy): payments then read their order without locking it too.
-    pub fn without_locks(&self) -> bool {
-        #[cfg(feature = "naive")]
-        if matches!(self, Self::Naive) {
-            return true;
-        }
-        false
-    }
-
-    /// Charges the wallet; with a claim, the response is stored in the same
-    /// transaction. Returns the new balance.
-    #[tracing::instrument(skip_all, fields(user_id = charge.user_id, strategy = ?self.kind()))]
-    pub async fn charge(&self, db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
-        match self {
-            Self::Optimistic { max_retries } => optimistic::charge(db, charge, claim, *max_retries).await,
-            Self::Pessimistic { lock_timeout } => pessimistic::charge(db, charge, claim, *lock_timeout).await,
-            Self::Atomic => atomic::charge(db, charge, claim).await,
-            Self::RedisLock(locks) => redis_lock::charge(db, locks, charge, claim).await,
-            Self::Batch(batcher) => batcher.charge(charge, claim).await,
-            #[cfg(feature = "naive")]
-            Self::Naive => naive::charge(db, charge, claim).await,
-        }
-    }
-}
-
 /// A payment's debit of one wallet.
 #[derive(Debug, Clone, Copy)]
 pub struct Spend {
@@ -98,69 +46,79 @@ pub struct Spend {
     pub order_id: i64,
 }
 
-/// What a payment's debit holds across its transaction: under `redis-lock`,
-/// the wallet's lease.
+/// What a wallet's writer holds across its transaction.
+#[derive(Default)]
 pub struct WalletHold {
-    lease: Option<Lease>,
+    leases: Vec<Lease>,
 }
 
-impl PointsStrategy {
-    /// Before a payment's transaction: what the debit must hold across it.
-    /// The debit itself is [`PointsStrategy::debit`], in the transaction, and
-    /// the hold ends with [`PointsStrategy::release_wallet`] after it.
-    pub async fn hold_wallet(&self, user_id: i64) -> Result<WalletHold, AppError> {
-        let lease = match self {
-            Self::RedisLock(locks) => Some(
-                locks.acquire(&redis_lock::resource(user_id), None).await.map_err(|error| lease_error(error, None))?,
-            ),
-            _ => None,
-        };
-        Ok(WalletHold { lease })
+#[async_trait]
+pub trait PointsStrategy: Send + Sync {
+    fn kind(&self) -> PointsStrategyKind;
+
+    /// Before the transaction: what writing the wallet must hold across it.
+    async fn hold(&self, _user_id: i64) -> Result<WalletHold, AppError> {
+        Ok(WalletHold::default())
     }
 
-    /// In the payment's transaction, after the order is locked (every
+    /// In the caller's transaction: charges the wallet within its limits.
+    /// Returns the new balance.
+    async fn charge(&self, conn: &mut PgConnection, charge: Charge, hold: &WalletHold) -> Result<i64, AppError>;
+
+    /// In a payment's transaction, after its order is locked (every
     /// transaction takes the order before the wallet): debits the wallet and
     /// writes the `USE` ledger row. Too little balance is
     /// `INSUFFICIENT_POINTS`. Returns the new balance.
-    #[tracing::instrument(skip_all, fields(user_id = spend.user_id, order_id = spend.order_id, strategy = ?self.kind()))]
-    pub async fn debit(&self, conn: &mut PgConnection, spend: Spend, hold: &WalletHold) -> Result<i64, AppError> {
-        match self {
-            Self::Optimistic { max_retries } => optimistic::debit(conn, spend, *max_retries).await,
-            Self::Pessimistic { lock_timeout } => {
-                set_lock_timeout(conn, *lock_timeout).await?;
-                let wallet = wallets::read_for_update(conn, spend.user_id)
-                    .await
-                    .map_err(lost_race)?
-                    .ok_or_else(wallet_missing)?;
-                write_debit(conn, spend, wallet.balance, None)
-                    .await?
-                    .ok_or_else(|| AppError::internal(anyhow::anyhow!("a locked wallet changed")))
-            }
-            Self::Atomic | Self::Batch(_) => {
-                wallets::debit_if_covered(conn, spend.user_id, spend.amount, spend.order_id)
-                    .await?
-                    .ok_or(AppError::InsufficientPoints)
-            }
-            Self::RedisLock(locks) => {
-                let lease =
-                    hold.lease.as_ref().ok_or_else(|| AppError::internal(anyhow::anyhow!("no wallet lease")))?;
-                redis_lock::debit(conn, locks, spend, lease.fence()).await
-            }
-            #[cfg(feature = "naive")]
-            Self::Naive => naive::debit(conn, spend).await,
-        }
+    async fn debit(&self, conn: &mut PgConnection, spend: Spend, hold: &WalletHold) -> Result<i64, AppError>;
+
+    /// After the transaction committed or rolled back.
+    async fn settle(&self, hold: WalletHold) {
+        release_all(hold.leases).await;
     }
 
-    /// After the payment's transaction committed or rolled back.
-    pub async fn release_wallet(&self, hold: WalletHold) {
-        if let Some(lease) = hold.lease {
-            lease.release().await;
+    /// A charge asked for on its own: held, made in a transaction of its own
+    /// with its answer stored under the request's Idempotency-Key, settled.
+    /// `batch` makes the charges that arrive together in one transaction.
+    async fn charge_alone(&self, db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
+        let hold = self.hold(charge.user_id).await?;
+        let charged = async {
+            let mut tx = Tx::begin(db).await?;
+            let balance = self.charge(&mut tx, charge, &hold).await?;
+            save_response(&mut tx, charge, balance, claim).await?;
+            tx.commit().await?;
+            Ok(balance)
         }
+        .await;
+        self.settle(hold).await;
+        charged
+    }
+
+    /// A payment's first statement: its order, locked. Only a strategy
+    /// without any concurrency control reads it unlocked.
+    async fn lock_order(&self, conn: &mut PgConnection, order_id: i64) -> Result<Option<OrderRow>, AppError> {
+        Ok(orders::lock(conn, order_id).await?)
     }
 }
 
-/// Writes the debit of a wallet read at `balance` (with `expected_version`
-/// for the optimistic strategy) and its ledger row. `None`: the wallet
+/// The strategy config names.
+pub fn build(kind: PointsStrategyKind, deps: &Deps<'_>) -> Arc<dyn PointsStrategy> {
+    match kind {
+        PointsStrategyKind::Optimistic => {
+            Arc::new(optimistic::Optimistic { max_retries: deps.locks.optimistic_max_retries })
+        }
+        PointsStrategyKind::Pessimistic => {
+            Arc::new(pessimistic::Pessimistic { lock_timeout: deps.locks.db_lock_timeout() })
+        }
+        PointsStrategyKind::Atomic => Arc::new(atomic::Atomic),
+        PointsStrategyKind::RedisLock => Arc::new(redis_lock::RedisLock { locks: deps.leases.clone() }),
+        PointsStrategyKind::Batch => Arc::new(batch::Batch::start(deps.db.clone())),
+        #[cfg(feature = "naive")]
+        PointsStrategyKind::Naive => Arc::new(naive::Naive),
+    }
+}
+
+/// Writes the debit of a wallet read at `balance` (with `expected_version`,
+/// only if it is unchanged since) and its ledger row. `None`: the wallet
 /// changed since it was read. Returns the new balance.
 async fn write_debit(
     conn: &mut PgConnection,
@@ -182,15 +140,13 @@ async fn write_debit(
 /// Writes a charge onto the wallet as read (with `expected_version`, only if
 /// it is unchanged since): the limits are checked on what was read — a stale
 /// read shows at most as many charges as there were, so a refusal is final —
-/// then the balance, the counters, the ledger row and the stored answer are
-/// written.
+/// then the balance, the counters and the ledger row are written.
 /// `None`: the wallet changed since it was read. Returns the new balance.
 async fn write_charge(
     conn: &mut PgConnection,
     charge: Charge,
     wallet: &Wallet,
     expected_version: Option<i64>,
-    claim: Option<&Claim>,
 ) -> Result<Option<i64>, AppError> {
     let counters = wallet.counters().after_charge(charge.on, charge.limits)?;
     let balance = wallet.balance + charge.amount.won();
@@ -198,7 +154,6 @@ async fn write_charge(
         return Ok(None);
     }
     ledger::append(conn, charge.user_id, LedgerKind::Charge, charge.amount.won(), balance, None).await?;
-    save_response(conn, charge, balance, claim).await?;
     Ok(Some(balance))
 }
 

@@ -1,6 +1,7 @@
 //! Optimistic: read without locking, write only if the row's `version` is
-//! still the one read (`UPDATE … WHERE version = $read`); a lost race retries
-//! from the read after a jittered backoff.
+//! still the one read (`UPDATE … WHERE version = $read`); a lost race reads
+//! again after a jittered backoff. In READ COMMITTED each statement sees
+//! what committed before it, so the retry stays in the transaction.
 //!
 //! Cost: nothing held while reading; under contention most attempts are
 //! wasted and the losers pay backoff latency. Fails as `CONCURRENCY_CONFLICT`
@@ -8,50 +9,64 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use async_trait::async_trait;
+use sqlx::PgConnection;
 
-use super::{Charge, Spend, wallet_missing, write_charge, write_debit};
+use super::{Charge, PointsStrategy, Spend, WalletHold, wallet_missing, write_charge, write_debit};
 use crate::backoff;
+use crate::config::PointsStrategyKind;
 use crate::error::AppError;
-use crate::idempotency::Claim;
-use crate::storage::{Tx, wallets};
+use crate::storage::wallets;
 
 /// Longest wait between two attempts.
 const RETRY_CAP: Duration = Duration::from_millis(50);
 
-pub async fn charge(db: &PgPool, charge: Charge, claim: Option<&Claim>, max_retries: u32) -> Result<i64, AppError> {
-    for attempt in 0..=max_retries {
-        if attempt > 0 {
-            metrics::counter!("shop_optimistic_retries_total", "operation" => "points.charge").increment(1);
-            tokio::time::sleep(backoff::full_jitter(attempt, RETRY_CAP)).await;
-        }
-        // A plain read: each statement sees what committed before it, and
-        // nothing is locked until the versioned write.
-        let mut tx = Tx::begin(db).await?;
-        let wallet = wallets::read(&mut tx, charge.user_id).await?.ok_or_else(wallet_missing)?;
-        fail::fail_point!("points::charge::read");
-        let Some(balance) = write_charge(&mut tx, charge, &wallet, Some(wallet.version), claim).await? else {
-            continue;
-        };
-        tx.commit().await?;
-        return Ok(balance);
-    }
-    Err(AppError::ConcurrencyConflict("the balance kept changing"))
+pub struct Optimistic {
+    pub max_retries: u32,
 }
 
-/// See `PointsStrategy::debit`. In READ COMMITTED each statement sees what
-/// committed before it, so a lost race re-reads and retries in the
-/// transaction (which holds the order's lock meanwhile).
-pub async fn debit(conn: &mut PgConnection, spend: Spend, max_retries: u32) -> Result<i64, AppError> {
-    for attempt in 0..=max_retries {
-        if attempt > 0 {
-            metrics::counter!("shop_optimistic_retries_total", "operation" => "points.debit").increment(1);
-            tokio::time::sleep(backoff::full_jitter(attempt, RETRY_CAP)).await;
-        }
-        let wallet = wallets::read(conn, spend.user_id).await?.ok_or_else(wallet_missing)?;
-        if let Some(balance) = write_debit(conn, spend, wallet.balance, Some(wallet.version)).await? {
-            return Ok(balance);
-        }
+/// Waits before attempt `tried` (from 1) after a lost race.
+async fn back_off(operation: &'static str, tried: u32) {
+    metrics::counter!("shop_optimistic_retries_total", "operation" => operation).increment(1);
+    tokio::time::sleep(backoff::full_jitter(tried, RETRY_CAP)).await;
+}
+
+fn kept_changing() -> AppError {
+    AppError::ConcurrencyConflict("the balance kept changing")
+}
+
+#[async_trait]
+impl PointsStrategy for Optimistic {
+    fn kind(&self) -> PointsStrategyKind {
+        PointsStrategyKind::Optimistic
     }
-    Err(AppError::ConcurrencyConflict("the balance kept changing"))
+
+    async fn charge(&self, conn: &mut PgConnection, charge: Charge, _: &WalletHold) -> Result<i64, AppError> {
+        for tried in 0..=self.max_retries {
+            if tried > 0 {
+                back_off("points.charge", tried).await;
+            }
+            // A plain read: nothing is locked until the versioned write.
+            let wallet = wallets::read(conn, charge.user_id).await?.ok_or_else(wallet_missing)?;
+            fail::fail_point!("points::charge::read");
+            if let Some(balance) = write_charge(conn, charge, &wallet, Some(wallet.version)).await? {
+                return Ok(balance);
+            }
+        }
+        Err(kept_changing())
+    }
+
+    /// The retries hold the order's lock meanwhile.
+    async fn debit(&self, conn: &mut PgConnection, spend: Spend, _: &WalletHold) -> Result<i64, AppError> {
+        for tried in 0..=self.max_retries {
+            if tried > 0 {
+                back_off("points.debit", tried).await;
+            }
+            let wallet = wallets::read(conn, spend.user_id).await?.ok_or_else(wallet_missing)?;
+            if let Some(balance) = write_debit(conn, spend, wallet.balance, Some(wallet.version)).await? {
+                return Ok(balance);
+            }
+        }
+        Err(kept_changing())
+    }
 }

@@ -8,20 +8,34 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use sqlx::PgConnection;
 
+use super::{StockHold, StockStrategy};
 use crate::backoff;
+use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
 use crate::storage::products;
 
 const RETRY_CAP: Duration = Duration::from_millis(50);
 
-pub async fn take(conn: &mut PgConnection, lines: &OrderLines, max_retries: u32) -> Result<(), AppError> {
-    for (product_id, quantity) in lines.iter() {
-        take_line(conn, product_id, quantity, max_retries).await?;
+pub struct Optimistic {
+    pub max_retries: u32,
+}
+
+#[async_trait]
+impl StockStrategy for Optimistic {
+    fn kind(&self) -> StockStrategyKind {
+        StockStrategyKind::Optimistic
     }
-    Ok(())
+
+    async fn take(&self, conn: &mut PgConnection, lines: &OrderLines, _: &StockHold) -> Result<(), AppError> {
+        for (product_id, quantity) in lines.iter() {
+            take_line(conn, product_id, quantity, self.max_retries).await?;
+        }
+        Ok(())
+    }
 }
 
 async fn take_line(conn: &mut PgConnection, product_id: i64, quantity: i32, max_retries: u32) -> Result<(), AppError> {

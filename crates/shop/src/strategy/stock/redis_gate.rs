@@ -37,16 +37,19 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::RecordedChanges;
+use super::{RecordedChanges, StockHold, StockStrategy, atomic};
+use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
 use crate::storage::products::StockChange;
 use crate::storage::{Tx, orders, products};
+use crate::strategy::{Chore, Deps};
 
 /// How long a change is kept aside for a counter not yet loaded (far
 /// longer than a load takes from its read to its write), and its id
@@ -168,12 +171,82 @@ pub struct StockGate {
     reconcile_after: Duration,
 }
 
-impl StockGate {
-    pub fn new(redis: ConnectionManager, prefix: &str, reconcile_after: Duration) -> Self {
-        Self { redis, prefix: prefix.to_owned(), reconcile_after }
+#[async_trait]
+impl StockStrategy for StockGate {
+    fn kind(&self) -> StockStrategyKind {
+        StockStrategyKind::RedisGate
     }
 
-    pub fn reconcile_every(&self) -> Duration {
+    async fn hold(&self, db: &PgPool, lines: &OrderLines) -> Result<StockHold, AppError> {
+        Ok(StockHold { leases: Vec::new(), gate: Some(self.reserve(db, lines).await?) })
+    }
+
+    /// PostgreSQL has the last word: `atomic`'s conditional statements.
+    async fn take(&self, conn: &mut PgConnection, lines: &OrderLines, _: &StockHold) -> Result<(), AppError> {
+        atomic::take_each(conn, lines).await
+    }
+
+    async fn settle(&self, hold: StockHold, placed: Result<(), &AppError>) {
+        if let Some(reservation) = hold.gate {
+            self.settle_reservation(reservation, placed).await;
+        }
+    }
+
+    /// The changes are written down, for the reconciler to apply if this
+    /// instance cannot.
+    async fn record_changes(
+        &self,
+        conn: &mut PgConnection,
+        changes: Vec<StockChange>,
+    ) -> Result<RecordedChanges, AppError> {
+        if changes.is_empty() {
+            return Ok(RecordedChanges::default());
+        }
+        Ok(RecordedChanges { changes: products::record_gate_changes(conn, &changes).await? })
+    }
+
+    /// Applies stock changes just committed in PostgreSQL (see the module
+    /// documentation), and deletes the rows that recorded them. If Redis
+    /// does not answer, the rows stay, and the reconciler applies them.
+    async fn changed(&self, db: &PgPool, recorded: RecordedChanges) {
+        if recorded.changes.is_empty() {
+            return;
+        }
+        if let Err(error) = self.apply(&recorded.changes).await {
+            tracing::warn!(%error, "could not tell the stock gate of a change; the reconciler will");
+            return;
+        }
+        let ids: Vec<i64> = recorded.changes.iter().map(|(id, _)| *id).collect();
+        let forgotten = async { products::forget_gate_changes(&mut *db.acquire().await?, &ids).await };
+        match forgotten.await {
+            Ok(()) => self.forget_applied(&recorded.changes).await,
+            // The reconciler passes them on again; the gate counts them once.
+            Err(error) => tracing::warn!(%error, "could not delete applied stock gate changes"),
+        }
+    }
+
+    /// Settles what was left behind, often enough that lost units are back
+    /// within `reconcile_after` and a third.
+    fn chore(&self, db: &PgPool) -> Option<Chore> {
+        let (gate, db) = (self.clone(), db.clone());
+        Some(Chore {
+            every: self.reconcile_every(),
+            what: "reconcile the stock gate",
+            run: Box::new(move || Box::pin(gate.clone().reconcile(db.clone()))),
+        })
+    }
+}
+
+impl StockGate {
+    pub fn new(deps: &Deps<'_>) -> Self {
+        Self {
+            redis: deps.redis.clone(),
+            prefix: deps.redis_key_prefix.to_owned(),
+            reconcile_after: deps.locks.gate_reconcile_after(),
+        }
+    }
+
+    fn reconcile_every(&self) -> Duration {
         self.reconcile_after / 3
     }
 
@@ -210,7 +283,7 @@ impl StockGate {
     }
 
     /// Takes every line's units from the gate, before the transaction.
-    pub async fn reserve(&self, db: &PgPool, lines: &OrderLines) -> Result<GateReservation, AppError> {
+    async fn reserve(&self, db: &PgPool, lines: &OrderLines) -> Result<GateReservation, AppError> {
         let reservation = GateReservation { id: Uuid::new_v4(), products: lines.product_ids() };
         let mut script = RESERVE.key(self.pending());
         script.key(self.reservations());
@@ -245,7 +318,7 @@ impl StockGate {
     /// committed, else gives its units back. An order PostgreSQL refused for
     /// want of stock shows the counters were too high: they are dropped, to
     /// be loaded afresh.
-    pub async fn settle<T>(&self, reservation: GateReservation, placed: &Result<T, AppError>) {
+    async fn settle_reservation(&self, reservation: GateReservation, placed: Result<(), &AppError>) {
         let script = match placed {
             Ok(_) => &COMPLETE,
             // It may have been placed: the reconciler looks for the order.
@@ -292,26 +365,6 @@ impl StockGate {
             }
         }
         Ok(())
-    }
-
-    /// Applies stock changes just committed in PostgreSQL (see the module
-    /// documentation), and deletes the rows that recorded them. If Redis
-    /// does not answer, the rows stay, and the reconciler applies them.
-    pub async fn changed(&self, db: &PgPool, recorded: RecordedChanges) {
-        if recorded.changes.is_empty() {
-            return;
-        }
-        if let Err(error) = self.apply(&recorded.changes).await {
-            tracing::warn!(%error, "could not tell the stock gate of a change; the reconciler will");
-            return;
-        }
-        let ids: Vec<i64> = recorded.changes.iter().map(|(id, _)| *id).collect();
-        let forgotten = async { products::forget_gate_changes(&mut *db.acquire().await?, &ids).await };
-        match forgotten.await {
-            Ok(()) => self.forget_applied(&recorded.changes).await,
-            // The reconciler passes them on again; the gate counts them once.
-            Err(error) => tracing::warn!(%error, "could not delete applied stock gate changes"),
-        }
     }
 
     async fn apply(&self, changes: &[(i64, StockChange)]) -> redis::RedisResult<()> {
@@ -373,7 +426,7 @@ impl StockGate {
     /// Settles reservations pending longer than `reconcile_after`: completed
     /// if their order exists, else their units go back. Safe on many
     /// instances at once: each is settled by whoever removes it first.
-    pub async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
+    async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
         self.apply_left_behind(&db).await?;
         let mut redis = self.redis.clone();
         let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await?;

@@ -4,52 +4,59 @@
 //! out cannot take stock after a newer holder. A lock wait past the deadline
 //! is `CONCURRENCY_CONFLICT`.
 
-use sqlx::PgConnection;
+use async_trait::async_trait;
+use sqlx::{PgConnection, PgPool};
 
+use super::{StockHold, StockStrategy};
+use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
-use crate::lock::{Lease, LeaseLocks};
+use crate::lock::LeaseLocks;
 use crate::storage::products;
-use crate::strategy::{lease_error, stale_fence};
+use crate::strategy::{lease, release_all, stale_fence};
+
+pub struct RedisLock {
+    pub locks: LeaseLocks,
+}
 
 fn resource(product_id: i64) -> String {
     format!("product:{product_id}")
 }
 
-/// Takes the lease of every line's product, in ascending id order.
-pub async fn hold(locks: &LeaseLocks, lines: &OrderLines) -> Result<Vec<Lease>, AppError> {
-    let mut leases = Vec::new();
-    for (product_id, _) in lines.iter() {
-        match locks.acquire(&resource(product_id), None).await {
-            Ok(lease) => leases.push(lease),
-            Err(error) => {
-                for lease in leases.into_iter().rev() {
-                    lease.release().await;
+#[async_trait]
+impl StockStrategy for RedisLock {
+    fn kind(&self) -> StockStrategyKind {
+        StockStrategyKind::RedisLock
+    }
+
+    /// Takes the lease of every line's product, in ascending id order.
+    async fn hold(&self, _: &PgPool, lines: &OrderLines) -> Result<StockHold, AppError> {
+        let mut leases = Vec::new();
+        for (product_id, _) in lines.iter() {
+            match lease(&self.locks, &resource(product_id), None).await {
+                Ok(lease) => leases.push(lease),
+                Err(error) => {
+                    release_all(leases).await;
+                    return Err(error);
                 }
-                return Err(lease_error(error, None));
             }
         }
+        Ok(StockHold { leases, gate: None })
     }
-    Ok(leases)
-}
 
-pub async fn take(
-    conn: &mut PgConnection,
-    locks: &LeaseLocks,
-    lines: &OrderLines,
-    leases: &[Lease],
-) -> Result<(), AppError> {
-    // The leases are held: whoever else wants these products waits for them.
-    fail::fail_point!("stock::take::read");
-    for ((product_id, quantity), lease) in lines.iter().zip(leases) {
-        let Some(stock) = products::claim_fence(conn, product_id, lease.fence()).await? else {
-            let newest = products::fence(conn, product_id).await?;
-            return Err(stale_fence(locks, &resource(product_id), newest).await);
-        };
-        if stock < quantity as i64 {
-            return Err(AppError::OutOfStock);
+    async fn take(&self, conn: &mut PgConnection, lines: &OrderLines, hold: &StockHold) -> Result<(), AppError> {
+        // The leases are held: whoever else wants these products waits for them.
+        fail::fail_point!("stock::take::read");
+        for ((product_id, quantity), lease) in lines.iter().zip(&hold.leases) {
+            let Some(stock) = products::claim_fence(conn, product_id, lease.fence()).await? else {
+                let newest = products::fence(conn, product_id).await?;
+                return Err(stale_fence(&self.locks, &resource(product_id), newest).await);
+            };
+            if stock < quantity as i64 {
+                return Err(AppError::OutOfStock);
+            }
+            products::take_stock(conn, product_id, quantity, None).await?;
         }
-        products::take_stock(conn, product_id, quantity, None).await?;
+        Ok(())
     }
-    Ok(())
 }

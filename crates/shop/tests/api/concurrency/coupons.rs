@@ -50,7 +50,8 @@ async fn one_user_firing_fifty_gets_one(strategy: CouponStrategyKind) {
 }
 
 macro_rules! for_each_coupon_strategy {
-    ($($module:ident => $strategy:ident),* $(,)?) => {$(
+    ($($module:ident => $strategy:ident),* $(,)?) => {
+        $(
         mod $module {
             use super::*;
 
@@ -64,7 +65,15 @@ macro_rules! for_each_coupon_strategy {
                 one_user_firing_fifty_gets_one(CouponStrategyKind::$strategy).await;
             }
         }
-    )*};
+        )*
+
+        // A strategy config offers but this list lacks fails to compile.
+        const _: fn(CouponStrategyKind) = |kind| match kind {
+            $(CouponStrategyKind::$strategy => {})*
+            #[cfg(feature = "naive")]
+            CouponStrategyKind::Naive => {}
+        };
+    };
 }
 
 for_each_coupon_strategy! {

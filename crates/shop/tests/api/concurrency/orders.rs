@@ -111,7 +111,8 @@ async fn a_rush_of_differing_orders_gets_each_its_own_answer(strategy: StockStra
 }
 
 macro_rules! for_each_stock_strategy {
-    ($($module:ident => $strategy:ident),* $(,)?) => {$(
+    ($($module:ident => $strategy:ident),* $(,)?) => {
+        $(
         mod $module {
             use super::*;
 
@@ -130,7 +131,15 @@ macro_rules! for_each_stock_strategy {
                 super::a_rush_of_differing_orders_gets_each_its_own_answer(StockStrategyKind::$strategy).await;
             }
         }
-    )*};
+        )*
+
+        // A strategy config offers but this list lacks fails to compile.
+        const _: fn(StockStrategyKind) = |kind| match kind {
+            $(StockStrategyKind::$strategy => {})*
+            #[cfg(feature = "naive")]
+            StockStrategyKind::Naive => {}
+        };
+    };
 }
 
 for_each_stock_strategy! {

@@ -70,7 +70,8 @@ async fn ten_charges_under_a_daily_limit_of_three_give_three(strategy: PointsStr
 }
 
 macro_rules! for_each_points_strategy {
-    ($($module:ident => $strategy:ident),* $(,)?) => {$(
+    ($($module:ident => $strategy:ident),* $(,)?) => {
+        $(
         mod $module {
             use super::*;
 
@@ -84,7 +85,15 @@ macro_rules! for_each_points_strategy {
                 ten_charges_under_a_daily_limit_of_three_give_three(PointsStrategyKind::$strategy).await;
             }
         }
-    )*};
+        )*
+
+        // A strategy config offers but this list lacks fails to compile.
+        const _: fn(PointsStrategyKind) = |kind| match kind {
+            $(PointsStrategyKind::$strategy => {})*
+            #[cfg(feature = "naive")]
+            PointsStrategyKind::Naive => {}
+        };
+    };
 }
 
 for_each_points_strategy! {

@@ -32,6 +32,7 @@ use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind, value_names};
 use tokio::sync::Mutex;
 
 use crate::support::cluster::Cluster;
@@ -103,9 +104,9 @@ async fn random_history(faults: bool) {
     let seed = setting("SHOP_HISTORY_SEED").unwrap_or_else(rand::random);
     let operations = setting("SHOP_HISTORY_OPERATIONS").unwrap_or(400);
     let mut rng = StdRng::seed_from_u64(seed);
-    let points = *["optimistic", "pessimistic", "atomic", "redis-lock", "batch"].choose(&mut rng).unwrap();
-    let stock = *["optimistic", "pessimistic", "atomic", "redis-lock", "redis-gate", "batch"].choose(&mut rng).unwrap();
-    let coupons = *["pessimistic", "atomic", "redis-lock", "redis-gate"].choose(&mut rng).unwrap();
+    let points = value_names::<PointsStrategyKind>().choose(&mut rng).unwrap().clone();
+    let stock = value_names::<StockStrategyKind>().choose(&mut rng).unwrap().clone();
+    let coupons = value_names::<CouponStrategyKind>().choose(&mut rng).unwrap().clone();
     eprintln!(
         "history{}: seed {seed}, {operations} operations, points {points}, stock {stock}, coupons {coupons} \
          (replay with SHOP_HISTORY_SEED={seed})",
@@ -116,9 +117,9 @@ async fn random_history(faults: bool) {
         faults.then_some(&proxy),
         3,
         &[
-            ("POINTS_STRATEGY", points),
-            ("STOCK_STRATEGY", stock),
-            ("COUPON_STRATEGY", coupons),
+            ("POINTS_STRATEGY", points.as_str()),
+            ("STOCK_STRATEGY", stock.as_str()),
+            ("COUPON_STRATEGY", coupons.as_str()),
             ("POINTS_DAILY_CHARGE_LIMIT", "5"),
             ("ORDER_PAYMENT_TIMEOUT_SECS", "2"),
             ("DATABASE_MAX_CONNECTIONS", "5"),
