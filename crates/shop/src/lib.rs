@@ -20,21 +20,27 @@
 //! - [`invariants`]: the shop's invariants as queries, for tests and load runs.
 //! - [`top_sellers`]: the best sellers of recent days, from Redis, rebuilt from PostgreSQL.
 
-pub mod auth;
-pub(crate) mod backoff;
-pub mod batcher;
+mod auth;
+mod backoff;
+mod batcher;
 pub mod config;
-pub mod coupon_types;
-pub mod domain;
+mod coupon_types;
+mod domain;
 pub mod error;
-pub mod http;
-pub mod idempotency;
+mod http;
+mod idempotency;
 pub mod invariants;
-pub mod lock;
-pub mod orders;
-pub mod payments;
-pub mod seed;
+mod lock;
+mod orders;
+mod payments;
+mod seed;
 pub mod startup;
-pub mod storage;
-pub mod strategy;
-pub mod top_sellers;
+mod storage;
+mod strategy;
+mod top_sellers;
+
+// What the load generator and the tests use besides the modules above:
+// tokens minted for a role, and the coupon gate's script run alone.
+pub use auth::{Caller, Tokens};
+pub use domain::user::Role;
+pub use strategy::coupons::GRANT_LUA;

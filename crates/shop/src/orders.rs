@@ -339,7 +339,9 @@ pub async fn expire_overdue(db: &PgPool, stock: &dyn StockStrategy, batch: i64) 
     let returned = products::return_stock(&mut tx, &overdue).await?;
     let returned = stock.record_changes(&mut tx, returned).await?;
     coupons::release(&mut tx, &overdue).await?;
-    orders::set_statuses(&mut tx, &overdue, OrderStatus::Expired).await?;
+    // Only PENDING orders were locked.
+    let expired = order::next(OrderStatus::Pending, Event::Expire).map_err(AppError::internal)?;
+    orders::set_statuses(&mut tx, &overdue, expired).await?;
     tx.commit().await?;
     stock.changed(db, returned).await;
     Ok(overdue.len())

@@ -7,7 +7,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use crate::domain::order::OrderStatus;
+use crate::domain::order::{self, Event};
 use crate::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
 use crate::orders::visible;
@@ -50,11 +50,14 @@ impl PaymentView {
 
 /// Why an order cannot be paid now, checked on the locked order.
 fn check_payable(order: &OrderRow) -> Result<(), AppError> {
-    match order.status() {
-        OrderStatus::Pending if order.expires_at <= Utc::now() => Err(AppError::OrderExpired),
-        OrderStatus::Pending => Ok(()),
-        other => Err(AppError::OrderNotPayable(other.as_str())),
+    let status = order.status();
+    if order::next(status, Event::Pay).is_err() {
+        return Err(AppError::OrderNotPayable(status.as_str()));
     }
+    if order.expires_at <= Utc::now() {
+        return Err(AppError::OrderExpired);
+    }
+    Ok(())
 }
 
 /// Pays the order's final amount from the caller's points. The debit (through

@@ -4,4 +4,4 @@ mod password;
 mod token;
 
 pub use password::PasswordHasher;
-pub use token::{Caller, TokenKind, TokenPair, Tokens};
+pub use token::{Caller, TokenKind, Tokens};

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use shop::config::{
     Config, CouponStrategyKind, DatabaseConfig, LockConfig, LogFormat, PointsStrategyKind, StockStrategyKind,
 };
-use shop::domain::user::Role;
+use shop::Role;
 use shop::startup::Server;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -347,8 +347,8 @@ pub async fn admin_of(db: &PgPool) -> User {
 }
 
 fn signed_in(user_id: i64, role: Role) -> User {
-    let tokens = shop::auth::Tokens::new(b"test-secret", Duration::from_secs(3600));
-    let pair = tokens.issue(shop::auth::Caller { user_id, role }).unwrap();
+    let tokens = shop::Tokens::new(b"test-secret", Duration::from_secs(3600));
+    let pair = tokens.issue(shop::Caller { user_id, role }).unwrap();
     User { id: user_id, email: String::new(), token: pair.access_token, refresh_token: pair.refresh_token }
 }
 
