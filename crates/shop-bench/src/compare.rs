@@ -160,8 +160,7 @@ async fn redis_gate_script(base: &RunArgs) -> anyhow::Result<Option<f64>> {
     let client = redis::Client::open(base.redis_url.as_str())?;
     let mut redis = client.get_multiplexed_async_connection().await?;
     let prefix = format!("bench-engine:{}:", uuid::Uuid::new_v4().simple());
-    let sha: String =
-        redis::cmd("SCRIPT").arg("LOAD").arg(shop::GRANT_LUA).query_async(&mut redis).await?;
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(shop::GRANT_LUA).query_async(&mut redis).await?;
     // A sold-out campaign: the path most of a rush takes.
     let state = format!("{prefix}state");
     redis::cmd("HSET").arg(&state).arg("left").arg(0).query_async::<()>(&mut redis).await?;

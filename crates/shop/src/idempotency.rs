@@ -121,7 +121,6 @@ pub struct Claim {
     token: Uuid,
 }
 
-#[derive(sqlx::FromRow)]
 struct KeyRow {
     request_method: String,
     request_path: String,
@@ -143,16 +142,16 @@ pub async fn begin(
     // transiently and freed it); then the next round claims it.
     for _ in 0..3 {
         let claim = Claim { user_id, key: key.0.clone(), token: Uuid::new_v4() };
-        let inserted = sqlx::query(
+        let inserted = sqlx::query!(
             "INSERT INTO idempotency_keys (user_id, key, request_method, request_path, request_hash, claim_token)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            user_id,
+            claim.key,
+            fingerprint.method,
+            fingerprint.path,
+            fingerprint.body_hash,
+            claim.token,
         )
-        .bind(user_id)
-        .bind(&claim.key)
-        .bind(&fingerprint.method)
-        .bind(&fingerprint.path)
-        .bind(&fingerprint.body_hash)
-        .bind(claim.token)
         .execute(&mut *conn)
         .await;
         let inserted = match inserted {
@@ -189,27 +188,28 @@ pub async fn begin(
 }
 
 async fn find(conn: &mut PgConnection, user_id: i64, key: &str) -> Result<Option<KeyRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT request_method, request_path, request_hash, claim_token,
-                claimed_at < now() - make_interval(secs => $3) AS stale, response_status, response_body
-         FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+    sqlx::query_as!(
+        KeyRow,
+        r#"SELECT request_method, request_path, request_hash, claim_token,
+                  claimed_at < now() - make_interval(secs => $3) AS "stale!", response_status, response_body
+           FROM idempotency_keys WHERE user_id = $1 AND key = $2"#,
+        user_id,
+        key,
+        STALE_CLAIM.as_secs_f64(),
     )
-    .bind(user_id)
-    .bind(key)
-    .bind(STALE_CLAIM.as_secs_f64())
     .fetch_optional(conn)
     .await
 }
 
 async fn take_over(conn: &mut PgConnection, claim: &Claim, stale_token: Uuid) -> Result<bool, sqlx::Error> {
-    let taken = sqlx::query(
+    let taken = sqlx::query!(
         "UPDATE idempotency_keys SET claim_token = $3, claimed_at = now()
          WHERE user_id = $1 AND key = $2 AND claim_token = $4 AND response_status IS NULL",
+        claim.user_id,
+        claim.key,
+        claim.token,
+        stale_token,
     )
-    .bind(claim.user_id)
-    .bind(&claim.key)
-    .bind(claim.token)
-    .bind(stale_token)
     .execute(conn)
     .await?;
     Ok(taken.rows_affected() == 1)
@@ -262,14 +262,14 @@ impl Claim {
     /// that has not stored it yet finds the claim gone and rolls back.
     async fn free(&self, db: &PgPool) -> Result<(), AppError> {
         let mut tx = db.begin().await?;
-        sqlx::query("SELECT set_config('lock_timeout', '1000ms', true)").execute(&mut *tx).await?;
-        sqlx::query(
+        sqlx::query!("SELECT set_config('lock_timeout', '1000ms', true)").fetch_one(&mut *tx).await?;
+        sqlx::query!(
             "DELETE FROM idempotency_keys
              WHERE user_id = $1 AND key = $2 AND claim_token = $3 AND response_status IS NULL",
+            self.user_id,
+            self.key,
+            self.token,
         )
-        .bind(self.user_id)
-        .bind(&self.key)
-        .bind(self.token)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -296,15 +296,15 @@ impl Claim {
     }
 
     async fn store(&self, conn: &mut PgConnection, status: StatusCode, body: &Value) -> Result<(), AppError> {
-        let stored = sqlx::query(
+        let stored = sqlx::query!(
             "UPDATE idempotency_keys SET response_status = $4, response_body = $5
              WHERE user_id = $1 AND key = $2 AND claim_token = $3 AND response_status IS NULL",
+            self.user_id,
+            self.key,
+            self.token,
+            status.as_u16() as i16,
+            body,
         )
-        .bind(self.user_id)
-        .bind(&self.key)
-        .bind(self.token)
-        .bind(status.as_u16() as i16)
-        .bind(body)
         .execute(conn)
         .await?;
         if stored.rows_affected() == 1 {
@@ -318,10 +318,12 @@ impl Claim {
 /// Deletes keys past their retention; run periodically by every instance
 /// (concurrent runs only delete the same rows).
 pub async fn purge_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
-    let purged = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)")
-        .bind(RETENTION.as_secs_f64())
-        .execute(db)
-        .await?;
+    let purged = sqlx::query!(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+        RETENTION.as_secs_f64()
+    )
+    .execute(db)
+    .await?;
     Ok(purged.rows_affected())
 }
 

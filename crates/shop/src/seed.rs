@@ -55,33 +55,36 @@ const DEMO_COUPON_TYPES: [(&str, &str, i64, i64, i64); 4] = [
 pub async fn seed_demo_data(db: &PgPool) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
     // Instances starting together seed once: the second waits, then sees data.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shop:seed-demo-data'))").execute(&mut *tx).await?;
-    let empty: bool =
-        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM products) AND NOT EXISTS (SELECT 1 FROM coupon_types)")
-            .fetch_one(&mut *tx)
-            .await?;
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('shop:seed-demo-data'))").execute(&mut *tx).await?;
+    let empty = sqlx::query_scalar!(
+        r#"SELECT NOT EXISTS (SELECT 1 FROM products) AND NOT EXISTS (SELECT 1 FROM coupon_types) AS "empty!""#
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     if !empty {
         return Ok(false);
     }
     for (name, price, stock, category) in DEMO_PRODUCTS {
-        sqlx::query("INSERT INTO products (name, price, stock, stock_total, category) VALUES ($1, $2, $3, $3, $4)")
-            .bind(name)
-            .bind(price)
-            .bind(stock)
-            .bind(category)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "INSERT INTO products (name, price, stock, stock_total, category) VALUES ($1, $2, $3, $3, $4)",
+            name,
+            price,
+            stock,
+            category,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     for (code, kind, value, min_order_amount, total_quantity) in DEMO_COUPON_TYPES {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO coupon_types (code, kind, value, min_order_amount, total_quantity, valid_days)
              VALUES ($1, $2, $3, $4, $5, 30)",
+            code,
+            kind,
+            value,
+            min_order_amount,
+            total_quantity,
         )
-        .bind(code)
-        .bind(kind)
-        .bind(value)
-        .bind(min_order_amount)
-        .bind(total_quantity)
         .execute(&mut *tx)
         .await?;
     }

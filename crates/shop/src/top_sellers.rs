@@ -288,20 +288,21 @@ impl TopSellers {
         let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await?;
         let read_at = seconds * 1000 + micros / 1000;
         let started = std::time::Instant::now();
-        let read: DayRead = sqlx::query_as(
-            "SELECT pg_current_snapshot()::text AS snapshot,
-                    COALESCE(array_agg(product_id ORDER BY product_id), '{}') AS product_ids,
-                    COALESCE(array_agg(quantity ORDER BY product_id), '{}') AS quantities,
-                    COALESCE(array_agg(revenue ORDER BY product_id), '{}') AS revenues
-             FROM (SELECT i.product_id, sum(i.quantity)::bigint AS quantity,
-                          sum(i.quantity * i.unit_price)::bigint AS revenue
-                   FROM orders o JOIN order_items i ON i.order_id = o.id
-                   WHERE o.paid_at IS NOT NULL AND o.status IN ('PAID', 'SHIPPED', 'DELIVERED', 'COMPLETED')
-                     AND o.paid_at >= $1 AND o.paid_at < $2
-                   GROUP BY i.product_id) sales",
+        let read = sqlx::query_as!(
+            DayRead,
+            r#"SELECT pg_current_snapshot()::text AS "snapshot!",
+                      COALESCE(array_agg(product_id ORDER BY product_id), '{}') AS "product_ids!",
+                      COALESCE(array_agg(quantity ORDER BY product_id), '{}') AS "quantities!",
+                      COALESCE(array_agg(revenue ORDER BY product_id), '{}') AS "revenues!"
+               FROM (SELECT i.product_id, sum(i.quantity)::bigint AS quantity,
+                            sum(i.quantity * i.unit_price)::bigint AS revenue
+                     FROM orders o JOIN order_items i ON i.order_id = o.id
+                     WHERE o.paid_at IS NOT NULL AND o.status IN ('PAID', 'SHIPPED', 'DELIVERED', 'COMPLETED')
+                       AND o.paid_at >= $1 AND o.paid_at < $2
+                     GROUP BY i.product_id) sales"#,
+            self.start_of(day),
+            self.start_of(day + Days::new(1)),
         )
-        .bind(self.start_of(day))
-        .bind(self.start_of(day + Days::new(1)))
         .fetch_one(db)
         .await?;
         if started.elapsed() > LOG_TTL / 2 {
@@ -326,7 +327,6 @@ impl TopSellers {
 
 /// A day's sales as PostgreSQL had them, by product, and the snapshot
 /// they were read in (`xmin:xmax:running,…`).
-#[derive(sqlx::FromRow)]
 struct DayRead {
     snapshot: String,
     product_ids: Vec<i64>,

@@ -21,6 +21,12 @@ impl CouponCode {
         Ok(Self(raw.to_owned()))
     }
 
+    /// A code as stored: it passed [`CouponCode::parse`] when its campaign
+    /// was created.
+    pub fn from_stored(code: String) -> Self {
+        Self(code)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -53,7 +59,7 @@ impl CouponKind {
 }
 
 /// The terms of a campaign, validated together.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CouponTerms {
     pub code: CouponCode,
     pub kind: CouponKind,
@@ -100,21 +106,14 @@ pub struct NotOpen;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CouponType {
     pub id: i64,
-    pub code: String,
-    pub kind: CouponKind,
-    pub value: i64,
-    pub min_order_amount: i64,
-    pub total_quantity: i64,
-    pub valid_days: i32,
-    pub issue_starts_at: Option<DateTime<Utc>>,
-    pub issue_ends_at: Option<DateTime<Utc>>,
+    pub terms: CouponTerms,
 }
 
 impl CouponType {
     /// Open from `issue_starts_at` (inclusive) to `issue_ends_at` (exclusive).
     pub fn check_window(&self, now: DateTime<Utc>) -> Result<(), NotOpen> {
-        let started = self.issue_starts_at.is_none_or(|starts| now >= starts);
-        let not_ended = self.issue_ends_at.is_none_or(|ends| now < ends);
+        let started = self.terms.issue_starts_at.is_none_or(|starts| now >= starts);
+        let not_ended = self.terms.issue_ends_at.is_none_or(|ends| now < ends);
         if started && not_ended { Ok(()) } else { Err(NotOpen) }
     }
 }
@@ -184,11 +183,12 @@ pub struct CouponFace<'a> {
 
 impl<'a> From<&'a CouponType> for CouponFace<'a> {
     fn from(coupon_type: &'a CouponType) -> Self {
+        let terms = &coupon_type.terms;
         Self {
-            code: &coupon_type.code,
-            kind: coupon_type.kind,
-            value: coupon_type.value,
-            min_order_amount: coupon_type.min_order_amount,
+            code: terms.code.as_str(),
+            kind: terms.kind,
+            value: terms.value,
+            min_order_amount: terms.min_order_amount,
         }
     }
 }
@@ -233,9 +233,8 @@ mod tests {
 
     fn campaign(starts: Option<i64>, ends: Option<i64>) -> CouponType {
         let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
-        CouponType {
-            id: 1,
-            code: "C".into(),
+        let terms = CouponTerms {
+            code: CouponCode::parse("C").unwrap(),
             kind: CouponKind::Fixed,
             value: 1000,
             min_order_amount: 0,
@@ -243,7 +242,8 @@ mod tests {
             valid_days: 30,
             issue_starts_at: starts.map(at),
             issue_ends_at: ends.map(at),
-        }
+        };
+        CouponType { id: 1, terms }
     }
 
     #[test]

@@ -35,17 +35,18 @@ pub struct CouponTypeView {
 
 impl CouponTypeView {
     fn new(coupon_type: CouponType, issued: i64) -> Self {
+        let terms = coupon_type.terms;
         Self {
-            remaining_quantity: coupon_type.total_quantity - issued,
+            remaining_quantity: terms.total_quantity - issued,
             issued_quantity: issued,
-            code: coupon_type.code,
-            kind: coupon_type.kind,
-            value: coupon_type.value,
-            min_order_amount: coupon_type.min_order_amount,
-            total_quantity: coupon_type.total_quantity,
-            valid_days: coupon_type.valid_days,
-            issue_starts_at: coupon_type.issue_starts_at,
-            issue_ends_at: coupon_type.issue_ends_at,
+            code: terms.code.as_str().to_owned(),
+            kind: terms.kind,
+            value: terms.value,
+            min_order_amount: terms.min_order_amount,
+            total_quantity: terms.total_quantity,
+            valid_days: terms.valid_days,
+            issue_starts_at: terms.issue_starts_at,
+            issue_ends_at: terms.issue_ends_at,
         }
     }
 }
@@ -117,11 +118,11 @@ pub async fn status(
     let coupon_type = find_type(&state, &code).await?;
     let issued = coupons::issued_count(&mut *state.db.acquire().await?, coupon_type.id).await?;
     Ok(Json(CouponTypeStatus {
-        coupon_type: coupon_type.code.clone(),
-        total_quantity: coupon_type.total_quantity,
+        coupon_type: coupon_type.terms.code.as_str().to_owned(),
+        total_quantity: coupon_type.terms.total_quantity,
         issued,
-        remaining: coupon_type.total_quantity - issued,
-        sold_out: issued >= coupon_type.total_quantity,
+        remaining: coupon_type.terms.total_quantity - issued,
+        sold_out: issued >= coupon_type.terms.total_quantity,
     }))
 }
 

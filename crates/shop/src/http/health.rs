@@ -36,7 +36,7 @@ pub async fn live() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, description = "names the dependency that is down", body = Health)))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let postgres = async {
-        let ping = sqlx::query("SELECT 1").execute(&state.db);
+        let ping = sqlx::query!("SELECT 1 AS ping").fetch_one(&state.db);
         matches!(tokio::time::timeout(PROBE_TIMEOUT, ping).await, Ok(Ok(_)))
     };
     let redis = async {
@@ -57,7 +57,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Read when scraped: a count over a partial index of undelivered events.
-    match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox_events WHERE status <> 'DELIVERED'")
+    match sqlx::query_scalar!(r#"SELECT count(*) AS "backlog!" FROM outbox_events WHERE status <> 'DELIVERED'"#)
         .fetch_one(&state.db)
         .await
     {

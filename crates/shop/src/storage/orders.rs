@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::domain::order::{Amounts, OrderStatus};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct OrderRow {
     pub id: i64,
     pub user_id: i64,
@@ -26,19 +26,13 @@ impl OrderRow {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ItemRow {
     pub order_id: i64,
     pub product_id: i64,
     pub product_name: String,
     pub quantity: i32,
     pub unit_price: i64,
-}
-
-macro_rules! order_columns {
-    () => {
-        "id, user_id, status, total_amount, discount_amount, final_amount, coupon_id, created_at, expires_at, paid_at"
-    };
 }
 
 pub struct NewOrder<'a> {
@@ -68,32 +62,33 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
     let names: Vec<&str> = new.items.iter().map(|item| item.name.as_str()).collect();
     let quantities: Vec<i32> = new.items.iter().map(|item| item.quantity).collect();
     let prices: Vec<i64> = new.items.iter().map(|item| item.unit_price).collect();
-    sqlx::query_as(concat!(
+    // `as _` skips the macro's check of an argument, which knows text[] only as `&[String]`.
+    sqlx::query_as!(
+        OrderRow,
         "WITH new_order AS (
              INSERT INTO orders (user_id, total_amount, discount_amount, final_amount, coupon_id, expires_at,
                                  gate_reservation)
              VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)
-             RETURNING ",
-        order_columns!(),
-        "
+             RETURNING id, user_id, status, total_amount, discount_amount, final_amount, coupon_id, created_at,
+                       expires_at, paid_at
          ), lines AS (
              INSERT INTO order_items (order_id, product_id, product_name, quantity, unit_price)
              SELECT new_order.id, line.* FROM new_order,
                     unnest($8::bigint[], $9::text[], $10::int[], $11::bigint[]) AS line
          )
-         SELECT * FROM new_order"
-    ))
-    .bind(new.user_id)
-    .bind(new.amounts.total)
-    .bind(new.amounts.discount)
-    .bind(new.amounts.final_amount)
-    .bind(new.coupon_id)
-    .bind(new.payment_timeout_secs as f64)
-    .bind(new.gate_reservation)
-    .bind(ids)
-    .bind(names)
-    .bind(quantities)
-    .bind(prices)
+         SELECT * FROM new_order",
+        new.user_id,
+        new.amounts.total,
+        new.amounts.discount,
+        new.amounts.final_amount,
+        new.coupon_id,
+        new.payment_timeout_secs as f64,
+        new.gate_reservation,
+        &ids,
+        &names as _,
+        &quantities,
+        &prices,
+    )
     .fetch_one(conn)
     .await
 }
@@ -114,7 +109,10 @@ pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Resul
         }
     }
     let timeouts: Vec<f64> = new.iter().map(|order| order.payment_timeout_secs as f64).collect();
-    sqlx::query_as(concat!(
+    // `as _` skips the macro's check of an argument, which knows arrays only without NULLs (coupon ids)
+    // and text[] only as `&[String]` (names).
+    sqlx::query_as!(
+        OrderRow,
         "WITH input AS (
              SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id, o.*
              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[])
@@ -125,9 +123,8 @@ pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Resul
              SELECT id, user_id, total_amount, discount_amount, final_amount, coupon_id,
                     now() + make_interval(secs => timeout)
              FROM input ORDER BY n
-             RETURNING ",
-        order_columns!(),
-        "
+             RETURNING id, user_id, status, total_amount, discount_amount, final_amount, coupon_id, created_at,
+                       expires_at, paid_at
          ), lines AS (
              INSERT INTO order_items (order_id, product_id, product_name, quantity, unit_price)
              SELECT input.id, line.product_id, line.name, line.quantity, line.price
@@ -135,45 +132,56 @@ pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Resul
                   AS line(n, product_id, name, quantity, price)
              JOIN input USING (n)
          )
-         SELECT new_orders.* FROM new_orders JOIN input USING (id) ORDER BY input.n"
-    ))
-    .bind(new.iter().map(|order| order.user_id).collect::<Vec<_>>())
-    .bind(new.iter().map(|order| order.amounts.total).collect::<Vec<_>>())
-    .bind(new.iter().map(|order| order.amounts.discount).collect::<Vec<_>>())
-    .bind(new.iter().map(|order| order.amounts.final_amount).collect::<Vec<_>>())
-    .bind(new.iter().map(|order| order.coupon_id).collect::<Vec<_>>())
-    .bind(timeouts)
-    .bind(lines.0)
-    .bind(lines.1)
-    .bind(lines.2)
-    .bind(lines.3)
-    .bind(lines.4)
+         SELECT new_orders.* FROM new_orders JOIN input USING (id) ORDER BY input.n",
+        &new.iter().map(|order| order.user_id).collect::<Vec<_>>(),
+        &new.iter().map(|order| order.amounts.total).collect::<Vec<_>>(),
+        &new.iter().map(|order| order.amounts.discount).collect::<Vec<_>>(),
+        &new.iter().map(|order| order.amounts.final_amount).collect::<Vec<_>>(),
+        &new.iter().map(|order| order.coupon_id).collect::<Vec<_>>() as _,
+        &timeouts,
+        &lines.0,
+        &lines.1,
+        &lines.2 as _,
+        &lines.3,
+        &lines.4,
+    )
     .fetch_all(conn)
     .await
 }
 
 pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as!(
+        OrderRow,
+        "SELECT id, user_id, status, total_amount, discount_amount, final_amount, coupon_id, created_at, expires_at,
+                paid_at
+         FROM orders WHERE id = $1",
+        id,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 /// Reads the order and locks it: payments, cancellations, expiry and admin
 /// moves of one order happen one at a time.
 pub async fn lock(conn: &mut PgConnection, id: i64) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1 FOR UPDATE"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as!(
+        OrderRow,
+        "SELECT id, user_id, status, total_amount, discount_amount, final_amount, coupon_id, created_at, expires_at,
+                paid_at
+         FROM orders WHERE id = $1 FOR UPDATE",
+        id,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn items(conn: &mut PgConnection, order_ids: &[i64]) -> Result<Vec<ItemRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        ItemRow,
         "SELECT order_id, product_id, product_name, quantity, unit_price FROM order_items
          WHERE order_id = ANY($1) ORDER BY order_id, product_id",
+        order_ids,
     )
-    .bind(order_ids)
     .fetch_all(conn)
     .await
 }
@@ -185,14 +193,15 @@ pub async fn page(
     before_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
-    ))
-    .bind(user_id)
-    .bind(before_id)
-    .bind(limit)
+    sqlx::query_as!(
+        OrderRow,
+        "SELECT id, user_id, status, total_amount, discount_amount, final_amount, coupon_id, created_at, expires_at,
+                paid_at
+         FROM orders WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        user_id,
+        before_id,
+        limit,
+    )
     .fetch_all(conn)
     .await
 }
@@ -200,23 +209,23 @@ pub async fn page(
 /// Moves the order to `status`, stamping the time it was cancelled. (A
 /// payment sets PAID itself: `payments::record`.)
 pub async fn set_status(conn: &mut PgConnection, id: i64, status: OrderStatus) -> Result<OrderRow, sqlx::Error> {
-    sqlx::query_as(concat!(
+    sqlx::query_as!(
+        OrderRow,
         "UPDATE orders SET status = $2, updated_at = now(),
              cancelled_at = CASE WHEN $2 = 'CANCELLED' THEN now() ELSE cancelled_at END
-         WHERE id = $1 RETURNING ",
-        order_columns!()
-    ))
-    .bind(id)
-    .bind(status.as_str())
+         WHERE id = $1
+         RETURNING id, user_id, status, total_amount, discount_amount, final_amount, coupon_id, created_at,
+                   expires_at, paid_at",
+        id,
+        status.as_str(),
+    )
     .fetch_one(conn)
     .await
 }
 
 /// Moves orders the caller has locked to `status` (expiry: no stamp to set).
 pub async fn set_statuses(conn: &mut PgConnection, ids: &[i64], status: OrderStatus) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = ANY($1)")
-        .bind(ids)
-        .bind(status.as_str())
+    sqlx::query!("UPDATE orders SET status = $2, updated_at = now() WHERE id = ANY($1)", ids, status.as_str())
         .execute(conn)
         .await
         .map(drop)
@@ -225,18 +234,17 @@ pub async fn set_statuses(conn: &mut PgConnection, ids: &[i64], status: OrderSta
 /// Up to `limit` PENDING orders past their expiry, locked; orders another
 /// instance is already expiring are skipped, not waited for.
 pub async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT id FROM orders WHERE status = 'PENDING' AND expires_at <= now()
          ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
     )
-    .bind(limit)
     .fetch_all(conn)
     .await
 }
 
 pub async fn placed_under(conn: &mut PgConnection, reservation: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE gate_reservation = $1)")
-        .bind(reservation)
+    sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM orders WHERE gate_reservation = $1) AS "placed!""#, reservation)
         .fetch_one(conn)
         .await
 }

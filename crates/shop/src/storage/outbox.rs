@@ -10,11 +10,13 @@ pub async fn record(
     event_type: &str,
     payload: &Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO outbox_events (order_id, event_type, payload) VALUES ($1, $2, $3)")
-        .bind(order_id)
-        .bind(event_type)
-        .bind(payload)
-        .execute(conn)
-        .await
-        .map(drop)
+    sqlx::query!(
+        "INSERT INTO outbox_events (order_id, event_type, payload) VALUES ($1, $2, $3)",
+        order_id,
+        event_type,
+        payload,
+    )
+    .execute(conn)
+    .await
+    .map(drop)
 }

@@ -3,12 +3,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct PaymentRow {
     pub id: i64,
     pub order_id: i64,
     pub user_id: i64,
-    pub amount: i64,
     pub status: String,
     pub paid_at: DateTime<Utc>,
 }
@@ -23,15 +22,6 @@ pub struct RecordedPayment {
     pub sales: Vec<Sale>,
 }
 
-#[derive(sqlx::FromRow)]
-struct RecordedRow {
-    #[sqlx(flatten)]
-    payment: PaymentRow,
-    product_ids: Vec<i64>,
-    quantities: Vec<i64>,
-    revenues: Vec<i64>,
-}
-
 /// In one statement: the payment, its order set PAID, the order's coupon
 /// USED. A second payment of the order is refused by `payments_order_key`.
 pub async fn record(
@@ -40,40 +30,46 @@ pub async fn record(
     user_id: i64,
     amount: i64,
 ) -> Result<RecordedPayment, sqlx::Error> {
-    let row: RecordedRow = sqlx::query_as(
-        "WITH payment AS (
+    let row = sqlx::query!(
+        r#"WITH payment AS (
              INSERT INTO payments (order_id, user_id, amount) VALUES ($1, $2, $3)
-             RETURNING id, order_id, user_id, amount, status, paid_at
+             RETURNING id, order_id, user_id, status, paid_at
          ), paid AS (
              UPDATE orders SET status = 'PAID', updated_at = now(), paid_at = now() WHERE id = $1
          ), used AS (
              UPDATE coupons SET status = 'USED' WHERE order_id = $1 AND status = 'RESERVED'
          )
          SELECT payment.*,
-                ARRAY(SELECT product_id FROM order_items WHERE order_id = $1 ORDER BY product_id) AS product_ids,
-                ARRAY(SELECT quantity::bigint FROM order_items WHERE order_id = $1 ORDER BY product_id) AS quantities,
-                ARRAY(SELECT quantity * unit_price FROM order_items WHERE order_id = $1 ORDER BY product_id) AS revenues
-         FROM payment",
+                ARRAY(SELECT product_id FROM order_items WHERE order_id = $1 ORDER BY product_id) AS "product_ids!",
+                ARRAY(SELECT quantity::bigint FROM order_items WHERE order_id = $1 ORDER BY product_id) AS "quantities!",
+                ARRAY(SELECT quantity * unit_price FROM order_items WHERE order_id = $1 ORDER BY product_id)
+                    AS "revenues!"
+         FROM payment"#,
+        order_id,
+        user_id,
+        amount,
     )
-    .bind(order_id)
-    .bind(user_id)
-    .bind(amount)
     .fetch_one(conn)
     .await?;
+    let payment = PaymentRow {
+        id: row.id,
+        order_id: row.order_id,
+        user_id: row.user_id,
+        status: row.status,
+        paid_at: row.paid_at,
+    };
     let sales = row.product_ids.into_iter().zip(row.quantities).zip(row.revenues).map(|((id, q), r)| (id, q, r));
-    Ok(RecordedPayment { sales: sales.collect(), payment: row.payment })
+    Ok(RecordedPayment { sales: sales.collect(), payment })
 }
 
 pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<PaymentRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, order_id, user_id, amount, status, paid_at FROM payments WHERE id = $1")
-        .bind(id)
+    sqlx::query_as!(PaymentRow, "SELECT id, order_id, user_id, status, paid_at FROM payments WHERE id = $1", id)
         .fetch_optional(conn)
         .await
 }
 
 pub async fn mark_refunded(conn: &mut PgConnection, order_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE payments SET status = 'REFUNDED', refunded_at = now() WHERE order_id = $1")
-        .bind(order_id)
+    sqlx::query!("UPDATE payments SET status = 'REFUNDED', refunded_at = now() WHERE order_id = $1", order_id)
         .execute(conn)
         .await
         .map(drop)

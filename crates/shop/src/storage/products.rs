@@ -2,7 +2,7 @@
 
 use sqlx::PgConnection;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ProductRow {
     pub id: i64,
     pub name: String,
@@ -18,21 +18,21 @@ pub async fn page(
     after_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<ProductRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        ProductRow,
         "SELECT id, name, price, stock, category FROM products
          WHERE ($1::text IS NULL OR category = $1) AND ($2::bigint IS NULL OR id > $2)
          ORDER BY id LIMIT $3",
+        category,
+        after_id,
+        limit,
     )
-    .bind(category)
-    .bind(after_id)
-    .bind(limit)
     .fetch_all(conn)
     .await
 }
 
 pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<ProductRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, name, price, stock, category FROM products WHERE id = $1")
-        .bind(id)
+    sqlx::query_as!(ProductRow, "SELECT id, name, price, stock, category FROM products WHERE id = $1", id)
         .fetch_optional(conn)
         .await
 }
@@ -44,14 +44,15 @@ pub async fn insert(
     stock: i64,
     category: &str,
 ) -> Result<ProductRow, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        ProductRow,
         "INSERT INTO products (name, price, stock, stock_total, category) VALUES ($1, $2, $3, $3, $4)
          RETURNING id, name, price, stock, category",
+        name,
+        price,
+        stock,
+        category,
     )
-    .bind(name)
-    .bind(price)
-    .bind(stock)
-    .bind(category)
     .fetch_one(conn)
     .await
 }
@@ -67,7 +68,8 @@ pub async fn update(
     stock: Option<i64>,
     category: Option<&str>,
 ) -> Result<Option<ProductRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        ProductRow,
         "UPDATE products SET
              name = COALESCE($2, name),
              price = COALESCE($3, price),
@@ -78,18 +80,18 @@ pub async fn update(
              updated_at = now()
          WHERE id = $1
          RETURNING id, name, price, stock, category",
+        id,
+        name,
+        price,
+        stock,
+        category,
     )
-    .bind(id)
-    .bind(name)
-    .bind(price)
-    .bind(stock)
-    .bind(category)
     .fetch_optional(conn)
     .await
 }
 
 /// Stock levels with the row version, for the stock strategies.
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy)]
 pub struct StockRow {
     pub id: i64,
     pub stock: i64,
@@ -98,15 +100,17 @@ pub struct StockRow {
 
 /// The products of `ids`, by ascending id (missing ids are left out).
 pub async fn by_ids(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<ProductRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, name, price, stock, category FROM products WHERE id = ANY($1) ORDER BY id")
-        .bind(ids)
-        .fetch_all(conn)
-        .await
+    sqlx::query_as!(
+        ProductRow,
+        "SELECT id, name, price, stock, category FROM products WHERE id = ANY($1) ORDER BY id",
+        ids
+    )
+    .fetch_all(conn)
+    .await
 }
 
 pub async fn stock_of(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<StockRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, stock, version FROM products WHERE id = ANY($1) ORDER BY id")
-        .bind(ids)
+    sqlx::query_as!(StockRow, "SELECT id, stock, version FROM products WHERE id = ANY($1) ORDER BY id", ids)
         .fetch_all(conn)
         .await
 }
@@ -114,8 +118,7 @@ pub async fn stock_of(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<StockR
 /// Locks the rows of `ids` in ascending id order, the one order every
 /// writer of stock locks them in.
 pub async fn lock_stock(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<StockRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, stock, version FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(ids)
+    sqlx::query_as!(StockRow, "SELECT id, stock, version FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE", ids)
         .fetch_all(conn)
         .await
 }
@@ -123,21 +126,24 @@ pub async fn lock_stock(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<Stoc
 /// Locks the rows of `ids` in ascending id order and reads them whole: the
 /// batch strategy prices and checks a batch of orders under these locks.
 pub async fn lock_for_orders(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<ProductRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, name, price, stock, category FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(ids)
-        .fetch_all(conn)
-        .await
+    sqlx::query_as!(
+        ProductRow,
+        "SELECT id, name, price, stock, category FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        ids,
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// Takes `quantities[i]` units of `ids[i]`, rows the caller has locked and
 /// checked; `products_stock_check` still refuses going below zero.
 pub async fn take_stock_many(conn: &mut PgConnection, ids: &[i64], quantities: &[i64]) -> Result<u64, sqlx::Error> {
-    let taken = sqlx::query(
+    let taken = sqlx::query!(
         "UPDATE products p SET stock = p.stock - t.quantity, version = p.version + 1
          FROM unnest($1::bigint[], $2::bigint[]) AS t(id, quantity) WHERE p.id = t.id",
+        ids,
+        quantities,
     )
-    .bind(ids)
-    .bind(quantities)
     .execute(conn)
     .await?;
     Ok(taken.rows_affected())
@@ -151,13 +157,13 @@ pub async fn take_stock(
     quantity: i32,
     expected_version: Option<i64>,
 ) -> Result<bool, sqlx::Error> {
-    let taken = sqlx::query(
+    let taken = sqlx::query!(
         "UPDATE products SET stock = stock - $2, version = version + 1
          WHERE id = $1 AND stock >= $2 AND ($3::bigint IS NULL OR version = $3)",
+        id,
+        i64::from(quantity),
+        expected_version,
     )
-    .bind(id)
-    .bind(quantity as i64)
-    .bind(expected_version)
     .execute(conn)
     .await?;
     Ok(taken.rows_affected() == 1)
@@ -166,15 +172,13 @@ pub async fn take_stock(
 /// Stamps the product with a lease holder's fencing token if newer than the
 /// last (see `wallets::claim_fence`); `None` for a stale token.
 pub async fn claim_fence(conn: &mut PgConnection, id: i64, fence: i64) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("UPDATE products SET fence = $2 WHERE id = $1 AND fence < $2 RETURNING stock")
-        .bind(id)
-        .bind(fence)
+    sqlx::query_scalar!("UPDATE products SET fence = $2 WHERE id = $1 AND fence < $2 RETURNING stock", id, fence)
         .fetch_optional(conn)
         .await
 }
 
 pub async fn fence(conn: &mut PgConnection, id: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT fence FROM products WHERE id = $1").bind(id).fetch_one(conn).await
+    sqlx::query_scalar!("SELECT fence FROM products WHERE id = $1", id).fetch_one(conn).await
 }
 
 /// A change of a product's stock that no order took through a stock
@@ -182,7 +186,7 @@ pub async fn fence(conn: &mut PgConnection, id: i64) -> Result<i64, sqlx::Error>
 /// level. `version` is the row's version once changed, so that a copy of
 /// the stock read at some version (the Redis stock gate) can tell whether
 /// it already holds the change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StockChange {
     pub product_id: i64,
     pub delta: i64,
@@ -195,36 +199,25 @@ pub async fn record_gate_changes(
     conn: &mut PgConnection,
     changes: &[StockChange],
 ) -> Result<Vec<(i64, StockChange)>, sqlx::Error> {
-    let rows: Vec<GateChange> = sqlx::query_as(
+    let rows = sqlx::query!(
         "INSERT INTO stock_gate_changes (product_id, delta, version)
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
          RETURNING id, product_id, delta, version",
+        &changes.iter().map(|change| change.product_id).collect::<Vec<_>>(),
+        &changes.iter().map(|change| change.delta).collect::<Vec<_>>(),
+        &changes.iter().map(|change| change.version).collect::<Vec<_>>(),
     )
-    .bind(changes.iter().map(|change| change.product_id).collect::<Vec<_>>())
-    .bind(changes.iter().map(|change| change.delta).collect::<Vec<_>>())
-    .bind(changes.iter().map(|change| change.version).collect::<Vec<_>>())
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(GateChange::into_pair).collect())
-}
-
-/// A row of `stock_gate_changes`.
-#[derive(sqlx::FromRow)]
-struct GateChange {
-    id: i64,
-    #[sqlx(flatten)]
-    change: StockChange,
-}
-
-impl GateChange {
-    fn into_pair(self) -> (i64, StockChange) {
-        (self.id, self.change)
-    }
+    let recorded = rows
+        .into_iter()
+        .map(|row| (row.id, StockChange { product_id: row.product_id, delta: row.delta, version: row.version }));
+    Ok(recorded.collect())
 }
 
 /// Deletes gate changes the gate has learnt of.
 pub async fn forget_gate_changes(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM stock_gate_changes WHERE id = ANY($1)").bind(ids).execute(conn).await.map(drop)
+    sqlx::query!("DELETE FROM stock_gate_changes WHERE id = ANY($1)", ids).execute(conn).await.map(drop)
 }
 
 /// Gate changes older than `older_than` (so left behind, not in flight), up
@@ -234,16 +227,19 @@ pub async fn lock_stale_gate_changes(
     older_than: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<(i64, StockChange)>, sqlx::Error> {
-    let rows: Vec<GateChange> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT id, product_id, delta, version FROM stock_gate_changes
          WHERE created_at < now() - make_interval(secs => $1)
          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        older_than.as_secs_f64(),
+        limit,
     )
-    .bind(older_than.as_secs_f64())
-    .bind(limit)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(GateChange::into_pair).collect())
+    let stale = rows
+        .into_iter()
+        .map(|row| (row.id, StockChange { product_id: row.product_id, delta: row.delta, version: row.version }));
+    Ok(stale.collect())
 }
 
 /// Locks the products of these orders, all of them in ascending id order
@@ -251,13 +247,13 @@ pub async fn lock_stale_gate_changes(
 /// changed: an expiry sweep over several orders must not lock one order's
 /// products and then another's lower ones.
 pub async fn lock_for_return(conn: &mut PgConnection, order_ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "SELECT p.id FROM products p
          WHERE p.id IN (SELECT product_id FROM order_items WHERE order_id = ANY($1))
          ORDER BY p.id FOR UPDATE",
+        order_ids,
     )
-    .bind(order_ids)
-    .execute(conn)
+    .fetch_all(conn)
     .await
     .map(drop)
 }
@@ -266,14 +262,15 @@ pub async fn lock_for_return(conn: &mut PgConnection, order_ids: &[i64]) -> Resu
 /// products ([`lock_for_return`]). One change per product, however many of
 /// the orders held it.
 pub async fn return_stock(conn: &mut PgConnection, order_ids: &[i64]) -> Result<Vec<StockChange>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE products p SET stock = p.stock + returned.quantity, version = p.version + 1
-         FROM (SELECT product_id, sum(quantity)::bigint AS quantity FROM order_items
-               WHERE order_id = ANY($1) GROUP BY product_id) returned
-         WHERE p.id = returned.product_id
-         RETURNING p.id AS product_id, returned.quantity AS delta, p.version",
+    sqlx::query_as!(
+        StockChange,
+        r#"UPDATE products p SET stock = p.stock + returned.quantity, version = p.version + 1
+           FROM (SELECT product_id, sum(quantity)::bigint AS quantity FROM order_items
+                 WHERE order_id = ANY($1) GROUP BY product_id) returned
+           WHERE p.id = returned.product_id
+           RETURNING p.id AS product_id, returned.quantity AS "delta!", p.version"#,
+        order_ids,
     )
-    .bind(order_ids)
     .fetch_all(conn)
     .await
 }

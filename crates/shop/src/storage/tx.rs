@@ -45,7 +45,8 @@ pub struct Tx {
 impl Tx {
     pub async fn begin(db: &PgPool) -> Result<Self, AppError> {
         let mut tx = db.begin().await?;
-        let xid = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut *tx).await?;
+        let xid =
+            sqlx::query_scalar!(r#"SELECT pg_current_xact_id()::text::bigint AS "xid!""#).fetch_one(&mut *tx).await?;
         Ok(Self { tx, xid, db: db.clone() })
     }
 
@@ -125,8 +126,8 @@ async fn resolve(db: &PgPool, xid: i64) -> Result<(), AppError> {
 /// requests waiting, or of connections as dead as the one that was lost.
 async fn status(db: &PgPool, xid: i64, terminate_if_running: bool) -> Result<Status, sqlx::Error> {
     let mut conn = PgConnection::connect_with(&db.connect_options()).await?;
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT pg_xact_status($1::text::xid8)").bind(xid.to_string()).fetch_one(&mut conn).await?;
+    let status =
+        sqlx::query_scalar!("SELECT pg_xact_status($1::text::xid8)", xid.to_string()).fetch_one(&mut conn).await?;
     let status = match status.as_deref() {
         Some("committed") => Status::Committed,
         Some("aborted") => Status::Aborted,
@@ -134,11 +135,11 @@ async fn status(db: &PgPool, xid: i64, terminate_if_running: bool) -> Result<Sta
         // gone holds its locks until it does: end it, which aborts it (or,
         // if it is committing this very moment, lets it finish).
         _ if terminate_if_running => {
-            sqlx::query(
+            sqlx::query!(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid = $1::text::xid8::xid",
+                xid.to_string(),
             )
-            .bind(xid.to_string())
-            .execute(&mut conn)
+            .fetch_all(&mut conn)
             .await?;
             Status::InProgress
         }

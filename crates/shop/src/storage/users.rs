@@ -5,7 +5,7 @@ use sqlx::PgConnection;
 
 use crate::domain::user::Role;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct UserRow {
     pub id: i64,
     pub email: String,
@@ -30,7 +30,8 @@ pub async fn insert(
     password_hash: &str,
     role: Role,
 ) -> Result<UserRow, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        UserRow,
         "WITH new_user AS (
              INSERT INTO users (email, name, password_hash, role) VALUES ($1, $2, $3, $4)
              RETURNING id, email, name, password_hash, role, created_at
@@ -38,38 +39,38 @@ pub async fn insert(
              INSERT INTO point_wallets (user_id) SELECT id FROM new_user
          )
          SELECT * FROM new_user",
+        email,
+        name,
+        password_hash,
+        role.as_str(),
     )
-    .bind(email)
-    .bind(name)
-    .bind(password_hash)
-    .bind(role.as_str())
     .fetch_one(conn)
     .await
 }
 
 pub async fn find_by_email(conn: &mut PgConnection, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, email, name, password_hash, role, created_at FROM users WHERE email = $1")
-        .bind(email)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as!(
+        UserRow,
+        "SELECT id, email, name, password_hash, role, created_at FROM users WHERE email = $1",
+        email
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<UserRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, email, name, password_hash, role, created_at FROM users WHERE id = $1")
-        .bind(id)
+    sqlx::query_as!(UserRow, "SELECT id, email, name, password_hash, role, created_at FROM users WHERE id = $1", id)
         .fetch_optional(conn)
         .await
 }
 
 pub async fn exists(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)").bind(id).fetch_one(conn).await
+    sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS "exists!""#, id).fetch_one(conn).await
 }
 
 /// Makes the account an admin with this password hash.
 pub async fn promote_to_admin(conn: &mut PgConnection, id: i64, password_hash: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE users SET role = 'admin', password_hash = $2 WHERE id = $1")
-        .bind(id)
-        .bind(password_hash)
+    sqlx::query!("UPDATE users SET role = 'admin', password_hash = $2 WHERE id = $1", id, password_hash)
         .execute(conn)
         .await
         .map(drop)

@@ -5,11 +5,10 @@ use sqlx::PgConnection;
 
 use crate::domain::points::{ChargeCounters, ChargeDay, ChargeLimits};
 
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy)]
 pub struct Wallet {
     pub balance: i64,
     pub version: i64,
-    pub fence: i64,
     charge_day: Option<NaiveDate>,
     charges_on_day: i32,
     charge_month: Option<NaiveDate>,
@@ -27,50 +26,54 @@ impl Wallet {
     }
 }
 
-/// The columns of [`Wallet`], as a literal so queries stay `&'static str`.
-macro_rules! wallet_columns {
-    () => {
-        "balance, version, fence, charge_day, charges_on_day, charge_month, charges_in_month"
-    };
-}
-
 pub async fn balance(conn: &mut PgConnection, user_id: i64) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT balance FROM point_wallets WHERE user_id = $1").bind(user_id).fetch_optional(conn).await
+    sqlx::query_scalar!("SELECT balance FROM point_wallets WHERE user_id = $1", user_id).fetch_optional(conn).await
 }
 
 pub async fn read(conn: &mut PgConnection, user_id: i64) -> Result<Option<Wallet>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", wallet_columns!(), " FROM point_wallets WHERE user_id = $1"))
-        .bind(user_id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as!(
+        Wallet,
+        "SELECT balance, version, charge_day, charges_on_day, charge_month, charges_in_month
+         FROM point_wallets WHERE user_id = $1",
+        user_id,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 /// Reads the wallet and locks its row until the transaction ends.
 pub async fn read_for_update(conn: &mut PgConnection, user_id: i64) -> Result<Option<Wallet>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", wallet_columns!(), " FROM point_wallets WHERE user_id = $1 FOR UPDATE"))
-        .bind(user_id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as!(
+        Wallet,
+        "SELECT balance, version, charge_day, charges_on_day, charge_month, charges_in_month
+         FROM point_wallets WHERE user_id = $1 FOR UPDATE",
+        user_id,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 /// Locks the wallets of `user_ids` in ascending order and reads them.
 pub async fn lock_many(conn: &mut PgConnection, user_ids: &[i64]) -> Result<Vec<(i64, Wallet)>, sqlx::Error> {
-    let rows: Vec<WalletOf> = sqlx::query_as(concat!(
-        "SELECT user_id, ",
-        wallet_columns!(),
-        " FROM point_wallets WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE"
-    ))
-    .bind(user_ids)
+    let rows = sqlx::query!(
+        "SELECT user_id, balance, version, charge_day, charges_on_day, charge_month, charges_in_month
+         FROM point_wallets WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE",
+        user_ids,
+    )
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|row| (row.user_id, row.wallet)).collect())
-}
-
-#[derive(sqlx::FromRow)]
-struct WalletOf {
-    user_id: i64,
-    #[sqlx(flatten)]
-    wallet: Wallet,
+    let wallets = rows.into_iter().map(|row| {
+        let wallet = Wallet {
+            balance: row.balance,
+            version: row.version,
+            charge_day: row.charge_day,
+            charges_on_day: row.charges_on_day,
+            charge_month: row.charge_month,
+            charges_in_month: row.charges_in_month,
+        };
+        (row.user_id, wallet)
+    });
+    Ok(wallets.collect())
 }
 
 /// A wallet's new balance and charge counters.
@@ -82,20 +85,21 @@ pub struct WalletWrite {
 
 /// Writes wallets the caller has locked and read.
 pub async fn write_many(conn: &mut PgConnection, writes: &[WalletWrite]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    // `as _` skips the macro's check of an argument, which knows arrays only without NULLs.
+    sqlx::query!(
         "UPDATE point_wallets w
          SET balance = t.balance, charge_day = t.day, charges_on_day = t.on_day, charge_month = t.month,
              charges_in_month = t.in_month, version = w.version + 1
          FROM unnest($1::bigint[], $2::bigint[], $3::date[], $4::int[], $5::date[], $6::int[])
               AS t(user_id, balance, day, on_day, month, in_month)
          WHERE w.user_id = t.user_id",
+        &writes.iter().map(|w| w.user_id).collect::<Vec<_>>(),
+        &writes.iter().map(|w| w.balance).collect::<Vec<_>>(),
+        &writes.iter().map(|w| w.counters.day).collect::<Vec<_>>() as _,
+        &writes.iter().map(|w| w.counters.on_day).collect::<Vec<_>>(),
+        &writes.iter().map(|w| w.counters.month).collect::<Vec<_>>() as _,
+        &writes.iter().map(|w| w.counters.in_month).collect::<Vec<_>>(),
     )
-    .bind(writes.iter().map(|w| w.user_id).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.balance).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.counters.day).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.counters.on_day).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.counters.month).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.counters.in_month).collect::<Vec<_>>())
     .execute(conn)
     .await
     .map(drop)
@@ -116,21 +120,20 @@ pub enum FenceClaim {
 /// the last one. This is the lease holder's first write, so it also takes the
 /// row lock: a stale holder is refused before it reads anything it could act on.
 pub async fn claim_fence(conn: &mut PgConnection, user_id: i64, fence: i64) -> Result<FenceClaim, sqlx::Error> {
-    let claimed: Option<Wallet> = sqlx::query_as(concat!(
-        "UPDATE point_wallets SET fence = $2 WHERE user_id = $1 AND fence < $2 RETURNING ",
-        wallet_columns!()
-    ))
-    .bind(user_id)
-    .bind(fence)
+    let claimed = sqlx::query_as!(
+        Wallet,
+        "UPDATE point_wallets SET fence = $2 WHERE user_id = $1 AND fence < $2
+         RETURNING balance, version, charge_day, charges_on_day, charge_month, charges_in_month",
+        user_id,
+        fence,
+    )
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(wallet) = claimed {
         return Ok(FenceClaim::Claimed(wallet));
     }
-    let newest: Option<i64> = sqlx::query_scalar("SELECT fence FROM point_wallets WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(conn)
-        .await?;
+    let newest =
+        sqlx::query_scalar!("SELECT fence FROM point_wallets WHERE user_id = $1", user_id).fetch_optional(conn).await?;
     Ok(newest.map_or(FenceClaim::Missing, |newest| FenceClaim::Stale { newest }))
 }
 
@@ -143,19 +146,19 @@ pub async fn write(
     counters: ChargeCounters,
     expected_version: Option<i64>,
 ) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "UPDATE point_wallets
          SET balance = $2, charge_day = $3, charges_on_day = $4, charge_month = $5,
              charges_in_month = $6, version = version + 1
          WHERE user_id = $1 AND ($7::bigint IS NULL OR version = $7)",
+        user_id,
+        balance,
+        counters.day,
+        counters.on_day,
+        counters.month,
+        counters.in_month,
+        expected_version,
     )
-    .bind(user_id)
-    .bind(balance)
-    .bind(counters.day)
-    .bind(counters.on_day)
-    .bind(counters.month)
-    .bind(counters.in_month)
-    .bind(expected_version)
     .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -173,7 +176,7 @@ pub async fn charge_within_limits(
     on: ChargeDay,
     limits: ChargeLimits,
 ) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "WITH charged AS (
              UPDATE point_wallets
              SET balance = balance + $2,
@@ -190,13 +193,13 @@ pub async fn charge_within_limits(
          INSERT INTO point_ledger (user_id, kind, amount, balance_after)
          SELECT user_id, 'CHARGE', $2, balance FROM charged
          RETURNING balance_after",
+        user_id,
+        amount,
+        on.day,
+        on.month,
+        limits.daily as i32,
+        limits.monthly as i32,
     )
-    .bind(user_id)
-    .bind(amount)
-    .bind(on.day)
-    .bind(on.month)
-    .bind(limits.daily as i32)
-    .bind(limits.monthly as i32)
     .fetch_optional(conn)
     .await
 }
@@ -210,13 +213,13 @@ pub async fn set_balance(
     balance: i64,
     expected_version: Option<i64>,
 ) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "UPDATE point_wallets SET balance = $2, version = version + 1
          WHERE user_id = $1 AND ($3::bigint IS NULL OR version = $3)",
+        user_id,
+        balance,
+        expected_version,
     )
-    .bind(user_id)
-    .bind(balance)
-    .bind(expected_version)
     .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -231,7 +234,7 @@ pub async fn debit_if_covered(
     amount: i64,
     order_id: i64,
 ) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "WITH debited AS (
              UPDATE point_wallets SET balance = balance - $2, version = version + 1
              WHERE user_id = $1 AND balance >= $2 RETURNING user_id, balance
@@ -239,10 +242,10 @@ pub async fn debit_if_covered(
          INSERT INTO point_ledger (user_id, kind, amount, balance_after, order_id)
          SELECT user_id, 'USE', -$2, balance, $3 FROM debited
          RETURNING balance_after",
+        user_id,
+        amount,
+        order_id,
     )
-    .bind(user_id)
-    .bind(amount)
-    .bind(order_id)
     .fetch_optional(conn)
     .await
 }
@@ -251,11 +254,11 @@ pub async fn debit_if_covered(
 /// strategy's read-then-write of a wallet either holds the row lock this
 /// waits for or checks the `version` this bumps. Returns the new balance.
 pub async fn credit(conn: &mut PgConnection, user_id: i64, amount: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "UPDATE point_wallets SET balance = balance + $2, version = version + 1 WHERE user_id = $1 RETURNING balance",
+        user_id,
+        amount,
     )
-    .bind(user_id)
-    .bind(amount)
     .fetch_one(conn)
     .await
 }

@@ -66,9 +66,8 @@ fn lost_race(error: sqlx::Error) -> AppError {
 
 /// Bounds this transaction's row-lock waits.
 async fn set_lock_timeout(conn: &mut PgConnection, timeout: Duration) -> Result<(), AppError> {
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-        .bind(format!("{}ms", timeout.as_millis()))
-        .execute(conn)
+    sqlx::query!("SELECT set_config('lock_timeout', $1, true)", format!("{}ms", timeout.as_millis()))
+        .fetch_one(conn)
         .await?;
     Ok(())
 }

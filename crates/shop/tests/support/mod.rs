@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
+use shop::Role;
 use shop::config::{
     Config, CouponStrategyKind, DatabaseConfig, LockConfig, LogFormat, PointsStrategyKind, StockStrategyKind,
 };
-use shop::Role;
 use shop::startup::Server;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

@@ -37,7 +37,7 @@ impl CouponStrategy for Naive {
         if held {
             return Err(AppError::CouponAlreadyIssued);
         }
-        if issued >= coupon_type.total_quantity {
+        if issued >= coupon_type.terms.total_quantity {
             return Err(AppError::CouponSoldOut);
         }
         set_issued(conn, coupon_type.id, issued + 1).await?;
@@ -48,9 +48,7 @@ impl CouponStrategy for Naive {
 
 /// Overwrites the issued count with what was read plus one: the lost update.
 async fn set_issued(conn: &mut PgConnection, type_id: i64, issued: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE coupon_types SET issued_quantity = $2 WHERE id = $1")
-        .bind(type_id)
-        .bind(issued)
+    sqlx::query!("UPDATE coupon_types SET issued_quantity = $2 WHERE id = $1", type_id, issued)
         .execute(conn)
         .await
         .map(drop)

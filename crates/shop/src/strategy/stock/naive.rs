@@ -28,9 +28,7 @@ impl StockStrategy for Naive {
             if row.stock < quantity as i64 {
                 return Err(AppError::OutOfStock);
             }
-            sqlx::query("UPDATE products SET stock = $2 WHERE id = $1")
-                .bind(product_id)
-                .bind(row.stock - quantity as i64)
+            sqlx::query!("UPDATE products SET stock = $2 WHERE id = $1", product_id, row.stock - quantity as i64)
                 .execute(&mut *conn)
                 .await?;
         }
@@ -44,9 +42,7 @@ impl StockStrategy for Naive {
         _: i64,
         order_id: i64,
     ) -> Result<bool, AppError> {
-        sqlx::query("UPDATE coupons SET status = 'RESERVED', order_id = $2 WHERE id = $1")
-            .bind(coupon_id)
-            .bind(order_id)
+        sqlx::query!("UPDATE coupons SET status = 'RESERVED', order_id = $2 WHERE id = $1", coupon_id, order_id)
             .execute(conn)
             .await?;
         Ok(true)
