@@ -2,23 +2,24 @@
 //! payments) built to stay correct when thousands of requests contend for
 //! the same balance, stock or coupon, across many server instances.
 //!
-//! - [`config`]: the command line and its environment fallbacks.
-//! - [`startup`]: reaching PostgreSQL and Redis, migrating, serving.
-//! - [`error`]: the one error type every layer returns.
-//! - [`http`]: the router, one module per resource; errors become
+//! The modules form layers; each uses only those below it:
+//!
+//! - [`startup`]: reaching PostgreSQL and Redis, migrating, wiring, serving.
+//! - `http`: the router, one module per resource; errors become
 //!   problem+json in `http::error` only.
-//! - [`domain`]: pure rules and the newtypes that carry them.
-//! - [`strategy`]: the concurrency strategies, chosen by config.
-//! - [`lock`]: Redis lease locks with fencing tokens.
-//! - [`idempotency`]: `Idempotency-Key` replay, shared by every state-changing POST.
-//! - [`storage`]: SQL, one module per table family.
-//! - [`auth`]: password hashes and tokens.
-//! - [`batcher`]: requests that arrive together, written together (the `batch` strategies).
-//! - [`seed`]: the admin account and demo data.
-//! - [`coupon_types`]: campaigns by code, cached.
-//! - [`orders`], [`payments`]: placing, paying, cancelling and expiring orders.
-//! - [`invariants`]: the shop's invariants as queries, for tests and load runs.
-//! - [`top_sellers`]: the best sellers of recent days, from Redis, rebuilt from PostgreSQL.
+//! - `orders`, `payments`, `top_sellers`, `coupon_types`, `seed`: placing,
+//!   paying, cancelling and expiring orders; the best sellers of recent
+//!   days; campaigns by code; the admin account and demo data.
+//! - `strategy`: the concurrency strategies, a trait per family, chosen by
+//!   config.
+//! - `storage` (SQL, one module per table family), `idempotency`
+//!   (`Idempotency-Key` replay), `lock` (Redis lease locks with fencing
+//!   tokens), `batcher` (requests that arrive together, written together),
+//!   `auth` (password hashes and tokens), [`invariants`] (the shop's
+//!   invariants as queries, for tests and load runs).
+//! - `domain` (pure rules and the newtypes that carry them), [`error`] (the
+//!   one error type every layer returns), [`config`] (the command line),
+//!   `backoff`.
 
 mod auth;
 mod backoff;
