@@ -213,6 +213,8 @@ async fn inject_faults(run: Arc<Run>, proxy: PgProxy, running: Arc<AtomicBool>, 
 struct Answer {
     outcome: Outcome,
     body: Value,
+    /// It never reached a server (a killed instance refused the connection).
+    unsent: bool,
 }
 
 /// Sends a POST; under faults, some clients give up early, and a request
@@ -228,7 +230,11 @@ async fn post(run: &Run, rng: &mut StdRng, instance: usize, path: &str, token: &
             break;
         }
         tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-        answer = send(run, instance + attempt as usize, path, token, &body, Some(&key), false).await;
+        let retried = send(run, instance + attempt as usize, path, token, &body, Some(&key), false).await;
+        // A retry that reached no server says nothing of the first try.
+        if !retried.unsent {
+            answer = retried;
+        }
     }
     answer
 }
@@ -251,8 +257,10 @@ async fn send(
     }
     let response = match request.send().await {
         // It never reached the server (a killed instance).
-        Err(error) if error.is_connect() => return Answer { outcome: Outcome::Refused, body: Value::Null },
-        Err(_) => return Answer { outcome: Outcome::Unknown, body: Value::Null },
+        Err(error) if error.is_connect() => {
+            return Answer { outcome: Outcome::Refused, body: Value::Null, unsent: true };
+        }
+        Err(_) => return Answer { outcome: Outcome::Unknown, body: Value::Null, unsent: false },
         Ok(response) => response,
     };
     let status = response.status();
@@ -266,7 +274,7 @@ async fn send(
     } else {
         Outcome::Refused
     };
-    Answer { outcome, body }
+    Answer { outcome, body, unsent: false }
 }
 
 async fn random_operation(rng: &mut StdRng, run: &Run, instance: usize) -> Event {
