@@ -245,7 +245,7 @@ impl From<ChargeLimitExceeded> for AppError {
 
 /// Maps a violation of one named constraint to a client error right beside
 /// the query, so uniqueness needs no racy check-then-insert.
-pub trait ResultExt<T> {
+pub(crate) trait ResultExt<T> {
     fn on_constraint(self, name: &str, to_error: impl FnOnce() -> AppError) -> Result<T, AppError>;
 }
 

@@ -139,6 +139,7 @@ impl Placing {
 }
 
 /// Places one order in its own transaction.
+#[tracing::instrument(skip_all, fields(user_id = placement.user_id, strategy = ?stock.kind()))]
 async fn place_alone(
     db: &PgPool,
     stock: &dyn StockStrategy,

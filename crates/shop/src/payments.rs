@@ -65,7 +65,7 @@ fn check_payable(order: &OrderRow) -> Result<(), AppError> {
 /// state, its coupon's use and the outbox event commit together. The order
 /// is read only under its lock: a payment's first statement is the one that
 /// decides it.
-#[tracing::instrument(skip_all, fields(order_id, user_id))]
+#[tracing::instrument(skip_all, fields(order_id, user_id, strategy = ?points.kind()))]
 pub async fn pay(
     db: &PgPool,
     points: &dyn PointsStrategy,

@@ -37,7 +37,7 @@ const EXPIRY_BATCH: i64 = 100;
 /// How often each instance deletes expired idempotency keys.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A server bound to its address, ready to run.
 pub struct Server {
@@ -205,7 +205,7 @@ async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
     }
 }
 
-pub async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
+async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
     let reach = async {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()

@@ -86,6 +86,7 @@ pub trait CouponStrategy: Send + Sync {
     /// An issue asked for over HTTP: held, written in a transaction of its
     /// own with its answer stored under the request's Idempotency-Key,
     /// settled.
+    #[tracing::instrument(skip_all, fields(user_id, coupon_type = coupon_type.terms.code.as_str(), strategy = ?self.kind()))]
     async fn issue_alone(
         &self,
         db: &PgPool,

@@ -79,6 +79,7 @@ pub trait PointsStrategy: Send + Sync {
     /// A charge asked for on its own: held, made in a transaction of its own
     /// with its answer stored under the request's Idempotency-Key, settled.
     /// `batch` makes the charges that arrive together in one transaction.
+    #[tracing::instrument(skip_all, fields(user_id = charge.user_id, strategy = ?self.kind()))]
     async fn charge_alone(&self, db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
         let hold = self.hold(charge.user_id).await?;
         let charged = async {

@@ -10,13 +10,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
-use super::{Charge, PointsStrategy, Spend, WalletHold, wallet_missing, write_charge, write_debit};
+use super::{Charge, PointsStrategy, Spend, WalletHold, save_response, wallet_missing, write_charge, write_debit};
 use crate::backoff;
 use crate::config::PointsStrategyKind;
 use crate::error::AppError;
-use crate::storage::wallets;
+use crate::idempotency::Claim;
+use crate::storage::{Tx, wallets};
 
 /// Longest wait between two attempts.
 const RETRY_CAP: Duration = Duration::from_millis(50);
@@ -29,6 +30,14 @@ pub struct Optimistic {
 async fn back_off(operation: &'static str, tried: u32) {
     metrics::counter!("shop_optimistic_retries_total", "operation" => operation).increment(1);
     tokio::time::sleep(backoff::full_jitter(tried, RETRY_CAP)).await;
+}
+
+/// One attempt; `None`: the wallet changed since it was read.
+async fn try_charge(conn: &mut PgConnection, charge: Charge) -> Result<Option<i64>, AppError> {
+    // A plain read: nothing is locked until the versioned write.
+    let wallet = wallets::read(conn, charge.user_id).await?.ok_or_else(wallet_missing)?;
+    fail::fail_point!("points::charge::read");
+    write_charge(conn, charge, &wallet, Some(wallet.version)).await
 }
 
 fn kept_changing() -> AppError {
@@ -46,12 +55,28 @@ impl PointsStrategy for Optimistic {
             if tried > 0 {
                 back_off("points.charge", tried).await;
             }
-            // A plain read: nothing is locked until the versioned write.
-            let wallet = wallets::read(conn, charge.user_id).await?.ok_or_else(wallet_missing)?;
-            fail::fail_point!("points::charge::read");
-            if let Some(balance) = write_charge(conn, charge, &wallet, Some(wallet.version)).await? {
+            if let Some(balance) = try_charge(conn, charge).await? {
                 return Ok(balance);
             }
+        }
+        Err(kept_changing())
+    }
+
+    /// Each attempt in a transaction of its own, so that a charge that lost
+    /// the race gives its connection back while it backs off: on a hot
+    /// wallet, holding it through the retries halved the charges made.
+    async fn charge_alone(&self, db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
+        for tried in 0..=self.max_retries {
+            if tried > 0 {
+                back_off("points.charge", tried).await;
+            }
+            let mut tx = Tx::begin(db).await?;
+            let Some(balance) = try_charge(&mut tx, charge).await? else {
+                continue;
+            };
+            save_response(&mut tx, charge, balance, claim).await?;
+            tx.commit().await?;
+            return Ok(balance);
         }
         Err(kept_changing())
     }
