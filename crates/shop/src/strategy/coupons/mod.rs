@@ -147,6 +147,26 @@ async fn count_issued(conn: &mut PgConnection, type_id: i64) -> Result<(), AppEr
     coupons::count_issued(conn, type_id).await.on_constraint("coupon_types_issued_check", || AppError::CouponSoldOut)
 }
 
+/// With the campaign's row held (locked, or fenced under its lease) and
+/// its counts read as `(issued, total)`: refuses a second coupon or one
+/// past the total, else counts and writes it.
+async fn issue_under_lock(
+    conn: &mut PgConnection,
+    coupon_type: &CouponType,
+    user_id: i64,
+    (issued, total): (i64, i64),
+) -> Result<Issued, AppError> {
+    if coupons::holds(conn, coupon_type.id, user_id).await? {
+        return Err(AppError::CouponAlreadyIssued);
+    }
+    if issued >= total {
+        return Err(AppError::CouponSoldOut);
+    }
+    count_issued(conn, coupon_type.id).await?;
+    let coupon = write_coupon(conn, coupon_type, user_id, None).await?;
+    Ok(Issued { coupon, last_unit: issued + 1 == total })
+}
+
 /// Writes the coupon (under a gate, naming its grant).
 async fn write_coupon(
     conn: &mut PgConnection,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
-use super::{CouponHold, CouponStrategy, Issued, count_issued, write_coupon};
+use super::{CouponHold, CouponStrategy, Issued, issue_under_lock};
 use crate::config::CouponStrategyKind;
 use crate::domain::coupon::CouponType;
 use crate::error::AppError;
@@ -35,14 +35,6 @@ impl CouponStrategy for Pessimistic {
         set_lock_timeout(conn, self.lock_timeout).await?;
         let (issued, total) = coupons::lock_type(conn, coupon_type.id).await.map_err(lost_race)?;
         fail::fail_point!("coupons::issue::read");
-        if coupons::holds(conn, coupon_type.id, user_id).await? {
-            return Err(AppError::CouponAlreadyIssued);
-        }
-        if issued >= total {
-            return Err(AppError::CouponSoldOut);
-        }
-        count_issued(conn, coupon_type.id).await?;
-        let coupon = write_coupon(conn, coupon_type, user_id, None).await?;
-        Ok(Issued { coupon, last_unit: issued + 1 == total })
+        issue_under_lock(conn, coupon_type, user_id, (issued, total)).await
     }
 }

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool};
 
-use super::{CouponHold, CouponStrategy, Issued, count_issued, refuse_settled, write_coupon};
+use super::{CouponHold, CouponStrategy, Issued, issue_under_lock, refuse_settled};
 use crate::config::CouponStrategyKind;
 use crate::domain::coupon::CouponType;
 use crate::error::AppError;
@@ -55,15 +55,7 @@ impl CouponStrategy for RedisLock {
             return Err(stale_fence(&self.locks, &resource(coupon_type.id), newest).await);
         };
         fail::fail_point!("coupons::issue::read");
-        if coupons::holds(conn, coupon_type.id, user_id).await? {
-            return Err(AppError::CouponAlreadyIssued);
-        }
-        if issued >= total {
-            return Err(AppError::CouponSoldOut);
-        }
-        count_issued(conn, coupon_type.id).await?;
-        let coupon = write_coupon(conn, coupon_type, user_id, None).await?;
-        Ok(Issued { coupon, last_unit: issued + 1 == total })
+        issue_under_lock(conn, coupon_type, user_id, (issued, total)).await
     }
 
     /// Raises the sold-out flag (before the lease goes, so its waiters stop
