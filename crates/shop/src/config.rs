@@ -115,6 +115,14 @@ pub struct LockConfig {
     /// written after this long is completed or given back by the reconciler.
     #[arg(long, env = "GATE_RECONCILE_AFTER_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(30..))]
     pub gate_reconcile_after_ms: u64,
+    /// Asynchronous issuance: a queued request read by a consumer that did
+    /// not finish it in this long is taken over by another.
+    #[arg(long, env = "ASYNC_ISSUE_CLAIM_AFTER_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub async_issue_claim_after_ms: u64,
+    /// Asynchronous issuance: a request still pending this long is queued
+    /// again (its entry may have been lost with Redis).
+    #[arg(long, env = "ASYNC_ISSUE_REQUEUE_AFTER_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub async_issue_requeue_after_ms: u64,
 }
 
 impl LockConfig {
@@ -132,6 +140,14 @@ impl LockConfig {
 
     pub fn gate_reconcile_after(&self) -> Duration {
         Duration::from_millis(self.gate_reconcile_after_ms)
+    }
+
+    pub fn async_issue_claim_after(&self) -> Duration {
+        Duration::from_millis(self.async_issue_claim_after_ms)
+    }
+
+    pub fn async_issue_requeue_after(&self) -> Duration {
+        Duration::from_millis(self.async_issue_requeue_after_ms)
     }
 }
 

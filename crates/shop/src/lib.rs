@@ -7,9 +7,10 @@
 //! - [`startup`]: reaching PostgreSQL and Redis, migrating, wiring, serving.
 //! - `http`: the router, one module per resource; errors become
 //!   problem+json in `http::error` only.
-//! - `orders`, `payments`, `top_sellers`, `coupon_types`, `seed`: placing,
-//!   paying, cancelling and expiring orders; the best sellers of recent
-//!   days; campaigns by code; the admin account and demo data.
+//! - `orders`, `payments`, `issuance`, `top_sellers`, `coupon_types`,
+//!   `seed`: placing, paying, cancelling and expiring orders; coupons
+//!   issued asynchronously through a Redis stream; the best sellers of
+//!   recent days; campaigns by code; the admin account and demo data.
 //! - `strategy`: the concurrency strategies, a trait per family, chosen by
 //!   config.
 //! - `storage` (SQL, one module per table family), `idempotency`
@@ -31,6 +32,7 @@ pub mod error;
 mod http;
 mod idempotency;
 pub mod invariants;
+mod issuance;
 mod lock;
 mod orders;
 mod payments;

@@ -24,6 +24,7 @@ use crate::coupon_types::CouponTypes;
 use crate::domain::points::ChargeLimits;
 use crate::http::catalogue::Catalogue;
 use crate::http::{self, AppState, Shared};
+use crate::issuance::{Issuance, Patience, Queue};
 use crate::lock::LeaseLocks;
 use crate::strategy::{self, Deps};
 use crate::top_sellers::TopSellers;
@@ -82,6 +83,13 @@ impl Server {
         let points = strategy::points::build(config.points_strategy, &deps);
         let coupons = strategy::coupons::build(config.coupon_strategy, &deps);
         let stock = strategy::stock::build(config.stock_strategy, &deps);
+        let patience = Patience {
+            claim_after: config.locks.async_issue_claim_after(),
+            requeue_after: config.locks.async_issue_requeue_after(),
+        };
+        // A connection of the queue's own, for its blocking reads.
+        let queue = Queue::new(connect_redis(&config.redis_url).await?, &config.redis_key_prefix);
+        let issuance = Issuance::new(db.clone(), queue, coupons.clone(), patience);
         let top_sellers = TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone);
         let state = AppState::new(Shared {
             catalogue: Catalogue::new(db.clone(), top_sellers.clone()),
@@ -93,6 +101,7 @@ impl Server {
             points,
             coupons,
             coupon_types: CouponTypes::default(),
+            issuance,
             stock,
             top_sellers,
             order_payment_timeout_secs: config.order_payment_timeout_secs as i64,
@@ -129,6 +138,18 @@ impl Server {
             })),
             tokio::spawn(expire_overdue_orders(state.clone(), stop.clone())),
         ];
+        background.push(tokio::spawn({
+            let (state, stop) = (state.clone(), stop.clone());
+            async move { state.issuance.consume(stop).await }
+        }));
+        let requeue_every = state.issuance.requeue_every();
+        background.push(tokio::spawn(every_while(requeue_every, stop.clone(), "requeue issue requests", {
+            let state = state.clone();
+            move || {
+                let state = state.clone();
+                async move { state.issuance.requeue_stale().await }
+            }
+        })));
         for chore in [state.coupons.chore(&state.db), state.stock.chore(&state.db)].into_iter().flatten() {
             background.push(tokio::spawn(every_while(chore.every, stop.clone(), chore.what, chore.run)));
         }

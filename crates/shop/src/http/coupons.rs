@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::AppState;
 use super::error::Problem;
@@ -16,6 +17,7 @@ use crate::domain::coupon::{
     CouponCode, CouponFace, CouponKind, CouponStatus, CouponTerms, CouponType, CouponView, IssuedCoupon,
 };
 use crate::error::{AppError, ResultExt};
+use crate::issuance::{Accepted, RequestView};
 use crate::storage::{Tx, coupons, users};
 
 #[derive(Serialize, ToSchema)]
@@ -189,6 +191,57 @@ pub async fn issue(
             Ok((StatusCode::CREATED, Json(coupon)))
         })
         .await
+}
+
+/// Asks for a coupon and returns at once: 202 with a request to follow
+/// (`GET /api/coupons/issue-requests/{requestId}`), which ends `ISSUED` or
+/// `REJECTED` within seconds. Answers already final come at once, as for
+/// the synchronous issue; `COUPON_ALREADY_ISSUED` also while the user's
+/// earlier request is pending. Honours `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/coupons/issue-async", operation_id = "issueCouponAsync", tag = "coupons", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII characters")),
+    request_body = IssueRequest,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, description = "VALIDATION_FAILED", body = Problem),
+        (status = 403, description = "FORBIDDEN: userId is not yours", body = Problem),
+        (status = 404, description = "NOT_FOUND: no such coupon type", body = Problem),
+        (status = 409, description = "COUPON_NOT_OPEN, COUPON_SOLD_OUT, COUPON_ALREADY_ISSUED or IDEMPOTENCY_KEY_IN_USE", body = Problem),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = Problem)))]
+pub async fn issue_async(
+    State(state): State<AppState>,
+    caller: Caller,
+    idempotency: IdempotencyHeader,
+    Json(body): Json<Value>,
+) -> Result<Response, AppError> {
+    let request: IssueRequest = decode(&body)?;
+    let code = CouponCode::parse(&request.coupon_type)?;
+    caller.check_body_user(request.user_id)?;
+    idempotency
+        .run(&state, caller, &body, async |claim| {
+            let coupon_type = find_type(&state, &code).await?;
+            let accepted = state.issuance.accept(&coupon_type, caller.user_id, claim).await?;
+            Ok((StatusCode::ACCEPTED, Json(accepted)))
+        })
+        .await
+}
+
+/// An asynchronous issue request: `PENDING`, then `ISSUED` (with its
+/// coupon) or `REJECTED` (with a reason). Only its requester or an admin
+/// may read it.
+#[utoipa::path(get, path = "/api/coupons/issue-requests/{requestId}", operation_id = "getIssueRequest", tag = "coupons", security(("bearer" = [])),
+    params(("requestId" = String, Path, format = Uuid)),
+    responses(
+        (status = 200, body = RequestView),
+        (status = 400, description = "VALIDATION_FAILED", body = Problem),
+        (status = 404, description = "NOT_FOUND, also for another user's request", body = Problem)))]
+pub async fn issue_request(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathText(id): PathText,
+) -> Result<Json<RequestView>, AppError> {
+    let id = Uuid::parse_str(&id).map_err(|_| AppError::Validation("requestId: must be a UUID".into()))?;
+    Ok(Json(state.issuance.find(id, caller.user_id, caller.is_admin()).await?))
 }
 
 /// Every coupon the user holds, whatever its status, newest first. Also

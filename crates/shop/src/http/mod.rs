@@ -67,6 +67,7 @@ pub struct Shared {
     pub points: Arc<dyn PointsStrategy>,
     pub coupons: Arc<dyn CouponStrategy>,
     pub coupon_types: CouponTypes,
+    pub issuance: crate::issuance::Issuance,
     pub stock: Arc<dyn StockStrategy>,
     pub placing: crate::orders::Placing,
     pub top_sellers: TopSellers,
@@ -122,6 +123,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(coupons::status))
         .routes(routes!(coupons::create_type))
         .routes(routes!(coupons::issue))
+        .routes(routes!(coupons::issue_async))
+        .routes(routes!(coupons::issue_request))
         .routes(routes!(coupons::held))
         .routes(routes!(orders::place))
         .routes(routes!(orders::detail))

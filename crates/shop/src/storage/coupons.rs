@@ -70,6 +70,24 @@ pub async fn find_type_by_code(conn: &mut PgConnection, code: &str) -> Result<Op
     Ok(row.map(Into::into))
 }
 
+/// Locks the campaign's row and reads it with how many coupons it has
+/// issued so far.
+pub async fn lock_type_with_count(conn: &mut PgConnection, id: i64) -> Result<Option<(CouponType, i64)>, sqlx::Error> {
+    let row = sqlx::query_as!(
+        CouponTypeRow,
+        "SELECT id, code, kind, value, min_order_amount, total_quantity, valid_days, issue_starts_at, issue_ends_at,
+                issued_quantity
+         FROM coupon_types WHERE id = $1 FOR UPDATE",
+        id,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|row| {
+        let issued = row.issued_quantity;
+        (row.into(), issued)
+    }))
+}
+
 /// A campaign with how many coupons it has issued so far.
 pub struct TypeWithCount {
     pub coupon_type: CouponType,

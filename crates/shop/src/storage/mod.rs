@@ -2,6 +2,7 @@
 //! never begin or commit: the caller owns the transaction, a [`Tx`].
 
 pub mod coupons;
+pub mod issue_requests;
 pub mod ledger;
 pub mod orders;
 pub mod outbox;

@@ -60,6 +60,8 @@ pub fn test_config() -> Config {
             redis_lock_lease_ms: 5000,
             redis_lock_wait_ms: 5000,
             gate_reconcile_after_ms: 30_000,
+            async_issue_claim_after_ms: 5_000,
+            async_issue_requeue_after_ms: 15_000,
         },
         log_format: LogFormat::Text,
         log_filter: "warn".into(),
@@ -250,6 +252,17 @@ impl TestApp {
         self.post("/api/coupons/issue", Some(&user.token), json!({"couponType": code})).await
     }
 
+    pub async fn issue_coupon_async(&self, user: &User, code: &str) -> Response {
+        self.post("/api/coupons/issue-async", Some(&user.token), json!({"couponType": code})).await
+    }
+
+    /// Follows asynchronous issue requests (each with its requester's token)
+    /// until every one is final or `within` has passed; returns each one's
+    /// last view.
+    pub async fn await_issue_requests(&self, requests: &[(String, String)], within: Duration) -> Vec<Value> {
+        await_issue_requests(&self.client, |path| self.url(path), requests, within).await
+    }
+
     /// Adds a product as admin; returns its id.
     pub async fn create_product(&self, name: &str, price: i64, stock: i64) -> i64 {
         let admin = self.admin().await;
@@ -321,6 +334,34 @@ pub fn user_from(body: Value) -> User {
 
 /// `count` accounts inserted into `db` in one statement, signed in with the
 /// test secret.
+/// See [`TestApp::await_issue_requests`]; `url` makes a path absolute.
+pub async fn await_issue_requests(
+    client: &reqwest::Client,
+    url: impl Fn(&str) -> String,
+    requests: &[(String, String)],
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut views = vec![Value::Null; requests.len()];
+    loop {
+        let pending: Vec<usize> = (0..requests.len())
+            .filter(|&i| views[i]["status"] != "ISSUED" && views[i]["status"] != "REJECTED")
+            .collect();
+        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            return views;
+        }
+        let looks = pending.iter().map(|&i| {
+            let (id, token) = &requests[i];
+            let request = client.get(url(&format!("/api/coupons/issue-requests/{id}"))).bearer_auth(token);
+            async move { (i, request.send().await.unwrap().json::<Value>().await.unwrap()) }
+        });
+        for (i, view) in futures::future::join_all(looks).await {
+            views[i] = view;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn bulk_users(db: &PgPool, count: usize) -> Vec<User> {
     let run = Uuid::new_v4().simple().to_string();
     let ids: Vec<i64> = sqlx::query_scalar(

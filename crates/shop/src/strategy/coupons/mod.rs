@@ -37,6 +37,20 @@ pub struct CouponHold {
     grant: Option<i64>,
 }
 
+impl CouponHold {
+    /// What a request accepted through a gate holds: its grant.
+    pub fn granted(grant: Option<i64>) -> Self {
+        Self { leases: Vec::new(), grant }
+    }
+}
+
+/// Where an accepted asynchronous request is queued: a Redis stream, and
+/// the fields of its entry.
+pub struct StreamEntry {
+    pub stream: String,
+    pub fields: Vec<(&'static str, String)>,
+}
+
 /// A coupon written in the caller's transaction.
 pub struct Issued {
     pub coupon: IssuedCoupon,
@@ -55,6 +69,22 @@ pub trait CouponStrategy: Send + Sync {
     async fn hold(&self, db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
         refuse_settled(db, coupon_type, user_id).await?;
         Ok(CouponHold::default())
+    }
+
+    /// For a request issued asynchronously, before it is written down:
+    /// refuses at once what is final. A strategy that takes something at
+    /// acceptance (a gate's unit) queues the request in the same step, so
+    /// that nothing is taken and not queued, and returns what it holds
+    /// (`Some(grant)`); `None`: the caller queues it once written down.
+    async fn accept(
+        &self,
+        db: &PgPool,
+        coupon_type: &CouponType,
+        user_id: i64,
+        _queue: &StreamEntry,
+    ) -> Result<Option<i64>, AppError> {
+        refuse_settled(db, coupon_type, user_id).await?;
+        Ok(None)
     }
 
     /// In the caller's transaction: counts the unit against the campaign's

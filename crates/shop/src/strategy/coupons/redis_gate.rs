@@ -48,20 +48,22 @@ use redis::{AsyncCommands, Script};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
-use super::{CouponHold, CouponStrategy, Issued, count_issued, refuse_settled, write_coupon};
+use super::{CouponHold, CouponStrategy, Issued, StreamEntry, count_issued, refuse_settled, write_coupon};
 use crate::config::CouponStrategyKind;
 use crate::domain::coupon::CouponType;
 use crate::error::AppError;
 use crate::storage::coupons;
 use crate::strategy::{Chore, Deps};
 
-/// Hands out a unit. KEYS: state, holders, pending. ARGV: user. Answers
-/// `GRANTED:<the grant's time, ms>`, or `PENDING` while the answer depends
-/// on grants not yet settled. Public so the load generator can measure
-/// Redis running it alone.
+/// Hands out a unit. KEYS: state, holders, pending, and for an
+/// asynchronous request the stream it is queued on, in the same step. ARGV:
+/// user, then the stream entry's fields and values (`grant` is added).
+/// Answers `GRANTED:<the grant's time, ms>`, or `PENDING` while the answer
+/// depends on grants not yet settled (`HOLDER_PENDING`: the user's own).
+/// Public so the load generator can measure Redis running it alone.
 pub const GRANT_LUA: &str = r"if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOT_LOADED' end
           if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
-              if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 'PENDING' end
+              if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 'HOLDER_PENDING' end
               return 'ALREADY_ISSUED'
           end
           if tonumber(redis.call('HGET', KEYS[1], 'left')) <= 0 then
@@ -73,6 +75,12 @@ pub const GRANT_LUA: &str = r"if redis.call('EXISTS', KEYS[1]) == 0 then return 
           local now = redis.call('TIME')
           local granted = now[1] * 1000 + math.floor(now[2] / 1000)
           redis.call('ZADD', KEYS[3], granted, ARGV[1])
+          if KEYS[4] then
+              local fields = {unpack(ARGV, 2)}
+              table.insert(fields, 'grant')
+              table.insert(fields, granted)
+              redis.call('XADD', KEYS[4], '*', unpack(fields))
+          end
           return 'GRANTED:' .. granted";
 
 static GRANT: LazyLock<Script> = LazyLock::new(|| Script::new(GRANT_LUA));
@@ -176,12 +184,23 @@ impl CouponStrategy for CouponGate {
     }
 
     async fn hold(&self, db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
-        let granted = self.grant(db, coupon_type, &self.keys(coupon_type.id), user_id).await?;
+        let granted = self.grant(db, coupon_type, &self.keys(coupon_type.id), user_id, None).await?;
         // A simulated crash: the unit is handed out and never written.
         fail::fail_point!("coupons::gate::granted", |_| Err(AppError::internal(anyhow::anyhow!(
             "simulated crash after the coupon gate"
         ))));
         Ok(CouponHold { leases: Vec::new(), grant: Some(granted) })
+    }
+
+    /// The grant and the request's entry in one script.
+    async fn accept(
+        &self,
+        db: &PgPool,
+        coupon_type: &CouponType,
+        user_id: i64,
+        queue: &StreamEntry,
+    ) -> Result<Option<i64>, AppError> {
+        self.grant(db, coupon_type, &self.keys(coupon_type.id), user_id, Some(queue)).await.map(Some)
     }
 
     async fn issue(
@@ -252,19 +271,30 @@ impl CouponGate {
     }
 
     /// Takes a unit from the gate for the user (the grant's time, which
-    /// names it), or says why not once that is final.
-    async fn grant(&self, db: &PgPool, coupon_type: &CouponType, keys: &Keys, user_id: i64) -> Result<i64, AppError> {
+    /// names it), queueing an asynchronous request on `queue` in the same
+    /// script, or says why not once that is final. An asynchronous request
+    /// is refused at once while the user's own grant is pending.
+    async fn grant(
+        &self,
+        db: &PgPool,
+        coupon_type: &CouponType,
+        keys: &Keys,
+        user_id: i64,
+        queue: Option<&StreamEntry>,
+    ) -> Result<i64, AppError> {
         let asked = Instant::now();
         let mut loads = 0;
         let mut pause = Duration::from_millis(5);
+        let mut script = GRANT.key(&keys.state);
+        script.key(&keys.holders).key(&keys.pending).arg(user_id);
+        if let Some(queue) = queue {
+            script.key(&queue.stream);
+            for (field, value) in &queue.fields {
+                script.arg(*field).arg(value);
+            }
+        }
         loop {
-            let answer: String = GRANT
-                .key(&keys.state)
-                .key(&keys.holders)
-                .key(&keys.pending)
-                .arg(user_id)
-                .invoke_async(&mut self.redis.clone())
-                .await?;
+            let answer: String = script.invoke_async(&mut self.redis.clone()).await?;
             let (outcome, granted) = answer.split_once(':').unwrap_or((answer.as_str(), ""));
             metrics::counter!("shop_coupon_gate_total", "outcome" => outcome.to_lowercase()).increment(1);
             match outcome {
@@ -276,14 +306,15 @@ impl CouponGate {
                     self.load(db, coupon_type.id, keys).await?;
                 }
                 "NOT_LOADED" => return Err(AppError::Unavailable("the coupon gate is being rebuilt")),
-                "PENDING" if asked.elapsed() < PENDING_WAIT => {
+                "HOLDER_PENDING" if queue.is_some() => return Err(AppError::CouponAlreadyIssued),
+                "PENDING" | "HOLDER_PENDING" if asked.elapsed() < PENDING_WAIT => {
                     tokio::select! {
                         _ = self.settled.notified() => {}
                         _ = tokio::time::sleep(pause) => {}
                     }
                     pause = (pause * 2).min(PENDING_POLL);
                 }
-                "PENDING" => return Err(refusal_from_database(db, coupon_type, user_id).await),
+                "PENDING" | "HOLDER_PENDING" => return Err(refusal_from_database(db, coupon_type, user_id).await),
                 other => return Err(AppError::internal(anyhow::anyhow!("unexpected gate answer {other}"))),
             }
         }

@@ -5,7 +5,9 @@ use reqwest::StatusCode;
 use serde_json::json;
 use shop::config::CouponStrategyKind;
 
-use super::{count, together};
+use std::time::Duration;
+
+use super::{count, together, together_with_bodies};
 use crate::support::{TestApp, spawn_app_with};
 
 async fn app_with(strategy: CouponStrategyKind) -> TestApp {
@@ -49,6 +51,51 @@ async fn one_user_firing_fifty_gets_one(strategy: CouponStrategyKind) {
     app.assert_invariants().await;
 }
 
+/// A rush where every third user asks synchronously and the others
+/// asynchronously: the two paths together issue exactly the total, and
+/// every accepted request is final within 5 s.
+pub async fn a_mixed_rush_issues_exactly_the_total(strategy: CouponStrategyKind) {
+    let app = app_with(strategy).await;
+    let code = app.create_coupon_type("MIXED", 100, json!({})).await;
+    let users = app.bulk_users(1000).await;
+    let requests = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let app = &app;
+            let code = &code;
+            async move {
+                if i % 3 == 0 { app.issue_coupon(user, code).await } else { app.issue_coupon_async(user, code).await }
+            }
+        })
+        .collect();
+    let answers = together_with_bodies(requests).await;
+    let mut accepted = Vec::new();
+    let mut issued_at_once = 0;
+    for ((status, body), user) in answers.iter().zip(&users) {
+        match *status {
+            StatusCode::ACCEPTED => {
+                assert_eq!(body["status"], "PENDING");
+                accepted.push((body["requestId"].as_str().unwrap().to_owned(), user.token.clone()));
+            }
+            StatusCode::CREATED => issued_at_once += 1,
+            _ => assert_eq!((*status, body["code"].as_str()), (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT"))),
+        }
+    }
+    let views = app.await_issue_requests(&accepted, Duration::from_secs(5)).await;
+    let mut issued_later = 0;
+    for view in &views {
+        match view["status"].as_str() {
+            Some("ISSUED") => issued_later += 1,
+            Some("REJECTED") => assert_eq!(view["reason"], "SOLD_OUT", "{view}"),
+            _ => panic!("{strategy:?}: a request still not final after 5 s: {view}"),
+        }
+    }
+    assert_eq!(issued_at_once + issued_later, 100, "{strategy:?}: {issued_at_once} at once, {issued_later} later");
+    assert_eq!(issued_rows(&app, &code).await, (100, 100));
+    app.assert_invariants().await;
+}
+
 macro_rules! for_each_coupon_strategy {
     ($($module:ident => $strategy:ident),* $(,)?) => {
         $(
@@ -63,6 +110,11 @@ macro_rules! for_each_coupon_strategy {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn one_user_firing_fifty_requests_gets_exactly_one() {
                 one_user_firing_fifty_gets_one(CouponStrategyKind::$strategy).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sync_and_async_requests_together_issue_exactly_the_total() {
+                a_mixed_rush_issues_exactly_the_total(CouponStrategyKind::$strategy).await;
             }
         }
         )*

@@ -17,6 +17,15 @@ pub async fn together<F>(requests: Vec<F>) -> Vec<(StatusCode, Option<String>)>
 where
     F: Future<Output = Response>,
 {
+    let answers = together_with_bodies(requests).await;
+    answers.into_iter().map(|(status, body)| (status, body["code"].as_str().map(str::to_owned))).collect()
+}
+
+/// Runs every request future at once; returns each answer's status and body.
+pub async fn together_with_bodies<F>(requests: Vec<F>) -> Vec<(StatusCode, Value)>
+where
+    F: Future<Output = Response>,
+{
     let gate = Arc::new(Barrier::new(requests.len()));
     let released = requests.into_iter().map(|request| {
         let gate = gate.clone();
@@ -24,8 +33,7 @@ where
             gate.wait().await;
             let response = request.await;
             let status = response.status();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            (status, body["code"].as_str().map(str::to_owned))
+            (status, response.json().await.unwrap_or(Value::Null))
         }
     });
     join_all(released).await

@@ -1,0 +1,189 @@
+//! The consumers: each instance reads the queue as one consumer of the
+//! group and issues what it read in one transaction per batch.
+//!
+//! A batch locks its campaigns' rows (ascending id) — the row every
+//! synchronous issue of the campaign also writes, so the two paths take
+//! turns — and decides each request in queue order against what it reads
+//! under that lock: a request already finished (a redelivered or requeued
+//! entry) is skipped; a user who holds the campaign's coupon, or got one
+//! earlier in the batch, is `ALREADY_ISSUED`; while units are left the
+//! request is issued; then `SOLD_OUT`. The coupons are written with one
+//! statement per campaign and the outcomes with one more; `coupons_user_type_key`
+//! and `coupon_types_issued_check` back the decisions. Only after the
+//! commit are the entries acknowledged and a gate's grants settled, so an
+//! instance that dies mid-batch leaves its entries for another consumer
+//! to claim, and their second processing changes nothing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::Issuance;
+use super::queue::Entry;
+use crate::domain::coupon::{CouponStatus, CouponType, IssuedCoupon};
+use crate::error::AppError;
+use crate::storage::issue_requests::{self, Outcome, QueuedRequest};
+use crate::storage::{Tx, coupons};
+use crate::strategy::coupons::{CouponHold, Issued};
+
+/// Entries read at a time: one transaction's worth.
+const BATCH: usize = 256;
+/// How long a read waits for new entries; also how often a consumer looks
+/// for entries left by others.
+const BLOCK: Duration = Duration::from_millis(500);
+/// Requests requeued per sweep.
+const SWEEP: i64 = 1_000;
+
+/// A campaign's requests in a batch, and how each ended.
+struct Decided {
+    coupon_type: CouponType,
+    outcomes: Vec<(QueuedRequest, Result<Issued, AppError>)>,
+}
+
+impl Issuance {
+    /// Consumes the queue until `stop`.
+    pub async fn consume(&self, stop: CancellationToken) {
+        let mut pause = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            match self.consume_once().await {
+                Ok(()) => pause = Duration::from_millis(100),
+                Err(error) => {
+                    tracing::warn!(%error, "could not consume issue requests; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn consume_once(&self) -> Result<(), AppError> {
+        let entries = match self.queue.read_new(BATCH, BLOCK).await {
+            Err(error) if error.code() == Some("NOGROUP") => {
+                // Redis lost the stream: start it again; the sweep requeues.
+                self.queue.ensure_group().await?;
+                return Ok(());
+            }
+            read => read?,
+        };
+        let mut entries = entries;
+        if entries.len() < BATCH {
+            entries.extend(self.queue.claim_idle(self.patience.claim_after, BATCH - entries.len()).await?);
+        }
+        if !entries.is_empty() {
+            self.process(entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Issues a batch, then acknowledges it and settles its grants.
+    async fn process(&self, entries: Vec<Entry>) -> Result<(), AppError> {
+        // Tests stop a consumer here, its entries read and not acknowledged.
+        fail::fail_point!("issuance::batch::read");
+        let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
+        let requests: Vec<QueuedRequest> = entries.into_iter().filter_map(|entry| entry.request).collect();
+        let decided = self.write(&requests).await?;
+        self.queue.done(&ids).await?;
+        for campaign in &decided {
+            for (request, outcome) in &campaign.outcomes {
+                let hold = CouponHold::granted(request.gate_grant);
+                self.coupons.settle(&campaign.coupon_type, request.user_id, hold, outcome.as_ref()).await;
+            }
+        }
+        let finished = decided.iter().map(|campaign| campaign.outcomes.len()).sum::<usize>();
+        metrics::counter!("shop_async_issue_processed_total").increment(finished as u64);
+        Ok(())
+    }
+
+    /// Decides and writes the requests in one transaction.
+    async fn write(&self, requests: &[QueuedRequest]) -> Result<Vec<Decided>, AppError> {
+        let mut by_campaign: BTreeMap<i64, Vec<&QueuedRequest>> = BTreeMap::new();
+        for request in requests {
+            by_campaign.entry(request.type_id).or_default().push(request);
+        }
+        let mut tx = Tx::begin(&self.db).await?;
+        let mut decided = Vec::new();
+        let mut finished = Vec::new();
+        for (type_id, requests) in by_campaign {
+            let Some((coupon_type, issued)) = coupons::lock_type_with_count(&mut tx, type_id).await? else {
+                tracing::warn!(type_id, "dropping issue requests for a campaign that does not exist");
+                continue;
+            };
+            let ids: Vec<_> = requests.iter().map(|request| request.id).collect();
+            let pending: HashSet<_> = issue_requests::lock_pending_among(&mut tx, &ids).await?.into_iter().collect();
+            let users: Vec<i64> = requests.iter().map(|request| request.user_id).collect();
+            let mut held: HashSet<i64> =
+                issue_requests::holders_among(&mut tx, type_id, &users).await?.into_iter().collect();
+            let mut seen = HashSet::new();
+            let mut left = coupon_type.terms.total_quantity - issued;
+            let (mut issuing, mut refused) = (Vec::new(), Vec::new());
+            for request in requests {
+                // Finished already (a redelivered or requeued entry), or
+                // refused at once and forgotten.
+                if !pending.contains(&request.id) || !seen.insert(request.id) {
+                    continue;
+                }
+                if !held.insert(request.user_id) {
+                    refused.push((request.clone(), AppError::CouponAlreadyIssued));
+                } else if left > 0 {
+                    left -= 1;
+                    issuing.push(request.clone());
+                } else {
+                    refused.push((request.clone(), AppError::CouponSoldOut));
+                }
+            }
+            let users: Vec<i64> = issuing.iter().map(|request| request.user_id).collect();
+            let grants: Vec<Option<i64>> = issuing.iter().map(|request| request.gate_grant).collect();
+            let written = if issuing.is_empty() {
+                Vec::new()
+            } else {
+                issue_requests::issue_many(&mut tx, type_id, coupon_type.terms.valid_days, &users, &grants).await?
+            };
+            let mut campaign = Decided { coupon_type, outcomes: Vec::new() };
+            for (request, row) in issuing.into_iter().zip(written) {
+                finished.push(Outcome { request: request.clone(), issued: Ok(row.id) });
+                let coupon = IssuedCoupon {
+                    coupon_id: row.id,
+                    user_id: row.user_id,
+                    issued_at: row.issued_at,
+                    expires_at: row.expires_at,
+                    status: CouponStatus::Available,
+                };
+                campaign.outcomes.push((request, Ok(Issued { coupon, last_unit: false })));
+            }
+            for (request, refusal) in refused {
+                let reason = if matches!(refusal, AppError::CouponSoldOut) { "SOLD_OUT" } else { "ALREADY_ISSUED" };
+                finished.push(Outcome { request: request.clone(), issued: Err(reason) });
+                campaign.outcomes.push((request, Err(refusal)));
+            }
+            decided.push(campaign);
+        }
+        if !finished.is_empty() {
+            issue_requests::finish_many(&mut tx, &finished).await?;
+        }
+        tx.commit().await?;
+        Ok(decided)
+    }
+
+    /// Queues again the requests pending longer than `requeue_after`: their
+    /// entry was lost with Redis, or never written. A request whose entry
+    /// is still queued is then queued twice, and its second entry changes
+    /// nothing.
+    pub async fn requeue_stale(&self) -> Result<(), AppError> {
+        let before = Utc::now() - self.patience.requeue_after;
+        let stale = issue_requests::pending_since(&mut *self.db.acquire().await?, before, SWEEP).await?;
+        self.queue.ensure_group().await?;
+        for request in &stale {
+            self.queue.add(request).await?;
+        }
+        if !stale.is_empty() {
+            metrics::counter!("shop_async_issue_requeued_total").increment(stale.len() as u64);
+            tracing::info!(requests = stale.len(), "requeued pending issue requests");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! Asynchronous coupon issuance: a request is accepted at once (202) and
+//! queued on a Redis stream; consumers in every instance issue the queued
+//! requests in batches and record each one's outcome.
+//!
+//! Accepting refuses at once what is already final (unknown campaign, not
+//! open, sold out, already held or already pending for the user). Under a
+//! gate the unit is granted and the request queued by one script; under
+//! the database strategies the request is written down first and queued
+//! after. Either way it is written `PENDING` in PostgreSQL, and a sweep
+//! requeues requests pending too long — so a request whose entry Redis
+//! lost, or whose instance died before queueing it, still ends `ISSUED` or
+//! `REJECTED`.
+
+mod consumer;
+mod queue;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub use queue::Queue;
+
+use crate::domain::coupon::CouponType;
+use crate::error::{AppError, ResultExt};
+use crate::idempotency::Claim;
+use crate::storage::Tx;
+use crate::storage::issue_requests::{self, QueuedRequest, RequestRow};
+use crate::strategy::coupons::CouponStrategy;
+
+/// An accepted request.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub request_id: Uuid,
+    pub coupon_type: String,
+    /// `PENDING`.
+    pub status: &'static str,
+}
+
+/// A request as its requester sees it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestView {
+    pub request_id: Uuid,
+    pub user_id: i64,
+    pub coupon_type: String,
+    /// `PENDING`, `ISSUED` or `REJECTED`.
+    pub status: String,
+    pub coupon_id: Option<i64>,
+    /// Why it was rejected: `SOLD_OUT`, `ALREADY_ISSUED`, `NOT_OPEN` or `USER_NOT_FOUND`.
+    pub reason: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+impl From<RequestRow> for RequestView {
+    fn from(row: RequestRow) -> Self {
+        Self {
+            request_id: row.id,
+            user_id: row.user_id,
+            coupon_type: row.code,
+            status: row.status,
+            coupon_id: row.coupon_id,
+            reason: row.reason,
+            requested_at: row.requested_at,
+            processed_at: row.processed_at,
+        }
+    }
+}
+
+/// How long queued requests may wait before they are taken from a
+/// consumer that stopped, or requeued from PostgreSQL.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// An entry read but not acknowledged this long is claimed by another
+    /// consumer.
+    pub claim_after: Duration,
+    /// A request still pending this long is queued again.
+    pub requeue_after: Duration,
+}
+
+/// Asynchronous issuance: accepting, and the consumers.
+pub struct Issuance {
+    db: PgPool,
+    queue: Queue,
+    coupons: Arc<dyn CouponStrategy>,
+    patience: Patience,
+}
+
+impl Issuance {
+    pub fn new(db: PgPool, queue: Queue, coupons: Arc<dyn CouponStrategy>, patience: Patience) -> Self {
+        Self { db, queue, coupons, patience }
+    }
+
+    /// Accepts a request for a coupon of `coupon_type`, or refuses it at
+    /// once with an answer that is final.
+    #[tracing::instrument(skip_all, fields(user_id, coupon_type = coupon_type.terms.code.as_str()))]
+    pub async fn accept(
+        &self,
+        coupon_type: &CouponType,
+        user_id: i64,
+        claim: Option<&Claim>,
+    ) -> Result<Accepted, AppError> {
+        coupon_type.check_window(Utc::now()).map_err(|_| AppError::CouponNotOpen)?;
+        let mut request = QueuedRequest { id: Uuid::new_v4(), user_id, type_id: coupon_type.id, gate_grant: None };
+        // Written down before it is queued, so that a consumer finds it; a
+        // second pending request of the user is refused here.
+        issue_requests::insert_pending(&mut *self.db.acquire().await?, request.id, user_id, coupon_type.id)
+            .await
+            .on_constraint("coupon_issue_requests_pending_key", || AppError::CouponAlreadyIssued)?;
+        match self.coupons.accept(&self.db, coupon_type, user_id, &self.queue.entry(&request)).await {
+            Ok(grant) => request.gate_grant = grant,
+            Err(refusal) => {
+                // Refused at once: it never was a request. (Kept if this
+                // fails: the consumer then refuses it too, or issues it.)
+                if let Err(error) = self.forget(request.id).await {
+                    tracing::warn!(%error, request_id = %request.id, "could not forget a refused issue request");
+                }
+                return Err(refusal);
+            }
+        }
+        let accepted = Accepted {
+            request_id: request.id,
+            coupon_type: coupon_type.terms.code.as_str().to_owned(),
+            status: "PENDING",
+        };
+        if let Some(claim) = claim {
+            let mut tx = Tx::begin(&self.db).await?;
+            claim.save(&mut tx, StatusCode::ACCEPTED, &accepted).await?;
+            tx.commit().await?;
+        }
+        if request.gate_grant.is_none()
+            && let Err(error) = self.queue.add(&request).await
+        {
+            // Written down, so not lost: the sweep queues it.
+            tracing::warn!(%error, request_id = %request.id, "could not queue an issue request; the sweep will");
+        }
+        metrics::counter!("shop_async_issue_accepted_total").increment(1);
+        Ok(accepted)
+    }
+
+    async fn forget(&self, id: Uuid) -> Result<(), sqlx::Error> {
+        issue_requests::delete_pending(&mut *self.db.acquire().await?, id).await
+    }
+
+    /// How often to look for requests to requeue.
+    pub fn requeue_every(&self) -> Duration {
+        self.patience.requeue_after / 3
+    }
+
+    /// The request, if the caller may see it (its requester or an admin).
+    pub async fn find(&self, id: Uuid, user_id: i64, admin: bool) -> Result<RequestView, AppError> {
+        issue_requests::find(&mut *self.db.acquire().await?, id)
+            .await?
+            .filter(|row| admin || row.user_id == user_id)
+            .map(RequestView::from)
+            .ok_or_else(|| AppError::not_found("issue request not found"))
+    }
+}
