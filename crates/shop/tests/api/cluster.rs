@@ -2,13 +2,15 @@
 //! processes on one PostgreSQL and one Redis: what one instance's memory
 //! cannot see, the strategies must still hold.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind, value_names};
 
-use crate::concurrency::{count, together};
+use crate::concurrency::{count, together, together_with_bodies};
 use crate::support::cluster::Cluster;
-use crate::support::{User, admin_of, bulk_users};
+use crate::support::{User, admin_of, await_issue_requests, bulk_users};
 
 async fn start(strategy_variable: &str, strategy: &str) -> Cluster {
     Cluster::start(
@@ -26,6 +28,47 @@ async fn start(strategy_variable: &str, strategy: &str) -> Cluster {
 
 async fn post(cluster: &Cluster, instance: usize, path: &str, user: &User, body: Value) -> reqwest::Response {
     cluster.client.post(cluster.url(instance, path)).bearer_auth(&user.token).json(&body).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn asynchronous_requests_spread_over_instances_issue_exactly_the_total() {
+    for strategy in value_names::<CouponStrategyKind>() {
+        let cluster = start("COUPON_STRATEGY", &strategy).await;
+        let admin = admin_of(&cluster.db).await;
+        let campaign = json!({"code": "QUEUED", "kind": "FIXED", "value": 1000, "totalQuantity": 30, "validDays": 7});
+        assert_eq!(post(&cluster, 0, "/api/admin/coupon-types", &admin, campaign).await.status(), StatusCode::CREATED);
+        let users = bulk_users(&cluster.db, 300).await;
+        let answers = together_with_bodies(
+            users
+                .iter()
+                .enumerate()
+                .map(|(i, user)| post(&cluster, i, "/api/coupons/issue-async", user, json!({"couponType": "QUEUED"})))
+                .collect(),
+        )
+        .await;
+        let mut accepted = Vec::new();
+        for ((status, body), user) in answers.iter().zip(&users) {
+            if *status == StatusCode::ACCEPTED {
+                accepted.push((body["requestId"].as_str().unwrap().to_owned(), user.token.clone()));
+            } else {
+                assert_eq!(
+                    (*status, body["code"].as_str()),
+                    (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")),
+                    "{strategy}"
+                );
+            }
+        }
+        let views =
+            await_issue_requests(&cluster.client, |path| cluster.url(0, path), &accepted, Duration::from_secs(5)).await;
+        let issued = views.iter().filter(|view| view["status"] == "ISSUED").count();
+        let rejected = views.iter().filter(|view| view["status"] == "REJECTED" && view["reason"] == "SOLD_OUT").count();
+        assert_eq!((issued, rejected), (30, accepted.len() - 30), "{strategy}: every request final within 5 s");
+        let (rows, holders): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT user_id) FROM coupons")
+            .fetch_one(&cluster.db)
+            .await
+            .unwrap();
+        assert_eq!((rows, holders), (30, 30), "{strategy}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

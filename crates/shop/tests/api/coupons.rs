@@ -176,3 +176,73 @@ async fn coupon_reads_check_their_input() {
     assert_problem(app.get("/api/users/999999/coupons", Some(&admin.token)).await, StatusCode::NOT_FOUND, "NOT_FOUND")
         .await;
 }
+
+#[tokio::test]
+async fn an_asynchronous_issue_is_accepted_then_issued_and_only_its_requester_sees_it() {
+    let app = spawn_app().await;
+    let code = app.create_coupon_type("LATER", 1, json!({})).await;
+    let (user, other) = (app.new_user().await, app.new_user().await);
+    let accepted = app.issue_coupon_async(&user, &code).await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let accepted: Value = accepted.json().await.unwrap();
+    assert_eq!((accepted["couponType"].as_str(), accepted["status"].as_str()), (Some("LATER"), Some("PENDING")));
+    let id = accepted["requestId"].as_str().unwrap().to_owned();
+
+    let views = app.await_issue_requests(&[(id.clone(), user.token.clone())], std::time::Duration::from_secs(5)).await;
+    let view = &views[0];
+    assert_eq!((view["status"].as_str(), view["userId"].as_i64()), (Some("ISSUED"), Some(user.id)), "{view}");
+    assert!(view["reason"].is_null() && view["processedAt"].is_string(), "{view}");
+    let held: Value =
+        app.get(&format!("/api/users/{}/coupons", user.id), Some(&user.token)).await.json().await.unwrap();
+    assert_eq!(held[0]["couponId"], view["couponId"]);
+
+    let path = format!("/api/coupons/issue-requests/{id}");
+    assert_problem(app.get(&path, Some(&other.token)).await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    assert_eq!(app.get(&path, Some(&app.admin().await.token)).await.status(), StatusCode::OK);
+    let bad = app.get("/api/coupons/issue-requests/not-a-uuid", Some(&user.token)).await;
+    assert_problem(bad, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+
+    // Final answers come at once, and write nothing.
+    assert_problem(app.issue_coupon_async(&user, &code).await, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
+    assert_problem(app.issue_coupon_async(&other, &code).await, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+    assert_problem(app.issue_coupon_async(&other, "NO_SUCH").await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    let later = (Utc::now() + Duration::hours(1)).to_rfc3339();
+    let not_yet = app.create_coupon_type("NOT_YET", 5, json!({"issueStartsAt": later})).await;
+    assert_problem(app.issue_coupon_async(&other, &not_yet).await, StatusCode::CONFLICT, "COUPON_NOT_OPEN").await;
+    let requests: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM coupon_issue_requests").fetch_one(&app.db).await.unwrap();
+    assert_eq!(requests, 1, "only the accepted request is written down");
+}
+
+#[tokio::test]
+async fn a_second_asynchronous_request_while_the_first_is_pending_is_refused_at_once() {
+    // A sweep that never comes, and no consumer to finish the first request:
+    // it stays pending.
+    let app = spawn_app_with(|config| config.locks.async_issue_requeue_after_ms = 3_600_000).await;
+    let code = app.create_coupon_type("PATIENT", 5, json!({})).await;
+    let user = app.new_user().await;
+    let type_id: i64 =
+        sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1").bind(&code).fetch_one(&app.db).await.unwrap();
+    sqlx::query("INSERT INTO coupon_issue_requests (id, user_id, coupon_type_id) VALUES (gen_random_uuid(), $1, $2)")
+        .bind(user.id)
+        .bind(type_id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_problem(app.issue_coupon_async(&user, &code).await, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
+}
+
+#[tokio::test]
+async fn an_asynchronous_issue_replays_under_its_idempotency_key() {
+    let app = spawn_app().await;
+    let code = app.create_coupon_type("KEYED_LATER", 5, json!({})).await;
+    let user = app.new_user().await;
+    let body = json!({"couponType": code});
+    let first = app.post_with_key("/api/coupons/issue-async", &user.token, "async-1", &body).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    let again = app.post_with_key("/api/coupons/issue-async", &user.token, "async-1", &body).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(again.headers()["Idempotent-Replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap()["requestId"], first["requestId"]);
+}

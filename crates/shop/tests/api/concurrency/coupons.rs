@@ -159,6 +159,57 @@ async fn the_gate_never_over_issues_when_redis_loses_its_keys_mid_rush() {
     app.assert_invariants().await;
 }
 
+/// Redis forgets everything mid-rush — the queue, its consumer group, the
+/// gate — while asynchronous requests wait: those still pending in
+/// PostgreSQL are queued again and finish, and nothing is issued twice.
+async fn queued_requests_survive_redis_losing_its_keys(strategy: CouponStrategyKind) {
+    let app = spawn_app_with(|config| {
+        config.coupon_strategy = strategy;
+        config.locks.async_issue_requeue_after_ms = 1_000;
+    })
+    .await;
+    let code = app.create_coupon_type("LOST_QUEUE", 100, json!({})).await;
+    let users = app.bulk_users(600).await;
+    let rush = together_with_bodies(users.iter().map(|user| app.issue_coupon_async(user, &code)).collect());
+    let loss = async {
+        loop {
+            let (issued, _) = issued_rows(&app, &code).await;
+            if issued >= 10 {
+                app.lose_redis_keys().await;
+                return issued;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let (answers, issued_at_loss) = tokio::join!(rush, loss);
+    assert!(issued_at_loss < 100, "the keys were lost mid-rush");
+    let accepted: Vec<(String, String)> = answers
+        .iter()
+        .zip(&users)
+        .filter(|((status, _), _)| *status == StatusCode::ACCEPTED)
+        .map(|((_, body), user)| (body["requestId"].as_str().unwrap().to_owned(), user.token.clone()))
+        .collect();
+    let views = app.await_issue_requests(&accepted, Duration::from_secs(20)).await;
+    let issued = views.iter().filter(|view| view["status"] == "ISSUED").count();
+    assert!(
+        views.iter().all(|view| view["status"] == "ISSUED" || view["reason"] == "SOLD_OUT"),
+        "{strategy:?}: all final"
+    );
+    assert_eq!(issued, 100, "{strategy:?}");
+    assert_eq!(issued_rows(&app, &code).await, (100, 100));
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_requests_survive_redis_losing_its_keys_under_the_gate() {
+    queued_requests_survive_redis_losing_its_keys(CouponStrategyKind::RedisGate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_requests_survive_redis_losing_its_keys_under_atomic() {
+    queued_requests_survive_redis_losing_its_keys(CouponStrategyKind::Atomic).await;
+}
+
 #[tokio::test]
 async fn a_failed_write_gives_the_unit_back() {
     let app = app_with(CouponStrategyKind::RedisGate).await;
