@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use shop::config::{PointsStrategyKind, value_names};
 
 use crate::support::cluster::Cluster;
 use crate::support::{REDIS, bulk_users};
@@ -67,8 +68,8 @@ async fn others_go_on_after_a_killed_holders_lease_and_nothing_is_lost_or_double
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_whose_clock_is_a_day_behind_cannot_reset_the_daily_charge_limit() {
-    for strategy in ["optimistic", "pessimistic", "atomic", "redis-lock", "batch"] {
-        let cluster = Cluster::start(2, &[("POINTS_STRATEGY", strategy), ("POINTS_DAILY_CHARGE_LIMIT", "3")], |i| {
+    for strategy in value_names::<PointsStrategyKind>() {
+        let cluster = Cluster::start(2, &[("POINTS_STRATEGY", &strategy), ("POINTS_DAILY_CHARGE_LIMIT", "3")], |i| {
             if i == 1 { vec![("FAILPOINTS".into(), "clock::days_behind=return(1)".into())] } else { Vec::new() }
         })
         .await;

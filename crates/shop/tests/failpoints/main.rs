@@ -8,6 +8,7 @@ mod batch;
 mod cluster;
 mod fencing;
 mod gates;
+mod issuance;
 mod lifecycle;
 mod races;
 mod top_sellers;
