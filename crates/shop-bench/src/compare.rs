@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::Context;
+use clap::ValueEnum;
 use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind, value_names};
 
 use crate::scenario::Scenario;
@@ -36,6 +37,7 @@ fn matrix() -> Vec<Case> {
     };
     let coupons = value_names::<CouponStrategyKind>();
     add(Scenario::CouponRush, "high: 2,000 users, 100 coupons", "COUPON_STRATEGY", &coupons, Some(100), 1, 1);
+    add(Scenario::CouponRushAsync, "high: 2,000 users, 100 coupons", "COUPON_STRATEGY", &coupons, Some(100), 1, 1);
     add(
         Scenario::CouponRush,
         "low: 2,000 users, 1,000,000 coupons",
@@ -96,7 +98,7 @@ pub async fn compare(base: &RunArgs, out: &Path) -> anyhow::Result<()> {
         results.push((case, report));
     }
     std::fs::create_dir_all(out.join("benchmarks"))?;
-    for scenario in [Scenario::CouponRush, Scenario::ChargeStorm, Scenario::OrderRush, Scenario::Mixed] {
+    for &scenario in Scenario::value_variants() {
         let rows: Vec<_> = results.iter().filter(|(case, _)| case.scenario == scenario).collect();
         std::fs::write(out.join("benchmarks").join(format!("{}.svg", slug(scenario))), bar_chart(&rows))?;
     }
@@ -108,6 +110,7 @@ pub async fn compare(base: &RunArgs, out: &Path) -> anyhow::Result<()> {
 fn slug(scenario: Scenario) -> &'static str {
     match scenario {
         Scenario::CouponRush => "coupon-rush",
+        Scenario::CouponRushAsync => "coupon-rush-async",
         Scenario::ChargeStorm => "charge-storm",
         Scenario::OrderRush => "order-rush",
         Scenario::Mixed => "mixed",
@@ -215,7 +218,7 @@ fn machine() -> String {
 /// The reference line a scenario's throughput is a share of.
 fn limit_of(scenario: Scenario, limits: &Limits) -> Option<f64> {
     match scenario {
-        Scenario::CouponRush => limits.gate_script,
+        Scenario::CouponRush | Scenario::CouponRushAsync => limits.gate_script,
         Scenario::ChargeStorm | Scenario::OrderRush => limits.hot_row,
         Scenario::Mixed => None,
     }
@@ -255,7 +258,7 @@ fn markdown(base: &RunArgs, limits: &Limits, results: &[(Case, Report)]) -> anyh
         md,
         "coupon-rush is shown as a share of the gate script's rate; charge-storm and order-rush of the single-row update.\n"
     )?;
-    for scenario in [Scenario::CouponRush, Scenario::ChargeStorm, Scenario::OrderRush, Scenario::Mixed] {
+    for &scenario in Scenario::value_variants() {
         writeln!(md, "## {}\n", slug(scenario))?;
         writeln!(md, "![{0}](benchmarks/{0}.svg)\n", slug(scenario))?;
         writeln!(
@@ -268,8 +271,14 @@ fn markdown(base: &RunArgs, limits: &Limits, results: &[(Case, Report)]) -> anyh
                 .map_or("–".into(), |limit| format!("{:.0} %", 100.0 * report.throughput / limit));
             let answers: Vec<String> =
                 report.answers.iter().map(|(answer, count)| format!("{answer}: {count}")).collect();
-            let invariants =
+            let mut invariants =
                 if report.broken_invariants.is_empty() { "hold".into() } else { report.broken_invariants.join("; ") };
+            if let Some(settled) = &report.settlement {
+                invariants += &format!(
+                    "; settled p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                    settled.p50_ms, settled.p99_ms, settled.max_ms
+                );
+            }
             writeln!(
                 md,
                 "| {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",

@@ -143,6 +143,8 @@ pub(crate) struct Report {
     throughput: f64,
     latency: Latency,
     answers: std::collections::BTreeMap<String, u64>,
+    /// Asynchronous scenarios: from acceptance to the final state.
+    settlement: Option<scenario::Settlement>,
     broken_invariants: Vec<String>,
 }
 
@@ -213,11 +215,25 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let outcome = measure(&args, &targets).await;
     let report = match outcome {
         Ok((prepared, outcome)) => {
-            let broken = match &targets.db {
-                Some(db) => Scenario::check(&prepared, &outcome, db).await?,
+            let checked = match &targets.db {
+                Some(db) => {
+                    async {
+                        let settlement = Scenario::settlement(&prepared, db).await?;
+                        anyhow::Ok((settlement, Scenario::check(&prepared, &outcome, db).await?))
+                    }
+                    .await
+                }
                 None => {
                     eprintln!("no --database-url: invariants not checked");
-                    Vec::new()
+                    Ok((None, Vec::new()))
+                }
+            };
+            // The spawned instances stop whatever the check found.
+            let (settlement, broken) = match checked {
+                Ok(checked) => checked,
+                Err(error) => {
+                    targets.finish().await;
+                    return Err(error);
                 }
             };
             Report {
@@ -231,6 +247,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 throughput: outcome.throughput(),
                 latency: outcome.latency(),
                 answers: outcome.answers,
+                settlement,
                 broken_invariants: broken,
             }
         }
@@ -285,6 +302,12 @@ fn print_table(report: &Report) {
     );
     for (answer, count) in &report.answers {
         println!("  {answer:<32} {count:>10}");
+    }
+    if let Some(settled) = &report.settlement {
+        println!(
+            "  settled ms  p50 {:.2}   p99 {:.2}   max {:.2}   (202 to final; {} still pending)",
+            settled.p50_ms, settled.p99_ms, settled.max_ms, settled.still_pending
+        );
     }
     if report.broken_invariants.is_empty() {
         println!("  invariants  hold");

@@ -17,12 +17,25 @@ use crate::setup::{Api, Session};
 pub enum Scenario {
     /// Many distinct users race for a limited coupon campaign.
     CouponRush,
+    /// The same race through the asynchronous issue: accepted at once,
+    /// issued behind the queue (reports how long requests took to settle).
+    CouponRushAsync,
     /// One user's balance charged by every connection at once.
     ChargeStorm,
     /// One product bought by many users (set `--stock` for ample or scarce).
     OrderRush,
     /// A shop's day: mostly reads, with charges, orders and payments.
     Mixed,
+}
+
+/// How long accepted asynchronous requests took to become final.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Settlement {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Still pending a minute after the run.
+    pub still_pending: i64,
 }
 
 /// What the run needs to build requests and to check its result.
@@ -33,6 +46,7 @@ pub struct Prepared {
 
 enum Check {
     Coupons { code: String, total: i64, users: usize },
+    QueuedCoupons { code: String, total: i64 },
     Charges { user_ids: Vec<i64> },
     Stock { product_ids: Vec<i64>, initial: i64 },
     Nothing,
@@ -58,7 +72,7 @@ impl Scenario {
     pub async fn prepare(self, setup: Setup<'_>) -> anyhow::Result<Prepared> {
         let urls: Arc<[String]> = setup.urls.into();
         match self {
-            Scenario::CouponRush => {
+            Scenario::CouponRush | Scenario::CouponRushAsync => {
                 let total = setup.stock.unwrap_or(100);
                 let code = format!("BENCH_{}", uuid::Uuid::new_v4().simple()).to_uppercase();
                 let campaign =
@@ -66,13 +80,19 @@ impl Scenario {
                 setup.api.post("/api/admin/coupon-types", Some(&setup.admin.token), campaign).await?;
                 let users = tokens(setup.api.register_users(setup.users).await?);
                 let body = json!({"couponType": code});
+                let (path, check) = match self {
+                    Scenario::CouponRushAsync => {
+                        ("/api/coupons/issue-async", Check::QueuedCoupons { code: code.clone(), total })
+                    }
+                    _ => ("/api/coupons/issue", Check::Coupons { code, total, users: setup.users }),
+                };
                 let next = move |n: u64| Request {
                     method: Method::POST,
-                    url: round_robin(&urls, n, "/api/coupons/issue"),
+                    url: round_robin(&urls, n, path),
                     token: Some(users[n as usize % users.len()].clone()),
                     body: Some(body.clone()),
                 };
-                Ok(Prepared { next: Arc::new(next), check: Check::Coupons { code, total, users: setup.users } })
+                Ok(Prepared { next: Arc::new(next), check })
             }
             Scenario::ChargeStorm => {
                 let wallets = setup.api.register_users(setup.wallets.max(1)).await?;
@@ -114,6 +134,39 @@ impl Scenario {
         }
     }
 
+    /// For the asynchronous scenario: waits until every accepted request
+    /// is final (up to a minute), then how long they took from acceptance
+    /// to their outcome.
+    pub async fn settlement(prepared: &Prepared, db: &PgPool) -> anyhow::Result<Option<Settlement>> {
+        let Check::QueuedCoupons { code, .. } = &prepared.check else { return Ok(None) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM coupon_issue_requests r JOIN coupon_types t ON t.id = r.coupon_type_id
+                 WHERE t.code = $1 AND r.status = 'PENDING'",
+            )
+            .bind(code)
+            .fetch_one(db)
+            .await?;
+            if pending == 0 || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let (p50_ms, p99_ms, max_ms, pending): (f64, f64, f64, i64) = sqlx::query_as(
+            "SELECT coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), 0),
+                    coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), 0),
+                    coalesce(max(ms), 0), count(*) FILTER (WHERE ms IS NULL)
+             FROM (SELECT extract(epoch FROM r.processed_at - r.requested_at)::float8 * 1000 AS ms
+                   FROM coupon_issue_requests r JOIN coupon_types t ON t.id = r.coupon_type_id
+                   WHERE t.code = $1) AS settled",
+        )
+        .bind(code)
+        .fetch_one(db)
+        .await?;
+        Ok(Some(Settlement { p50_ms, p99_ms, max_ms, still_pending: pending }))
+    }
+
     /// Broken invariants: the scenario's own, then every invariant of the shop (`shop::invariants`).
     pub async fn check(prepared: &Prepared, outcome: &Outcome, db: &PgPool) -> anyhow::Result<Vec<String>> {
         let mut broken = Vec::new();
@@ -131,6 +184,21 @@ impl Scenario {
                 }
                 if issued != outcome.count("201") as i64 {
                     broken.push(format!("{issued} coupons issued but {} answered 201", outcome.count("201")));
+                }
+            }
+            Check::QueuedCoupons { code, total } => {
+                let (issued, accepted): (i64, i64) = sqlx::query_as(
+                    "SELECT count(*) FILTER (WHERE r.status = 'ISSUED'), count(*)
+                     FROM coupon_issue_requests r JOIN coupon_types t ON t.id = r.coupon_type_id WHERE t.code = $1",
+                )
+                .bind(code)
+                .fetch_one(db)
+                .await?;
+                if issued != accepted.min(*total) {
+                    broken.push(format!("{issued} requests issued, expected min({accepted} accepted, {total})"));
+                }
+                if accepted != outcome.count("202") as i64 {
+                    broken.push(format!("{accepted} requests written down but {} answered 202", outcome.count("202")));
                 }
             }
             Check::Charges { user_ids } => {

@@ -52,7 +52,8 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus text format: requests per route and status, lock waits,
-/// optimistic retries, gate outcomes, outbox backlog.
+/// optimistic retries, gate outcomes, outbox backlog, issue requests
+/// pending.
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -63,6 +64,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     {
         Ok(backlog) => metrics::gauge!("shop_outbox_backlog").set(backlog as f64),
         Err(error) => tracing::warn!(%error, "could not count the outbox backlog"),
+    }
+    match sqlx::query_scalar!(r#"SELECT count(*) AS "pending!" FROM coupon_issue_requests WHERE status = 'PENDING'"#)
+        .fetch_one(&state.db)
+        .await
+    {
+        Ok(pending) => metrics::gauge!("shop_async_issue_pending").set(pending as f64),
+        Err(error) => tracing::warn!(%error, "could not count the pending issue requests"),
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -14,8 +14,8 @@
 //! instance that dies mid-batch leaves its entries for another consumer
 //! to claim, and their second processing changes nothing.
 
-use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,7 @@ use crate::error::AppError;
 use crate::storage::issue_requests::{self, Outcome, QueuedRequest};
 use crate::storage::{Tx, coupons};
 use crate::strategy::coupons::{CouponHold, Issued};
+use uuid::Uuid;
 
 /// Entries read at a time: one transaction's worth.
 const BATCH: usize = 256;
@@ -35,6 +36,15 @@ const BATCH: usize = 256;
 const BLOCK: Duration = Duration::from_millis(500);
 /// Requests requeued per sweep.
 const SWEEP: i64 = 1_000;
+/// How soon to look again for the rows of entries that came before them.
+const ROW_POLL: Duration = Duration::from_millis(10);
+/// How long an entry waits for its row: a gate's request is queued before
+/// it is written down, milliseconds earlier, unless its instance died in
+/// between (then the gate's reconciler takes its grant back).
+const ROW_WAIT: Duration = Duration::from_secs(5);
+
+/// Entries read before their request was written down: when first seen.
+type Waiting = HashMap<String, Instant>;
 
 /// A campaign's requests in a batch, and how each ended.
 struct Decided {
@@ -46,8 +56,9 @@ impl Issuance {
     /// Consumes the queue until `stop`.
     pub async fn consume(&self, stop: CancellationToken) {
         let mut pause = Duration::from_millis(100);
+        let mut waiting = Waiting::new();
         while !stop.is_cancelled() {
-            match self.consume_once().await {
+            match self.consume_once(&mut waiting).await {
                 Ok(()) => pause = Duration::from_millis(100),
                 Err(error) => {
                     tracing::warn!(%error, "could not consume issue requests; retrying");
@@ -61,52 +72,76 @@ impl Issuance {
         }
     }
 
-    async fn consume_once(&self) -> Result<(), AppError> {
-        let entries = match self.queue.read_new(BATCH, BLOCK).await {
+    async fn consume_once(&self, waiting: &mut Waiting) -> Result<(), AppError> {
+        // Entries still waiting for their rows are this consumer's, read
+        // again from its own pending list.
+        let mut entries = if waiting.is_empty() { Vec::new() } else { self.queue.read_own(BATCH).await? };
+        let block = if waiting.is_empty() { BLOCK } else { ROW_POLL };
+        match self.queue.read_new(BATCH, block).await {
             Err(error) if error.code() == Some("NOGROUP") => {
                 // Redis lost the stream: start it again; the sweep requeues.
                 self.queue.ensure_group().await?;
+                waiting.clear();
                 return Ok(());
             }
-            read => read?,
-        };
-        let mut entries = entries;
+            read => entries.extend(read?),
+        }
         if entries.len() < BATCH {
             entries.extend(self.queue.claim_idle(self.patience.claim_after, BATCH - entries.len()).await?);
         }
+        let mut seen = HashSet::new();
+        entries.retain(|entry| seen.insert(entry.id.clone()));
         if !entries.is_empty() {
-            self.process(entries).await?;
+            self.process(entries, waiting).await?;
         }
         Ok(())
     }
 
-    /// Issues a batch, then acknowledges it and settles its grants.
-    async fn process(&self, entries: Vec<Entry>) -> Result<(), AppError> {
+    /// Issues a batch, then acknowledges it (but for entries still waiting
+    /// for their rows) and settles its grants.
+    async fn process(&self, entries: Vec<Entry>, waiting: &mut Waiting) -> Result<(), AppError> {
         // Tests stop a consumer here, its entries read and not acknowledged.
         fail::fail_point!("issuance::batch::read");
-        let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
-        let requests: Vec<QueuedRequest> = entries.into_iter().filter_map(|entry| entry.request).collect();
-        let decided = self.write(&requests).await?;
-        self.queue.done(&ids).await?;
-        for campaign in &decided {
-            for (request, outcome) in &campaign.outcomes {
-                let hold = CouponHold::granted(request.gate_grant);
-                self.coupons.settle(&campaign.coupon_type, request.user_id, hold, outcome.as_ref()).await;
+        let requests: Vec<QueuedRequest> = entries.iter().filter_map(|entry| entry.request.clone()).collect();
+        let (decided, unwritten) = self.write(&requests).await?;
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for entry in entries {
+            let unwritten = entry.request.as_ref().is_some_and(|request| unwritten.contains(&request.id));
+            let since = *waiting.entry(entry.id.clone()).or_insert(now);
+            if unwritten && now.duration_since(since) < ROW_WAIT {
+                continue;
             }
+            if unwritten {
+                tracing::warn!(entry = entry.id, "dropping a queued issue request that was never written down");
+            }
+            waiting.remove(&entry.id);
+            done.push(entry.id);
         }
+        self.queue.done(&done).await?;
+        // Side by side: one connection carries them, pipelined.
+        let settles = decided.iter().flat_map(|campaign| {
+            campaign.outcomes.iter().map(|(request, outcome)| {
+                let hold = CouponHold::granted(request.gate_grant);
+                self.coupons.settle(&campaign.coupon_type, request.user_id, hold, outcome.as_ref())
+            })
+        });
+        futures_util::future::join_all(settles).await;
         let finished = decided.iter().map(|campaign| campaign.outcomes.len()).sum::<usize>();
         metrics::counter!("shop_async_issue_processed_total").increment(finished as u64);
         Ok(())
     }
 
-    /// Decides and writes the requests in one transaction.
-    async fn write(&self, requests: &[QueuedRequest]) -> Result<Vec<Decided>, AppError> {
+    /// Decides and writes the requests in one transaction; also returns the
+    /// requests not written down (yet).
+    async fn write(&self, requests: &[QueuedRequest]) -> Result<(Vec<Decided>, HashSet<Uuid>), AppError> {
         let mut by_campaign: BTreeMap<i64, Vec<&QueuedRequest>> = BTreeMap::new();
         for request in requests {
             by_campaign.entry(request.type_id).or_default().push(request);
         }
         let mut tx = Tx::begin(&self.db).await?;
         let mut decided = Vec::new();
+        let mut unwritten = HashSet::new();
         let mut finished = Vec::new();
         for (type_id, requests) in by_campaign {
             let Some((coupon_type, issued)) = coupons::lock_type_with_count(&mut tx, type_id).await? else {
@@ -114,7 +149,7 @@ impl Issuance {
                 continue;
             };
             let ids: Vec<_> = requests.iter().map(|request| request.id).collect();
-            let pending: HashSet<_> = issue_requests::lock_pending_among(&mut tx, &ids).await?.into_iter().collect();
+            let rows: HashMap<Uuid, bool> = issue_requests::lock_among(&mut tx, &ids).await?.into_iter().collect();
             let users: Vec<i64> = requests.iter().map(|request| request.user_id).collect();
             let mut held: HashSet<i64> =
                 issue_requests::holders_among(&mut tx, type_id, &users).await?.into_iter().collect();
@@ -122,10 +157,15 @@ impl Issuance {
             let mut left = coupon_type.terms.total_quantity - issued;
             let (mut issuing, mut refused) = (Vec::new(), Vec::new());
             for request in requests {
-                // Finished already (a redelivered or requeued entry), or
-                // refused at once and forgotten.
-                if !pending.contains(&request.id) || !seen.insert(request.id) {
-                    continue;
+                match rows.get(&request.id) {
+                    None => {
+                        unwritten.insert(request.id);
+                        continue;
+                    }
+                    // Finished already: a redelivered or requeued entry.
+                    Some(false) => continue,
+                    Some(true) if !seen.insert(request.id) => continue,
+                    Some(true) => {}
                 }
                 if !held.insert(request.user_id) {
                     refused.push((request.clone(), AppError::CouponAlreadyIssued));
@@ -166,7 +206,7 @@ impl Issuance {
             issue_requests::finish_many(&mut tx, &finished).await?;
         }
         tx.commit().await?;
-        Ok(decided)
+        Ok((decided, unwritten))
     }
 
     /// Queues again the requests pending longer than `requeue_after`: their

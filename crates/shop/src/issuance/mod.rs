@@ -3,13 +3,15 @@
 //! requests in batches and record each one's outcome.
 //!
 //! Accepting refuses at once what is already final (unknown campaign, not
-//! open, sold out, already held or already pending for the user). Under a
-//! gate the unit is granted and the request queued by one script; under
-//! the database strategies the request is written down first and queued
-//! after. Either way it is written `PENDING` in PostgreSQL, and a sweep
-//! requeues requests pending too long — so a request whose entry Redis
-//! lost, or whose instance died before queueing it, still ends `ISSUED` or
-//! `REJECTED`.
+//! open, sold out, already held or already pending for the user) and then
+//! writes nothing. Under a gate the unit is granted and the request queued
+//! by one script, then written down `PENDING`: its consumer waits a few
+//! seconds for that row, and if the instance died in between, drops the
+//! entry and the gate's reconciler takes the grant back. Under the
+//! database strategies the request is written down first and queued
+//! after. A sweep requeues requests pending too long, so one whose entry
+//! Redis lost, or whose instance died before queueing it, still ends
+//! `ISSUED` or `REJECTED`.
 
 mod consumer;
 mod queue;
@@ -109,22 +111,12 @@ impl Issuance {
     ) -> Result<Accepted, AppError> {
         coupon_type.check_window(Utc::now()).map_err(|_| AppError::CouponNotOpen)?;
         let mut request = QueuedRequest { id: Uuid::new_v4(), user_id, type_id: coupon_type.id, gate_grant: None };
-        // Written down before it is queued, so that a consumer finds it; a
-        // second pending request of the user is refused here.
+        // A gate queues the request itself, in the script that grants it;
+        // its consumer waits for the row written next.
+        request.gate_grant = self.coupons.accept(&self.db, coupon_type, user_id, &self.queue.entry(&request)).await?;
         issue_requests::insert_pending(&mut *self.db.acquire().await?, request.id, user_id, coupon_type.id)
             .await
             .on_constraint("coupon_issue_requests_pending_key", || AppError::CouponAlreadyIssued)?;
-        match self.coupons.accept(&self.db, coupon_type, user_id, &self.queue.entry(&request)).await {
-            Ok(grant) => request.gate_grant = grant,
-            Err(refusal) => {
-                // Refused at once: it never was a request. (Kept if this
-                // fails: the consumer then refuses it too, or issues it.)
-                if let Err(error) = self.forget(request.id).await {
-                    tracing::warn!(%error, request_id = %request.id, "could not forget a refused issue request");
-                }
-                return Err(refusal);
-            }
-        }
         let accepted = Accepted {
             request_id: request.id,
             coupon_type: coupon_type.terms.code.as_str().to_owned(),
@@ -143,10 +135,6 @@ impl Issuance {
         }
         metrics::counter!("shop_async_issue_accepted_total").increment(1);
         Ok(accepted)
-    }
-
-    async fn forget(&self, id: Uuid) -> Result<(), sqlx::Error> {
-        issue_requests::delete_pending(&mut *self.db.acquire().await?, id).await
     }
 
     /// How often to look for requests to requeue.

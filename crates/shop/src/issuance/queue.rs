@@ -95,6 +95,22 @@ impl Queue {
         Ok(reply.into_iter().flat_map(|reply| reply.keys).flat_map(|key| key.ids).map(Entry::from).collect())
     }
 
+    /// Entries this consumer read and has not acknowledged.
+    pub async fn read_own(&self, count: usize) -> redis::RedisResult<Vec<Entry>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg("0")
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(reply.into_iter().flat_map(|reply| reply.keys).flat_map(|key| key.ids).map(Entry::from).collect())
+    }
+
     /// Entries read by a consumer but not acknowledged for `idle`: taken
     /// over by this one.
     pub async fn claim_idle(&self, idle: Duration, count: usize) -> redis::RedisResult<Vec<Entry>> {

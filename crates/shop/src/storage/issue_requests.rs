@@ -34,6 +34,8 @@ pub struct Outcome {
     pub issued: Result<i64, &'static str>,
 }
 
+/// Writes an accepted request down. Under a gate it is queued already, and
+/// its consumer waits for this row.
 pub async fn insert_pending(conn: &mut PgConnection, id: Uuid, user_id: i64, type_id: i64) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO coupon_issue_requests (id, user_id, coupon_type_id) VALUES ($1, $2, $3)",
@@ -44,14 +46,6 @@ pub async fn insert_pending(conn: &mut PgConnection, id: Uuid, user_id: i64, typ
     .execute(conn)
     .await
     .map(drop)
-}
-
-/// Forgets a request refused once written down (while still pending).
-pub async fn delete_pending(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query!("DELETE FROM coupon_issue_requests WHERE id = $1 AND status = 'PENDING'", id)
-        .execute(conn)
-        .await
-        .map(drop)
 }
 
 pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<RequestRow>, sqlx::Error> {
@@ -65,15 +59,17 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<RequestRow
     .await
 }
 
-/// Of these requests, the ones still pending, locked: written down before
-/// they were queued, so one missing was refused (or never accepted).
-pub async fn lock_pending_among(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "SELECT id FROM coupon_issue_requests WHERE id = ANY($1) AND status = 'PENDING' ORDER BY id FOR UPDATE",
+/// Of these requests, the ones written down, locked, with whether each is
+/// still pending.
+pub async fn lock_among(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(Uuid, bool)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT id, status = 'PENDING' AS "pending!" FROM coupon_issue_requests
+           WHERE id = ANY($1) ORDER BY id FOR UPDATE"#,
         ids,
     )
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row.pending)).collect())
 }
 
 /// Of these users, the ones that hold a coupon of the campaign.
