@@ -3,11 +3,13 @@
 //!
 //! A batch locks its campaigns' rows (ascending id) — the row every
 //! synchronous issue of the campaign also writes, so the two paths take
-//! turns — and decides each request in queue order against what it reads
-//! under that lock: a request already finished (a redelivered or requeued
-//! entry) is skipped; a user who holds the campaign's coupon, or got one
-//! earlier in the batch, is `ALREADY_ISSUED`; while units are left the
-//! request is issued; then `SOLD_OUT`. The coupons are written with one
+//! turns — then its requests' rows, and decides each request in queue
+//! order against what it read under those locks: a request already
+//! finished (a redelivered or requeued entry) is skipped; one not written
+//! down yet (a gate queues before the row is written) waits for a later
+//! round; a user who holds the campaign's coupon, or got one earlier in the
+//! batch, is `ALREADY_ISSUED`; while units are left the request is issued;
+//! then `SOLD_OUT`. The coupons are written with one
 //! statement per campaign and the outcomes with one more; `coupons_user_type_key`
 //! and `coupon_types_issued_check` back the decisions. Only after the
 //! commit are the entries acknowledged and a gate's grants settled, so an
