@@ -29,6 +29,7 @@ pub mod config;
 mod coupon_types;
 mod domain;
 pub mod error;
+mod events;
 mod http;
 mod idempotency;
 pub mod invariants;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 
@@ -14,12 +13,13 @@ use crate::domain::coupon::{CouponKind, CouponStatus};
 use crate::domain::order::{self, Amounts, Event, MIN_TOTAL, OrderLines, OrderStatus};
 use crate::domain::points::LedgerKind;
 use crate::error::{AppError, ResultExt};
+use crate::events::{self, EventItem, OrderEvent};
 use crate::idempotency::Claim;
 use crate::storage::coupons::CouponForOrder;
 use crate::storage::orders::{ItemRow, NewItem, NewOrder, OrderRow};
 use crate::storage::payments::Sale;
 use crate::storage::products::ProductRow;
-use crate::storage::{Tx, coupons, ledger, orders, outbox, payments, products, wallets};
+use crate::storage::{Tx, coupons, ledger, orders, payments, products, wallets};
 use crate::strategy::stock::StockStrategy;
 use crate::top_sellers::{SaleRecord, TopSellers};
 
@@ -78,6 +78,12 @@ impl OrderView {
             .iter()
             .map(|line| (line.product_id, line.quantity as i64, line.quantity as i64 * line.price))
             .collect()
+    }
+}
+
+impl From<&OrderLineView> for EventItem {
+    fn from(line: &OrderLineView) -> Self {
+        Self { product_id: line.product_id, name: line.name.clone(), quantity: line.quantity, unit_price: line.price }
     }
 }
 
@@ -284,11 +290,18 @@ pub async fn cancel(
         let balance = wallets::credit(&mut tx, order.user_id, order.final_amount).await?;
         ledger::append(&mut tx, order.user_id, LedgerKind::Refund, order.final_amount, balance, Some(order.id)).await?;
         payments::mark_refunded(&mut tx, order.id).await?;
-        let payload = json!({"orderId": order.id, "userId": order.user_id, "refundedAmount": order.final_amount});
-        outbox::record(&mut tx, order.id, "ORDER_CANCELLED", &payload).await?;
     }
     let cancelled = orders::set_status(&mut tx, order.id, OrderStatus::Cancelled).await?;
     let view = views(&mut tx, vec![cancelled]).await?.remove(0);
+    if was_paid {
+        let event = OrderEvent::Cancelled {
+            user_id: order.user_id,
+            refund_amount: order.final_amount,
+            items: view.items.iter().map(EventItem::from).collect(),
+            cancelled_at: Utc::now(),
+        };
+        events::record(&mut tx, order.id, event).await?;
+    }
     if let Some(claim) = claim {
         claim.save(&mut tx, axum::http::StatusCode::OK, &view).await?;
     }

@@ -3,17 +3,17 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use crate::domain::order::{self, Event};
 use crate::error::{AppError, ResultExt};
+use crate::events::{self, EventItem, OrderEvent};
 use crate::idempotency::Claim;
 use crate::orders::visible;
 use crate::storage::orders::OrderRow;
 use crate::storage::payments::PaymentRow;
-use crate::storage::{Tx, orders, outbox, payments};
+use crate::storage::{Tx, orders, payments};
 use crate::strategy::points::{PointsStrategy, Spend};
 use crate::top_sellers::{SaleRecord, TopSellers};
 
@@ -88,11 +88,26 @@ pub async fn pay(
             .on_constraint("payments_order_key", || AppError::OrderNotPayable("PAID"))?;
         points.debit(&mut tx, Spend { user_id, amount: order.final_amount, order_id }, &hold).await?;
         let payment = &recorded.payment;
-        let event = json!({
-            "orderId": order.id, "userId": user_id, "paymentId": payment.id,
-            "finalAmount": order.final_amount, "paidAt": payment.paid_at,
-        });
-        outbox::record(&mut tx, order.id, "ORDER_PAID", &event).await?;
+        let items = orders::items(&mut tx, &[order.id]).await?;
+        let event = OrderEvent::Paid {
+            user_id,
+            payment_id: payment.id,
+            items: items
+                .into_iter()
+                .map(|item| EventItem {
+                    product_id: item.product_id,
+                    name: item.product_name,
+                    quantity: item.quantity,
+                    unit_price: item.unit_price,
+                })
+                .collect(),
+            total_amount: order.total_amount,
+            discount_amount: order.discount_amount,
+            final_amount: order.final_amount,
+            coupon_id: order.coupon_id,
+            paid_at: payment.paid_at,
+        };
+        events::record(&mut tx, order.id, event).await?;
         let view = PaymentView::new(payment, &order);
         if let Some(claim) = claim {
             claim.save(&mut tx, axum::http::StatusCode::CREATED, &view).await?;

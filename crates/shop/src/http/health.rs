@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::extract::Json;
+use crate::storage::outbox;
 
 /// How long readiness waits for each dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,11 +59,12 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Read when scraped: a count over a partial index of undelivered events.
-    match sqlx::query_scalar!(r#"SELECT count(*) AS "backlog!" FROM outbox_events WHERE status <> 'DELIVERED'"#)
-        .fetch_one(&state.db)
-        .await
-    {
-        Ok(backlog) => metrics::gauge!("shop_outbox_backlog").set(backlog as f64),
+    let backlog = async { outbox::backlog(&mut *state.db.acquire().await?).await };
+    match backlog.await {
+        Ok((backlog, oldest)) => {
+            metrics::gauge!("shop_outbox_backlog").set(backlog as f64);
+            metrics::gauge!("shop_outbox_oldest_undelivered_seconds").set(oldest);
+        }
         Err(error) => tracing::warn!(%error, "could not count the outbox backlog"),
     }
     match sqlx::query_scalar!(r#"SELECT count(*) AS "pending!" FROM coupon_issue_requests WHERE status = 'PENDING'"#)

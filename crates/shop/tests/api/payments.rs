@@ -285,3 +285,51 @@ async fn payment_and_cancel_replay_under_their_idempotency_keys() {
     assert_eq!(app.balance_and_ledger_sum(user.id).await, (20000, 20000), "paid once, refunded once");
     app.assert_invariants().await;
 }
+
+/// A payment and the cancellation of the paid order each record an event
+/// in their transaction: the envelope its receivers will get, numbered per
+/// order, with the order's lines.
+#[tokio::test]
+async fn paying_and_cancelling_record_numbered_events_with_the_orders_lines() {
+    let app = spawn_app().await;
+    let product = app.create_product("kettle", 12000, 10).await;
+    let user = app.new_user().await;
+    app.charge(&user, 100000).await;
+    let order = app.order_id(&user, &[(product, 2)], None).await;
+    let payment: Value = app.pay(&user, order).await.json().await.unwrap();
+    assert_eq!(
+        app.post(&format!("/api/orders/{order}/cancel"), Some(&user.token), json!({})).await.status(),
+        StatusCode::OK
+    );
+
+    let events: Vec<(String, i32, String)> =
+        sqlx::query_as("SELECT event_type, sequence, body FROM outbox_events WHERE order_id = $1 ORDER BY sequence")
+            .bind(order)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let kinds: Vec<(&str, i32)> = events.iter().map(|(kind, sequence, _)| (kind.as_str(), *sequence)).collect();
+    assert_eq!(kinds, [("ORDER_PAID", 1), ("ORDER_CANCELLED", 2)]);
+    let paid: Value = serde_json::from_str(&events[0].2).unwrap();
+    assert_eq!(
+        (paid["type"].as_str(), paid["orderId"].as_i64(), paid["sequence"].as_i64()),
+        (Some("ORDER_PAID"), Some(order), Some(1))
+    );
+    assert!(paid["eventId"].is_string() && paid["occurredAt"].is_string(), "{paid}");
+    let data = &paid["data"];
+    assert_eq!((data["userId"].as_i64(), data["paymentId"].as_i64()), (Some(user.id), payment["paymentId"].as_i64()));
+    assert_eq!(
+        (data["totalAmount"].as_i64(), data["discountAmount"].as_i64(), data["finalAmount"].as_i64()),
+        (Some(24000), Some(0), Some(24000))
+    );
+    assert!(data["couponId"].is_null() && data["paidAt"].is_string(), "{data}");
+    assert_eq!(data["items"], json!([{"productId": product, "name": "kettle", "quantity": 2, "unitPrice": 12000}]));
+    let cancelled: Value = serde_json::from_str(&events[1].2).unwrap();
+    assert_eq!((cancelled["type"].as_str(), cancelled["sequence"].as_i64()), (Some("ORDER_CANCELLED"), Some(2)));
+    assert_eq!(
+        (cancelled["data"]["refundAmount"].as_i64(), cancelled["data"]["userId"].as_i64()),
+        (Some(24000), Some(user.id))
+    );
+    assert_eq!(cancelled["data"]["items"], data["items"]);
+    assert!(cancelled["data"]["cancelledAt"].is_string());
+}
