@@ -265,6 +265,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
 }
 
 async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<(scenario::Prepared, Outcome)> {
+    // The TLS provider the shop's HTTP client builds on (both share one reqwest).
+    rustls::crypto::ring::default_provider().install_default().ok();
     let client =
         reqwest::Client::builder().pool_max_idle_per_host(args.connections).timeout(Duration::from_secs(30)).build()?;
     let api = Api { client: client.clone(), url: targets.urls[0].clone() };

@@ -87,12 +87,41 @@ pub struct Config {
     pub shop_timezone: chrono_tz::Tz,
     #[command(flatten)]
     pub locks: LockConfig,
+    #[command(flatten)]
+    pub events: EventsConfig,
     /// `text` for people, `json` for log shippers.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_filter: String,
+}
+
+/// Where paid and cancelled orders are delivered, and how hard to try.
+#[derive(Debug, Clone, Args)]
+pub struct EventsConfig {
+    /// Webhook receiving every event (Standard Webhooks); unset: none.
+    #[arg(long, env = "DATA_PLATFORM_URL")]
+    pub data_platform_url: Option<String>,
+    /// Signs webhook deliveries (`webhook-signature: v1,…`); a `whsec_`
+    /// prefix marks a base64 key, as Standard Webhooks' secrets do.
+    #[arg(long, env = "DATA_PLATFORM_SECRET", hide_env_values = true)]
+    pub data_platform_secret: Option<String>,
+    /// Longest wait for the webhook receiver's answer.
+    #[arg(long, env = "DATA_PLATFORM_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub data_platform_timeout_ms: u64,
+    /// Attempts before an event is `FAILED` (and its order's later events wait).
+    #[arg(long, env = "EVENT_MAX_ATTEMPTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_max_attempts: u32,
+    /// Delivered events are deleted after this many days.
+    #[arg(long, env = "EVENT_RETENTION_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_retention_days: u32,
+    /// The first retry's delay; each later one doubles, with jitter, up to
+    /// `EVENT_RETRY_MAX_MS`.
+    #[arg(long, env = "EVENT_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_retry_base_ms: u64,
+    #[arg(long, env = "EVENT_RETRY_MAX_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_retry_max_ms: u64,
 }
 
 /// How long the concurrency strategies may wait before answering
@@ -117,7 +146,7 @@ pub struct LockConfig {
     pub gate_reconcile_after_ms: u64,
     /// Asynchronous issuance: a queued request read by a consumer that did
     /// not finish it in this long is taken over by another.
-    #[arg(long, env = "ASYNC_ISSUE_CLAIM_AFTER_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
+    #[arg(long, env = "ASYNC_ISSUE_CLAIM_AFTER_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub async_issue_claim_after_ms: u64,
     /// Asynchronous issuance: a request still pending this long is queued
     /// again (its entry may have been lost with Redis).

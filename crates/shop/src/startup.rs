@@ -22,6 +22,7 @@ use crate::auth::{PasswordHasher, Tokens};
 use crate::config::{Config, DatabaseConfig};
 use crate::coupon_types::CouponTypes;
 use crate::domain::points::ChargeLimits;
+use crate::events::{Relay, RelayConfig, Sinks};
 use crate::http::catalogue::Catalogue;
 use crate::http::{self, AppState, Shared};
 use crate::issuance::{Issuance, Patience, Queue};
@@ -35,7 +36,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const TEST_IDLE_CONNECTION_AFTER: Duration = Duration::from_secs(1);
 /// Orders expired per transaction by the sweeper.
 const EXPIRY_BATCH: i64 = 100;
-/// How often each instance deletes expired idempotency keys.
+/// How often each instance deletes expired idempotency keys and delivered
+/// events past their retention.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -90,6 +92,11 @@ impl Server {
         // A connection of the queue's own, for its blocking reads.
         let queue = Queue::new(connect_redis(&config.redis_url).await?, &config.redis_key_prefix);
         let issuance = Issuance::new(db.clone(), queue, coupons.clone(), patience);
+        // The one TLS provider the webhook client may use (a second start
+        // in one process finds it installed).
+        rustls::crypto::ring::default_provider().install_default().ok();
+        let sinks = Sinks::new(&config.events).context("cannot set up the event sinks")?;
+        let relay = Relay::new(db.clone(), sinks, RelayConfig::from(&config.events));
         let top_sellers = TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone);
         let state = AppState::new(Shared {
             catalogue: Catalogue::new(db.clone(), top_sellers.clone()),
@@ -102,6 +109,7 @@ impl Server {
             coupons,
             coupon_types: CouponTypes::default(),
             issuance,
+            relay,
             stock,
             top_sellers,
             order_payment_timeout_secs: config.order_payment_timeout_secs as i64,
@@ -142,6 +150,17 @@ impl Server {
             let (state, stop) = (state.clone(), stop.clone());
             async move { state.issuance.consume(stop).await }
         }));
+        background.push(tokio::spawn({
+            let (state, stop) = (state.clone(), stop.clone());
+            async move { state.relay.run(stop).await }
+        }));
+        background.push(tokio::spawn(every_while(PURGE_INTERVAL, stop.clone(), "purge delivered events", {
+            let state = state.clone();
+            move || {
+                let state = state.clone();
+                async move { state.relay.purge().await }
+            }
+        })));
         let requeue_every = state.issuance.requeue_every();
         background.push(tokio::spawn(every_while(requeue_every, stop.clone(), "requeue issue requests", {
             let state = state.clone();

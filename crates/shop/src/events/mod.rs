@@ -1,13 +1,21 @@
-//! Paid and cancelled orders, for the data platform: each event is
+//! Paid and cancelled orders, told to the data platform: each event is
 //! recorded in the transaction of the change it describes (a transactional
-//! outbox), as the envelope its receivers get: numbered per order, its
-//! bytes fixed once written.
+//! outbox), as the envelope its receivers get — numbered per order, its
+//! bytes fixed once written — and delivered by a relay in every instance
+//! to every configured sink, at least once and in order per order (see
+//! `docs/events.md`).
+
+mod relay;
+mod sinks;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+pub use relay::{Relay, RelayConfig};
+pub use sinks::Sinks;
 
 use crate::error::AppError;
 use crate::storage::outbox::{self, NewEvent};

@@ -10,6 +10,7 @@ mod health;
 mod idempotent;
 mod openapi;
 mod orders;
+mod outbox;
 mod pagination;
 mod payments;
 mod points;
@@ -68,6 +69,7 @@ pub struct Shared {
     pub coupons: Arc<dyn CouponStrategy>,
     pub coupon_types: CouponTypes,
     pub issuance: crate::issuance::Issuance,
+    pub relay: crate::events::Relay,
     pub stock: Arc<dyn StockStrategy>,
     pub placing: crate::orders::Placing,
     pub top_sellers: TopSellers,
@@ -131,6 +133,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(orders::list))
         .routes(routes!(orders::cancel))
         .routes(routes!(orders::advance))
+        .routes(routes!(outbox::list))
+        .routes(routes!(outbox::retry))
         .routes(routes!(payments::pay))
         .routes(routes!(payments::detail))
         .routes(routes!(health::live))

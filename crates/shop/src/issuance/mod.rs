@@ -33,7 +33,7 @@ use crate::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
 use crate::storage::Tx;
 use crate::storage::issue_requests::{self, QueuedRequest, RequestRow};
-use crate::strategy::coupons::CouponStrategy;
+use crate::strategy::coupons::{CouponHold, CouponStrategy};
 
 /// An accepted request.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -114,9 +114,21 @@ impl Issuance {
         // A gate queues the request itself, in the script that grants it;
         // its consumer waits for the row written next.
         request.gate_grant = self.coupons.accept(&self.db, coupon_type, user_id, &self.queue.entry(&request)).await?;
-        issue_requests::insert_pending(&mut *self.db.acquire().await?, request.id, user_id, coupon_type.id)
-            .await
-            .on_constraint("coupon_issue_requests_pending_key", || AppError::CouponAlreadyIssued)?;
+        let written = async {
+            issue_requests::insert_pending(&mut *self.db.acquire().await?, request.id, user_id, coupon_type.id)
+                .await
+                .on_constraint("coupon_issue_requests_pending_key", || AppError::CouponAlreadyIssued)
+        };
+        if let Err(error) = written.await {
+            if request.gate_grant.is_some() {
+                // Not written down, so not accepted: the unit goes back now
+                // (its entry, finding no row, is dropped), or the user would
+                // be told they hold one until the reconciler came.
+                let hold = CouponHold::granted(request.gate_grant);
+                self.coupons.settle(coupon_type, user_id, hold, Err(&error)).await;
+            }
+            return Err(error);
+        }
         let accepted = Accepted {
             request_id: request.id,
             coupon_type: coupon_type.terms.code.as_str().to_owned(),

@@ -1,6 +1,8 @@
 //! The transactional outbox: an event is written in the transaction of the
-//! change it describes.
+//! change it describes, and delivered from here at least once, in order
+//! per order.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -42,6 +44,137 @@ pub async fn record(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<(),
     .execute(&mut *conn)
     .await?;
     sqlx::query!("SELECT pg_notify('outbox_events', '')").fetch_one(conn).await.map(drop)
+}
+
+/// An event as the relay delivers it.
+pub struct DueEvent {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub body: String,
+    pub attempts: i32,
+    pub delivered_to: Vec<String>,
+}
+
+/// Locks up to `limit` due events, skipping those another relay holds,
+/// each the oldest undelivered event of its order: an order's later event
+/// waits until every earlier one is delivered.
+pub async fn lock_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<DueEvent>, sqlx::Error> {
+    sqlx::query_as!(
+        DueEvent,
+        "SELECT e.id, e.event_id, e.event_type, e.body, e.attempts, e.delivered_to FROM outbox_events e
+         WHERE e.status = 'PENDING' AND e.next_attempt_at <= now()
+           AND NOT EXISTS (SELECT 1 FROM outbox_events earlier
+                           WHERE earlier.order_id = e.order_id AND earlier.id < e.id AND earlier.status <> 'DELIVERED')
+         ORDER BY e.next_attempt_at, e.id LIMIT $1
+         FOR UPDATE OF e SKIP LOCKED",
+        limit,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// How one attempt at an event went.
+pub struct Attempt {
+    pub id: i64,
+    /// Sinks that acknowledged it, this time or before.
+    pub delivered_to: Vec<String>,
+    /// Why a sink did not, or `None`: delivered everywhere.
+    pub error: Option<String>,
+    /// When to try again; `None` with an error: it failed for good.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+pub async fn record_attempts(conn: &mut PgConnection, attempts: &[Attempt]) -> Result<(), sqlx::Error> {
+    for attempt in attempts {
+        let status = match (&attempt.error, attempt.retry_at) {
+            (None, _) => "DELIVERED",
+            (Some(_), Some(_)) => "PENDING",
+            (Some(_), None) => "FAILED",
+        };
+        sqlx::query!(
+            "UPDATE outbox_events SET status = $2, attempts = attempts + 1, delivered_to = $3, last_error = $4,
+                    next_attempt_at = coalesce($5, next_attempt_at),
+                    delivered_at = CASE WHEN $2 = 'DELIVERED' THEN now() END
+             WHERE id = $1",
+            attempt.id,
+            status,
+            &attempt.delivered_to,
+            attempt.error,
+            attempt.retry_at,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// An event as the admin's list shows it.
+pub struct EventRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub order_id: i64,
+    pub event_type: String,
+    pub sequence: i32,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// Events newest first, strictly older than `before_id`, of one status or all.
+pub async fn page(
+    conn: &mut PgConnection,
+    status: Option<&str>,
+    before_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EventRow,
+        "SELECT id, event_id, order_id, event_type, sequence, status, attempts, next_attempt_at, last_error,
+                created_at, delivered_at
+         FROM outbox_events WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3",
+        status,
+        before_id,
+        limit,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Puts a `FAILED` event back to `PENDING`, due now with its attempts
+/// counted afresh; `None` if there is no such event, `Some(false)` if it is
+/// not `FAILED`.
+pub async fn retry(conn: &mut PgConnection, event_id: Uuid) -> Result<Option<bool>, sqlx::Error> {
+    let status = sqlx::query_scalar!("SELECT status FROM outbox_events WHERE event_id = $1 FOR UPDATE", event_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(status) = status else { return Ok(None) };
+    if status != "FAILED" {
+        return Ok(Some(false));
+    }
+    sqlx::query!(
+        "UPDATE outbox_events SET status = 'PENDING', attempts = 0, next_attempt_at = now() WHERE event_id = $1",
+        event_id,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!("SELECT pg_notify('outbox_events', '')").fetch_one(conn).await?;
+    Ok(Some(true))
+}
+
+/// Deletes delivered events older than `days`; how many.
+pub async fn purge_delivered(conn: &mut PgConnection, days: i32) -> Result<u64, sqlx::Error> {
+    let purged = sqlx::query!(
+        "DELETE FROM outbox_events WHERE status = 'DELIVERED' AND delivered_at < now() - make_interval(days => $1)",
+        days,
+    )
+    .execute(conn)
+    .await?;
+    Ok(purged.rows_affected())
 }
 
 /// The backlog and the age of its oldest event, in seconds.

@@ -9,6 +9,7 @@ mod authorization;
 mod cluster;
 mod concurrency;
 mod coupons;
+mod events;
 mod faults;
 mod health;
 mod history;

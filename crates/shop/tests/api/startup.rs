@@ -107,7 +107,8 @@ async fn sigterm_stops_the_server_cleanly() {
     })
     .await
     .unwrap();
-    let ready = reqwest::get(format!("{address}/health/ready")).await.unwrap();
+    let client = crate::support::http_client().build().unwrap();
+    let ready = client.get(format!("{address}/health/ready")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 
     let pid = child.id().to_string();

@@ -19,7 +19,7 @@ async fn shutdown_stops_taking_requests_and_finishes_those_in_flight() {
 
     app.begin_shutdown();
     // New connections are refused once the listener has closed.
-    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let fresh = crate::support::http_client().pool_max_idle_per_host(0).build().unwrap();
     let mut refused = false;
     for _ in 0..50 {
         if fresh.get(app.url("/health/live")).send().await.is_err() {

@@ -92,7 +92,7 @@ impl Cluster {
             instances.push(started.await.unwrap());
         }
         let db = PgPoolOptions::new().max_connections(2).connect(&database_url).await.unwrap();
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let client = crate::support::http_client().timeout(Duration::from_secs(60)).build().unwrap();
         Cluster { instances: Mutex::new(instances), environments, db, client, database_url, redis_key_prefix }
     }
 

@@ -9,7 +9,8 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use shop::Role;
 use shop::config::{
-    Config, CouponStrategyKind, DatabaseConfig, LockConfig, LogFormat, PointsStrategyKind, StockStrategyKind,
+    Config, CouponStrategyKind, DatabaseConfig, EventsConfig, LockConfig, LogFormat, PointsStrategyKind,
+    StockStrategyKind,
 };
 use shop::startup::Server;
 use sqlx::PgPool;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 pub mod cluster;
 pub mod invariants;
 pub mod pg_proxy;
+pub mod receiver;
 pub mod redis_proxy;
 
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
@@ -62,6 +64,15 @@ pub fn test_config() -> Config {
             gate_reconcile_after_ms: 30_000,
             async_issue_claim_after_ms: 5_000,
             async_issue_requeue_after_ms: 15_000,
+        },
+        events: EventsConfig {
+            data_platform_url: None,
+            data_platform_secret: None,
+            data_platform_timeout_ms: 5000,
+            event_max_attempts: 20,
+            event_retention_days: 7,
+            event_retry_base_ms: 50,
+            event_retry_max_ms: 500,
         },
         log_format: LogFormat::Text,
         log_filter: "warn".into(),
@@ -127,8 +138,7 @@ async fn start(config: Config, owns_data: bool) -> TestApp {
         .connect(&format!("{PG}/{}", database_name(&config.database.database_url)))
         .await
         .expect("the test database is reachable");
-    let client =
-        reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(60)).build().unwrap();
+    let client = http_client().pool_max_idle_per_host(256).timeout(Duration::from_secs(60)).build().unwrap();
     TestApp { address, client, db, config, stop: Some(stop), server: Some(server), owns_data }
 }
 
@@ -360,6 +370,13 @@ pub async fn await_issue_requests(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A client builder; the shop's TLS provider installed first, as the
+/// shop's own HTTP client needs one chosen (whichever test runs first).
+pub fn http_client() -> reqwest::ClientBuilder {
+    rustls::crypto::ring::default_provider().install_default().ok();
+    reqwest::Client::builder()
 }
 
 pub async fn bulk_users(db: &PgPool, count: usize) -> Vec<User> {

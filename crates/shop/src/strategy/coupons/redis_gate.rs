@@ -184,7 +184,10 @@ impl CouponStrategy for CouponGate {
     }
 
     async fn hold(&self, db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
-        let granted = self.grant(db, coupon_type, &self.keys(coupon_type.id), user_id, None).await?;
+        let granted = self
+            .grant(db, coupon_type, &self.keys(coupon_type.id), user_id, None)
+            .await?
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("a synchronous grant left undecided")))?;
         // A simulated crash: the unit is handed out and never written.
         fail::fail_point!("coupons::gate::granted", |_| Err(AppError::internal(anyhow::anyhow!(
             "simulated crash after the coupon gate"
@@ -192,7 +195,9 @@ impl CouponStrategy for CouponGate {
         Ok(CouponHold { leases: Vec::new(), grant: Some(granted) })
     }
 
-    /// The grant and the request's entry in one script.
+    /// The grant and the request's entry in one script. While every unit
+    /// left is pending, the request is accepted without a unit (`None`):
+    /// the database decides it when its turn comes.
     async fn accept(
         &self,
         db: &PgPool,
@@ -200,7 +205,7 @@ impl CouponStrategy for CouponGate {
         user_id: i64,
         queue: &StreamEntry,
     ) -> Result<Option<i64>, AppError> {
-        self.grant(db, coupon_type, &self.keys(coupon_type.id), user_id, Some(queue)).await.map(Some)
+        self.grant(db, coupon_type, &self.keys(coupon_type.id), user_id, Some(queue)).await
     }
 
     async fn issue(
@@ -273,7 +278,8 @@ impl CouponGate {
     /// Takes a unit from the gate for the user (the grant's time, which
     /// names it), queueing an asynchronous request on `queue` in the same
     /// script, or says why not once that is final. An asynchronous request
-    /// is refused at once while the user's own grant is pending.
+    /// is refused at once while the user's own grant is pending, and not
+    /// held up by others' (`None`: no unit taken, the database decides).
     async fn grant(
         &self,
         db: &PgPool,
@@ -281,7 +287,7 @@ impl CouponGate {
         keys: &Keys,
         user_id: i64,
         queue: Option<&StreamEntry>,
-    ) -> Result<i64, AppError> {
+    ) -> Result<Option<i64>, AppError> {
         let asked = Instant::now();
         let mut loads = 0;
         let mut pause = Duration::from_millis(5);
@@ -298,7 +304,7 @@ impl CouponGate {
             let (outcome, granted) = answer.split_once(':').unwrap_or((answer.as_str(), ""));
             metrics::counter!("shop_coupon_gate_total", "outcome" => outcome.to_lowercase()).increment(1);
             match outcome {
-                "GRANTED" => return granted.parse().map_err(AppError::internal),
+                "GRANTED" => return granted.parse().map(Some).map_err(AppError::internal),
                 "SOLD_OUT" => return Err(AppError::CouponSoldOut),
                 "ALREADY_ISSUED" => return Err(AppError::CouponAlreadyIssued),
                 "NOT_LOADED" if loads < 3 => {
@@ -307,6 +313,7 @@ impl CouponGate {
                 }
                 "NOT_LOADED" => return Err(AppError::Unavailable("the coupon gate is being rebuilt")),
                 "HOLDER_PENDING" if queue.is_some() => return Err(AppError::CouponAlreadyIssued),
+                "PENDING" if queue.is_some() => return Ok(None),
                 "PENDING" | "HOLDER_PENDING" if asked.elapsed() < PENDING_WAIT => {
                     tokio::select! {
                         _ = self.settled.notified() => {}

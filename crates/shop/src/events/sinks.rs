@@ -1,0 +1,101 @@
+//! Where events go: a webhook (Standard Webhooks headers and signature).
+//! Each sink answers per event whether it took it; the relay retries the
+//! others.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::config::EventsConfig;
+use crate::storage::outbox::DueEvent;
+
+/// The configured sinks.
+pub struct Sinks {
+    webhook: Option<Webhook>,
+}
+
+struct Webhook {
+    client: reqwest::Client,
+    url: String,
+    key: Option<Vec<u8>>,
+}
+
+impl Sinks {
+    pub fn new(config: &EventsConfig) -> anyhow::Result<Self> {
+        let webhook = match &config.data_platform_url {
+            Some(url) => Some(Webhook {
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_millis(config.data_platform_timeout_ms))
+                    .build()?,
+                url: url.clone(),
+                key: config.data_platform_secret.as_deref().map(signing_key).transpose()?,
+            }),
+            None => None,
+        };
+        Ok(Self { webhook })
+    }
+
+    /// Whether any sink is configured: without one, events stay recorded.
+    pub fn any(&self) -> bool {
+        self.webhook.is_some()
+    }
+
+    /// The names of the configured sinks: an event is delivered once each
+    /// has taken it.
+    pub fn names(&self) -> Vec<String> {
+        self.webhook.iter().map(|_| "webhook".to_owned()).collect()
+    }
+
+    /// Sends the event to `sink`; why it was not taken, if it was not.
+    pub async fn send(&self, sink: &str, event: &DueEvent) -> Result<(), String> {
+        let outcome = match (sink, &self.webhook) {
+            ("webhook", Some(webhook)) => webhook.send(event).await,
+            _ => Err(format!("no sink named {sink}")),
+        };
+        let label = if outcome.is_ok() { "delivered" } else { "failed" };
+        metrics::counter!("shop_outbox_deliveries_total", "sink" => sink.to_owned(), "outcome" => label).increment(1);
+        outcome
+    }
+}
+
+impl Webhook {
+    async fn send(&self, event: &DueEvent) -> Result<(), String> {
+        let id = event.event_id.to_string();
+        let timestamp = chrono::Utc::now().timestamp().to_string();
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", &id)
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", &timestamp);
+        if let Some(key) = &self.key {
+            request = request.header("webhook-signature", signature(key, &id, &timestamp, &event.body));
+        }
+        match request.body(event.body.clone()).send().await {
+            Ok(answer) if answer.status().is_success() => Ok(()),
+            Ok(answer) => Err(format!("the webhook answered {}", answer.status())),
+            Err(error) if error.is_timeout() => Err("the webhook did not answer in time".to_owned()),
+            Err(error) => Err(format!("the webhook could not be reached: {error}")),
+        }
+    }
+}
+
+/// A Standard Webhooks secret (`whsec_` and base64) is its decoded key;
+/// any other string is its own bytes.
+fn signing_key(secret: &str) -> anyhow::Result<Vec<u8>> {
+    match secret.strip_prefix("whsec_") {
+        Some(encoded) => Ok(BASE64.decode(encoded)?),
+        None => Ok(secret.as_bytes().to_vec()),
+    }
+}
+
+/// `v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`.
+fn signature(key: &[u8], id: &str, timestamp: &str, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}

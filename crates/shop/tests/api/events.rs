@@ -1,0 +1,168 @@
+//! Paid and cancelled orders delivered to a webhook: at least once, in
+//! order per order, the same signed bytes on every attempt, however the
+//! receiver behaves.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::support::receiver::{Received, Receiver};
+use crate::support::{TestApp, User, assert_problem, spawn_app_with};
+
+const KEY: &[u8] = b"a test signing key";
+
+async fn app_delivering_to(receiver: &Receiver, configure: impl FnOnce(&mut shop::config::Config)) -> TestApp {
+    let url = receiver.url.clone();
+    spawn_app_with(|config| {
+        config.events.data_platform_url = Some(url);
+        config.events.data_platform_secret = Some(format!("whsec_{}", BASE64.encode(KEY)));
+        configure(config);
+    })
+    .await
+}
+
+/// Orders placed and paid by one user; every other one then cancelled
+/// (refunded): one or two events each. Returns how many events.
+async fn paid_orders(app: &TestApp, user: &User, count: usize) -> usize {
+    let product = app.create_product("lamp", 5000, 1000).await;
+    app.charge(user, 1_000_000).await;
+    let mut events = 0;
+    for i in 0..count {
+        let order = app.order_id(user, &[(product, 1)], None).await;
+        assert_eq!(app.pay(user, order).await.status(), StatusCode::CREATED);
+        events += 1;
+        if i % 2 == 0 {
+            let cancelled = app.post(&format!("/api/orders/{order}/cancel"), Some(&user.token), json!({})).await;
+            assert_eq!(cancelled.status(), StatusCode::OK);
+            events += 1;
+        }
+    }
+    events
+}
+
+/// Waits until no event is pending, or `within` has passed.
+async fn settle(app: &TestApp, within: Duration) {
+    wait_for_events(app, "PENDING", 0, within).await;
+}
+
+/// Waits until `count` events have `status`, or `within` has passed.
+async fn wait_for_events(app: &TestApp, status: &str, count: i64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        let found: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = $1")
+            .bind(status)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if found == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn header<'a>(received: &'a Received, name: &str) -> &'a str {
+    received.headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default()
+}
+
+/// Every receipt is signed over its own timestamp and the same bytes.
+fn assert_signed(received: &Received) {
+    let (id, timestamp) = (header(received, "webhook-id"), header(received, "webhook-timestamp"));
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
+    mac.update(format!("{id}.{timestamp}.{}", received.body).as_bytes());
+    let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+    assert_eq!(header(received, "webhook-signature"), expected, "a signature the secret verifies");
+    assert_eq!(header(received, "idempotency-key"), id);
+    let body: Value = serde_json::from_str(&received.body).unwrap();
+    assert_eq!(body["eventId"].as_str(), Some(id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_event_arrives_in_order_with_the_same_signed_bytes_though_the_receiver_was_down_then_flaky() {
+    let receiver = Receiver::down().await;
+    let app = app_delivering_to(&receiver, |_| {}).await;
+    let user = app.new_user().await;
+    let events = paid_orders(&app, &user, 10).await;
+    // Down for a while: refused connections, retried.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    receiver.fail_every(Some(3));
+    receiver.listen().await;
+    settle(&app, Duration::from_secs(30)).await;
+
+    let statuses: Vec<(String, i32)> =
+        sqlx::query_as("SELECT status, attempts FROM outbox_events").fetch_all(&app.db).await.unwrap();
+    assert_eq!(statuses.len(), events);
+    assert!(statuses.iter().all(|(status, _)| status == "DELIVERED"), "{statuses:?}");
+    assert!(statuses.iter().any(|(_, attempts)| *attempts > 1), "some were retried");
+
+    let received = receiver.received();
+    assert!(received.iter().any(|r| !r.accepted), "the receiver failed some");
+    let mut bodies: HashMap<&str, &str> = HashMap::new();
+    // Per order: the sequence last accepted, which a later receipt must not precede.
+    let mut accepted: HashMap<i64, i64> = HashMap::new();
+    for receipt in &received {
+        assert_signed(receipt);
+        let id = header(receipt, "webhook-id");
+        assert_eq!(*bodies.entry(id).or_insert(&receipt.body), receipt.body, "the same bytes on every attempt");
+        let body: Value = serde_json::from_str(&receipt.body).unwrap();
+        let (order, sequence) = (body["orderId"].as_i64().unwrap(), body["sequence"].as_i64().unwrap());
+        let last = accepted.get(&order).copied().unwrap_or(0);
+        assert!(sequence <= last + 1, "order {order}: event {sequence} sent before {} was delivered", last + 1);
+        if receipt.accepted {
+            accepted.insert(order, last.max(sequence));
+        }
+    }
+    assert_eq!(bodies.len(), events, "every event arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_fails_after_its_attempts_holds_back_its_order_and_comes_back_when_retried() {
+    let receiver = Receiver::up().await;
+    receiver.fail_every(Some(1));
+    let app = app_delivering_to(&receiver, |config| config.events.event_max_attempts = 3).await;
+    let user = app.new_user().await;
+    paid_orders(&app, &user, 1).await;
+    wait_for_events(&app, "FAILED", 1, Duration::from_secs(10)).await;
+
+    let events: Vec<(String, i32, String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT event_id::text, sequence, status, attempts, last_error FROM outbox_events ORDER BY sequence",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((events[0].2.as_str(), events[0].3), ("FAILED", 3), "{events:?}");
+    assert!(events[0].4.as_deref().is_some_and(|error| error.contains("500")), "{events:?}");
+    assert_eq!((events[1].2.as_str(), events[1].3), ("PENDING", 0), "the order's later event waits");
+    assert!(receiver.received().iter().all(|r| header(r, "webhook-id") == events[0].0));
+
+    let admin = app.admin().await;
+    let failed: Value = app.get("/api/admin/outbox?status=FAILED", Some(&admin.token)).await.json().await.unwrap();
+    assert_eq!(failed["items"][0]["eventId"], events[0].0.as_str());
+    assert_eq!(
+        (failed["items"][0]["type"].as_str(), failed["items"][0]["attempts"].as_i64()),
+        (Some("ORDER_PAID"), Some(3))
+    );
+    let retry = format!("/api/admin/outbox/{}/retry", events[0].0);
+    assert_problem(app.get("/api/admin/outbox", Some(&user.token)).await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    assert_problem(app.post(&retry, Some(&user.token), json!({})).await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    let bad = app.get("/api/admin/outbox?status=LOST", Some(&admin.token)).await;
+    assert_problem(bad, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+
+    receiver.fail_every(None);
+    assert_eq!(app.post(&retry, Some(&admin.token), json!({})).await.status(), StatusCode::NO_CONTENT);
+    wait_for_events(&app, "DELIVERED", 2, Duration::from_secs(10)).await;
+    let delivered: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'DELIVERED'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(delivered, 2, "retried, then the order's next event followed");
+    assert_problem(app.post(&retry, Some(&admin.token), json!({})).await, StatusCode::CONFLICT, "CONFLICT").await;
+    let unknown = format!("/api/admin/outbox/{}/retry", uuid::Uuid::new_v4());
+    assert_problem(app.post(&unknown, Some(&admin.token), json!({})).await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+}
