@@ -110,6 +110,9 @@ pub struct EventsConfig {
     /// Longest wait for the webhook receiver's answer.
     #[arg(long, env = "DATA_PLATFORM_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub data_platform_timeout_ms: u64,
+    /// NATS server for the JetStream sink (stream `SHOP_EVENTS`); unset: none.
+    #[arg(long, env = "EVENTS_NATS_URL")]
+    pub events_nats_url: Option<String>,
     /// Attempts before an event is `FAILED` (and its order's later events wait).
     #[arg(long, env = "EVENT_MAX_ATTEMPTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub event_max_attempts: u32,

@@ -95,7 +95,7 @@ impl Server {
         // The one TLS provider the webhook client may use (a second start
         // in one process finds it installed).
         rustls::crypto::ring::default_provider().install_default().ok();
-        let sinks = Sinks::new(&config.events).context("cannot set up the event sinks")?;
+        let sinks = Sinks::new(&config.events).await.context("cannot set up the event sinks")?;
         let relay = Relay::new(db.clone(), sinks, RelayConfig::from(&config.events));
         let top_sellers = TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone);
         let state = AppState::new(Shared {

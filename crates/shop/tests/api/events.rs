@@ -166,3 +166,53 @@ async fn an_event_fails_after_its_attempts_holds_back_its_order_and_comes_back_w
     let unknown = format!("/api/admin/outbox/{}/retry", uuid::Uuid::new_v4());
     assert_problem(app.post(&unknown, Some(&admin.token), json!({})).await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jetstream_holds_every_event_once_even_when_a_publish_is_repeated() {
+    let nats = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    let jetstream = async_nats::jetstream::new(nats);
+    // The stream is shared by every run on this server: this test reads
+    // from where it stood, and only its own events.
+    let config = async_nats::jetstream::stream::Config {
+        name: "SHOP_EVENTS".into(),
+        subjects: vec!["shop.events.>".into()],
+        max_age: Duration::from_secs(7 * 86_400),
+        ..Default::default()
+    };
+    let mut stream = jetstream.get_or_create_stream(config).await.unwrap();
+    let first = stream.info().await.unwrap().state.last_sequence + 1;
+    let app = spawn_app_with(|config| config.events.events_nats_url = Some("nats://127.0.0.1:4222".into())).await;
+    let user = app.new_user().await;
+    let events = paid_orders(&app, &user, 3).await;
+    settle(&app, Duration::from_secs(10)).await;
+    // As if the first event's acknowledgement had been lost: published again.
+    sqlx::query(
+        "UPDATE outbox_events SET status = 'PENDING', delivered_to = '{}', next_attempt_at = now()
+         WHERE id = (SELECT min(id) FROM outbox_events)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    settle(&app, Duration::from_secs(10)).await;
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT max(attempts)::bigint FROM outbox_events").fetch_one(&app.db).await.unwrap();
+    assert_eq!(attempts, 2, "published twice");
+
+    let ours: Vec<String> =
+        sqlx::query_scalar("SELECT event_id::text FROM outbox_events").fetch_all(&app.db).await.unwrap();
+    assert_eq!(ours.len(), events);
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for sequence in first..=last {
+        let Ok(message) = stream.get_raw_message(sequence).await else { continue };
+        let id = message.headers.get("Nats-Msg-Id").map(|id| id.to_string()).unwrap_or_default();
+        if ours.contains(&id) {
+            *seen.entry(id.clone()).or_default() += 1;
+            let body: Value = serde_json::from_slice(&message.payload).unwrap();
+            assert_eq!(body["eventId"].as_str(), Some(id.as_str()));
+            assert_eq!(message.subject.as_str(), format!("shop.events.{}", body["type"].as_str().unwrap()));
+        }
+    }
+    assert_eq!(seen.len(), events, "every event is in the stream");
+    assert!(seen.values().all(|count| *count == 1), "each once: {seen:?}");
+}

@@ -69,6 +69,7 @@ pub fn test_config() -> Config {
             data_platform_url: None,
             data_platform_secret: None,
             data_platform_timeout_ms: 5000,
+            events_nats_url: None,
             event_max_attempts: 20,
             event_retention_days: 7,
             event_retry_base_ms: 50,
