@@ -24,6 +24,18 @@ pub enum Command {
     Serve(Box<Config>),
     /// Create the database if it is missing and run the migrations, then exit.
     Migrate(DatabaseConfig),
+    /// Receive a shop's event deliveries and print one line for each (set
+    /// the shop's DATA_PLATFORM_URL to http://127.0.0.1:PORT/).
+    WebhookListen(ListenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    #[arg(long, default_value_t = 9000)]
+    pub port: u16,
+    /// The shop's DATA_PLATFORM_SECRET, to check each delivery's signature.
+    #[arg(long)]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

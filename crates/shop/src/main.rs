@@ -22,6 +22,7 @@ async fn main() -> ExitCode {
             tracing::info!("migrations are up to date");
         }),
         Some(Command::Serve(config)) => serve(*config).await,
+        Some(Command::WebhookListen(args)) => shop::webhook_listen(args.port, args.secret.as_deref()).await,
         None => serve(cli.serve).await,
     };
     match outcome {

@@ -5,6 +5,7 @@
 //! to every configured sink, at least once and in order per order (see
 //! `docs/events.md`).
 
+mod listen;
 mod relay;
 mod sinks;
 
@@ -14,6 +15,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub use listen::listen;
 pub use relay::{Relay, RelayConfig};
 pub use sinks::Sinks;
 

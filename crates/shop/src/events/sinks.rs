@@ -140,7 +140,7 @@ impl JetStream {
 
 /// A Standard Webhooks secret (`whsec_` and base64) is its decoded key;
 /// any other string is its own bytes.
-fn signing_key(secret: &str) -> anyhow::Result<Vec<u8>> {
+pub(super) fn signing_key(secret: &str) -> anyhow::Result<Vec<u8>> {
     match secret.strip_prefix("whsec_") {
         Some(encoded) => Ok(BASE64.decode(encoded)?),
         None => Ok(secret.as_bytes().to_vec()),
@@ -148,7 +148,7 @@ fn signing_key(secret: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// `v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`.
-fn signature(key: &[u8], id: &str, timestamp: &str, body: &str) -> String {
+pub(super) fn signature(key: &[u8], id: &str, timestamp: &str, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
     format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))

@@ -2,6 +2,7 @@
 //! processes on one PostgreSQL and one Redis: what one instance's memory
 //! cannot see, the strategies must still hold.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -10,6 +11,7 @@ use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind, va
 
 use crate::concurrency::{count, together, together_with_bodies};
 use crate::support::cluster::Cluster;
+use crate::support::receiver::Receiver;
 use crate::support::{User, admin_of, await_issue_requests, bulk_users};
 
 async fn start(strategy_variable: &str, strategy: &str) -> Cluster {
@@ -165,4 +167,73 @@ async fn charges_and_payments_across_instances_keep_the_ledger() {
         assert_eq!(balance, 10000 + 1000 * charged - 3000, "{strategy}");
         assert_eq!(ledger, balance, "{strategy}");
     }
+}
+
+/// Three relays deliver side by side, one of them killed mid-delivery: every
+/// event arrives, and no order's event before the one it follows was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_relays_deliver_every_event_in_order_though_one_is_killed() {
+    let receiver = Receiver::up().await;
+    receiver.delay(Duration::from_millis(1000));
+    let cluster = Cluster::start(
+        3,
+        &[
+            ("DATA_PLATFORM_URL", receiver.url.as_str()),
+            ("EVENT_RETRY_BASE_MS", "50"),
+            ("EVENT_RETRY_MAX_MS", "500"),
+            ("POINTS_DAILY_CHARGE_LIMIT", "0"),
+            ("DATABASE_MAX_CONNECTIONS", "5"),
+        ],
+        |_| Vec::new(),
+    )
+    .await;
+    let admin = admin_of(&cluster.db).await;
+    let product = json!({"name": "relayed", "price": 1000, "stock": 1000, "category": "test"});
+    let product: Value = post(&cluster, 0, "/api/admin/products", &admin, product).await.json().await.unwrap();
+    let users = bulk_users(&cluster.db, 10).await;
+    let work = users.iter().enumerate().map(|(i, user)| {
+        let (cluster, product) = (&cluster, &product);
+        async move {
+            let wallet = format!("/api/users/{}/points", user.id);
+            assert_eq!(post(cluster, i, &wallet, user, json!({"amount": 100_000})).await.status(), StatusCode::OK);
+            for n in 0..3 {
+                let instance = i + n + 1;
+                let order = json!({"items": [{"productId": product["id"], "quantity": 1}]});
+                let order: Value = post(cluster, instance, "/api/orders", user, order).await.json().await.unwrap();
+                let id = order["orderId"].as_i64().unwrap();
+                let paid = post(cluster, instance + 1, "/api/payments", user, json!({"orderId": id})).await;
+                assert_eq!(paid.status(), StatusCode::CREATED);
+                let cancel = format!("/api/orders/{id}/cancel");
+                assert_eq!(post(cluster, instance + 2, &cancel, user, json!({})).await.status(), StatusCode::OK);
+            }
+        }
+    });
+    futures::future::join_all(work).await;
+    // Deliveries are under way (each takes a second): one relay dies with its batch.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    cluster.kill(0);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status <> 'DELIVERED'")
+            .fetch_one(&cluster.db)
+            .await
+            .unwrap();
+        if pending == 0 || tokio::time::Instant::now() > deadline {
+            assert_eq!(pending, 0, "every event delivered by the relays left");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let received = receiver.received();
+    let mut delivered: HashMap<i64, i64> = HashMap::new();
+    for receipt in &received {
+        let body: Value = serde_json::from_str(&receipt.body).unwrap();
+        let (order, sequence) = (body["orderId"].as_i64().unwrap(), body["sequence"].as_i64().unwrap());
+        let last = delivered.get(&order).copied().unwrap_or(0);
+        assert!(sequence <= last + 1, "order {order}: event {sequence} sent before {} was delivered", last + 1);
+        delivered.insert(order, last.max(sequence));
+    }
+    assert_eq!(delivered.len(), 30, "every order's events arrived");
+    assert!(delivered.values().all(|last| *last == 2));
 }
