@@ -114,13 +114,25 @@ impl Issuance {
         // A gate queues the request itself, in the script that grants it;
         // its consumer waits for the row written next.
         request.gate_grant = self.coupons.accept(&self.db, coupon_type, user_id, &self.queue.entry(&request)).await?;
+        let accepted = Accepted {
+            request_id: request.id,
+            coupon_type: coupon_type.terms.code.as_str().to_owned(),
+            status: "PENDING",
+        };
+        // The request and the answer stored under its Idempotency-Key
+        // commit together.
         let written = async {
-            issue_requests::insert_pending(&mut *self.db.acquire().await?, request.id, user_id, coupon_type.id)
+            let mut tx = Tx::begin(&self.db).await?;
+            issue_requests::insert_pending(&mut tx, request.id, user_id, coupon_type.id)
                 .await
-                .on_constraint("coupon_issue_requests_pending_key", || AppError::CouponAlreadyIssued)
+                .on_constraint("coupon_issue_requests_pending_key", || AppError::CouponAlreadyIssued)?;
+            if let Some(claim) = claim {
+                claim.save(&mut tx, StatusCode::ACCEPTED, &accepted).await?;
+            }
+            tx.commit().await
         };
         if let Err(error) = written.await {
-            if request.gate_grant.is_some() {
+            if request.gate_grant.is_some() && !matches!(error, AppError::OutcomeUnknown) {
                 // Not written down, so not accepted: the unit goes back now
                 // (its entry, finding no row, is dropped), or the user would
                 // be told they hold one until the reconciler came.
@@ -128,16 +140,6 @@ impl Issuance {
                 self.coupons.settle(coupon_type, user_id, hold, Err(&error)).await;
             }
             return Err(error);
-        }
-        let accepted = Accepted {
-            request_id: request.id,
-            coupon_type: coupon_type.terms.code.as_str().to_owned(),
-            status: "PENDING",
-        };
-        if let Some(claim) = claim {
-            let mut tx = Tx::begin(&self.db).await?;
-            claim.save(&mut tx, StatusCode::ACCEPTED, &accepted).await?;
-            tx.commit().await?;
         }
         if request.gate_grant.is_none()
             && let Err(error) = self.queue.add(&request).await
