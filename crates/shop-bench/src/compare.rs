@@ -55,6 +55,7 @@ fn matrix() -> Vec<Case> {
     add(Scenario::OrderRush, "high, scarce: one product of 100", "STOCK_STRATEGY", &stock, Some(100), 1, 1);
     add(Scenario::OrderRush, "low: 64 products", "STOCK_STRATEGY", &stock, None, 1, 64);
     add(Scenario::Mixed, "defaults", "", &["defaults".to_owned()], None, 1, 1);
+    add(Scenario::Events, "defaults", "", &["defaults".to_owned()], None, 1, 1);
     cases
 }
 
@@ -114,6 +115,7 @@ fn slug(scenario: Scenario) -> &'static str {
         Scenario::ChargeStorm => "charge-storm",
         Scenario::OrderRush => "order-rush",
         Scenario::Mixed => "mixed",
+        Scenario::Events => "events",
     }
 }
 
@@ -220,7 +222,7 @@ fn limit_of(scenario: Scenario, limits: &Limits) -> Option<f64> {
     match scenario {
         Scenario::CouponRush | Scenario::CouponRushAsync => limits.gate_script,
         Scenario::ChargeStorm | Scenario::OrderRush => limits.hot_row,
-        Scenario::Mixed => None,
+        Scenario::Mixed | Scenario::Events => None,
     }
 }
 
@@ -273,6 +275,9 @@ fn markdown(base: &RunArgs, limits: &Limits, results: &[(Case, Report)]) -> anyh
                 report.answers.iter().map(|(answer, count)| format!("{answer}: {count}")).collect();
             let mut invariants =
                 if report.broken_invariants.is_empty() { "hold".into() } else { report.broken_invariants.join("; ") };
+            if let Some(delivery) = &report.delivery {
+                invariants += &format!("; delivered {:.0} events/s", delivery.per_second);
+            }
             if let Some(settled) = &report.settlement {
                 invariants += &format!(
                     "; settled p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",

@@ -11,6 +11,7 @@
 
 mod compare;
 mod load;
+mod receiver;
 mod scenario;
 mod setup;
 mod targets;
@@ -145,6 +146,8 @@ pub(crate) struct Report {
     answers: std::collections::BTreeMap<String, u64>,
     /// Asynchronous scenarios: from acceptance to the final state.
     settlement: Option<scenario::Settlement>,
+    /// The events scenario: how fast the backlog drained.
+    delivery: Option<Delivery>,
     broken_invariants: Vec<String>,
 }
 
@@ -198,6 +201,23 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
     .into_iter()
     .filter_map(|(name, value)| value.clone().map(|value| (name.to_owned(), value)))
     .collect();
+    let mut settings = strategies.clone();
+    let receiver = match args.scenario {
+        Scenario::Events => {
+            let receiver = receiver::Receiver::start().await?;
+            settings.extend(
+                [
+                    ("DATA_PLATFORM_URL", receiver.url.as_str()),
+                    // Refused events come due again soon once it accepts.
+                    ("EVENT_RETRY_BASE_MS", "20"),
+                    ("EVENT_RETRY_MAX_MS", "100"),
+                ]
+                .map(|(name, value)| (name.to_owned(), value.to_owned())),
+            );
+            Some(receiver)
+        }
+        _ => None,
+    };
     let targets = match args.spawn {
         Some(instances) => {
             Targets::spawn(Spawn {
@@ -205,7 +225,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 postgres: &args.postgres,
                 redis_url: &args.redis_url,
                 connections_per_instance: args.pool.unwrap_or((TOTAL_POOL / instances as u32).max(4)),
-                strategies: &strategies,
+                settings: &settings,
             })
             .await?
         }
@@ -219,17 +239,21 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 Some(db) => {
                     async {
                         let settlement = Scenario::settlement(&prepared, db).await?;
-                        anyhow::Ok((settlement, Scenario::check(&prepared, &outcome, db).await?))
+                        let delivery = match &receiver {
+                            Some(receiver) => Some(delivery(receiver, db).await?),
+                            None => None,
+                        };
+                        anyhow::Ok((settlement, delivery, Scenario::check(&prepared, &outcome, db).await?))
                     }
                     .await
                 }
                 None => {
                     eprintln!("no --database-url: invariants not checked");
-                    Ok((None, Vec::new()))
+                    Ok((None, None, Vec::new()))
                 }
             };
             // The spawned instances stop whatever the check found.
-            let (settlement, broken) = match checked {
+            let (settlement, delivery, broken) = match checked {
                 Ok(checked) => checked,
                 Err(error) => {
                     targets.finish().await;
@@ -248,6 +272,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 latency: outcome.latency(),
                 answers: outcome.answers,
                 settlement,
+                delivery,
                 broken_invariants: broken,
             }
         }
@@ -262,6 +287,35 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(report)
+}
+
+/// How fast the relays drain the backlog the run built.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Delivery {
+    events: i64,
+    drained_in_s: f64,
+    per_second: f64,
+    /// Still undelivered a minute after the receiver began to accept.
+    undelivered: i64,
+}
+
+/// Lets the receiver accept, and times the relays draining the outbox.
+async fn delivery(receiver: &receiver::Receiver, db: &sqlx::PgPool) -> anyhow::Result<Delivery> {
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_events").fetch_one(db).await?;
+    let started = std::time::Instant::now();
+    receiver.accept();
+    let mut undelivered = events;
+    while started.elapsed() < Duration::from_secs(60) {
+        undelivered =
+            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status <> 'DELIVERED'").fetch_one(db).await?;
+        if undelivered == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained_in_s = started.elapsed().as_secs_f64();
+    eprintln!("the receiver took {} deliveries", receiver.taken());
+    Ok(Delivery { events, drained_in_s, per_second: (events - undelivered) as f64 / drained_in_s, undelivered })
 }
 
 async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<(scenario::Prepared, Outcome)> {
@@ -304,6 +358,15 @@ fn print_table(report: &Report) {
     );
     for (answer, count) in &report.answers {
         println!("  {answer:<32} {count:>10}");
+    }
+    if let Some(delivery) = &report.delivery {
+        println!(
+            "  delivered   {} events, backlog drained in {:.2} s: {:.0} events/s{}",
+            delivery.events,
+            delivery.drained_in_s,
+            delivery.per_second,
+            if delivery.undelivered > 0 { format!(" ({} NOT delivered)", delivery.undelivered) } else { String::new() }
+        );
     }
     if let Some(settled) = &report.settlement {
         println!(

@@ -26,6 +26,10 @@ pub enum Scenario {
     OrderRush,
     /// A shop's day: mostly reads, with charges, orders and payments.
     Mixed,
+    /// Payments of orders placed beforehand, each an event for the data
+    /// platform: their backlog built while the receiver refuses, then
+    /// drained (reports delivered events per second).
+    Events,
 }
 
 /// How long accepted asynchronous requests took to become final.
@@ -131,6 +135,7 @@ impl Scenario {
                 Ok(Prepared { next: Arc::new(next), check: Check::Stock { product_ids, initial } })
             }
             Scenario::Mixed => mixed(setup, urls).await,
+            Scenario::Events => payments(setup, urls).await,
         }
     }
 
@@ -238,6 +243,47 @@ fn tokens(sessions: Vec<Session>) -> Arc<[String]> {
 /// 150,000 requests (two payments in fifty) with 2,000 users; a longer run
 /// starts paying orders again, and those answer `ORDER_NOT_PAYABLE`.
 const UNPAID_PER_USER: usize = 3;
+
+/// Unpaid orders the events scenario prepares per user: each payment pays
+/// one, and records one event.
+const EVENT_ORDERS_PER_USER: usize = 10;
+
+/// Every request pays an order placed beforehand, once each.
+async fn payments(setup: Setup<'_>, urls: Arc<[String]>) -> anyhow::Result<Prepared> {
+    let product = setup.api.create_product(setup.admin, "bench event", 1000, 1_000_000_000).await?;
+    let users = setup.api.register_users(setup.users).await?;
+    let api = setup.api;
+    let prepared = futures::stream::iter(users.iter())
+        .map(|user| async move {
+            let path = format!("/api/users/{}/points", user.user_id);
+            api.post(&path, Some(&user.token), json!({"amount": 1_000_000})).await?;
+            let mut orders = Vec::with_capacity(EVENT_ORDERS_PER_USER);
+            for _ in 0..EVENT_ORDERS_PER_USER {
+                let order = json!({"items": [{"productId": product, "quantity": 1}]});
+                let placed = api.post("/api/orders", Some(&user.token), order).await?;
+                orders.push((user.token.clone(), placed["orderId"].as_i64().unwrap_or_default()));
+            }
+            anyhow::Ok(orders)
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let mut unpaid = Vec::new();
+    for orders in prepared {
+        unpaid.extend(orders?);
+    }
+    let unpaid: Arc<[(String, i64)]> = unpaid.into();
+    let next = move |n: u64| {
+        let (owner, order) = &unpaid[n as usize % unpaid.len()];
+        Request {
+            method: Method::POST,
+            url: round_robin(&urls, n, "/api/payments"),
+            token: Some(owner.clone()),
+            body: Some(json!({"orderId": order})),
+        }
+    };
+    Ok(Prepared { next: Arc::new(next), check: Check::Nothing })
+}
 
 /// Reads dominate: product list and detail, top sellers, balances; a fifth
 /// of the requests charge, order or pay for an order placed beforehand.

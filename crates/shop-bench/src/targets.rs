@@ -39,7 +39,8 @@ pub struct Spawn<'a> {
     pub postgres: &'a str,
     pub redis_url: &'a str,
     pub connections_per_instance: u32,
-    pub strategies: &'a [(String, String)],
+    /// Strategies and other settings, as environment variables.
+    pub settings: &'a [(String, String)],
 }
 
 impl Targets {
@@ -69,7 +70,7 @@ impl Targets {
                 .env("DATABASE_MAX_CONNECTIONS", spawn.connections_per_instance.to_string())
                 .env("REDIS_URL", spawn.redis_url)
                 .env("REDIS_KEY_PREFIX", format!("bench:{run}:"))
-                .envs(spawn.strategies.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .envs(spawn.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
             let mut child = command.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
