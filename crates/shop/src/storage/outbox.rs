@@ -85,28 +85,40 @@ pub struct Attempt {
     pub retry_at: Option<DateTime<Utc>>,
 }
 
+/// Records a batch's attempts in one statement.
 pub async fn record_attempts(conn: &mut PgConnection, attempts: &[Attempt]) -> Result<(), sqlx::Error> {
-    for attempt in attempts {
-        let status = match (&attempt.error, attempt.retry_at) {
+    let ids: Vec<i64> = attempts.iter().map(|attempt| attempt.id).collect();
+    let statuses: Vec<&str> = attempts
+        .iter()
+        .map(|attempt| match (&attempt.error, attempt.retry_at) {
             (None, _) => "DELIVERED",
             (Some(_), Some(_)) => "PENDING",
             (Some(_), None) => "FAILED",
-        };
-        sqlx::query!(
-            "UPDATE outbox_events SET status = $2, attempts = attempts + 1, delivered_to = $3, last_error = $4,
-                    next_attempt_at = coalesce($5, next_attempt_at),
-                    delivered_at = CASE WHEN $2 = 'DELIVERED' THEN now() END
-             WHERE id = $1",
-            attempt.id,
-            status,
-            &attempt.delivered_to,
-            attempt.error,
-            attempt.retry_at,
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+        })
+        .collect();
+    // Sinks that took each event, comma-separated: a text[][] cannot hold
+    // rows of different lengths.
+    let delivered_to: Vec<String> = attempts.iter().map(|attempt| attempt.delivered_to.join(",")).collect();
+    let errors: Vec<Option<String>> = attempts.iter().map(|attempt| attempt.error.clone()).collect();
+    let retry_at: Vec<Option<DateTime<Utc>>> = attempts.iter().map(|attempt| attempt.retry_at).collect();
+    sqlx::query!(
+        "UPDATE outbox_events e
+         SET status = a.status, attempts = e.attempts + 1,
+             delivered_to = coalesce(string_to_array(nullif(a.delivered_to, ''), ','), '{}'),
+             last_error = a.error, next_attempt_at = coalesce(a.retry_at, e.next_attempt_at),
+             delivered_at = CASE WHEN a.status = 'DELIVERED' THEN now() END
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+              AS a(id, status, delivered_to, error, retry_at)
+         WHERE e.id = a.id",
+        &ids,
+        &statuses as _,
+        &delivered_to,
+        &errors as _,
+        &retry_at as _,
+    )
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// An event as the admin's list shows it.
