@@ -51,6 +51,11 @@ pub struct Server {
 
 impl Server {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        // The one TLS provider the webhook client may use (a second start
+        // in one process finds it installed).
+        rustls::crypto::ring::default_provider().install_default().ok();
+        // First, so that a wrong sink setting stops the start before anything is touched.
+        let sinks = Sinks::new(&config.events).await.context("cannot set up the event sinks")?;
         let db = connect_database(&config.database).await?;
         let redis = connect_redis(&config.redis_url).await?;
         let passwords = PasswordHasher::new(config.argon2_memory_kib, config.argon2_iterations)?;
@@ -92,10 +97,6 @@ impl Server {
         // A connection of the queue's own, for its blocking reads.
         let queue = Queue::new(connect_redis(&config.redis_url).await?, &config.redis_key_prefix);
         let issuance = Issuance::new(db.clone(), queue, coupons.clone(), patience);
-        // The one TLS provider the webhook client may use (a second start
-        // in one process finds it installed).
-        rustls::crypto::ring::default_provider().install_default().ok();
-        let sinks = Sinks::new(&config.events).await.context("cannot set up the event sinks")?;
         let relay = Relay::new(db.clone(), sinks, RelayConfig::from(&config.events));
         let top_sellers = TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone);
         let state = AppState::new(Shared {

@@ -41,10 +41,10 @@ impl Sinks {
     pub async fn new(config: &EventsConfig) -> anyhow::Result<Self> {
         let webhook = match &config.data_platform_url {
             Some(url) => Some(Webhook {
+                url: checked_url(url)?,
                 client: reqwest::Client::builder()
                     .timeout(Duration::from_millis(config.data_platform_timeout_ms))
                     .build()?,
-                url: url.clone(),
                 key: config.data_platform_secret.as_deref().map(signing_key).transpose()?,
             }),
             None => None,
@@ -136,6 +136,16 @@ impl JetStream {
             .map_err(|error| format!("could not publish: {error}"))?;
         published.await.map(drop).map_err(|error| format!("the stream did not acknowledge: {error}"))
     }
+}
+
+/// An `http` or `https` URL, refused at start rather than at every delivery.
+fn checked_url(url: &str) -> anyhow::Result<String> {
+    let parsed = reqwest::Url::parse(url).map_err(|error| anyhow::anyhow!("DATA_PLATFORM_URL {url:?}: {error}"))?;
+    anyhow::ensure!(
+        matches!(parsed.scheme(), "http" | "https"),
+        "DATA_PLATFORM_URL {url:?}: must be an http or https URL"
+    );
+    Ok(url.to_owned())
 }
 
 /// A Standard Webhooks secret (`whsec_` and base64) is its decoded key;

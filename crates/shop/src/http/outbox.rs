@@ -74,12 +74,13 @@ pub async fn list(
     caller: Caller,
     Query(query): Query<OutboxQuery>,
 ) -> Result<Json<Page<OutboxEventView>>, AppError> {
+    // Only admins learn what the parameters must be.
+    caller.require_admin()?;
     let page = PageRequest::parse(query.limit.as_deref(), query.cursor.as_deref(), 20)?;
     let status = query.status.as_deref();
     if status.is_some_and(|status| !["PENDING", "FAILED", "DELIVERED"].contains(&status)) {
         return Err(AppError::Validation("status: must be PENDING, FAILED or DELIVERED".into()));
     }
-    caller.require_admin()?;
     let rows = outbox::page(&mut *state.db.acquire().await?, status, page.after, page.fetch()).await?;
     Ok(Json(page.page(rows, |row| row.id, OutboxEventView::from)))
 }
@@ -99,8 +100,8 @@ pub async fn retry(
     caller: Caller,
     PathText(event_id): PathText,
 ) -> Result<StatusCode, AppError> {
-    let event_id = Uuid::parse_str(&event_id).map_err(|_| AppError::Validation("eventId: must be a UUID".into()))?;
     caller.require_admin()?;
+    let event_id = Uuid::parse_str(&event_id).map_err(|_| AppError::Validation("eventId: must be a UUID".into()))?;
     let mut tx = crate::storage::Tx::begin(&state.db).await?;
     match outbox::retry(&mut tx, event_id).await? {
         None => Err(AppError::not_found("no event has this id")),

@@ -216,3 +216,13 @@ async fn jetstream_holds_every_event_once_even_when_a_publish_is_repeated() {
     assert_eq!(seen.len(), events, "every event is in the stream");
     assert!(seen.values().all(|count| *count == 1), "each once: {seen:?}");
 }
+
+#[tokio::test]
+async fn a_webhook_url_that_is_not_http_is_refused_at_start() {
+    for url in ["not a url", "ftp://127.0.0.1/events"] {
+        let mut config = crate::support::test_config();
+        config.events.data_platform_url = Some(url.to_owned());
+        let error = shop::startup::Server::build(&config).await.err().expect("refused");
+        assert!(format!("{error:#}").contains("DATA_PLATFORM_URL"), "{error:#}");
+    }
+}
