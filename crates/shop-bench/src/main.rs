@@ -208,9 +208,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
             settings.extend(
                 [
                     ("DATA_PLATFORM_URL", receiver.url.as_str()),
-                    // Refused events come due again soon once it accepts.
+                    // Refused events come due again soon once it accepts,
+                    // and are not given up on while it refuses.
                     ("EVENT_RETRY_BASE_MS", "20"),
                     ("EVENT_RETRY_MAX_MS", "100"),
+                    ("EVENT_MAX_ATTEMPTS", "100000"),
                 ]
                 .map(|(name, value)| (name.to_owned(), value.to_owned())),
             );
