@@ -248,22 +248,29 @@ const UNPAID_PER_USER: usize = 3;
 /// one, and records one event.
 const EVENT_ORDERS_PER_USER: usize = 10;
 
-/// Every request pays an order placed beforehand, once each.
-async fn payments(setup: Setup<'_>, urls: Arc<[String]>) -> anyhow::Result<Prepared> {
-    let product = setup.api.create_product(setup.admin, "bench event", 1000, 1_000_000_000).await?;
-    let users = setup.api.register_users(setup.users).await?;
-    let api = setup.api;
-    let prepared = futures::stream::iter(users.iter())
-        .map(|user| async move {
-            let path = format!("/api/users/{}/points", user.user_id);
-            api.post(&path, Some(&user.token), json!({"amount": 1_000_000})).await?;
-            let mut orders = Vec::with_capacity(EVENT_ORDERS_PER_USER);
-            for _ in 0..EVENT_ORDERS_PER_USER {
-                let order = json!({"items": [{"productId": product, "quantity": 1}]});
-                let placed = api.post("/api/orders", Some(&user.token), order).await?;
-                orders.push((user.token.clone(), placed["orderId"].as_i64().unwrap_or_default()));
+/// Charges each user and places `per_user` unpaid orders of one of
+/// `products` (the i-th user's is `products[i % len]`), for payments to pay:
+/// (the owner's token, the order id).
+async fn unpaid_orders(
+    api: &Api,
+    users: &[Session],
+    products: &[i64],
+    per_user: usize,
+) -> anyhow::Result<Arc<[(String, i64)]>> {
+    let prepared = futures::stream::iter(users.iter().enumerate())
+        .map(|(i, user)| {
+            let product = products[i % products.len()];
+            async move {
+                let path = format!("/api/users/{}/points", user.user_id);
+                api.post(&path, Some(&user.token), json!({"amount": 1_000_000})).await?;
+                let mut orders = Vec::with_capacity(per_user);
+                for _ in 0..per_user {
+                    let order = json!({"items": [{"productId": product, "quantity": 1}]});
+                    let placed = api.post("/api/orders", Some(&user.token), order).await?;
+                    orders.push((user.token.clone(), placed["orderId"].as_i64().unwrap_or_default()));
+                }
+                anyhow::Ok(orders)
             }
-            anyhow::Ok(orders)
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
@@ -272,7 +279,14 @@ async fn payments(setup: Setup<'_>, urls: Arc<[String]>) -> anyhow::Result<Prepa
     for orders in prepared {
         unpaid.extend(orders?);
     }
-    let unpaid: Arc<[(String, i64)]> = unpaid.into();
+    Ok(unpaid.into())
+}
+
+/// Every request pays an order placed beforehand, once each.
+async fn payments(setup: Setup<'_>, urls: Arc<[String]>) -> anyhow::Result<Prepared> {
+    let product = setup.api.create_product(setup.admin, "bench event", 1000, 1_000_000_000).await?;
+    let users = setup.api.register_users(setup.users).await?;
+    let unpaid = unpaid_orders(setup.api, &users, &[product], EVENT_ORDERS_PER_USER).await?;
     let next = move |n: u64| {
         let (owner, order) = &unpaid[n as usize % unpaid.len()];
         Request {
@@ -294,32 +308,9 @@ async fn mixed(setup: Setup<'_>, urls: Arc<[String]>) -> anyhow::Result<Prepared
             .push(setup.api.create_product(setup.admin, &format!("bench {i}"), 1000 * (i + 1), 1_000_000_000).await?);
     }
     let users = setup.api.register_users(setup.users).await?;
-    let api = setup.api;
-    let prepared = futures::stream::iter(users.iter().enumerate())
-        .map(|(i, user)| {
-            let product = products[i % products.len()];
-            async move {
-                let path = format!("/api/users/{}/points", user.user_id);
-                api.post(&path, Some(&user.token), json!({"amount": 1_000_000})).await?;
-                let mut orders = Vec::with_capacity(UNPAID_PER_USER);
-                for _ in 0..UNPAID_PER_USER {
-                    let order = json!({"items": [{"productId": product, "quantity": 1}]});
-                    let placed = api.post("/api/orders", Some(&user.token), order).await?;
-                    orders.push((user.token.clone(), placed["orderId"].as_i64().unwrap_or_default()));
-                }
-                anyhow::Ok(orders)
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
-    let mut unpaid = Vec::new();
-    for orders in prepared {
-        unpaid.extend(orders?);
-    }
+    let unpaid = unpaid_orders(setup.api, &users, &products, UNPAID_PER_USER).await?;
     let users: Arc<[(i64, String)]> = users.into_iter().map(|user| (user.user_id, user.token)).collect();
     let products: Arc<[i64]> = products.into();
-    let unpaid: Arc<[(String, i64)]> = unpaid.into();
     let next = move |n: u64| {
         let (user_id, token) = &users[n as usize % users.len()];
         let product = products[n as usize % products.len()];

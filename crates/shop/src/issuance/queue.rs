@@ -79,35 +79,24 @@ impl Queue {
 
     /// New entries for this consumer, waiting up to `block` for some.
     pub async fn read_new(&self, count: usize, block: Duration) -> redis::RedisResult<Vec<Entry>> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">")
-            .query_async(&mut self.redis.clone())
-            .await?;
-        Ok(reply.into_iter().flat_map(|reply| reply.keys).flat_map(|key| key.ids).map(Entry::from).collect())
+        self.read(count, Some(block), ">").await
     }
 
     /// Entries this consumer read and has not acknowledged.
     pub async fn read_own(&self, count: usize) -> redis::RedisResult<Vec<Entry>> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg("0")
-            .query_async(&mut self.redis.clone())
-            .await?;
+        self.read(count, None, "0").await
+    }
+
+    /// `XREADGROUP` from `from`: `>` for new entries, `0` for this
+    /// consumer's unacknowledged ones.
+    async fn read(&self, count: usize, block: Option<Duration>, from: &str) -> redis::RedisResult<Vec<Entry>> {
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP").arg(GROUP).arg(&self.consumer).arg("COUNT").arg(count);
+        if let Some(block) = block {
+            read.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        let reply: Option<StreamReadReply> =
+            read.arg("STREAMS").arg(&self.stream).arg(from).query_async(&mut self.redis.clone()).await?;
         Ok(reply.into_iter().flat_map(|reply| reply.keys).flat_map(|key| key.ids).map(Entry::from).collect())
     }
 
