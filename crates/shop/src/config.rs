@@ -27,6 +27,27 @@ pub enum Command {
     /// Receive a shop's event deliveries and print one line for each (set
     /// the shop's DATA_PLATFORM_URL to http://127.0.0.1:PORT/).
     WebhookListen(ListenArgs),
+    /// List the sinks this deployment delivers events to, or retire one.
+    Sinks(SinksArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SinksArgs {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(subcommand)]
+    pub action: Option<SinksAction>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SinksAction {
+    /// Each registered sink, when it was registered and how many
+    /// undelivered events it still lacks (what a bare `shop sinks` prints).
+    List,
+    /// Stop waiting for a sink that no instance names any more: the events
+    /// that lack only it are delivered at their next attempt. An instance
+    /// that names it registers it again when it starts.
+    Retire { name: String },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -47,5 +47,5 @@ mod top_sellers;
 // tokens minted for a role, and the coupon gate's script run alone.
 pub use auth::{Caller, Tokens};
 pub use domain::user::Role;
-pub use events::listen as webhook_listen;
+pub use events::{listen as webhook_listen, manage_sinks};
 pub use strategy::coupons::GRANT_LUA;

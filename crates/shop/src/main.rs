@@ -4,6 +4,7 @@ use clap::Parser;
 use shop::config::{Cli, Command, LogFormat};
 use shop::startup::{self, Server};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -12,7 +13,9 @@ async fn main() -> ExitCode {
         Some(Command::Serve(config)) => (config.log_format, config.log_filter.as_str()),
         _ => (cli.serve.log_format, cli.serve.log_filter.as_str()),
     };
-    init_tracing(format, filter);
+    // A command that prints its answer keeps standard output for it.
+    let prints = matches!(cli.command, Some(Command::Sinks(_)));
+    init_tracing(format, filter, prints);
     // Tests that run the binary configure its fail points through the
     // FAILPOINTS environment variable (`name=action;…`).
     #[cfg(feature = "failpoints")]
@@ -23,6 +26,7 @@ async fn main() -> ExitCode {
         }),
         Some(Command::Serve(config)) => serve(*config).await,
         Some(Command::WebhookListen(args)) => shop::webhook_listen(args.port, args.secret.as_deref()).await,
+        Some(Command::Sinks(args)) => shop::manage_sinks(args).await,
         None => serve(cli.serve).await,
     };
     match outcome {
@@ -39,9 +43,10 @@ async fn serve(config: shop::config::Config) -> anyhow::Result<()> {
     Server::build(&config).await?.run(shutdown_signal()).await
 }
 
-fn init_tracing(format: LogFormat, filter: &str) {
+fn init_tracing(format: LogFormat, filter: &str, to_stderr: bool) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let writer = if to_stderr { BoxMakeWriter::new(std::io::stderr) } else { BoxMakeWriter::new(std::io::stdout) };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

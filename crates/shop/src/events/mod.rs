@@ -6,6 +6,7 @@
 //! `docs/events.md`).
 
 mod listen;
+mod registry;
 mod relay;
 mod sinks;
 
@@ -16,6 +17,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub use listen::listen;
+pub use registry::manage_sinks;
 pub use relay::{Relay, RelayConfig};
 pub use sinks::Sinks;
 

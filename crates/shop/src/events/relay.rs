@@ -4,6 +4,10 @@
 //! sends each to the sinks that have not taken it yet, and records the
 //! attempt in the same transaction: delivered, or due again after an
 //! exponential backoff with jitter, or `FAILED` after `EVENT_MAX_ATTEMPTS`.
+//! An event is delivered once every sink of the deployment took it (the
+//! sinks every instance registered as it started), and a relay takes only
+//! events whose missing sinks it has: instances that name different sinks
+//! leave each event to one that can finish it.
 //! The events stay locked while they are sent, so no two relays send one
 //! at the same time; a relay that dies mid-send releases them with its
 //! connection, and another sends them again (at least once). It wakes on
@@ -59,6 +63,12 @@ impl Relay {
     }
 
     /// Delivers events until `stop`; without a sink, they stay recorded.
+    /// Adds this instance's sinks to the deployment's, before it delivers
+    /// or records anything.
+    pub async fn register(&self) -> Result<(), sqlx::Error> {
+        outbox::register_sinks(&mut *self.db.acquire().await?, &self.sinks.names()).await
+    }
+
     pub async fn run(&self, stop: CancellationToken) {
         if !self.sinks.any() {
             return;
@@ -99,7 +109,7 @@ impl Relay {
     /// One batch: taken, sent, recorded. Returns how many were taken.
     async fn deliver_once(&self) -> Result<usize, AppError> {
         let mut tx = Tx::begin(&self.db).await?;
-        let due = outbox::lock_due(&mut tx, BATCH).await?;
+        let due = outbox::lock_due(&mut tx, &self.sinks.names(), BATCH).await?;
         if due.is_empty() {
             return Ok(0);
         }

@@ -57,17 +57,22 @@ pub struct DueEvent {
 }
 
 /// Locks up to `limit` due events, skipping those another relay holds,
-/// each the oldest undelivered event of its order: an order's later event
-/// waits until every earlier one is delivered.
-pub async fn lock_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<DueEvent>, sqlx::Error> {
+/// each the oldest undelivered event of its order (an order's later event
+/// waits until every earlier one is delivered) and each lacking only sinks
+/// in `sinks` (an event a registered sink still lacks waits for a relay
+/// that has it).
+pub async fn lock_due(conn: &mut PgConnection, sinks: &[String], limit: i64) -> Result<Vec<DueEvent>, sqlx::Error> {
     sqlx::query_as!(
         DueEvent,
         "SELECT e.id, e.event_id, e.event_type, e.body, e.attempts, e.delivered_to FROM outbox_events e
          WHERE e.status = 'PENDING' AND e.next_attempt_at <= now()
            AND NOT EXISTS (SELECT 1 FROM outbox_events earlier
                            WHERE earlier.order_id = e.order_id AND earlier.id < e.id AND earlier.status <> 'DELIVERED')
-         ORDER BY e.next_attempt_at, e.id LIMIT $1
+           AND NOT EXISTS (SELECT 1 FROM event_sinks s
+                           WHERE s.name <> ALL (e.delivered_to) AND s.name <> ALL ($1::text[]))
+         ORDER BY e.next_attempt_at, e.id LIMIT $2
          FOR UPDATE OF e SKIP LOCKED",
+        sinks,
         limit,
     )
     .fetch_all(conn)
@@ -85,17 +90,11 @@ pub struct Attempt {
     pub retry_at: Option<DateTime<Utc>>,
 }
 
-/// Records a batch's attempts in one statement.
+/// Records a batch's attempts in one statement. An event every registered
+/// sink took is delivered; one that a sink registered meanwhile still
+/// lacks stays due, for a relay that has that sink.
 pub async fn record_attempts(conn: &mut PgConnection, attempts: &[Attempt]) -> Result<(), sqlx::Error> {
     let ids: Vec<i64> = attempts.iter().map(|attempt| attempt.id).collect();
-    let statuses: Vec<&str> = attempts
-        .iter()
-        .map(|attempt| match (&attempt.error, attempt.retry_at) {
-            (None, _) => "DELIVERED",
-            (Some(_), Some(_)) => "PENDING",
-            (Some(_), None) => "FAILED",
-        })
-        .collect();
     // Sinks that took each event, comma-separated: a text[][] cannot hold
     // rows of different lengths.
     let delivered_to: Vec<String> = attempts.iter().map(|attempt| attempt.delivered_to.join(",")).collect();
@@ -103,15 +102,20 @@ pub async fn record_attempts(conn: &mut PgConnection, attempts: &[Attempt]) -> R
     let retry_at: Vec<Option<DateTime<Utc>>> = attempts.iter().map(|attempt| attempt.retry_at).collect();
     sqlx::query!(
         "UPDATE outbox_events e
-         SET status = a.status, attempts = e.attempts + 1,
-             delivered_to = coalesce(string_to_array(nullif(a.delivered_to, ''), ','), '{}'),
-             last_error = a.error, next_attempt_at = coalesce(a.retry_at, e.next_attempt_at),
-             delivered_at = CASE WHEN a.status = 'DELIVERED' THEN now() END
-         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-              AS a(id, status, delivered_to, error, retry_at)
+         SET status = CASE WHEN a.done THEN 'DELIVERED'
+                           WHEN a.error IS NULL OR a.retry_at IS NOT NULL THEN 'PENDING'
+                           ELSE 'FAILED' END,
+             attempts = e.attempts + 1, delivered_to = a.delivered_to, last_error = a.error,
+             next_attempt_at = coalesce(a.retry_at, e.next_attempt_at),
+             delivered_at = CASE WHEN a.done THEN now() END
+         FROM (SELECT r.id, r.error, r.retry_at, taken.sinks AS delivered_to,
+                      r.error IS NULL AND NOT EXISTS (SELECT 1 FROM event_sinks s WHERE s.name <> ALL (taken.sinks))
+                          AS done
+               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[])
+                    AS r(id, delivered_to, error, retry_at),
+                    LATERAL (SELECT coalesce(string_to_array(nullif(r.delivered_to, ''), ','), '{}') AS sinks) taken) a
          WHERE e.id = a.id",
         &ids,
-        &statuses as _,
         &delivered_to,
         &errors as _,
         &retry_at as _,
@@ -199,4 +203,41 @@ pub async fn backlog(conn: &mut PgConnection) -> Result<(i64, f64), sqlx::Error>
     .fetch_one(conn)
     .await?;
     Ok((row.backlog, row.oldest))
+}
+
+/// Adds the sinks an instance names to the deployment's; those already
+/// there keep their date.
+pub async fn register_sinks(conn: &mut PgConnection, sinks: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query!("INSERT INTO event_sinks (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING", sinks)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// A registered sink and the undelivered events it still lacks.
+pub struct RegisteredSink {
+    pub name: String,
+    pub registered_at: DateTime<Utc>,
+    pub lacking: i64,
+}
+
+pub async fn registered_sinks(conn: &mut PgConnection) -> Result<Vec<RegisteredSink>, sqlx::Error> {
+    sqlx::query_as!(
+        RegisteredSink,
+        r#"SELECT s.name, s.registered_at,
+                  (SELECT count(*) FROM outbox_events e
+                   WHERE e.status <> 'DELIVERED' AND s.name <> ALL (e.delivered_to)) AS "lacking!"
+           FROM event_sinks s ORDER BY s.name"#
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Removes a sink from the deployment's, and wakes the relays: events that
+/// waited only for it are delivered at their next attempt. Whether it was
+/// registered.
+pub async fn retire_sink(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+    let retired = sqlx::query!("DELETE FROM event_sinks WHERE name = $1", name).execute(&mut *conn).await?;
+    sqlx::query!("SELECT pg_notify('outbox_events', '')").fetch_one(conn).await?;
+    Ok(retired.rows_affected() == 1)
 }

@@ -89,8 +89,8 @@ async fn every_event_arrives_in_order_with_the_same_signed_bytes_though_the_rece
     let app = app_delivering_to(&receiver, |_| {}).await;
     let user = app.new_user().await;
     let events = paid_orders(&app, &user, 10).await;
-    // Down for a while: refused connections, retried.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Down for ten seconds: refused connections, retried.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     receiver.fail_every(Some(3));
     receiver.listen().await;
     settle(&app, Duration::from_secs(30)).await;
@@ -167,21 +167,53 @@ async fn an_event_fails_after_its_attempts_holds_back_its_order_and_comes_back_w
     assert_problem(app.post(&unknown, Some(&admin.token), json!({})).await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
 }
 
+const NATS: &str = "nats://127.0.0.1:4222";
+
+/// `SHOP_EVENTS`, shared by every run on this server: a test reads it from
+/// where it stood when the test began, and counts only its own events.
+struct EventStream {
+    stream: async_nats::jetstream::stream::Stream,
+    first: u64,
+}
+
+impl EventStream {
+    async fn from_now() -> Self {
+        let jetstream = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
+        let config = async_nats::jetstream::stream::Config {
+            name: "SHOP_EVENTS".into(),
+            subjects: vec!["shop.events.>".into()],
+            max_age: Duration::from_secs(7 * 86_400),
+            ..Default::default()
+        };
+        let mut stream = jetstream.get_or_create_stream(config).await.unwrap();
+        let first = stream.info().await.unwrap().state.last_sequence + 1;
+        Self { stream, first }
+    }
+
+    /// How many times each of the database's events was published since.
+    async fn copies_of_events_in(&mut self, db: &sqlx::PgPool) -> HashMap<String, usize> {
+        let ours: Vec<String> =
+            sqlx::query_scalar("SELECT event_id::text FROM outbox_events").fetch_all(db).await.unwrap();
+        let last = self.stream.info().await.unwrap().state.last_sequence;
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for sequence in self.first..=last {
+            let Ok(message) = self.stream.get_raw_message(sequence).await else { continue };
+            let id = message.headers.get("Nats-Msg-Id").map(|id| id.to_string()).unwrap_or_default();
+            if ours.contains(&id) {
+                *seen.entry(id.clone()).or_default() += 1;
+                let body: Value = serde_json::from_slice(&message.payload).unwrap();
+                assert_eq!(body["eventId"].as_str(), Some(id.as_str()));
+                assert_eq!(message.subject.as_str(), format!("shop.events.{}", body["type"].as_str().unwrap()));
+            }
+        }
+        seen
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jetstream_holds_every_event_once_even_when_a_publish_is_repeated() {
-    let nats = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
-    let jetstream = async_nats::jetstream::new(nats);
-    // The stream is shared by every run on this server: this test reads
-    // from where it stood, and only its own events.
-    let config = async_nats::jetstream::stream::Config {
-        name: "SHOP_EVENTS".into(),
-        subjects: vec!["shop.events.>".into()],
-        max_age: Duration::from_secs(7 * 86_400),
-        ..Default::default()
-    };
-    let mut stream = jetstream.get_or_create_stream(config).await.unwrap();
-    let first = stream.info().await.unwrap().state.last_sequence + 1;
-    let app = spawn_app_with(|config| config.events.events_nats_url = Some("nats://127.0.0.1:4222".into())).await;
+    let mut stream = EventStream::from_now().await;
+    let app = spawn_app_with(|config| config.events.events_nats_url = Some(NATS.into())).await;
     let user = app.new_user().await;
     let events = paid_orders(&app, &user, 3).await;
     settle(&app, Duration::from_secs(10)).await;
@@ -198,23 +230,67 @@ async fn jetstream_holds_every_event_once_even_when_a_publish_is_repeated() {
         sqlx::query_scalar("SELECT max(attempts)::bigint FROM outbox_events").fetch_one(&app.db).await.unwrap();
     assert_eq!(attempts, 2, "published twice");
 
-    let ours: Vec<String> =
-        sqlx::query_scalar("SELECT event_id::text FROM outbox_events").fetch_all(&app.db).await.unwrap();
-    assert_eq!(ours.len(), events);
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for sequence in first..=last {
-        let Ok(message) = stream.get_raw_message(sequence).await else { continue };
-        let id = message.headers.get("Nats-Msg-Id").map(|id| id.to_string()).unwrap_or_default();
-        if ours.contains(&id) {
-            *seen.entry(id.clone()).or_default() += 1;
-            let body: Value = serde_json::from_slice(&message.payload).unwrap();
-            assert_eq!(body["eventId"].as_str(), Some(id.as_str()));
-            assert_eq!(message.subject.as_str(), format!("shop.events.{}", body["type"].as_str().unwrap()));
-        }
-    }
+    let seen = stream.copies_of_events_in(&app.db).await;
     assert_eq!(seen.len(), events, "every event is in the stream");
     assert!(seen.values().all(|count| *count == 1), "each once: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_naming_different_sinks_deliver_every_event_to_each_until_a_sink_is_retired() {
+    let mut stream = EventStream::from_now().await;
+    let receiver = Receiver::up().await;
+    // One instance delivers to the webhook only, the other to the webhook
+    // and JetStream; the first records every event.
+    let webhook_only = app_delivering_to(&receiver, |_| {}).await;
+    let mut both = webhook_only.another_instance_with(|config| config.events.events_nats_url = Some(NATS.into())).await;
+    let user = webhook_only.new_user().await;
+    let events = paid_orders(&webhook_only, &user, 10).await;
+    settle(&webhook_only, Duration::from_secs(20)).await;
+    let seen = stream.copies_of_events_in(&webhook_only.db).await;
+    assert_eq!(seen.len(), events, "every event reached JetStream, whichever relay took it");
+    let at_webhook: std::collections::HashSet<String> =
+        receiver.received().iter().filter(|r| r.accepted).map(|r| header(r, "webhook-id").to_owned()).collect();
+    assert_eq!(at_webhook.len(), events, "and the webhook");
+
+    // With the JetStream instance gone, new events wait for a relay that has it.
+    both.begin_shutdown();
+    both.stopped().await;
+    let order = webhook_only.order_id(&user, &[(webhook_only.create_product("desk", 5000, 10).await, 1)], None).await;
+    assert_eq!(webhook_only.pay(&user, order).await.status(), StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting: (String, i32) = sqlx::query_as("SELECT status, attempts FROM outbox_events WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&webhook_only.db)
+        .await
+        .unwrap();
+    assert_eq!(waiting, ("PENDING".to_owned(), 0), "no relay took it");
+    let listed = sinks_command(&webhook_only, &[]);
+    assert!(listed.lines().any(|line| line.starts_with("jetstream") && line.ends_with(" 1")), "{listed}");
+
+    // Retired, JetStream is no longer awaited: the webhook-only relay delivers it.
+    assert_eq!(sinks_command(&webhook_only, &["retire", "jetstream"]).trim(), "retired jetstream");
+    settle(&webhook_only, Duration::from_secs(10)).await;
+    let delivered: Vec<String> = sqlx::query_scalar("SELECT delivered_to[1] FROM outbox_events WHERE order_id = $1")
+        .bind(order)
+        .fetch_all(&webhook_only.db)
+        .await
+        .unwrap();
+    assert_eq!(delivered, ["webhook"]);
+    let listed = sinks_command(&webhook_only, &[]);
+    assert!(!listed.contains("jetstream"), "{listed}");
+}
+
+/// Runs `shop sinks ARGS` against the app's database; what it printed.
+fn sinks_command(app: &TestApp, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shop"))
+        .arg("sinks")
+        .args(args)
+        .env("DATABASE_URL", &app.config.database.database_url)
+        .env("DATABASE_MAX_CONNECTIONS", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
 }
 
 #[tokio::test]

@@ -150,7 +150,14 @@ fn init_tracing() {
 impl TestApp {
     /// Another server instance on the same database and Redis prefix.
     pub async fn another_instance(&self) -> TestApp {
-        start(self.config.clone(), false).await
+        self.another_instance_with(|_| {}).await
+    }
+
+    /// Another instance on the same data, configured apart.
+    pub async fn another_instance_with(&self, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = self.config.clone();
+        configure(&mut config);
+        start(config, false).await
     }
 
     /// Reads a Redis key of this shop's (named without the prefix).
