@@ -98,7 +98,6 @@ impl Server {
         let queue = Queue::new(connect_redis(&config.redis_url).await?, &config.redis_key_prefix);
         let issuance = Issuance::new(db.clone(), queue, coupons.clone(), patience);
         let relay = Relay::new(db.clone(), sinks, RelayConfig::from(&config.events));
-        relay.register().await.context("cannot register the event sinks")?;
         let top_sellers = TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone);
         let state = AppState::new(Shared {
             catalogue: Catalogue::new(db.clone(), top_sellers.clone()),

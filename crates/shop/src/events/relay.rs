@@ -63,15 +63,17 @@ impl Relay {
     }
 
     /// Delivers events until `stop`; without a sink, they stay recorded.
-    /// Adds this instance's sinks to the deployment's, before it delivers
-    /// or records anything.
-    pub async fn register(&self) -> Result<(), sqlx::Error> {
-        outbox::register_sinks(&mut *self.db.acquire().await?, &self.sinks.names()).await
-    }
-
     pub async fn run(&self, stop: CancellationToken) {
         if !self.sinks.any() {
             return;
+        }
+        // This instance's sinks join the deployment's before it delivers.
+        while let Err(error) = self.register().await {
+            tracing::warn!(%error, "cannot register this instance's event sinks; trying again");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
         }
         let mut listener = match self.listen().await {
             Ok(listener) => Some(listener),
@@ -98,6 +100,10 @@ impl Relay {
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
+    }
+
+    async fn register(&self) -> Result<(), AppError> {
+        Ok(outbox::register_sinks(&mut *self.db.acquire().await?, &self.sinks.names()).await?)
     }
 
     async fn listen(&self) -> Result<PgListener, sqlx::Error> {

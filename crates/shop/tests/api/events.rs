@@ -243,6 +243,16 @@ async fn instances_naming_different_sinks_deliver_every_event_to_each_until_a_si
     // and JetStream; the first records every event.
     let webhook_only = app_delivering_to(&receiver, |_| {}).await;
     let mut both = webhook_only.another_instance_with(|config| config.events.events_nats_url = Some(NATS.into())).await;
+    // Each relay registers its sinks as it starts running.
+    let mut registered = 0;
+    for _ in 0..100 {
+        registered = sqlx::query_scalar("SELECT count(*) FROM event_sinks").fetch_one(&webhook_only.db).await.unwrap();
+        if registered == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(registered, 2_i64, "webhook and jetstream registered");
     let user = webhook_only.new_user().await;
     let events = paid_orders(&webhook_only, &user, 10).await;
     settle(&webhook_only, Duration::from_secs(20)).await;
