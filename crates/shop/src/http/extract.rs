@@ -1,6 +1,9 @@
 //! Extractors whose rejections are the app's problem documents: 401 for a
 //! missing or bad token, 400 naming the field for bad input, 413 and 415 for
-//! bodies that are too large or not JSON.
+//! bodies that are too large or not JSON. Every body, query value and path
+//! parameter is checked here for control characters (PostgreSQL refuses a
+//! NUL in text, and none belongs in a name, an email or a code), so no
+//! handler sees one.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
@@ -15,9 +18,11 @@ use crate::auth::{Caller, TokenKind};
 use crate::error::AppError;
 use crate::idempotency::IdempotencyKey;
 
-/// A JSON body. It is parsed to a `serde_json::Value` first and then to `T`,
-/// so a type error names the field (`amount: invalid type: floating point…`).
-/// `Json<Value>` keeps the raw body, e.g. to fingerprint it.
+/// A JSON body: an object (serde would read a struct from an array too),
+/// its text free of control characters. It is parsed to a
+/// `serde_json::Value` first and then to `T`, so a type error names the
+/// field (`amount: invalid type: floating point…`). `Json<Value>` keeps the
+/// raw body, e.g. to fingerprint it.
 pub struct Json<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
@@ -25,8 +30,48 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
         let axum::Json(value) = axum::Json::<Value>::from_request(request, state).await.map_err(json_rejection)?;
+        if !value.is_object() {
+            return Err(AppError::Validation("body: must be a JSON object".into()));
+        }
+        check_text(&value, &mut String::new())?;
         decode(&value).map(Json)
     }
+}
+
+/// Refuses a control character in any string of the value, keys included,
+/// naming where it is; `path` is where `value` sits.
+fn check_text(value: &Value, path: &mut String) -> Result<(), AppError> {
+    let field = |path: &str| if path.is_empty() { "body".to_owned() } else { path.to_owned() };
+    match value {
+        Value::String(text) => no_control_characters(&field(path), text),
+        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
+            let end = path.len();
+            path.push_str(&format!("[{i}]"));
+            let checked = check_text(item, path);
+            path.truncate(end);
+            checked
+        }),
+        Value::Object(fields) => fields.iter().try_for_each(|(key, item)| {
+            let end = path.len();
+            if end > 0 {
+                path.push('.');
+            }
+            path.push_str(key);
+            no_control_characters(&field(&path[..end]), key)?;
+            let checked = check_text(item, path);
+            path.truncate(end);
+            checked
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// 400 naming `field` if `text` holds NUL or another control character.
+pub fn no_control_characters(field: &str, text: &str) -> Result<(), AppError> {
+    if text.chars().any(char::is_control) {
+        return Err(AppError::Validation(format!("{field}: must not contain control characters")));
+    }
+    Ok(())
 }
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
@@ -83,7 +128,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PathText {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        single_path_param(parts, state).await.map(|(_, value)| PathText(value))
+        let (name, value) = single_path_param(parts, state).await?;
+        no_control_characters(&name, &value)?;
+        Ok(PathText(value))
     }
 }
 
@@ -107,6 +154,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
         let query = parts.uri.query().unwrap_or_default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            no_control_characters(&name, &value)?;
+        }
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer)
             .map(Query)

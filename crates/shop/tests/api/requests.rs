@@ -1,6 +1,7 @@
 //! Answers to malformed requests: every one a problem document, none a 500.
 
 use reqwest::{Method, StatusCode};
+use serde_json::json;
 
 use crate::support::{assert_problem, spawn_app};
 
@@ -62,4 +63,78 @@ async fn bodies_that_are_not_json_are_415_malformed_400_and_large_413() {
     let accounts: i64 =
         sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'user'").fetch_one(&app.db).await.unwrap();
     assert_eq!(accounts, 0, "no refused body created an account");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_an_object_is_400_on_every_endpoint_that_takes_one() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let charge = format!("/api/users/{}/points", user.id);
+    // Serde would read a struct from a sequence whose items line up: `[1000]` is an `{amount}`.
+    for body in [json!([1000]), json!(1000), json!("1000"), json!(null), json!(true)] {
+        let refused = app.post(&charge, Some(&user.token), body).await;
+        let problem = assert_problem(refused, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert_eq!(problem["detail"], "body: must be a JSON object");
+    }
+    let sequences = [
+        ("/api/auth/register", json!(["someone@example.com", "correct horse", "Someone"])),
+        ("/api/auth/login", json!([user.email, "correct horse"])),
+        ("/api/auth/refresh", json!([user.refresh_token])),
+        ("/api/coupons/issue", json!(["DISCOUNT_10PERCENT"])),
+        ("/api/coupons/issue-async", json!(["DISCOUNT_10PERCENT"])),
+        ("/api/orders", json!([[{"productId": 1, "quantity": 1}]])),
+        ("/api/payments", json!([1])),
+    ];
+    for (path, body) in sequences {
+        let refused = app.post(path, Some(&user.token), body).await;
+        assert_problem(refused, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    }
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (0, 0), "nothing was charged");
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&app.db).await.unwrap();
+    assert_eq!(accounts, 2, "the admin and the one user: nobody registered");
+}
+
+#[tokio::test]
+async fn control_characters_in_text_are_400_and_change_nothing() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let nul = |text: &str| format!("{text}\u{0}");
+    let refusals = [
+        app.post("/api/auth/login", None, json!({"email": nul("a@example.com"), "password": "correct horse"})).await,
+        app.post(
+            "/api/auth/register",
+            None,
+            json!({"email": "b@example.com", "password": "correct horse", "name": nul("B")}),
+        )
+        .await,
+        app.post(
+            "/api/auth/register",
+            None,
+            json!({"email": "c@example.com", "password": "correct\u{7}horse", "name": "C"}),
+        )
+        .await,
+        app.post(
+            "/api/admin/products",
+            Some(&admin.token),
+            json!({"name": nul("lamp"), "price": 1000, "stock": 1, "category": "home"}),
+        )
+        .await,
+        app.post(
+            "/api/admin/products",
+            Some(&admin.token),
+            json!({"name": "lamp", "price": 1000, "stock": 1, "category": "home\n"}),
+        )
+        .await,
+        app.get("/api/products?category=%00", None).await,
+        app.get("/api/products?category=home%1b", None).await,
+        app.get("/api/coupons/status/WELCOME%00", None).await,
+    ];
+    for refused in refusals {
+        let problem = assert_problem(refused, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.ends_with("must not contain control characters"), "{detail}");
+    }
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&app.db).await.unwrap();
+    let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&app.db).await.unwrap();
+    assert_eq!((users, products), (1, 0), "only the admin; no product");
 }
