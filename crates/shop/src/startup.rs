@@ -40,6 +40,9 @@ const EXPIRY_BATCH: i64 = 100;
 /// events past their retention.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
+/// How often the metrics recorder folds its samples into its histograms.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A server bound to its address, ready to run.
@@ -168,6 +171,15 @@ impl Server {
             move || {
                 let state = state.clone();
                 async move { state.issuance.requeue_stale().await }
+            }
+        })));
+        // Histograms keep each sample until drained: drained on a timer, so
+        // memory stays flat whether or not anything scrapes `/metrics`.
+        background.push(tokio::spawn(every_while(METRICS_UPKEEP, stop.clone(), "metrics upkeep", {
+            let metrics = state.metrics.clone();
+            move || {
+                metrics.run_upkeep();
+                std::future::ready(Ok(()))
             }
         })));
         for chore in [state.coupons.chore(&state.db), state.stock.chore(&state.db)].into_iter().flatten() {

@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, Method};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
+use metrics::Label;
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -144,6 +145,8 @@ pub fn router(state: AppState) -> Router {
     openapi::document_problem_responses(&mut openapi);
 
     let layers = ServiceBuilder::new()
+        .layer(middleware::from_fn(protect_responses))
+        .layer(middleware::from_fn(screen_request_id))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
@@ -196,13 +199,57 @@ fn log_response(response: &Response<Body>, latency: Duration, _: &Span) {
 
 async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = route_of(&request).to_owned();
     let response = next.run(request).await;
-    let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed());
+    let status = response.status().as_u16().to_string();
+    let labels = vec![Label::new("method", method), Label::new("route", route), Label::new("status", status)];
+    metrics::counter!("http_requests_total", labels.clone()).increment(1);
+    metrics::histogram!("http_request_duration_seconds", labels).record(started.elapsed());
     response
+}
+
+/// Every response: `nosniff`, so a browser never reads a JSON answer as
+/// something it could run; and `no-store` on whatever answers a request
+/// that carried a token or asked for one, so no cache keeps tokens or
+/// personal data.
+async fn protect_responses(request: Request, next: Next) -> Response {
+    let private =
+        request.headers().contains_key(header::AUTHORIZATION) || request.uri().path().starts_with("/api/auth/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if private {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// A client's `X-Request-Id` is echoed and logged: it is kept only if it
+/// is 1–64 printable ASCII characters, else replaced by a new one.
+async fn screen_request_id(mut request: Request, next: Next) -> Response {
+    if let Some(id) = request.headers().get(&REQUEST_ID) {
+        let printable = id.as_bytes().iter().all(|byte| (0x20..0x7f).contains(byte));
+        if id.is_empty() || id.len() > 64 || !printable {
+            request.headers_mut().remove(&REQUEST_ID);
+        }
+    }
+    next.run(request).await
+}
+
+/// Labels come from a closed set, so that no client can grow the metrics:
+/// a method the API does not use shares one label, as unmatched routes do.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 /// axum drops a handler's future when its client disconnects. A request that

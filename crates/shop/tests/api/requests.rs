@@ -138,3 +138,58 @@ async fn control_characters_in_text_are_400_and_change_nothing() {
     let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&app.db).await.unwrap();
     assert_eq!((users, products), (1, 0), "only the admin; no product");
 }
+
+#[tokio::test]
+async fn every_answer_is_nosniff_and_those_with_tokens_or_personal_data_are_not_stored() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let cache_control = |response: &reqwest::Response| {
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        response.headers().get("cache-control").map(|value| value.to_str().unwrap().to_owned())
+    };
+    let public =
+        [app.get("/api/products", None).await, app.get("/health/live", None).await, app.get("/nowhere", None).await];
+    for response in &public {
+        assert_eq!(cache_control(response), None);
+    }
+    let login = app.post("/api/auth/login", None, json!({"email": user.email, "password": "password123"})).await;
+    let refresh = app.post("/api/auth/refresh", None, json!({"refreshToken": user.refresh_token})).await;
+    let refused = app.post("/api/auth/login", None, json!({"email": user.email, "password": "wrong password"})).await;
+    let me = app.get("/api/users/me", Some(&user.token)).await;
+    let points = app.get(&format!("/api/users/{}/points", user.id), Some(&user.token)).await;
+    for response in [&login, &refresh, &refused, &me, &points] {
+        assert_eq!(cache_control(response).as_deref(), Some("no-store"), "{}", response.url());
+    }
+    assert_eq!(login.status(), StatusCode::OK);
+    assert_eq!(me.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_request_id_is_kept_only_if_short_and_printable() {
+    let app = spawn_app().await;
+    let echoed = |sent: String| {
+        let request = app.client.get(app.url("/health/live")).header("x-request-id", sent);
+        async move { request.send().await.unwrap().headers()["x-request-id"].to_str().unwrap().to_owned() }
+    };
+    assert_eq!(echoed("checkout-7f3a 42".into()).await, "checkout-7f3a 42");
+    assert_eq!(echoed("a".repeat(64)).await, "a".repeat(64));
+    for refused in ["a".repeat(65), "a".repeat(60_000), "tab\there".into()] {
+        let made = echoed(refused.clone()).await;
+        assert_ne!(made, refused);
+        assert!(uuid::Uuid::parse_str(&made).is_ok(), "a new id: {made}");
+    }
+}
+
+#[tokio::test]
+async fn made_up_methods_share_one_metrics_label() {
+    let app = spawn_app().await;
+    for i in 0..50 {
+        let method = Method::from_bytes(format!("MADEUP{i}{}", "X".repeat(200)).as_bytes()).unwrap();
+        let response = app.request(method, "/api/products", None, None).await;
+        assert_problem(response, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED").await;
+    }
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(!text.contains("MADEUP"), "no made-up method is a label");
+    let other = text.lines().find(|line| line.starts_with("http_requests_total") && line.contains(r#"method="OTHER""#));
+    assert!(other.is_some_and(|line| line.ends_with(" 50")), "{other:?}");
+}
