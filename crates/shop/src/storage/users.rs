@@ -64,6 +64,11 @@ pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<UserRow>, s
         .await
 }
 
+/// The account's role as stored now; `None` if the account is gone.
+pub async fn role(conn: &mut PgConnection, id: i64) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!("SELECT role FROM users WHERE id = $1", id).fetch_optional(conn).await
+}
+
 pub async fn exists(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS "exists!""#, id).fetch_one(conn).await
 }

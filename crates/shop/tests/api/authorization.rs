@@ -114,3 +114,36 @@ async fn checks_run_401_then_400_then_403() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn admin_rights_are_the_accounts_now_not_the_tokens() {
+    let app = spawn_app().await;
+    let customer = app.new_user().await;
+    let order = app.order_id(&customer, &[(app.create_product("lamp", 5000, 10).await, 1)], None).await;
+    // A second admin, signed in while an admin.
+    let second = app.new_user().await;
+    sqlx::query("UPDATE users SET role = 'admin' WHERE id = $1").bind(second.id).execute(&app.db).await.unwrap();
+    let login = app.post("/api/auth/login", None, json!({"email": second.email, "password": "password123"})).await;
+    let token = login.json::<Value>().await.unwrap()["accessToken"].as_str().unwrap().to_owned();
+    let product = json!({"name": "desk", "price": 1000, "stock": 1, "category": "home"});
+    let created = app.post("/api/admin/products", Some(&token), product.clone()).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(app.get(&format!("/api/orders/{order}"), Some(&token)).await.status(), StatusCode::OK);
+
+    // Demoted: the same token is a customer's at once.
+    sqlx::query("UPDATE users SET role = 'user' WHERE id = $1").bind(second.id).execute(&app.db).await.unwrap();
+    let refused = app.post("/api/admin/products", Some(&token), product.clone()).await;
+    assert_problem(refused, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    assert_problem(app.get(&format!("/api/orders/{order}"), Some(&token)).await, StatusCode::NOT_FOUND, "NOT_FOUND")
+        .await;
+    assert_eq!(app.get("/api/users/me", Some(&token)).await.status(), StatusCode::OK, "still a customer");
+
+    // Promoted again and then deleted: the token is nobody's.
+    sqlx::query("UPDATE users SET role = 'admin' WHERE id = $1").bind(second.id).execute(&app.db).await.unwrap();
+    assert_eq!(app.post("/api/admin/products", Some(&token), product.clone()).await.status(), StatusCode::CREATED);
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(second.id).execute(&app.db).await.unwrap();
+    let refused = app.post("/api/admin/products", Some(&token), product).await;
+    assert_problem(refused, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&app.db).await.unwrap();
+    assert_eq!(products, 3, "the lamp and two desks");
+}
