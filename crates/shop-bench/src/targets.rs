@@ -18,7 +18,7 @@ const SPAWN_ENVIRONMENT: [(&str, &str); 8] = [
     ("ARGON2_MEMORY_KIB", "256"),
     ("ARGON2_ITERATIONS", "1"),
     ("SEED_DEMO_DATA", "false"),
-    ("JWT_SECRET", "shop-bench"),
+    ("JWT_SECRET", "shop-bench: a secret of thirty-two bytes or more"),
     ("RUST_LOG", "warn,shop::startup=info"),
     ("BIND_ADDR", "127.0.0.1:0"),
 ];

@@ -27,6 +27,7 @@ use crate::http::catalogue::Catalogue;
 use crate::http::{self, AppState, Shared};
 use crate::issuance::{Issuance, Patience, Queue};
 use crate::lock::LeaseLocks;
+use crate::storage::sessions;
 use crate::strategy::{self, Deps};
 use crate::top_sellers::TopSellers;
 use crate::{idempotency, orders, seed};
@@ -39,6 +40,9 @@ const EXPIRY_BATCH: i64 = 100;
 /// How often each instance deletes expired idempotency keys and delivered
 /// events past their retention.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// A shorter HS256 secret could be guessed offline from any one token.
+const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// How often the metrics recorder folds its samples into its histograms.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -69,6 +73,9 @@ impl Server {
             tracing::info!("seeded demo products and coupon types");
         }
         let secret = match &config.jwt_secret {
+            Some(secret) if secret.len() < MIN_JWT_SECRET_BYTES => {
+                anyhow::bail!("JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes (it is {})", secret.len())
+            }
             Some(secret) => secret.clone().into_bytes(),
             None => {
                 tracing::warn!(
@@ -107,7 +114,7 @@ impl Server {
             placing: orders::Placing::new(db.clone(), stock.clone()),
             db,
             redis: redis.clone(),
-            tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs)),
+            tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs))?,
             passwords,
             points,
             coupons,
@@ -149,6 +156,13 @@ impl Server {
                 }
             })),
             tokio::spawn(expire_overdue_orders(state.clone(), stop.clone())),
+            tokio::spawn(every_while(PURGE_INTERVAL, stop.clone(), "purge expired logins", {
+                let state = state.clone();
+                move || {
+                    let state = state.clone();
+                    async move { Ok(sessions::purge_expired(&mut *state.db.acquire().await?).await.map(drop)?) }
+                }
+            })),
         ];
         background.push(tokio::spawn({
             let (state, stop) = (state.clone(), stop.clone());

@@ -9,11 +9,14 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::Problem;
 use super::extract::Json;
-use crate::auth::{Caller, TokenKind};
+use crate::auth::{Caller, TokenPair};
 use crate::domain::user::{Email, Password, Role, UserName};
 use crate::error::{AppError, ResultExt};
 use crate::storage::Tx;
+use crate::storage::sessions::{self, Rotation};
 use crate::storage::users::{self, UserRow};
+use sqlx::PgConnection;
+use uuid::Uuid;
 
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
@@ -86,8 +89,9 @@ pub async fn register(
     let user = users::insert(&mut tx, email.as_str(), name.as_str(), &hash, Role::User)
         .await
         .on_constraint("users_email_key", || AppError::EmailTaken)?;
+    let signed_in = sign_in(&state, &mut tx, user).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(signed_in(&state, user)?)))
+    Ok((StatusCode::CREATED, Json(signed_in)))
 }
 
 /// Exchanges email and password for tokens.
@@ -107,28 +111,80 @@ pub async fn login(
         return Err(AppError::InvalidCredentials);
     }
     let user = user.ok_or(AppError::InvalidCredentials)?;
-    Ok(Json(signed_in(&state, user)?))
+    Ok(Json(sign_in(&state, &mut *state.db.acquire().await?, user).await?))
 }
 
-/// Exchanges a refresh token for a new token pair. Access tokens are refused here.
+/// Exchanges a refresh token for a new token pair. Each refresh token is
+/// good for one refresh; presenting one already used revokes its login.
+/// Access tokens are refused here.
 #[utoipa::path(post, path = "/api/auth/refresh", operation_id = "refreshTokens", tag = "auth", request_body = RefreshRequest,
     responses(
         (status = 200, body = AuthResponse),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "UNAUTHENTICATED", body = Problem)))]
+        (status = 401, description = "UNAUTHENTICATED: invalid, expired, already used (which revokes its login) or logged out", body = Problem)))]
 pub async fn refresh(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
 ) -> Result<Json<AuthResponse>, AppError> {
-    let caller = state
+    let (caller, presented) = state
         .tokens
-        .verify(&request.refresh_token, TokenKind::Refresh)
+        .verify_refresh(&request.refresh_token)
         .ok_or(AppError::Unauthenticated("the refresh token is invalid or expired"))?;
+    let mut conn = state.db.acquire().await?;
     // The account's current role goes into the new tokens.
-    let user = users::find(&mut *state.db.acquire().await?, caller.user_id)
+    let user = users::find(&mut conn, caller.user_id)
         .await?
         .ok_or(AppError::Unauthenticated("the account no longer exists"))?;
-    Ok(Json(signed_in(&state, user)?))
+    let role = user.role();
+    let tokens = state.tokens.issue(Caller { role, ..caller }).map_err(AppError::Internal)?;
+    match sessions::rotate(&mut conn, caller.session, presented, tokens.refresh_id, tokens.refresh_expires_at).await? {
+        Rotation::Rotated => Ok(Json(AuthResponse::new(user, tokens))),
+        Rotation::Reused => {
+            tracing::warn!(user_id = caller.user_id, session = %caller.session, "a used refresh token was presented again: login revoked");
+            Err(AppError::Unauthenticated("the refresh token was already used; sign in again"))
+        }
+        Rotation::Unknown => Err(AppError::Unauthenticated("the login has ended; sign in again")),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogoutRequest {
+    /// The login to end, if not the access token's own.
+    refresh_token: Option<String>,
+}
+
+/// Ends a login: its refresh tokens stop working on every instance at once.
+/// Which login: the given refresh token's (it must be the caller's), else
+/// the access token's. The access token itself lives until it expires.
+#[utoipa::path(post, path = "/api/auth/logout", operation_id = "logout", tag = "auth", security(("bearer" = [])),
+    request_body(content = Option<LogoutRequest>, description = "optional"),
+    responses(
+        (status = 204, description = "the login's refresh tokens are revoked"),
+        (status = 400, description = "VALIDATION_FAILED", body = Problem),
+        (status = 401, description = "UNAUTHENTICATED, also for a refresh token that is not valid or not yours", body = Problem)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Option<Json<LogoutRequest>>,
+) -> Result<StatusCode, AppError> {
+    let session = match body.and_then(|Json(body)| body.refresh_token) {
+        Some(token) => match state.tokens.verify_refresh(&token) {
+            Some((owner, _)) if owner.user_id == caller.user_id => owner.session,
+            _ => return Err(AppError::Unauthenticated("the refresh token is invalid or not yours")),
+        },
+        None => caller.session,
+    };
+    sessions::revoke(&mut *state.db.acquire().await?, session, caller.user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends every login of the caller: every refresh token stops working.
+#[utoipa::path(post, path = "/api/auth/logout-all", operation_id = "logoutAll", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "every refresh token of the caller is revoked")))]
+pub async fn logout_all(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, AppError> {
+    sessions::revoke_all(&mut *state.db.acquire().await?, caller.user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The caller's profile.
@@ -147,16 +203,24 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me
     }))
 }
 
-fn signed_in(state: &AppState, user: UserRow) -> Result<AuthResponse, AppError> {
-    let role = user.role();
-    let tokens = state.tokens.issue(Caller { user_id: user.id, role }).map_err(AppError::Internal)?;
-    Ok(AuthResponse {
-        user_id: user.id,
-        email: user.email,
-        name: user.name,
-        role,
-        access_token: tokens.access_token,
-        refresh_token: tokens.refresh_token,
-        expires_at: tokens.expires_at,
-    })
+/// Starts a login for the user: its row and its first tokens.
+async fn sign_in(state: &AppState, conn: &mut PgConnection, user: UserRow) -> Result<AuthResponse, AppError> {
+    let caller = Caller { user_id: user.id, role: user.role(), session: Uuid::new_v4() };
+    let tokens = state.tokens.issue(caller).map_err(AppError::Internal)?;
+    sessions::start(conn, caller.session, user.id, tokens.refresh_id, tokens.refresh_expires_at).await?;
+    Ok(AuthResponse::new(user, tokens))
+}
+
+impl AuthResponse {
+    fn new(user: UserRow, tokens: TokenPair) -> Self {
+        Self {
+            user_id: user.id,
+            role: user.role(),
+            email: user.email,
+            name: user.name,
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            expires_at: tokens.expires_at,
+        }
+    }
 }

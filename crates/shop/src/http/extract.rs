@@ -5,8 +5,9 @@
 //! NUL in text, and none belongs in a name, an email or a code), so no
 //! handler sees one.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::AppState;
-use crate::auth::{Caller, TokenKind};
+use crate::auth::Caller;
 use crate::domain::user::Role;
 use crate::error::AppError;
 use crate::idempotency::IdempotencyKey;
@@ -31,12 +32,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = AppError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
-        let axum::Json(value) = axum::Json::<Value>::from_request(request, state).await.map_err(json_rejection)?;
+        let axum::Json(value) =
+            <axum::Json<Value> as FromRequest<S>>::from_request(request, state).await.map_err(json_rejection)?;
         if !value.is_object() {
             return Err(AppError::Validation("body: must be a JSON object".into()));
         }
         check_text(&value, &mut String::new())?;
         decode(&value).map(Json)
+    }
+}
+
+/// A body that may be left out: none at all (no content type, no bytes) is
+/// `None`; anything else must be a JSON object as above.
+impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for Json<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, AppError> {
+        if request.headers().contains_key(header::CONTENT_TYPE) {
+            return <Self as FromRequest<S>>::from_request(request, state).await.map(Some);
+        }
+        let body = Bytes::from_request(request, state).await.map_err(|_| AppError::PayloadTooLarge)?;
+        if body.is_empty() { Ok(None) } else { Err(AppError::UnsupportedMediaType) }
     }
 }
 
@@ -180,10 +196,8 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
             .ok_or(AppError::Unauthenticated("the Authorization header must be `Bearer <accessToken>`"))?;
-        let caller = state
-            .tokens
-            .verify(token, TokenKind::Access)
-            .ok_or(AppError::Unauthenticated("the access token is invalid or expired"))?;
+        let caller =
+            state.tokens.verify(token).ok_or(AppError::Unauthenticated("the access token is invalid or expired"))?;
         if !caller.is_admin() {
             return Ok(caller);
         }

@@ -114,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::register))
         .routes(routes!(auth::login))
         .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::logout_all))
         .routes(routes!(auth::me))
         .routes(routes!(points::balance, points::charge))
         .routes(routes!(points::history))

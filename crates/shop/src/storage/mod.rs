@@ -8,6 +8,7 @@ pub mod orders;
 pub mod outbox;
 pub mod payments;
 pub mod products;
+pub mod sessions;
 mod tx;
 pub mod users;
 pub mod wallets;

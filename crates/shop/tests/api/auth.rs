@@ -136,7 +136,8 @@ async fn refresh_takes_only_refresh_tokens_and_access_takes_only_access_tokens()
 async fn tokens_of_another_secret_or_expired_are_refused() {
     let app = spawn_app_with(|config| config.jwt_access_ttl_secs = 1).await;
     let user = app.new_user().await;
-    let other = spawn_app_with(|config| config.jwt_secret = Some("another-secret".into())).await;
+    let other =
+        spawn_app_with(|config| config.jwt_secret = Some("another secret of at least thirty-two bytes".into())).await;
     assert_problem(other.get("/api/users/me", Some(&user.token)).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
         .await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;

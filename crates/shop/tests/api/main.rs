@@ -19,4 +19,5 @@ mod payments;
 mod points;
 mod products;
 mod requests;
+mod sessions;
 mod startup;

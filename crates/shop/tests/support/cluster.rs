@@ -10,7 +10,7 @@ use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use super::pg_proxy::PgProxy;
-use super::{PG, REDIS, drop_test_data};
+use super::{PG, REDIS, TEST_SECRET, drop_test_data};
 
 pub struct Cluster {
     instances: Mutex<Vec<Instance>>,
@@ -37,7 +37,7 @@ fn shared_environment(database_url: &str, prefix: &str) -> Vec<(String, String)>
         ("REDIS_URL", REDIS),
         ("REDIS_KEY_PREFIX", prefix),
         ("BIND_ADDR", "127.0.0.1:0"),
-        ("JWT_SECRET", "test-secret"),
+        ("JWT_SECRET", TEST_SECRET),
         ("ARGON2_MEMORY_KIB", "256"),
         ("ARGON2_ITERATIONS", "1"),
         ("SEED_DEMO_DATA", "false"),

@@ -28,6 +28,8 @@ pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
 pub const ADMIN_EMAIL: &str = "admin@shop.local";
 pub const ADMIN_PASSWORD: &str = "admin-password";
+/// The token secret of every test server, so tests can sign tokens too.
+pub const TEST_SECRET: &str = "the test servers' token secret, 32+ bytes";
 
 /// The configuration of a test server: its own database and Redis prefix,
 /// and a cheap password hash.
@@ -42,7 +44,7 @@ pub fn test_config() -> Config {
         redis_url: REDIS.into(),
         redis_key_prefix: format!("test:{id}:"),
         bind_addr: "127.0.0.1:0".parse().unwrap(),
-        jwt_secret: Some("test-secret".into()),
+        jwt_secret: Some(TEST_SECRET.into()),
         jwt_access_ttl_secs: 3600,
         admin_email: ADMIN_EMAIL.into(),
         admin_password: ADMIN_PASSWORD.into(),
@@ -413,8 +415,9 @@ pub async fn admin_of(db: &PgPool) -> User {
 }
 
 fn signed_in(user_id: i64, role: Role) -> User {
-    let tokens = shop::Tokens::new(b"test-secret", Duration::from_secs(3600));
-    let pair = tokens.issue(shop::Caller { user_id, role }).unwrap();
+    let tokens = shop::Tokens::new(TEST_SECRET.as_bytes(), Duration::from_secs(3600)).unwrap();
+    // A login no row records: good for requests, not for a refresh.
+    let pair = tokens.issue(shop::Caller { user_id, role, session: Uuid::new_v4() }).unwrap();
     User { id: user_id, email: String::new(), token: pair.access_token, refresh_token: pair.refresh_token }
 }
 
