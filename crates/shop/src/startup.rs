@@ -290,7 +290,7 @@ async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
 }
 
 /// The URL without its password.
-fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     match url.split_once('@') {
         Some((credentials, rest)) => {
             let scheme = credentials.split_once("://").map_or("", |(scheme, _)| scheme);

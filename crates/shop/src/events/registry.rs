@@ -2,13 +2,19 @@
 
 use std::io::Write;
 
+use anyhow::Context;
+use sqlx::{Connection, PgConnection};
+
 use crate::config::{SinksAction, SinksArgs};
-use crate::startup::connect_database;
+use crate::startup;
 use crate::storage::outbox;
 
 pub async fn manage_sinks(args: SinksArgs) -> anyhow::Result<()> {
-    let db = connect_database(&args.database).await?;
-    let mut conn = db.acquire().await?;
+    // Not `startup::connect_database`: a mistyped URL must fail here, not
+    // create and migrate a database of that name.
+    let mut conn = PgConnection::connect(&args.database.database_url)
+        .await
+        .with_context(|| format!("cannot reach {}", startup::redacted(&args.database.database_url)))?;
     let mut out = std::io::stdout().lock();
     match args.action.unwrap_or(SinksAction::List) {
         SinksAction::List => {

@@ -5,9 +5,9 @@
 //! attempt in the same transaction: delivered, or due again after an
 //! exponential backoff with jitter, or `FAILED` after `EVENT_MAX_ATTEMPTS`.
 //! An event is delivered once every sink of the deployment took it (the
-//! sinks every instance registered as it started), and a relay takes only
-//! events whose missing sinks it has: instances that name different sinks
-//! leave each event to one that can finish it.
+//! sinks every instance registered as it started); a relay takes the events
+//! that lack one of its own sinks and sends them there, and leaves the
+//! sinks it does not have to the relays that do.
 //! The events stay locked while they are sent, so no two relays send one
 //! at the same time; a relay that dies mid-send releases them with its
 //! connection, and another sends them again (at least once). It wakes on

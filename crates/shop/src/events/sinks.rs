@@ -3,7 +3,10 @@
 //! `Nats-Msg-Id`). Each sink answers per event whether it took it; the
 //! relay retries the others.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -26,9 +29,13 @@ struct JetStream {
     context: async_nats::jetstream::Context,
     /// How long the stream keeps a message: as long as delivered events are kept.
     max_age: Duration,
-    /// Created (or found) on the first publish, so that a NATS server
-    /// still starting does not stop the shop from starting.
-    stream: tokio::sync::OnceCell<()>,
+    /// How long the stream remembers a message id (see [`duplicate_window`]).
+    duplicate_window: Duration,
+    /// Whether the stream is known to exist: looked for (and created if
+    /// missing) on the first publish, so that a NATS server still starting
+    /// does not stop the shop from starting, and again whenever a publish
+    /// finds no stream (deleted, or a server back with an empty store).
+    stream_ready: AtomicBool,
 }
 
 struct Webhook {
@@ -55,7 +62,12 @@ impl Sinks {
                 // connection drops; publishes fail (and are retried) meanwhile.
                 let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(url).await?;
                 let max_age = Duration::from_secs(u64::from(config.event_retention_days) * 86_400);
-                Some(JetStream { context: async_nats::jetstream::new(client), max_age, stream: Default::default() })
+                Some(JetStream {
+                    context: async_nats::jetstream::new(client),
+                    max_age,
+                    duplicate_window: duplicate_window(Duration::from_millis(config.event_retry_max_ms), max_age),
+                    stream_ready: AtomicBool::new(false),
+                })
             }
             None => None,
         };
@@ -110,20 +122,21 @@ impl Webhook {
     }
 }
 
+/// JetStream stores a message id once within its duplicate window (two
+/// minutes unless told). A resend comes at most `EVENT_RETRY_MAX_MS` after
+/// the attempt whose acknowledgement was lost, later still if PostgreSQL or
+/// NATS was down meanwhile: the window covers twice the longest retry
+/// delay, and at least the default, within the stream's retention.
+fn duplicate_window(retry_max: Duration, max_age: Duration) -> Duration {
+    (retry_max * 2).max(Duration::from_secs(120)).min(max_age)
+}
+
 impl JetStream {
     async fn send(&self, event: &DueEvent) -> Result<(), String> {
-        self.stream
-            .get_or_try_init(|| async {
-                let config = async_nats::jetstream::stream::Config {
-                    name: STREAM.to_owned(),
-                    subjects: vec!["shop.events.>".to_owned()],
-                    max_age: self.max_age,
-                    ..Default::default()
-                };
-                self.context.get_or_create_stream(config).await.map(drop)
-            })
-            .await
-            .map_err(|error| format!("cannot reach stream {STREAM}: {error}"))?;
+        if !self.stream_ready.load(Ordering::Acquire) {
+            self.ensure_stream().await.map_err(|error| format!("cannot reach stream {STREAM}: {error}"))?;
+            self.stream_ready.store(true, Ordering::Release);
+        }
         let mut headers = async_nats::HeaderMap::new();
         // JetStream keeps one message per id within its duplicate window:
         // a publish retried after a lost acknowledgement is stored once.
@@ -134,7 +147,34 @@ impl JetStream {
             .publish_with_headers(subject, headers, event.body.clone().into())
             .await
             .map_err(|error| format!("could not publish: {error}"))?;
-        published.await.map(drop).map_err(|error| format!("the stream did not acknowledge: {error}"))
+        published.await.map(drop).map_err(|error| {
+            if error.kind() == PublishErrorKind::StreamNotFound {
+                self.stream_ready.store(false, Ordering::Release);
+            }
+            format!("the stream did not acknowledge: {error}")
+        })
+    }
+
+    /// Creates the stream if it is missing, and widens its duplicate window
+    /// if it is narrower than this shop's retries need (keeping whatever
+    /// else an operator set).
+    async fn ensure_stream(&self) -> anyhow::Result<()> {
+        let config = async_nats::jetstream::stream::Config {
+            name: STREAM.to_owned(),
+            subjects: vec!["shop.events.>".to_owned()],
+            max_age: self.max_age,
+            duplicate_window: self.duplicate_window,
+            ..Default::default()
+        };
+        let mut stream = self.context.get_or_create_stream(config).await?;
+        let mut config = stream.info().await?.config.clone();
+        if config.duplicate_window < self.duplicate_window {
+            // JetStream wants the window within the retention, if there is one.
+            let retention = if config.max_age.is_zero() { self.duplicate_window } else { config.max_age };
+            config.duplicate_window = self.duplicate_window.min(retention);
+            self.context.update_stream(config).await?;
+        }
+        Ok(())
     }
 }
 

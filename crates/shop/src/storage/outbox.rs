@@ -58,9 +58,9 @@ pub struct DueEvent {
 
 /// Locks up to `limit` due events, skipping those another relay holds,
 /// each the oldest undelivered event of its order (an order's later event
-/// waits until every earlier one is delivered) and each lacking only sinks
-/// in `sinks` (an event a registered sink still lacks waits for a relay
-/// that has it).
+/// waits until every earlier one is delivered) and each lacking one of
+/// `sinks` at least (the others it lacks are left to relays that have
+/// them).
 pub async fn lock_due(conn: &mut PgConnection, sinks: &[String], limit: i64) -> Result<Vec<DueEvent>, sqlx::Error> {
     sqlx::query_as!(
         DueEvent,
@@ -68,8 +68,7 @@ pub async fn lock_due(conn: &mut PgConnection, sinks: &[String], limit: i64) -> 
          WHERE e.status = 'PENDING' AND e.next_attempt_at <= now()
            AND NOT EXISTS (SELECT 1 FROM outbox_events earlier
                            WHERE earlier.order_id = e.order_id AND earlier.id < e.id AND earlier.status <> 'DELIVERED')
-           AND NOT EXISTS (SELECT 1 FROM event_sinks s
-                           WHERE s.name <> ALL (e.delivered_to) AND s.name <> ALL ($1::text[]))
+           AND EXISTS (SELECT 1 FROM unnest($1::text[]) AS mine (name) WHERE mine.name <> ALL (e.delivered_to))
          ORDER BY e.next_attempt_at, e.id LIMIT $2
          FOR UPDATE OF e SKIP LOCKED",
         sinks,
@@ -233,11 +232,20 @@ pub async fn registered_sinks(conn: &mut PgConnection) -> Result<Vec<RegisteredS
     .await
 }
 
-/// Removes a sink from the deployment's, and wakes the relays: events that
-/// waited only for it are delivered at their next attempt. Whether it was
-/// registered.
+/// Removes a sink from the deployment's; the events that lacked only it are
+/// delivered then and there. Whether it was registered.
 pub async fn retire_sink(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
-    let retired = sqlx::query!("DELETE FROM event_sinks WHERE name = $1", name).execute(&mut *conn).await?;
-    sqlx::query!("SELECT pg_notify('outbox_events', '')").fetch_one(conn).await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let retired = sqlx::query!("DELETE FROM event_sinks WHERE name = $1", name).execute(&mut *tx).await?;
+    sqlx::query!(
+        "UPDATE outbox_events e SET status = 'DELIVERED', delivered_at = now()
+         WHERE e.status = 'PENDING'
+           AND NOT EXISTS (SELECT 1 FROM event_sinks s WHERE s.name <> ALL (e.delivered_to))"
+    )
+    .execute(&mut *tx)
+    .await?;
+    // Their orders' later events may go now.
+    sqlx::query!("SELECT pg_notify('outbox_events', '')").fetch_one(&mut *tx).await?;
+    tx.commit().await?;
     Ok(retired.rows_affected() == 1)
 }

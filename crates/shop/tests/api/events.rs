@@ -12,6 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use crate::support::nats::OwnNats;
 use crate::support::receiver::{Received, Receiver};
 use crate::support::{TestApp, User, assert_problem, spawn_app_with};
 
@@ -262,30 +263,35 @@ async fn instances_naming_different_sinks_deliver_every_event_to_each_until_a_si
         receiver.received().iter().filter(|r| r.accepted).map(|r| header(r, "webhook-id").to_owned()).collect();
     assert_eq!(at_webhook.len(), events, "and the webhook");
 
-    // With the JetStream instance gone, new events wait for a relay that has it.
+    // With the JetStream instance gone, a new event reaches the webhook and
+    // waits for a relay that has JetStream.
     both.begin_shutdown();
     both.stopped().await;
     let order = webhook_only.order_id(&user, &[(webhook_only.create_product("desk", 5000, 10).await, 1)], None).await;
     assert_eq!(webhook_only.pay(&user, order).await.status(), StatusCode::CREATED);
+    let waiting = || async {
+        sqlx::query_as::<_, (String, Vec<String>)>("SELECT status, delivered_to FROM outbox_events WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&webhook_only.db)
+            .await
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if !waiting().await.1.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let waiting: (String, i32) = sqlx::query_as("SELECT status, attempts FROM outbox_events WHERE order_id = $1")
-        .bind(order)
-        .fetch_one(&webhook_only.db)
-        .await
-        .unwrap();
-    assert_eq!(waiting, ("PENDING".to_owned(), 0), "no relay took it");
+    assert_eq!(waiting().await, ("PENDING".to_owned(), vec!["webhook".to_owned()]), "at the webhook only");
     let listed = sinks_command(&webhook_only, &[]);
     assert!(listed.lines().any(|line| line.starts_with("jetstream") && line.ends_with(" 1")), "{listed}");
+    assert!(listed.lines().any(|line| line.starts_with("webhook") && line.ends_with(" 0")), "{listed}");
 
-    // Retired, JetStream is no longer awaited: the webhook-only relay delivers it.
+    // Retired, JetStream is no longer awaited: the event is delivered.
     assert_eq!(sinks_command(&webhook_only, &["retire", "jetstream"]).trim(), "retired jetstream");
     settle(&webhook_only, Duration::from_secs(10)).await;
-    let delivered: Vec<String> = sqlx::query_scalar("SELECT delivered_to[1] FROM outbox_events WHERE order_id = $1")
-        .bind(order)
-        .fetch_all(&webhook_only.db)
-        .await
-        .unwrap();
-    assert_eq!(delivered, ["webhook"]);
+    assert_eq!(waiting().await, ("DELIVERED".to_owned(), vec!["webhook".to_owned()]));
     let listed = sinks_command(&webhook_only, &[]);
     assert!(!listed.contains("jetstream"), "{listed}");
 }
@@ -311,4 +317,74 @@ async fn a_webhook_url_that_is_not_http_is_refused_at_start() {
         let error = shop::startup::Server::build(&config).await.err().expect("refused");
         assert!(format!("{error:#}").contains("DATA_PLATFORM_URL"), "{error:#}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_with_no_sink_in_common_feed_each_sink_from_the_one_that_has_it() {
+    let nats = OwnNats::start().await;
+    let receiver = Receiver::up().await;
+    let webhook_only = app_delivering_to(&receiver, |_| {}).await;
+    let url = nats.url.clone();
+    let jetstream_only = webhook_only
+        .another_instance_with(|config| {
+            config.events.data_platform_url = None;
+            config.events.events_nats_url = Some(url);
+        })
+        .await;
+    let user = webhook_only.new_user().await;
+    let events = paid_orders(&jetstream_only, &user, 6).await;
+    settle(&webhook_only, Duration::from_secs(20)).await;
+
+    let at_webhook: std::collections::HashSet<String> =
+        receiver.received().iter().filter(|r| r.accepted).map(|r| header(r, "webhook-id").to_owned()).collect();
+    assert_eq!(at_webhook.len(), events, "every event at the webhook");
+    let mut stream = nats.jetstream().await.get_stream("SHOP_EVENTS").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, events as u64, "and each once in the stream");
+    let delivered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox_events WHERE status = 'DELIVERED' AND delivered_to @> '{webhook,jetstream}'",
+    )
+    .fetch_one(&webhook_only.db)
+    .await
+    .unwrap();
+    assert_eq!(delivered, events as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stream_remembers_ids_as_long_as_retries_wait_and_comes_back_if_deleted() {
+    let nats = OwnNats::start().await;
+    let jetstream = nats.jetstream().await;
+    // Found with JetStream's default two minutes: widened to twice the longest retry delay.
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "SHOP_EVENTS".into(),
+            subjects: vec!["shop.events.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let url = nats.url.clone();
+    let app = spawn_app_with(|config| {
+        config.events.events_nats_url = Some(url);
+        config.events.event_retry_max_ms = 300_000;
+    })
+    .await;
+    let user = app.new_user().await;
+    let first = paid_orders(&app, &user, 1).await;
+    settle(&app, Duration::from_secs(10)).await;
+    let mut stream = jetstream.get_stream("SHOP_EVENTS").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(600));
+    assert_eq!(info.state.messages, first as u64);
+
+    // Deleted while the shop runs: the next publish creates it again.
+    jetstream.delete_stream("SHOP_EVENTS").await.unwrap();
+    let later = paid_orders(&app, &user, 2).await;
+    settle(&app, Duration::from_secs(10)).await;
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status <> 'DELIVERED'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(failed, 0, "every event delivered");
+    let mut stream = jetstream.get_stream("SHOP_EVENTS").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, later as u64);
 }

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 pub mod cluster;
 pub mod invariants;
+pub mod nats;
 pub mod pg_proxy;
 pub mod receiver;
 pub mod redis_proxy;
