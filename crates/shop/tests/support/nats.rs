@@ -21,14 +21,15 @@ impl OwnNats {
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server is installed");
-        let url = format!("nats://127.0.0.1:{port}");
+        // Stopped by `drop` however this ends.
+        let nats = Self { url: format!("nats://127.0.0.1:{port}"), child, store };
         for _ in 0..100 {
-            if async_nats::connect(&url).await.is_ok() {
-                return Self { url, child, store };
+            if async_nats::connect(&nats.url).await.is_ok() {
+                return nats;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("nats-server did not start on {url}");
+        panic!("nats-server did not start on {}", nats.url);
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
