@@ -12,12 +12,13 @@ use sqlx::postgres::PgPoolOptions;
 /// Settings every spawned instance gets: no charge limits (a storm would hit
 /// them at once), a cheap password hash (users are registered in bulk), no
 /// per-request log line (its cost would be measured too).
-const SPAWN_ENVIRONMENT: [(&str, &str); 8] = [
+const SPAWN_ENVIRONMENT: [(&str, &str); 9] = [
     ("POINTS_DAILY_CHARGE_LIMIT", "0"),
     ("POINTS_MONTHLY_CHARGE_LIMIT", "0"),
     ("ARGON2_MEMORY_KIB", "256"),
     ("ARGON2_ITERATIONS", "1"),
     ("SEED_DEMO_DATA", "false"),
+    ("ADMIN_PASSWORD", "admin-password"),
     ("JWT_SECRET", "shop-bench: a secret of thirty-two bytes or more"),
     ("RUST_LOG", "warn,shop::startup=info"),
     ("BIND_ADDR", "127.0.0.1:0"),

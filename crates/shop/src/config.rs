@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+/// Password hashing cost: OWASP's recommended Argon2id setting.
+pub const ARGON2_MEMORY_KIB: u32 = 19456;
+pub const ARGON2_ITERATIONS: u32 = 2;
+
 #[derive(Debug, Parser)]
 #[command(name = "shop", version, about = "An e-commerce backend that stays correct under contention")]
 #[command(args_conflicts_with_subcommands = true)]
@@ -29,6 +33,27 @@ pub enum Command {
     WebhookListen(ListenArgs),
     /// List the sinks this deployment delivers events to, or retire one.
     Sinks(SinksArgs),
+    /// Manage admin accounts.
+    Admin(AdminArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(subcommand)]
+    pub action: AdminAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminAction {
+    /// Create an admin account, or make an existing account an admin, with
+    /// the password read from standard input (one line), so that it appears
+    /// in no command line or shell history.
+    Create {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,8 +114,11 @@ pub struct Config {
     pub jwt_access_ttl_secs: u64,
     #[arg(long, env = "ADMIN_EMAIL", default_value = "admin@shop.local")]
     pub admin_email: String,
-    #[arg(long, env = "ADMIN_PASSWORD", default_value = "admin-password", hide_env_values = true)]
-    pub admin_password: String,
+    /// The admin account's password, set at every start. Unset: no admin is
+    /// ensured, except that the demo (SEED_DEMO_DATA) creates a missing one
+    /// with the published password `admin-password`.
+    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
     /// The three strategies default to the winners of docs/benchmarks.md
     /// (see the README).
     #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Batch)]
@@ -111,9 +139,9 @@ pub struct Config {
     /// Seed demo products and coupon types into an empty database.
     #[arg(long, env = "SEED_DEMO_DATA", default_value_t = true, action = ArgAction::Set)]
     pub seed_demo_data: bool,
-    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = 19456)]
+    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = ARGON2_MEMORY_KIB)]
     pub argon2_memory_kib: u32,
-    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2)]
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = ARGON2_ITERATIONS)]
     pub argon2_iterations: u32,
     /// Time zone of calendar days (charge limits, top sellers).
     #[arg(long, env = "SHOP_TIMEZONE", default_value = "Asia/Seoul")]

@@ -48,4 +48,5 @@ mod top_sellers;
 pub use auth::{Caller, Tokens};
 pub use domain::user::Role;
 pub use events::{listen as webhook_listen, manage_sinks};
+pub use seed::create_admin;
 pub use strategy::coupons::GRANT_LUA;

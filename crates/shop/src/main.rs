@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
         _ => (cli.serve.log_format, cli.serve.log_filter.as_str()),
     };
     // A command that prints its answer keeps standard output for it.
-    let prints = matches!(cli.command, Some(Command::Sinks(_)));
+    let prints = matches!(cli.command, Some(Command::Sinks(_) | Command::Admin(_)));
     init_tracing(format, filter, prints);
     // Tests that run the binary configure its fail points through the
     // FAILPOINTS environment variable (`name=action;…`).
@@ -27,6 +27,7 @@ async fn main() -> ExitCode {
         Some(Command::Serve(config)) => serve(*config).await,
         Some(Command::WebhookListen(args)) => shop::webhook_listen(args.port, args.secret.as_deref()).await,
         Some(Command::Sinks(args)) => shop::manage_sinks(args).await,
+        Some(Command::Admin(args)) => shop::create_admin(args).await,
         None => serve(cli.serve).await,
     };
     match outcome {

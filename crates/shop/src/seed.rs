@@ -1,19 +1,45 @@
 //! Data ensured at start: the admin account, and the demo catalogue in an
-//! empty database. Safe when several instances start together.
+//! empty database. Safe when several instances start together. Also
+//! `shop admin create`, the operator's way to an admin account.
 
 use anyhow::Context;
 use sqlx::PgPool;
 
 use crate::auth::PasswordHasher;
+use crate::config::{ARGON2_ITERATIONS, ARGON2_MEMORY_KIB, AdminAction, AdminArgs};
 use crate::domain::user::{Email, Password, Role};
+use crate::startup;
 use crate::storage::users;
 
-/// Makes sure `email` can log in as admin with `password`.
-pub async fn ensure_admin(db: &PgPool, passwords: &PasswordHasher, email: &str, password: &str) -> anyhow::Result<()> {
+/// The demo's admin password, published in the README: used only to create
+/// a missing admin when the demo runs without `ADMIN_PASSWORD`.
+pub const DEMO_ADMIN_PASSWORD: &str = "admin-password";
+
+/// How the admin account comes to be at start.
+pub enum AdminSetup<'a> {
+    /// `email` logs in as admin with this password, whatever it had.
+    Password(&'a str),
+    /// The demo: a missing admin is created with the published password;
+    /// an existing account is left as it is.
+    DemoIfMissing,
+}
+
+/// Makes sure `email` is an admin as `setup` says.
+pub async fn ensure_admin(
+    db: &PgPool,
+    passwords: &PasswordHasher,
+    email: &str,
+    setup: AdminSetup<'_>,
+) -> anyhow::Result<()> {
     let email = Email::parse(email).context("ADMIN_EMAIL")?;
+    let (password, reset) = match setup {
+        AdminSetup::Password(password) => (password, true),
+        AdminSetup::DemoIfMissing => (DEMO_ADMIN_PASSWORD, false),
+    };
     let password = Password::parse(password.to_owned()).context("ADMIN_PASSWORD")?;
     let mut conn = db.acquire().await?;
     match users::find_by_email(&mut conn, email.as_str()).await? {
+        Some(_) if !reset => {}
         Some(user) => {
             let current =
                 user.role() == Role::Admin && passwords.verify(password.expose(), Some(&user.password_hash)).await?;
@@ -31,6 +57,20 @@ pub async fn ensure_admin(db: &PgPool, passwords: &PasswordHasher, email: &str, 
             }
         }
     }
+    Ok(())
+}
+
+/// `shop admin create --email E`: the password comes from standard input.
+pub async fn create_admin(args: AdminArgs) -> anyhow::Result<()> {
+    let AdminAction::Create { email } = args.action;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    Password::parse(password.to_owned()).context("the password")?;
+    let db = startup::connect_database(&args.database).await?;
+    let passwords = PasswordHasher::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS)?;
+    ensure_admin(&db, &passwords, &email, AdminSetup::Password(password)).await?;
+    println!("{email} is an admin");
     Ok(())
 }
 

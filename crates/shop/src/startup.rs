@@ -27,6 +27,7 @@ use crate::http::catalogue::Catalogue;
 use crate::http::{self, AppState, Shared};
 use crate::issuance::{Issuance, Patience, Queue};
 use crate::lock::LeaseLocks;
+use crate::seed::{AdminSetup, DEMO_ADMIN_PASSWORD};
 use crate::storage::sessions;
 use crate::strategy::{self, Deps};
 use crate::top_sellers::TopSellers;
@@ -66,9 +67,25 @@ impl Server {
         let db = connect_database(&config.database).await?;
         let redis = connect_redis(&config.redis_url).await?;
         let passwords = PasswordHasher::new(config.argon2_memory_kib, config.argon2_iterations)?;
-        seed::ensure_admin(&db, &passwords, &config.admin_email, &config.admin_password)
-            .await
-            .context("cannot ensure the admin account")?;
+        let admin = match (&config.admin_password, config.seed_demo_data) {
+            (Some(password), _) => Some(AdminSetup::Password(password)),
+            (None, true) => {
+                tracing::warn!(
+                    email = %config.admin_email,
+                    "ADMIN_PASSWORD is unset: the demo's admin, if missing, gets the published password `{DEMO_ADMIN_PASSWORD}`; set ADMIN_PASSWORD outside the demo"
+                );
+                Some(AdminSetup::DemoIfMissing)
+            }
+            (None, false) => {
+                tracing::info!("ADMIN_PASSWORD is unset: no admin account is ensured (`shop admin create` makes one)");
+                None
+            }
+        };
+        if let Some(admin) = admin {
+            seed::ensure_admin(&db, &passwords, &config.admin_email, admin)
+                .await
+                .context("cannot ensure the admin account")?;
+        }
         if config.seed_demo_data && seed::seed_demo_data(&db).await.context("cannot seed demo data")? {
             tracing::info!("seeded demo products and coupon types");
         }

@@ -66,9 +66,9 @@ async fn demo_data_is_seeded_into_an_empty_database_once() {
 
 #[tokio::test]
 async fn the_admin_account_is_ensured_with_the_configured_password() {
-    let app = spawn_app_with(|config| config.admin_password = "first-password".into()).await;
+    let app = spawn_app_with(|config| config.admin_password = Some("first-password".into())).await;
     let mut config = app.config.clone();
-    config.admin_password = "second-password".into();
+    config.admin_password = Some("second-password".into());
     drop(shop::startup::Server::build(&config).await.unwrap());
     let login = |password: &'static str| {
         let app: &TestApp = &app;
@@ -157,4 +157,77 @@ async fn connections_the_database_dropped_are_replaced_without_an_error() {
     for _ in 0..5 {
         assert_eq!(app.get("/api/products", None).await.status(), StatusCode::OK);
     }
+}
+
+/// A login as the default admin: its status.
+async fn admin_login(app: &TestApp, password: &str) -> StatusCode {
+    app.post("/api/auth/login", None, serde_json::json!({"email": "admin@shop.local", "password": password}))
+        .await
+        .status()
+}
+
+#[tokio::test]
+async fn without_admin_password_there_is_no_admin_and_the_demo_alone_falls_back_without_resetting() {
+    let app = spawn_app_with(|config| config.admin_password = None).await;
+    let admins: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin'").fetch_one(&app.db).await.unwrap();
+    assert_eq!(admins, 0, "no admin outside the demo");
+    assert_eq!(admin_login(&app, "admin-password").await, StatusCode::UNAUTHORIZED);
+
+    // The demo creates the missing admin with the published password…
+    let mut demo = app.config.clone();
+    demo.seed_demo_data = true;
+    drop(shop::startup::Server::build(&demo).await.unwrap());
+    assert_eq!(admin_login(&app, "admin-password").await, StatusCode::OK);
+    // …but never puts it back on an admin that has another.
+    let mut configured = app.config.clone();
+    configured.admin_password = Some("a password of our own".into());
+    drop(shop::startup::Server::build(&configured).await.unwrap());
+    drop(shop::startup::Server::build(&demo).await.unwrap());
+    assert_eq!(admin_login(&app, "admin-password").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(admin_login(&app, "a password of our own").await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shop_admin_create_reads_the_password_from_standard_input() {
+    use std::io::Write;
+
+    let app = spawn_app_with(|config| config.admin_password = None).await;
+    let user = app.new_user().await;
+    let create = |email: &str, password: &str| {
+        let mut child = shop()
+            .args(["admin", "create", "--email", email])
+            .env("DATABASE_URL", &app.config.database.database_url)
+            .env("DATABASE_MAX_CONNECTIONS", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let made = create("boss@example.com", "a long admin password");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert_eq!(String::from_utf8_lossy(&made.stdout).trim(), "boss@example.com is an admin");
+    let login = app
+        .post(
+            "/api/auth/login",
+            None,
+            serde_json::json!({"email": "boss@example.com", "password": "a long admin password"}),
+        )
+        .await;
+    assert_eq!(login.json::<serde_json::Value>().await.unwrap()["role"], "admin");
+    // An existing account is promoted; a short password is refused.
+    assert!(create(&user.email, "another long password").status.success());
+    let role: String =
+        sqlx::query_scalar("SELECT role FROM users WHERE id = $1").bind(user.id).fetch_one(&app.db).await.unwrap();
+    assert_eq!(role, "admin");
+    let refused = create("short@example.com", "short");
+    assert!(!refused.status.success());
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email = 'short@example.com')")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(!exists);
 }

@@ -10,7 +10,7 @@ use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use super::pg_proxy::PgProxy;
-use super::{PG, REDIS, TEST_SECRET, drop_test_data};
+use super::{ADMIN_PASSWORD, PG, REDIS, TEST_SECRET, drop_test_data};
 
 pub struct Cluster {
     instances: Mutex<Vec<Instance>>,
@@ -41,6 +41,7 @@ fn shared_environment(database_url: &str, prefix: &str) -> Vec<(String, String)>
         ("ARGON2_MEMORY_KIB", "256"),
         ("ARGON2_ITERATIONS", "1"),
         ("SEED_DEMO_DATA", "false"),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD),
         ("LOG_FORMAT", "json"),
         ("RUST_LOG", "warn,shop::startup=info"),
     ]

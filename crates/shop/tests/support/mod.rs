@@ -48,7 +48,7 @@ pub fn test_config() -> Config {
         jwt_secret: Some(TEST_SECRET.into()),
         jwt_access_ttl_secs: 3600,
         admin_email: ADMIN_EMAIL.into(),
-        admin_password: ADMIN_PASSWORD.into(),
+        admin_password: Some(ADMIN_PASSWORD.into()),
         points_strategy: PointsStrategyKind::Atomic,
         coupon_strategy: CouponStrategyKind::Atomic,
         stock_strategy: StockStrategyKind::Atomic,
