@@ -139,6 +139,12 @@ pub struct Config {
     /// Seed demo products and coupon types into an empty database.
     #[arg(long, env = "SEED_DEMO_DATA", default_value_t = true, action = ArgAction::Set)]
     pub seed_demo_data: bool,
+    /// Failed logins for one email within the window before further
+    /// attempts are 429 (ten times as many from one client address).
+    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_max_failures: u32,
+    #[arg(long, env = "LOGIN_WINDOW_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    pub login_window_secs: u64,
     #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = ARGON2_MEMORY_KIB)]
     pub argon2_memory_kib: u32,
     #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = ARGON2_ITERATIONS)]

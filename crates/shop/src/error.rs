@@ -58,6 +58,9 @@ pub enum AppError {
     IdempotencyKeyInUse,
     #[error("{0}; retry later")]
     ConcurrencyConflict(&'static str),
+    /// Too many attempts; the answer says when to come back.
+    #[error("{what}; retry in {retry_after_secs} s")]
+    RateLimited { what: &'static str, retry_after_secs: u64 },
     /// PostgreSQL or Redis failed before anything was written: a retry is safe.
     #[error("{0}; nothing was changed, retry later")]
     Unavailable(&'static str),
@@ -105,6 +108,7 @@ impl AppError {
             | Self::InvalidStateTransition(_)
             | Self::IdempotencyKeyInUse
             | Self::ConcurrencyConflict(_) => StatusCode::CONFLICT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -117,6 +121,7 @@ impl AppError {
             self,
             Self::ConcurrencyConflict(_)
                 | Self::IdempotencyKeyInUse
+                | Self::RateLimited { .. }
                 | Self::Unavailable(_)
                 | Self::OutcomeUnknown
                 | Self::Internal(_)
@@ -167,6 +172,7 @@ codes! {
     AppError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
     AppError::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
     AppError::ConcurrencyConflict(_) => "CONCURRENCY_CONFLICT",
+    AppError::RateLimited { .. } => "RATE_LIMITED",
     AppError::Unavailable(_) | AppError::OutcomeUnknown => "SERVICE_UNAVAILABLE",
     AppError::Internal(_) => "INTERNAL",
 }

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{PasswordHasher, Tokens};
+use crate::auth::{LoginThrottle, PasswordHasher, Tokens};
 use crate::config::{Config, DatabaseConfig};
 use crate::coupon_types::CouponTypes;
 use crate::domain::points::ChargeLimits;
@@ -133,6 +133,12 @@ impl Server {
             redis: redis.clone(),
             tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs))?,
             passwords,
+            logins: LoginThrottle::new(
+                redis.clone(),
+                &config.redis_key_prefix,
+                config.login_max_failures,
+                config.login_window_secs,
+            ),
             points,
             coupons,
             coupon_types: CouponTypes::default(),
@@ -223,7 +229,8 @@ impl Server {
             "listening on http://{}",
             self.local_addr()
         );
-        axum::serve(self.listener, self.router)
+        // Each request knows its client's address (login throttling).
+        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await
             .context("the HTTP server failed")?;

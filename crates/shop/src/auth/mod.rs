@@ -1,8 +1,11 @@
-//! Credentials: password hashing and the JWT access/refresh tokens.
+//! Credentials: password hashing, throttled logins and the JWT
+//! access/refresh tokens.
 
 mod hs256;
 mod password;
+mod throttle;
 mod token;
 
 pub use password::PasswordHasher;
+pub use throttle::LoginThrottle;
 pub use token::{Caller, TokenPair, Tokens};

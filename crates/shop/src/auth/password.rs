@@ -1,19 +1,33 @@
 //! argon2id password hashes with a configurable cost.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::error::AppError;
 
 /// Hashes and verifies passwords on the blocking pool: one hash costs tens of
-/// milliseconds of CPU at production cost, which would stall an async worker.
+/// milliseconds of CPU at production cost, which would stall an async
+/// worker. At most `permits` run at once — each holds `ARGON2_MEMORY_KIB`
+/// and a core — so a flood of logins (each naming another email, which no
+/// per-account throttle stops) queues briefly and is then refused with 503,
+/// instead of taking a thread and its memory per request.
 #[derive(Clone)]
 pub struct PasswordHasher {
     argon2: Argon2<'static>,
     /// Verified when an email is unknown, so a login takes as long either way
     /// and its timing does not reveal which emails are registered.
     decoy_hash: String,
+    permits: Arc<Semaphore>,
 }
+
+/// How long a hash waits for its turn before the request is refused.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
 
 impl PasswordHasher {
     pub fn new(memory_kib: u32, iterations: u32) -> anyhow::Result<Self> {
@@ -25,10 +39,12 @@ impl PasswordHasher {
             .hash_password(b"decoy password")
             .map_err(|e| anyhow::anyhow!("cannot hash the decoy password: {e}"))?
             .to_string();
-        Ok(Self { argon2, decoy_hash })
+        let permits = Arc::new(Semaphore::new(concurrent_hashes(memory_kib)));
+        Ok(Self { argon2, decoy_hash, permits })
     }
 
-    pub async fn hash(&self, password: &str) -> anyhow::Result<String> {
+    pub async fn hash(&self, password: &str) -> Result<String, AppError> {
+        let _permit = self.turn().await?;
         let (argon2, password) = (self.argon2.clone(), password.to_owned());
         tokio::task::spawn_blocking(move || {
             argon2
@@ -37,12 +53,15 @@ impl PasswordHasher {
                 .map_err(|e| anyhow::anyhow!("cannot hash a password: {e}"))
         })
         .await
-        .context("password hashing task failed")?
+        .context("password hashing task failed")
+        .and_then(|hashed| hashed)
+        .map_err(AppError::Internal)
     }
 
     /// Whether `password` matches `hash`; with `None` (unknown account) it
     /// spends the same time and answers false.
-    pub async fn verify(&self, password: &str, hash: Option<&str>) -> anyhow::Result<bool> {
+    pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, AppError> {
+        let _permit = self.turn().await?;
         let known = hash.is_some();
         let hash = hash.unwrap_or(&self.decoy_hash).to_owned();
         let (argon2, password) = (self.argon2.clone(), password.to_owned());
@@ -52,9 +71,39 @@ impl PasswordHasher {
             Ok::<_, anyhow::Error>(argon2.verify_password(password.as_bytes(), &parsed).is_ok())
         })
         .await
-        .context("password verification task failed")??;
+        .context("password verification task failed")
+        .and_then(|verified| verified)
+        .map_err(AppError::Internal)?;
         Ok(known && matches)
     }
+
+    async fn turn(&self) -> Result<SemaphorePermit<'_>, AppError> {
+        match tokio::time::timeout(QUEUE_WAIT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                metrics::counter!("shop_password_hashes_refused_total").increment(1);
+                Err(AppError::Unavailable("password hashing is at its limit"))
+            }
+        }
+    }
+}
+
+/// Hashes at once: two per core (one waits on memory while the other
+/// computes), and no more than a quarter of the memory available at start.
+fn concurrent_hashes(memory_kib: u32) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let by_cores = 2 * cores;
+    let by_memory =
+        available_memory_kib().map_or(by_cores, |available| (available / 4 / u64::from(memory_kib.max(1))) as usize);
+    by_cores.min(by_memory).max(1)
+}
+
+/// `MemAvailable` of `/proc/meminfo`, where there is one; no crate needed
+/// for one line of a Linux file.
+fn available_memory_kib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]

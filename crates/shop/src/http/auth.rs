@@ -1,6 +1,8 @@
 //! Sign-up, login, token refresh and the caller's own profile.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -84,7 +86,7 @@ pub async fn register(
         return Err(AppError::EmailTaken);
     }
     fail::fail_point!("auth::signup::read");
-    let hash = state.passwords.hash(password.expose()).await.map_err(AppError::Internal)?;
+    let hash = state.passwords.hash(password.expose()).await?;
     let mut tx = Tx::begin(&state.db).await?;
     let user = users::insert(&mut tx, email.as_str(), name.as_str(), &hash, Role::User)
         .await
@@ -99,18 +101,22 @@ pub async fn register(
     responses(
         (status = 200, body = AuthResponse),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),
-        (status = 401, description = "INVALID_CREDENTIALS, for a wrong email and a wrong password alike", body = Problem)))]
+        (status = 401, description = "INVALID_CREDENTIALS, for a wrong email and a wrong password alike", body = Problem),
+        (status = 429, description = "RATE_LIMITED: too many failed logins for this email or from this address; see Retry-After", body = Problem)))]
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     Json(request): Json<LoginRequest>,
 ) -> Result<Json<AuthResponse>, AppError> {
     let email = request.email.trim().to_lowercase();
+    let admitted = state.logins.admit(&email, client.ip()).await?;
     let user = users::find_by_email(&mut *state.db.acquire().await?, &email).await?;
     let hash = user.as_ref().map(|user| user.password_hash.as_str());
-    if !state.passwords.verify(&request.password, hash).await.map_err(AppError::Internal)? {
+    if !state.passwords.verify(&request.password, hash).await? {
         return Err(AppError::InvalidCredentials);
     }
     let user = user.ok_or(AppError::InvalidCredentials)?;
+    state.logins.succeeded(admitted).await?;
     Ok(Json(sign_in(&state, &mut *state.db.acquire().await?, user).await?))
 }
 

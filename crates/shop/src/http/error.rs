@@ -57,6 +57,9 @@ impl IntoResponse for AppError {
             Self::ConcurrencyConflict(_) | Self::IdempotencyKeyInUse => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(CONFLICT_RETRY_AFTER_SECS));
             }
+            Self::RateLimited { retry_after_secs, .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
             Self::Unavailable(_) | Self::OutcomeUnknown => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS));
             }

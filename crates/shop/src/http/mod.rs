@@ -42,7 +42,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::{PasswordHasher, Tokens};
+use crate::auth::{LoginThrottle, PasswordHasher, Tokens};
 use crate::coupon_types::CouponTypes;
 use crate::domain::points::{ChargeDay, ChargeLimits};
 use crate::strategy::coupons::CouponStrategy;
@@ -66,6 +66,7 @@ pub struct Shared {
     pub redis: ConnectionManager,
     pub tokens: Tokens,
     pub passwords: PasswordHasher,
+    pub logins: LoginThrottle,
     pub points: Arc<dyn PointsStrategy>,
     pub coupons: Arc<dyn CouponStrategy>,
     pub coupon_types: CouponTypes,

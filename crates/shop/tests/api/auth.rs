@@ -144,3 +144,130 @@ async fn tokens_of_another_secret_or_expired_are_refused() {
     assert_problem(app.get("/api/users/me", Some(&user.token)).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
         .await;
 }
+
+async fn login_as(app: &crate::support::TestApp, email: &str, password: &str) -> reqwest::Response {
+    app.post("/api/auth/login", None, json!({"email": email, "password": password})).await
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_account_on_every_instance_until_the_window_moves_on() {
+    let one = spawn_app_with(|config| {
+        config.login_max_failures = 3;
+        config.login_window_secs = 3;
+    })
+    .await;
+    let two = one.another_instance().await;
+    let user = one.new_user().await;
+    for app in [&one, &two, &one] {
+        assert_problem(
+            login_as(app, &user.email, "wrong password").await,
+            StatusCode::UNAUTHORIZED,
+            "INVALID_CREDENTIALS",
+        )
+        .await;
+    }
+    // Past the limit: refused on both instances, even with the right password.
+    for app in [&two, &one] {
+        let refused = login_as(app, &user.email, "password123").await;
+        let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=3).contains(&retry_after), "{retry_after}");
+        assert_problem(refused, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
+    }
+    // Another account is not held back.
+    let other = one.new_user().await;
+    assert_eq!(login_as(&one, &other.email, "password123").await.status(), StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert_eq!(login_as(&two, &user.email, "password123").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn thirty_simultaneous_guesses_get_no_more_tries_than_the_limit() {
+    let app = spawn_app_with(|config| config.login_max_failures = 3).await;
+    let user = app.new_user().await;
+    let barrier = Arc::new(Barrier::new(30));
+    let answers = join_all((0..30).map(|i| {
+        let (barrier, app, email) = (barrier.clone(), &app, user.email.clone());
+        async move {
+            barrier.wait().await;
+            login_as(app, &email, &format!("guess number {i}")).await.status()
+        }
+    }))
+    .await;
+    let tried = answers.iter().filter(|status| **status == StatusCode::UNAUTHORIZED).count();
+    let throttled = answers.iter().filter(|status| **status == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((tried, throttled), (3, 27), "{answers:?}");
+}
+
+#[tokio::test]
+async fn one_address_failing_across_many_emails_is_throttled() {
+    let app = spawn_app_with(|config| config.login_max_failures = 2).await;
+    let user = app.new_user().await;
+    // Twenty failures, each for another unknown email: the address's limit (ten times two).
+    for i in 0..20 {
+        let email = format!("nobody-{i}@example.com");
+        assert_eq!(login_as(&app, &email, "password123").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_problem(login_as(&app, &user.email, "password123").await, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+        .await;
+}
+
+#[tokio::test]
+async fn a_login_for_an_unknown_email_costs_what_a_wrong_password_costs() {
+    // A hash that takes tens of milliseconds, so that skipping it would show.
+    let app = spawn_app_with(|config| {
+        config.argon2_memory_kib = 16 * 1024;
+        config.argon2_iterations = 2;
+        config.login_max_failures = 100;
+    })
+    .await;
+    let user = app.new_user().await;
+    let median = |mut times: Vec<std::time::Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for i in 0..9 {
+        let started = std::time::Instant::now();
+        login_as(&app, &user.email, "wrong password").await;
+        known.push(started.elapsed());
+        let started = std::time::Instant::now();
+        login_as(&app, &format!("nobody-{i}@example.com"), "wrong password").await;
+        unknown.push(started.elapsed());
+    }
+    let (known, unknown) = (median(known), median(unknown));
+    // Alike within a factor of two either way; without the decoy hash an
+    // unknown email answers many times faster.
+    assert!(unknown * 2 > known && known * 2 > unknown, "known {known:?}, unknown {unknown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_logins_waits_for_a_bounded_number_of_hashes_and_is_then_refused_with_503() {
+    // Costly hashes, a handful at a time (two per core): a flood of logins,
+    // each for another email, cannot all be hashed within the wait.
+    let app = spawn_app_with(|config| {
+        config.argon2_memory_kib = 96 * 1024;
+        config.argon2_iterations = 4;
+        config.login_max_failures = 1000;
+    })
+    .await;
+    let barrier = Arc::new(Barrier::new(60));
+    let answers = join_all((0..60).map(|i| {
+        let (barrier, app) = (barrier.clone(), &app);
+        async move {
+            barrier.wait().await;
+            login_as(app, &format!("flood-{i}@example.com"), "password123").await
+        }
+    }))
+    .await;
+    let mut refused = 0;
+    for answer in answers {
+        if answer.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(answer.headers().contains_key("retry-after"));
+            assert_problem(answer, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+            refused += 1;
+        } else {
+            assert_problem(answer, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS").await;
+        }
+    }
+    assert!(refused > 0, "some were refused rather than queued");
+}

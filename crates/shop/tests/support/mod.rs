@@ -56,6 +56,8 @@ pub fn test_config() -> Config {
         points_daily_charge_limit: 3,
         points_monthly_charge_limit: 10,
         seed_demo_data: false,
+        login_max_failures: 5,
+        login_window_secs: 900,
         argon2_memory_kib: 256,
         argon2_iterations: 1,
         shop_timezone: chrono_tz::Asia::Seoul,
