@@ -107,6 +107,20 @@ pub struct Config {
     /// `:PORT` listens on every interface.
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080", value_parser = parse_bind_addr)]
     pub bind_addr: SocketAddr,
+    /// When set, `/metrics` is served only here, not on BIND_ADDR.
+    #[arg(long, env = "METRICS_ADDR", value_parser = parse_bind_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Origins allowed to call the API from a browser, comma-separated
+    /// (`https://shop.example`); unset, no CORS headers are sent.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+    /// A request still running after this is answered 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+    /// After SIGTERM: readiness answers 503 at once, and requests in
+    /// flight get this long to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
     /// HS256 secret for tokens; random per start (with a warning) when unset.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -53,8 +54,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A server bound to its address, ready to run.
 pub struct Server {
     listener: TcpListener,
+    /// `/metrics` alone, when METRICS_ADDR is set.
+    metrics_listener: Option<TcpListener>,
     router: axum::Router,
     state: AppState,
+    /// How long requests in flight may run on after shutdown begins.
+    grace: Duration,
 }
 
 impl Server {
@@ -154,11 +159,18 @@ impl Server {
             timezone: config.shop_timezone,
             metrics: metrics_handle()?,
             tasks: TaskTracker::new(),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            metrics_elsewhere: config.metrics_addr.is_some(),
+            draining: AtomicBool::new(false),
         });
-        let listener = TcpListener::bind(config.bind_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
-        Ok(Self { listener, router: http::router(state.clone()), state })
+        let router = http::router(state.clone(), &config.cors_allowed_origins)?;
+        let listener = bind(config.bind_addr).await?;
+        let metrics_listener = match config.metrics_addr {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        Ok(Self { listener, metrics_listener, router, state, grace })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -229,21 +241,42 @@ impl Server {
             "listening on http://{}",
             self.local_addr()
         );
-        // Each request knows its client's address (login throttling).
-        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("the HTTP server failed")?;
+        let metrics_served = CancellationToken::new();
+        if let Some(listener) = self.metrics_listener {
+            let (router, stopped) = (http::metrics_router(state.clone()), metrics_served.clone());
+            background.push(tokio::spawn(async move {
+                if let Err(error) = http::serve(listener, router, stopped.cancelled_owned(), Duration::ZERO).await {
+                    tracing::error!(%error, "the metrics listener failed");
+                }
+            }));
+        }
+        let draining = {
+            let state = state.clone();
+            async move {
+                shutdown.await;
+                // Load balancers stop sending requests; those in flight finish.
+                state.draining.store(true, Ordering::Relaxed);
+            }
+        };
+        http::serve(self.listener, self.router, draining, self.grace).await.context("the HTTP server failed")?;
         // Requests whose clients left are still finishing on their own tasks.
         self.state.tasks.close();
-        self.state.tasks.wait().await;
+        if tokio::time::timeout(self.grace, self.state.tasks.wait()).await.is_err() {
+            tracing::warn!("requests still running after the shutdown grace period are abandoned");
+        }
+        // Background workers finish the batch in hand, then stop.
         stop.cancel();
+        metrics_served.cancel();
         for task in background {
             task.await.ok();
         }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))
 }
 
 /// Creates the database if missing, connects and migrates.

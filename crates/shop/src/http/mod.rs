@@ -15,10 +15,13 @@ mod pagination;
 mod payments;
 mod points;
 mod products;
+mod serve;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -34,6 +37,7 @@ use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::{Instrument, Span};
@@ -50,11 +54,14 @@ use crate::strategy::points::PointsStrategy;
 use crate::strategy::stock::StockStrategy;
 use crate::top_sellers::TopSellers;
 use error::InternalErrorReport;
+pub use serve::serve;
 
 use crate::error::AppError;
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Everything a handler needs, cheap to clone.
 #[derive(Clone)]
@@ -82,6 +89,12 @@ pub struct Shared {
     /// Requests that change state, each on a task of its own (see
     /// [`run_to_completion`]); shutdown waits for them.
     pub tasks: TaskTracker,
+    /// The longest a request may run before it is answered 503.
+    pub request_timeout: Duration,
+    /// Whether `/metrics` has a listener of its own (METRICS_ADDR).
+    pub metrics_elsewhere: bool,
+    /// Set when shutdown begins: readiness answers 503 from then on.
+    pub draining: AtomicBool,
 }
 
 impl AppState {
@@ -110,7 +123,8 @@ impl std::ops::Deref for AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The API. `cors_origins`: the browser origins allowed to call it.
+pub fn router(state: AppState, cors_origins: &[String]) -> anyhow::Result<Router> {
     let (api, mut openapi) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(auth::register))
         .routes(routes!(auth::login))
@@ -160,6 +174,7 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn_with_state(state.request_timeout, request_deadline))
         .layer(middleware::from_fn_with_state(state.tasks.clone(), run_to_completion))
         .layer(CatchPanicLayer::custom(|_| AppError::internal(anyhow::anyhow!("a handler panicked")).into_response()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
@@ -167,11 +182,39 @@ pub fn router(state: AppState) -> Router {
     // Older paths kept for existing clients, documented on their operations.
     let api =
         api.route("/api/payments/process", post(payments::pay)).route("/api/coupons/user/{userId}", get(coupons::held));
-    api.merge(SwaggerUi::new("/swagger-ui").url("/api/openapi.json", openapi))
+    Ok(api
+        .merge(SwaggerUi::new("/swagger-ui").url("/api/openapi.json", openapi))
         .fallback(async || AppError::not_found("no such route"))
         .method_not_allowed_fallback(async || AppError::MethodNotAllowed)
         .layer(layers)
-        .with_state(state)
+        // Outermost, so that a preflight is answered before routing.
+        .layer(cors(cors_origins)?)
+        .with_state(state))
+}
+
+/// `/metrics` alone, for its own listener (METRICS_ADDR).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(health::scrape)).with_state(state)
+}
+
+/// CORS for the configured origins, or none at all: a browser on another
+/// origin may call the API with a token, see the headers clients need, and
+/// cache its preflight for ten minutes.
+fn cors(origins: &[String]) -> anyhow::Result<tower::util::Either<CorsLayer, tower::layer::util::Identity>> {
+    if origins.is_empty() {
+        return Ok(tower::util::option_layer(None));
+    }
+    let origins = origins
+        .iter()
+        .map(|origin| HeaderValue::from_str(origin.trim()).context("CORS_ALLOWED_ORIGINS"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let layer = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, IDEMPOTENCY_KEY, REQUEST_ID])
+        .expose_headers([header::RETRY_AFTER, REQUEST_ID, IDEMPOTENT_REPLAYED])
+        .max_age(Duration::from_secs(600));
+    Ok(tower::util::option_layer(Some(layer)))
 }
 
 fn route_of(request: &Request<Body>) -> &str {
@@ -252,6 +295,19 @@ fn method_label(method: &Method) -> &'static str {
         Method::DELETE => "DELETE",
         Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
+    }
+}
+
+/// A request still running after `REQUEST_TIMEOUT_MS` is answered 503. A
+/// read is dropped. A change runs on (see [`run_to_completion`]) and may
+/// still take effect, so its answer is the one of a COMMIT whose outcome is
+/// unknown: retry with the same Idempotency-Key, which replays the outcome.
+async fn request_deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) if reads => AppError::Unavailable("the request took too long").into_response(),
+        Err(_) => AppError::OutcomeUnknown.into_response(),
     }
 }
 
