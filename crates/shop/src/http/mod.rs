@@ -223,12 +223,38 @@ fn route_of(request: &Request<Body>) -> &str {
 
 fn request_span(request: &Request<Body>) -> Span {
     let request_id = request.headers().get(&REQUEST_ID).and_then(|id| id.to_str().ok()).unwrap_or("-");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         route = route_of(request),
         request_id,
-    )
+        trace_id = tracing::field::Empty,
+        parent_id = tracing::field::Empty,
+    );
+    if let Some((trace_id, parent_id)) = request.headers().get("traceparent").and_then(trace_parent) {
+        span.record("trace_id", trace_id).record("parent_id", parent_id);
+    }
+    span
+}
+
+/// The trace and parent ids of a W3C Trace Context `traceparent`
+/// (`00-<32 hex>-<16 hex>-<2 hex>`), so that a log line can be found from
+/// the caller's trace; anything else is ignored, as the spec asks.
+fn trace_parent(header: &HeaderValue) -> Option<(&str, &str)> {
+    let mut parts = header.to_str().ok()?.split('-');
+    let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |text: &str, len: usize| {
+        text.len() == len && text.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace_id, 32)
+        && trace_id.bytes().any(|byte| byte != b'0')
+        && hex(parent_id, 16)
+        && parent_id.bytes().any(|byte| byte != b'0')
+        && hex(flags, 2);
+    valid.then_some((trace_id, parent_id))
 }
 
 /// The one log line per request; a 500's cause is logged here, once, in the
@@ -325,4 +351,31 @@ async fn run_to_completion(State(tasks): State<TaskTracker>, request: Request, n
     running
         .await
         .unwrap_or_else(|error| AppError::internal(anyhow::anyhow!("a request task failed: {error}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_parents_are_taken_only_when_well_formed() {
+        let parse = |text: &'static str| {
+            trace_parent(&HeaderValue::from_static(text)).map(|(trace, parent)| (trace.to_owned(), parent.to_owned()))
+        };
+        assert_eq!(
+            parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736".to_owned(), "00f067aa0ba902b7".to_owned()))
+        );
+        for refused in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "not a trace",
+        ] {
+            assert_eq!(parse(refused), None, "{refused}");
+        }
+    }
 }

@@ -94,7 +94,7 @@ async fn sigterm_stops_the_server_cleanly() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let address = tokio::task::spawn_blocking(move || {
+    let (address, logged) = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
         let mut lines = std::io::BufReader::new(stdout).lines();
         let address = lines
@@ -102,13 +102,15 @@ async fn sigterm_stops_the_server_cleanly() {
             .map_while(Result::ok)
             .find_map(|line| line.split("listening on ").nth(1).map(|rest| rest.split('"').next().unwrap().to_owned()))
             .expect("the server prints its address");
-        std::thread::spawn(move || lines.for_each(drop)); // keep the pipe drained
-        address
+        // The rest of the log, read to its end (which keeps the pipe drained).
+        (address, std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<String>>()))
     })
     .await
     .unwrap();
     let client = crate::support::http_client().build().unwrap();
-    let ready = client.get(format!("{address}/health/ready")).send().await.unwrap();
+    // A caller's W3C trace context reaches the request's log line.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let ready = client.get(format!("{address}/health/ready")).header("traceparent", traceparent).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 
     let pid = child.id().to_string();
@@ -127,6 +129,11 @@ async fn sigterm_stops_the_server_cleanly() {
     .unwrap();
     drop_database(&database);
     assert!(exited.expect("the server exits after SIGTERM").success());
+    let logged = logged.join().unwrap();
+    let line = logged.iter().find(|line| line.contains(r#""route":"/health/ready""#)).expect("the request is logged");
+    let line: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{line}");
+    assert_eq!(line["span"]["parent_id"], "00f067aa0ba902b7", "{line}");
 }
 
 fn psql(sql: &str, database_url: &str) -> String {
