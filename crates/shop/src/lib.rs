@@ -41,6 +41,7 @@ mod seed;
 pub mod startup;
 mod storage;
 mod strategy;
+mod telemetry;
 mod top_sellers;
 
 // What the load generator and the tests use besides the modules above:

@@ -372,7 +372,12 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .or_else(|error| HANDLE.get().cloned().ok_or(error))
         .context("cannot install the metrics recorder")?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    Ok(HANDLE
+        .get_or_init(|| {
+            crate::telemetry::describe();
+            handle
+        })
+        .clone())
 }
 
 /// Runs `task` every `period` until `stop`; failures are logged and retried

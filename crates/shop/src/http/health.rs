@@ -92,5 +92,6 @@ pub async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
         Ok(pending) => metrics::gauge!("shop_async_issue_pending").set(pending as f64),
         Err(error) => tracing::warn!(%error, "could not count the pending issue requests"),
     }
+    crate::telemetry::collect(&state.db);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

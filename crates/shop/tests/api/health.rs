@@ -27,6 +27,17 @@ async fn metrics_count_requests_per_route_and_status() {
     );
     assert!(text.contains("http_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains("shop_outbox_backlog 0"), "{text}");
+    // Every metric has its help text; the pool and the process are there too.
+    for metric in
+        text.lines().filter_map(|line| line.strip_prefix("# TYPE ")).map(|rest| rest.split(' ').next().unwrap())
+    {
+        assert!(text.contains(&format!("# HELP {metric} ")), "{metric} has no # HELP");
+    }
+    for gauge in
+        [r#"shop_db_pool_connections{state="idle"}"#, "shop_db_pool_max_connections", "process_resident_memory_bytes"]
+    {
+        assert!(text.contains(gauge), "{gauge}");
+    }
 }
 
 #[tokio::test]
