@@ -91,7 +91,7 @@ pub struct NewCouponType {
 #[serde(rename_all = "camelCase")]
 pub struct IssueRequest {
     /// The campaign code.
-    #[schema(example = "FIXED_1000")]
+    #[schema(pattern = "^[A-Z0-9_]{1,64}$", example = "FIXED_1000")]
     coupon_type: String,
     /// Kept for older clients: omit, or give your own id.
     user_id: Option<i64>,

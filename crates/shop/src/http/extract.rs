@@ -56,12 +56,12 @@ impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for Json<T> {
     }
 }
 
-/// Refuses a control character in any string of the value, keys included,
-/// naming where it is; `path` is where `value` sits.
+/// Refuses a control character in any string value, naming where it is;
+/// `path` is where `value` sits. Keys are not checked: an unknown one is
+/// ignored, and a known one has none.
 fn check_text(value: &Value, path: &mut String) -> Result<(), AppError> {
-    let field = |path: &str| if path.is_empty() { "body".to_owned() } else { path.to_owned() };
     match value {
-        Value::String(text) => no_control_characters(&field(path), text),
+        Value::String(text) => no_control_characters(if path.is_empty() { "body" } else { path }, text),
         Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
             let end = path.len();
             path.push_str(&format!("[{i}]"));
@@ -75,7 +75,6 @@ fn check_text(value: &Value, path: &mut String) -> Result<(), AppError> {
                 path.push('.');
             }
             path.push_str(key);
-            no_control_characters(&field(&path[..end]), key)?;
             let checked = check_text(item, path);
             path.truncate(end);
             checked
@@ -84,9 +83,12 @@ fn check_text(value: &Value, path: &mut String) -> Result<(), AppError> {
     }
 }
 
-/// 400 naming `field` if `text` holds NUL or another control character.
+/// 400 naming `field` if `text` holds NUL or another control character (a
+/// field name that holds one is not repeated in the answer).
 pub fn no_control_characters(field: &str, text: &str) -> Result<(), AppError> {
-    if text.chars().any(char::is_control) {
+    let control = |text: &str| text.chars().any(char::is_control);
+    if control(text) || control(field) {
+        let field = if control(field) { "a field name" } else { field };
         return Err(AppError::Validation(format!("{field}: must not contain control characters")));
     }
     Ok(())

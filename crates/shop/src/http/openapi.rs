@@ -3,7 +3,7 @@
 
 use utoipa::openapi::header::Header;
 use utoipa::openapi::path::{Operation, ParameterIn};
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{ArrayItems, ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, RefOr, Response};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -63,7 +63,120 @@ pub fn document_problem_responses(openapi: &mut utoipa::openapi::OpenApi) {
         }
     }
     document_codes(openapi);
+    document_text(openapi);
     document_aliases(openapi);
+}
+
+/// No text may hold a control character (the extractors refuse one with
+/// 400); an `Idempotency-Key` is 1–255 printable ASCII characters.
+/// Said of every string in the document rather than field by field.
+fn document_text(openapi: &mut utoipa::openapi::OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+        for operation in operations.into_iter().flatten() {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                let RefOr::T(parameter) = parameter else { continue };
+                let Some(RefOr::T(schema)) = parameter.schema.as_mut() else { continue };
+                if parameter.name == "Idempotency-Key" {
+                    if let Schema::Object(key) = schema {
+                        key.pattern = Some(IDEMPOTENCY_KEY_PATTERN.into());
+                        key.min_length = Some(1);
+                        key.max_length = Some(255);
+                    }
+                } else {
+                    forbid_control_characters(schema);
+                }
+            }
+        }
+    }
+    // The request bodies' schemas, and the schemas they refer to: answers
+    // keep whatever text was stored before this rule.
+    let mut names: Vec<String> = openapi
+        .paths
+        .paths
+        .values()
+        .flat_map(|item| [&item.get, &item.post, &item.put, &item.patch, &item.delete])
+        .flatten()
+        .filter_map(|operation| match &operation.request_body {
+            Some(RefOr::T(body)) => Some(body),
+            _ => None,
+        })
+        .flat_map(|body| body.content.values())
+        .filter_map(|content| match content {
+            RefOr::T(content) => content.schema.as_ref(),
+            RefOr::Ref(_) => None,
+        })
+        .filter_map(referenced)
+        .collect();
+    let Some(components) = openapi.components.as_mut() else { return };
+    let mut done = std::collections::HashSet::new();
+    while let Some(name) = names.pop() {
+        if !done.insert(name.clone()) {
+            continue;
+        }
+        if let Some(RefOr::T(schema)) = components.schemas.get_mut(&name) {
+            forbid_control_characters(schema);
+            if let Schema::Object(object) = schema {
+                names.extend(object.properties.values().filter_map(referenced));
+                let items = object.properties.values().filter_map(|property| match property {
+                    RefOr::T(Schema::Array(array)) => match &array.items {
+                        ArrayItems::RefOrSchema(items) => referenced(items),
+                        ArrayItems::False => None,
+                    },
+                    _ => None,
+                });
+                names.extend(items.collect::<Vec<_>>());
+            }
+        }
+    }
+}
+
+/// The component a `$ref` names.
+fn referenced(schema: &RefOr<Schema>) -> Option<String> {
+    match schema {
+        RefOr::Ref(reference) => reference.ref_location.rsplit('/').next().map(str::to_owned),
+        RefOr::T(_) => None,
+    }
+}
+
+const IDEMPOTENCY_KEY_PATTERN: &str = "^[\\x20-\\x7E]{1,255}$";
+const NO_CONTROL_CHARACTERS: &str = "^[^\\x00-\\x1F\\x7F-\\x9F]*$";
+
+/// Gives every free-text string in `schema` (no enum, no format, no pattern
+/// of its own) the pattern that excludes control characters.
+fn forbid_control_characters(schema: &mut Schema) {
+    match schema {
+        Schema::Object(object) => {
+            let string = matches!(&object.schema_type, SchemaType::Type(Type::String))
+                || matches!(&object.schema_type, SchemaType::Array(types) if types.contains(&Type::String));
+            if string && object.enum_values.is_none() && object.format.is_none() && object.pattern.is_none() {
+                object.pattern = Some(NO_CONTROL_CHARACTERS.into());
+            }
+            for property in object.properties.values_mut() {
+                if let RefOr::T(property) = property {
+                    forbid_control_characters(property);
+                }
+            }
+        }
+        Schema::Array(array) => {
+            if let ArrayItems::RefOrSchema(items) = &mut array.items
+                && let RefOr::T(items) = items.as_mut()
+            {
+                forbid_control_characters(items);
+            }
+        }
+        Schema::OneOf(one_of) => one_of.items.iter_mut().for_each(|item| {
+            if let RefOr::T(item) = item {
+                forbid_control_characters(item);
+            }
+        }),
+        Schema::AllOf(all_of) => all_of.items.iter_mut().for_each(|item| {
+            if let RefOr::T(item) = item {
+                forbid_control_characters(item);
+            }
+        }),
+        _ => {}
+    }
 }
 
 /// The problem document's `code` is one of [`CODES`].

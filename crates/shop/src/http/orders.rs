@@ -33,6 +33,7 @@ pub struct OrderRequest {
     #[schema(min_items = 1, max_items = 20)]
     items: Vec<OrderLineRequest>,
     /// One of your available coupons.
+    #[schema(minimum = 1)]
     coupon_id: Option<i64>,
     /// Kept for older clients: omit, or give your own id.
     user_id: Option<i64>,
