@@ -202,6 +202,11 @@ impl From<sqlx::Error> for AppError {
                     tracing::warn!(%error, "PostgreSQL refused or dropped the connection");
                     Self::Unavailable("the database is unavailable")
                 }
+                // A row of the caller's refers to an account deleted since
+                // its token was issued: the token is nobody's.
+                Some("23503") if db.constraint().is_some_and(|name| name.ends_with("_user_id_fkey")) => {
+                    Self::Unauthenticated("the account no longer exists")
+                }
                 _ => Self::internal(error),
             };
         }

@@ -9,7 +9,7 @@ use crate::auth::PasswordHasher;
 use crate::config::{ARGON2_ITERATIONS, ARGON2_MEMORY_KIB, AdminAction, AdminArgs};
 use crate::domain::user::{Email, Password, Role};
 use crate::startup;
-use crate::storage::users;
+use crate::storage::{sessions, users};
 
 /// The demo's admin password, published in the README: used only to create
 /// a missing admin when the demo runs without `ADMIN_PASSWORD`.
@@ -46,6 +46,9 @@ pub async fn ensure_admin(
             if !current {
                 let hash = passwords.hash(password.expose()).await?;
                 users::promote_to_admin(&mut conn, user.id, &hash).await?;
+                // A new password ends the account's logins: whoever knew
+                // the old one keeps no refresh token.
+                sessions::revoke_all(&mut conn, user.id).await?;
             }
         }
         None => {

@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -45,6 +45,9 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// A shorter HS256 secret could be guessed offline from any one token.
 const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// The longest drain after SIGTERM, before new connections are refused.
+const MAX_DRAIN: Duration = Duration::from_secs(2);
 
 /// How often the metrics recorder folds its samples into its histograms.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -250,18 +253,27 @@ impl Server {
                 }
             }));
         }
+        // One deadline for the whole shutdown: a drain while readiness says
+        // 503 and everything is still served (so a load balancer's check
+        // sees it and stops sending), then no new connections while those
+        // in flight, and requests whose clients left, finish.
+        let drain = (self.grace / 10).min(MAX_DRAIN);
+        let deadline = Arc::new(OnceLock::new());
         let draining = {
-            let state = state.clone();
+            let (state, deadline, grace) = (state.clone(), deadline.clone(), self.grace);
             async move {
                 shutdown.await;
-                // Load balancers stop sending requests; those in flight finish.
+                deadline.set(tokio::time::Instant::now() + grace).ok();
                 state.draining.store(true, Ordering::Relaxed);
+                tokio::time::sleep(drain).await;
             }
         };
-        http::serve(self.listener, self.router, draining, self.grace).await.context("the HTTP server failed")?;
-        // Requests whose clients left are still finishing on their own tasks.
+        http::serve(self.listener, self.router, draining, self.grace - drain)
+            .await
+            .context("the HTTP server failed")?;
         self.state.tasks.close();
-        if tokio::time::timeout(self.grace, self.state.tasks.wait()).await.is_err() {
+        let deadline = deadline.get().copied().unwrap_or_else(tokio::time::Instant::now);
+        if tokio::time::timeout_at(deadline, self.state.tasks.wait()).await.is_err() {
             tracing::warn!("requests still running after the shutdown grace period are abandoned");
         }
         // Background workers finish the batch in hand, then stop.

@@ -3,10 +3,17 @@
 //! ten times that from one client address, further attempts are refused
 //! until the window moves on, whatever their password.
 //!
-//! An attempt is counted before its password is checked and given back if
-//! the password was right, so a burst of simultaneous guesses cannot all
-//! slip in before the first failure is counted. The window starts with the
-//! first failure and is not extended by later ones.
+//! An attempt is counted before its password is checked and given back
+//! unless it turned out a wrong password (a right one, or a failure of the
+//! shop's own such as hashing at its bound), so a burst of simultaneous
+//! guesses cannot all slip in before the first failure is counted, and an
+//! overloaded shop locks nobody out. The window starts with the first
+//! failure and is not extended by later ones. An attempt already over a
+//! limit is refused before anything is written, so refused attempts (for
+//! ever new emails, say) add no keys.
+//!
+//! A client address is an IPv4 address or an IPv6 /64 (one host's usual
+//! share), IPv4-mapped IPv6 read as IPv4.
 
 use std::net::IpAddr;
 
@@ -46,33 +53,79 @@ impl LoginThrottle {
             self.prefix,
             URL_SAFE_NO_PAD.encode(Sha256::digest(email.as_bytes()))
         );
-        let client = format!("{}login-failures:address:{address}", self.prefix);
-        let mut pipe = redis::pipe();
+        let client = format!("{}login-failures:address:{}", self.prefix, client_key(address));
+        let mut redis = self.redis.clone();
+        let mut look = redis::pipe();
+        look.get(&account).ttl(&account).get(&client).ttl(&client);
+        let (account_seen, account_ttl, client_seen, client_ttl): (Option<u64>, i64, Option<u64>, i64) =
+            look.query_async(&mut redis).await?;
+        // This attempt would be one more.
+        let next = |seen: Option<u64>| Some(seen.unwrap_or(0) + 1);
+        self.within_limits((next(account_seen), account_ttl, next(client_seen), client_ttl))?;
+        let mut count = redis::pipe();
         for key in [&account, &client] {
-            pipe.incr(key, 1).cmd("EXPIRE").arg(key).arg(self.window_secs).arg("NX").ignore().ttl(key);
+            count.incr(key, 1).cmd("EXPIRE").arg(key).arg(self.window_secs).arg("NX").ignore().ttl(key);
         }
         let (account_count, account_ttl, client_count, client_ttl): (u64, i64, u64, i64) =
-            pipe.query_async(&mut self.redis.clone()).await?;
-        let over = [
-            (account_count > self.max_failures, account_ttl),
-            (client_count > self.max_failures * ADDRESS_FACTOR, client_ttl),
-        ];
-        if let Some(ttl) = over.iter().filter(|(over, _)| *over).map(|(_, ttl)| *ttl).max() {
-            metrics::counter!("shop_logins_throttled_total").increment(1);
-            return Err(AppError::RateLimited {
-                what: "too many failed logins",
-                retry_after_secs: u64::try_from(ttl).unwrap_or(self.window_secs).max(1),
-            });
+            count.query_async(&mut redis).await?;
+        // Simultaneous attempts all passed the look: the count decides.
+        if let Err(refused) = self.within_limits((Some(account_count), account_ttl, Some(client_count), client_ttl)) {
+            self.give_back(Admitted { keys: [account, client] }).await?;
+            return Err(refused);
         }
         Ok(Admitted { keys: [account, client] })
     }
 
-    /// The password was right: this attempt was no failure.
-    pub async fn succeeded(&self, admitted: Admitted) -> Result<(), AppError> {
-        let mut pipe = redis::pipe();
-        for key in &admitted.keys {
-            pipe.decr(key, 1).ignore();
+    fn within_limits(
+        &self,
+        (account, account_ttl, client, client_ttl): (Option<u64>, i64, Option<u64>, i64),
+    ) -> Result<(), AppError> {
+        let over = [
+            (account.unwrap_or(0) > self.max_failures, account_ttl),
+            (client.unwrap_or(0) > self.max_failures * ADDRESS_FACTOR, client_ttl),
+        ];
+        match over.iter().filter(|(over, _)| *over).map(|(_, ttl)| *ttl).max() {
+            Some(ttl) => {
+                metrics::counter!("shop_logins_throttled_total").increment(1);
+                Err(AppError::RateLimited {
+                    what: "too many failed logins",
+                    retry_after_secs: u64::try_from(ttl).unwrap_or(self.window_secs).max(1),
+                })
+            }
+            None => Ok(()),
         }
-        Ok(pipe.query_async::<()>(&mut self.redis.clone()).await?)
+    }
+
+    /// The attempt was no failure (a right password, or the shop could not
+    /// tell): it does not count. A counter whose window ended meanwhile is
+    /// left alone rather than taken below zero.
+    pub async fn give_back(&self, admitted: Admitted) -> Result<(), AppError> {
+        let [account, client] = &admitted.keys;
+        let (mut one, mut other) = (self.redis.clone(), self.redis.clone());
+        let (account, client) = (GIVE_BACK.key(account), GIVE_BACK.key(client));
+        tokio::try_join!(account.invoke_async::<()>(&mut one), client.invoke_async::<()>(&mut other))?;
+        Ok(())
+    }
+}
+
+/// Decrements a counter that is still there and above zero.
+static GIVE_BACK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local left = tonumber(redis.call('GET', KEYS[1]) or '0')
+         if left > 0 then redis.call('DECR', KEYS[1]) end",
+    )
+});
+
+/// An IPv4 address, or the /64 of an IPv6 one.
+fn client_key(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
     }
 }

@@ -110,13 +110,22 @@ pub async fn login(
 ) -> Result<Json<AuthResponse>, AppError> {
     let email = request.email.trim().to_lowercase();
     let admitted = state.logins.admit(&email, client.ip()).await?;
-    let user = users::find_by_email(&mut *state.db.acquire().await?, &email).await?;
-    let hash = user.as_ref().map(|user| user.password_hash.as_str());
-    if !state.passwords.verify(&request.password, hash).await? {
-        return Err(AppError::InvalidCredentials);
-    }
-    let user = user.ok_or(AppError::InvalidCredentials)?;
-    state.logins.succeeded(admitted).await?;
+    let checked = async {
+        let user = users::find_by_email(&mut *state.db.acquire().await?, &email).await?;
+        let hash = user.as_ref().map(|user| user.password_hash.as_str());
+        match (state.passwords.verify(&request.password, hash).await?, user) {
+            (true, Some(user)) => Ok(user),
+            _ => Err(AppError::InvalidCredentials),
+        }
+    };
+    let user = match checked.await {
+        // Only a wrong password counts as a failure.
+        Err(AppError::InvalidCredentials) => return Err(AppError::InvalidCredentials),
+        outcome => {
+            state.logins.give_back(admitted).await?;
+            outcome?
+        }
+    };
     Ok(Json(sign_in(&state, &mut *state.db.acquire().await?, user).await?))
 }
 

@@ -62,6 +62,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Everything a handler needs, cheap to clone.
 #[derive(Clone)]
@@ -161,11 +162,15 @@ pub fn router(state: AppState, cors_origins: &[String]) -> anyhow::Result<Router
         .split_for_parts();
     openapi::document_problem_responses(&mut openapi);
 
-    let layers = ServiceBuilder::new()
+    // Outermost: what every answer carries, preflights included.
+    let outer = ServiceBuilder::new()
         .layer(middleware::from_fn(protect_responses))
         .layer(middleware::from_fn(screen_request_id))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID));
+    // Between the two, a preflight is answered before routing.
+    let cors = tower::util::option_layer(cors(cors_origins)?);
+    let layers = ServiceBuilder::new()
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -187,8 +192,8 @@ pub fn router(state: AppState, cors_origins: &[String]) -> anyhow::Result<Router
         .fallback(async || AppError::not_found("no such route"))
         .method_not_allowed_fallback(async || AppError::MethodNotAllowed)
         .layer(layers)
-        // Outermost, so that a preflight is answered before routing.
-        .layer(cors(cors_origins)?)
+        .layer(cors)
+        .layer(outer)
         .with_state(state))
 }
 
@@ -197,24 +202,40 @@ pub fn metrics_router(state: AppState) -> Router {
     Router::new().route("/metrics", get(health::scrape)).with_state(state)
 }
 
-/// CORS for the configured origins, or none at all: a browser on another
-/// origin may call the API with a token, see the headers clients need, and
-/// cache its preflight for ten minutes.
-fn cors(origins: &[String]) -> anyhow::Result<tower::util::Either<CorsLayer, tower::layer::util::Identity>> {
+/// CORS for the configured origins (`*`: any), or none at all: a browser
+/// on another origin may call the API with a token, see the headers
+/// clients need, and cache its preflight for ten minutes. An origin is
+/// `scheme://host[:port]`, exactly as a browser sends it.
+fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
     if origins.is_empty() {
-        return Ok(tower::util::option_layer(None));
+        return Ok(None);
     }
-    let origins = origins
-        .iter()
-        .map(|origin| HeaderValue::from_str(origin.trim()).context("CORS_ALLOWED_ORIGINS"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let layer = CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST, Method::PATCH])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, IDEMPOTENCY_KEY, REQUEST_ID])
-        .expose_headers([header::RETRY_AFTER, REQUEST_ID, IDEMPOTENT_REPLAYED])
-        .max_age(Duration::from_secs(600));
-    Ok(tower::util::option_layer(Some(layer)))
+    let allowed = if origins.iter().any(|origin| origin.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        let origins = origins.iter().map(|origin| checked_origin(origin.trim())).collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(origins)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, IDEMPOTENCY_KEY, REQUEST_ID, TRACEPARENT])
+            .expose_headers([header::RETRY_AFTER, REQUEST_ID, IDEMPOTENT_REPLAYED])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+fn checked_origin(origin: &str) -> anyhow::Result<HeaderValue> {
+    let url =
+        reqwest::Url::parse(origin).with_context(|| format!("CORS_ALLOWED_ORIGINS: {origin:?} is not an origin"))?;
+    anyhow::ensure!(
+        matches!(url.scheme(), "http" | "https")
+            && url.host().is_some()
+            && url.origin().ascii_serialization() == origin,
+        "CORS_ALLOWED_ORIGINS: {origin:?} is not an origin (scheme://host[:port], nothing after)"
+    );
+    HeaderValue::from_str(origin).context("CORS_ALLOWED_ORIGINS")
 }
 
 fn route_of(request: &Request<Body>) -> &str {
@@ -324,13 +345,30 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// A request still running after `REQUEST_TIMEOUT_MS` is answered 503. A
-/// read is dropped. A change runs on (see [`run_to_completion`]) and may
-/// still take effect, so its answer is the one of a COMMIT whose outcome is
-/// unknown: retry with the same Idempotency-Key, which replays the outcome.
+/// A request still running after `REQUEST_TIMEOUT_MS` is answered 503.
+///
+/// Its body is read here first, within that time and at most 64 KiB (a
+/// larger `Content-Length` is refused before a byte is read): a client that
+/// sends its body slowly gets 503 and loses its connection, and nothing
+/// has started. Then a read is dropped at the deadline; a change runs on
+/// (see [`run_to_completion`]) and may still take effect, so its answer is
+/// the one of a COMMIT whose outcome is unknown: retry with the same
+/// Idempotency-Key, which replays the outcome.
 async fn request_deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    let deadline = tokio::time::Instant::now() + timeout;
     let reads = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    match tokio::time::timeout(timeout, next.run(request)).await {
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|length| length.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|length: usize| length > MAX_BODY_BYTES) {
+        return AppError::PayloadTooLarge.into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return AppError::PayloadTooLarge.into_response(),
+        Err(_) => return AppError::Unavailable("the request's body did not arrive in time").into_response(),
+    };
+    let request = Request::from_parts(parts, Body::from(body));
+    match tokio::time::timeout_at(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) if reads => AppError::Unavailable("the request took too long").into_response(),
         Err(_) => AppError::OutcomeUnknown.into_response(),

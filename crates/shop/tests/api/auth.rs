@@ -271,3 +271,51 @@ async fn a_flood_of_logins_waits_for_a_bounded_number_of_hashes_and_is_then_refu
     }
     assert!(refused > 0, "some were refused rather than queued");
 }
+
+#[tokio::test]
+async fn attempts_refused_by_an_address_past_its_limit_write_nothing() {
+    let app = spawn_app_with(|config| config.login_max_failures = 1).await;
+    for i in 0..10 {
+        let failed = login_as(&app, &format!("nobody-{i}@example.com"), "password123").await;
+        assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
+    }
+    for i in 10..40 {
+        let refused = login_as(&app, &format!("nobody-{i}@example.com"), "password123").await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let mut redis =
+        redis::Client::open(crate::support::REDIS).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("{}login-failures:account:*", app.config.redis_key_prefix);
+    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut redis).await.unwrap();
+    assert_eq!(keys.len(), 10, "one per email that was tried, none for those refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_the_shop_could_not_check_does_not_count_as_a_failure() {
+    let app = spawn_app_with(|config| {
+        config.argon2_memory_kib = 96 * 1024;
+        config.argon2_iterations = 4;
+        config.login_max_failures = 1;
+    })
+    .await;
+    let user = app.new_user().await;
+    // Sign-ups keep every hash busy while the user logs in, rightly, twice.
+    let barrier = Arc::new(Barrier::new(40));
+    let flood = join_all((0..40).map(|i| {
+        let (barrier, app) = (barrier.clone(), &app);
+        async move {
+            barrier.wait().await;
+            app.register(&format!("flood-{i}@example.com"), "password123", "Flood").await.status()
+        }
+    }));
+    let logins = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let first = login_as(&app, &user.email, "password123").await.status();
+        (first, login_as(&app, &user.email, "password123").await.status())
+    };
+    let (_, (first, second)) = tokio::join!(flood, logins);
+    assert_eq!(first, StatusCode::SERVICE_UNAVAILABLE, "the hashing was saturated");
+    // Had the 503 counted, the limit of one failure would refuse this one.
+    assert_ne!(second, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(login_as(&app, &user.email, "password123").await.status(), StatusCode::OK);
+}

@@ -136,3 +136,68 @@ async fn shutdown_lets_a_request_in_flight_finish() {
     app.stopped().await;
     assert_eq!(app.balance_and_ledger_sum(user.id).await, (5000, 5000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_that_does_not_arrive_in_time_is_503_and_loses_its_connection() {
+    let app = spawn_app_with(|config| config.request_timeout_ms = 500).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut slow = TcpStream::connect(&address).await.unwrap();
+    let head = "POST /api/auth/register HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n{";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await.expect("closed in time").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // A body declared too large is refused before it is read.
+    let mut large = TcpStream::connect(&address).await.unwrap();
+    let head = "POST /api/auth/register HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n";
+    large.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 64];
+    let read =
+        tokio::time::timeout(Duration::from_millis(400), large.read(&mut answer)).await.expect("at once").unwrap();
+    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 413"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_shutdown_begins_readiness_says_draining_while_requests_are_still_served() {
+    let mut app = spawn_app_with(|config| config.shutdown_grace_secs = 10).await;
+    assert_eq!(app.get("/health/ready", None).await.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    app.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A fresh client: a new connection, still taken during the drain.
+    let client = crate::support::http_client().build().unwrap();
+    let ready = client.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.json::<serde_json::Value>().await.unwrap()["status"], "draining");
+    assert_eq!(client.get(app.url("/api/products")).send().await.unwrap().status(), StatusCode::OK);
+    app.stopped().await;
+    assert!(started.elapsed() < Duration::from_secs(10), "within the grace: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn cors_preflights_carry_the_common_headers_and_origins_must_be_origins() {
+    let app = spawn_app_with(|config| config.cors_allowed_origins = vec!["*".into()]).await;
+    let preflight = app
+        .client
+        .request(Method::OPTIONS, app.url("/api/orders"))
+        .header("origin", "https://anywhere.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "traceparent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    assert_eq!(preflight.headers()["x-content-type-options"], "nosniff");
+    assert!(preflight.headers().contains_key("x-request-id"));
+    assert!(preflight.headers()["access-control-allow-headers"].to_str().unwrap().contains("traceparent"));
+    for origin in ["https://shop.example/", "shop.example", "https://shop.example/path"] {
+        let mut config = crate::support::test_config();
+        config.cors_allowed_origins = vec![origin.into()];
+        let refused = shop::startup::Server::build(&config).await.err().expect("refused");
+        assert!(format!("{refused:#}").contains("CORS_ALLOWED_ORIGINS"), "{refused:#}");
+    }
+}

@@ -178,10 +178,16 @@ async fn forged_expired_early_and_orphaned_tokens_are_refused() {
     assert_refused(refresh(&app, &user.token).await).await;
     assert_refused(refresh(&app, &forge(hs256.clone(), claims("refresh"), access, false)).await).await;
 
-    // A deleted account's tokens are nobody's.
+    // A deleted account's tokens are nobody's, whatever they ask.
+    let product = app.create_product("lamp", 5000, 10).await;
+    let coupon = app.create_coupon_type("GONE", 10, json!({})).await;
     sqlx::query("DELETE FROM users WHERE id = $1").bind(user.id).execute(&app.db).await.unwrap();
     assert_refused(app.get("/api/users/me", Some(&user.token)).await).await;
     assert_refused(refresh(&app, &user.refresh_token).await).await;
+    let order = json!({"items": [{"productId": product, "quantity": 1}]});
+    assert_refused(app.post("/api/orders", Some(&user.token), order).await).await;
+    assert_refused(app.post("/api/coupons/issue", Some(&user.token), json!({"couponType": coupon})).await).await;
+    assert_refused(app.post("/api/coupons/issue-async", Some(&user.token), json!({"couponType": coupon})).await).await;
 }
 
 #[tokio::test]

@@ -67,9 +67,19 @@ async fn demo_data_is_seeded_into_an_empty_database_once() {
 #[tokio::test]
 async fn the_admin_account_is_ensured_with_the_configured_password() {
     let app = spawn_app_with(|config| config.admin_password = Some("first-password".into())).await;
+    let before: serde_json::Value = app
+        .post("/api/auth/login", None, serde_json::json!({"email": "admin@shop.local", "password": "first-password"}))
+        .await
+        .json()
+        .await
+        .unwrap();
     let mut config = app.config.clone();
     config.admin_password = Some("second-password".into());
     drop(shop::startup::Server::build(&config).await.unwrap());
+    // The new password ended the logins made with the old one.
+    let refreshed =
+        app.post("/api/auth/refresh", None, serde_json::json!({"refreshToken": before["refreshToken"]})).await;
+    assert_eq!(refreshed.status(), StatusCode::UNAUTHORIZED);
     let login = |password: &'static str| {
         let app: &TestApp = &app;
         async move {
