@@ -18,10 +18,11 @@ async fn shutdown_stops_taking_requests_and_finishes_those_in_flight() {
     hold.reached().await;
 
     app.begin_shutdown();
-    // New connections are refused once the listener has closed.
+    // New connections are refused once the drain (a tenth of the grace,
+    // at most 2 s) is over and the listener has closed.
     let fresh = crate::support::http_client().pool_max_idle_per_host(0).build().unwrap();
     let mut refused = false;
-    for _ in 0..50 {
+    for _ in 0..200 {
         if fresh.get(app.url("/health/live")).send().await.is_err() {
             refused = true;
             break;
