@@ -16,6 +16,7 @@ mod history;
 mod idempotency;
 mod operations;
 mod orders;
+mod outages;
 mod payments;
 mod points;
 mod products;

@@ -21,6 +21,8 @@ use uuid::Uuid;
 pub mod cluster;
 pub mod invariants;
 pub mod nats;
+pub mod own_pg;
+pub mod own_redis;
 pub mod pg_proxy;
 pub mod receiver;
 pub mod redis_proxy;
@@ -136,7 +138,24 @@ pub fn database_name(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
 }
 
+/// A test server on a PostgreSQL of the test's own (see `own_pg`); the
+/// test's own checks connect to it too.
+pub async fn spawn_app_on(postgres: &own_pg::OwnPostgres, configure: impl FnOnce(&mut Config)) -> TestApp {
+    init_tracing();
+    let mut config = test_config();
+    config.database.database_url = postgres.url(database_name(&config.database.database_url));
+    configure(&mut config);
+    let checks = postgres.url("").trim_end_matches('/').to_owned();
+    start_checked_at(config, true, &checks).await
+}
+
 async fn start(config: Config, owns_data: bool) -> TestApp {
+    start_checked_at(config, owns_data, PG).await
+}
+
+/// Starts the server; the test's checks connect to the same database on
+/// the server at `checks`.
+async fn start_checked_at(config: Config, owns_data: bool, checks: &str) -> TestApp {
     let server = Server::build(&config).await.expect("the test server starts");
     let address = format!("http://{}", server.local_addr());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -145,7 +164,7 @@ async fn start(config: Config, owns_data: bool) -> TestApp {
     }));
     let db = PgPoolOptions::new()
         .max_connections(2)
-        .connect(&format!("{PG}/{}", database_name(&config.database.database_url)))
+        .connect(&format!("{checks}/{}", database_name(&config.database.database_url)))
         .await
         .expect("the test database is reachable");
     let client = http_client().pool_max_idle_per_host(256).timeout(Duration::from_secs(60)).build().unwrap();

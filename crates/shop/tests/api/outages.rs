@@ -1,0 +1,197 @@
+//! Whole outages of a dependency, made on a server of the test's own (never
+//! the shared one): during the fault every answer is a success or a 503 or
+//! 409 problem within `REQUEST_TIMEOUT_MS`; after it the shop serves again
+//! within 5 s without a restart; and every request that succeeded left its
+//! record once, every one refused left none.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use shop::config::CouponStrategyKind;
+
+use crate::support::own_pg::OwnPostgres;
+use crate::support::own_redis::OwnRedis;
+use crate::support::{TestApp, User, spawn_app_on, spawn_app_with};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Charges `user` again and again, each with a key of its own, until
+/// `stop`; each key with the answer it got.
+async fn charge_storm(app: &TestApp, user: &User, stop: &AtomicBool) -> Vec<(String, StatusCode)> {
+    let path = format!("/api/users/{}/points", user.id);
+    let body = json!({"amount": 1000});
+    let mut answers = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("storm-{}-{}", user.id, answers.len());
+        let started = Instant::now();
+        let status =
+            app.post_with_key(&path, &user.token, &key, &body).send().await.expect("the shop answers").status();
+        assert!(
+            started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1),
+            "answered in time: {:?}",
+            started.elapsed()
+        );
+        assert!(
+            [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE, StatusCode::CONFLICT].contains(&status),
+            "a success, 503 or 409: {status}"
+        );
+        if status != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answers.push((key, status));
+    }
+    answers
+}
+
+/// Sends each refused key again until it succeeds: a key whose request did
+/// happen replays its answer, one whose request did not runs it now.
+async fn settle_keys(app: &TestApp, user: &User, answers: &[(String, StatusCode)]) {
+    let path = format!("/api/users/{}/points", user.id);
+    let body = json!({"amount": 1000});
+    for (key, _) in answers.iter().filter(|(_, status)| *status != StatusCode::OK) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = app.post_with_key(&path, &user.token, key, &body).send().await.unwrap().status();
+            if status == StatusCode::OK {
+                break;
+            }
+            assert!(Instant::now() < deadline, "key {key} still answers {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_charge_storm_rides_out_a_postgres_restart() {
+    let postgres = OwnPostgres::start().await;
+    let app = spawn_app_on(&postgres, |config| {
+        config.points_daily_charge_limit = 0;
+        config.points_monthly_charge_limit = 0;
+        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+    })
+    .await;
+    let users = app.bulk_users(16).await;
+    let probe = app.bulk_users(1).await.remove(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = join_all(users.iter().map(|user| charge_storm(&app, user, &stop)));
+    let fault = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        postgres.restart().await;
+        // Served again within 5 s, without restarting the shop.
+        let restarted = Instant::now();
+        let path = format!("/api/users/{}/points", probe.id);
+        while app.post(&path, Some(&probe.token), json!({"amount": 1000})).await.status() != StatusCode::OK {
+            assert!(restarted.elapsed() < Duration::from_secs(5), "still refusing 5 s after the restart");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    let (answers, ()) = tokio::join!(storm, fault);
+    let refused = answers.iter().flatten().filter(|(_, status)| *status != StatusCode::OK).count();
+    assert!(refused > 0, "the restart was felt");
+
+    for (user, answers) in users.iter().zip(&answers) {
+        settle_keys(&app, user, answers).await;
+    }
+    // Every key charged exactly once: nothing lost, nothing doubled.
+    let rows: HashMap<i64, i64> = sqlx::query_as("SELECT user_id, count(*) FROM point_ledger GROUP BY user_id")
+        .fetch_all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    for (user, answers) in users.iter().zip(&answers) {
+        assert_eq!(rows.get(&user.id).copied().unwrap_or(0), answers.len() as i64, "user {}", user.id);
+    }
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coupon_drop_rides_out_redis_restarting_empty() {
+    let mut redis = OwnRedis::start().await;
+    let url = redis.url();
+    let app = spawn_app_with(|config| {
+        config.redis_url = url;
+        config.coupon_strategy = CouponStrategyKind::RedisGate;
+        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+    })
+    .await;
+    let code = app.create_coupon_type("DROP", 100, json!({})).await;
+    let users = app.bulk_users(400).await;
+    let probe_campaign = app.create_coupon_type("PROBE", 1000, json!({})).await;
+    let probes = app.bulk_users(100).await;
+    // Twenty clients, each asking for its users in turn until a final answer.
+    let drop = join_all(users.chunks(20).map(|users| {
+        let (app, code) = (&app, &code);
+        async move {
+            let mut finals = Vec::new();
+            for user in users {
+                loop {
+                    let started = Instant::now();
+                    let answer = app.issue_coupon(user, code).await;
+                    assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1), "{:?}", started.elapsed());
+                    let status = answer.status();
+                    let body: serde_json::Value = answer.json().await.unwrap();
+                    match (status, body["code"].as_str()) {
+                        (StatusCode::CREATED, _) => finals.push((user.id, true, Instant::now())),
+                        (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")) => {
+                            finals.push((user.id, false, Instant::now()))
+                        }
+                        (StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT, _) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                        other => panic!("neither a final answer nor one to retry: {other:?} {body}"),
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            finals
+        }
+    }));
+    let restart = std::sync::OnceLock::new();
+    let fault = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        restart.set(Instant::now()).unwrap();
+        redis.restart_empty().await;
+        // Served again within 5 s, without restarting the shop (another
+        // campaign, so the drop's count is untouched).
+        let restarted = Instant::now();
+        for probe in &probes {
+            if app.issue_coupon(probe, &probe_campaign).await.status() == StatusCode::CREATED {
+                break;
+            }
+            assert!(restarted.elapsed() < Duration::from_secs(5), "still refusing 5 s after the restart");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (finals, ()) = tokio::join!(drop, fault);
+    let finals: Vec<(i64, bool, Instant)> = finals.into_iter().flatten().collect();
+    assert_eq!(finals.len(), users.len(), "every user got a final answer");
+    let restart = *restart.get().unwrap();
+    assert!(finals.iter().any(|(_, _, at)| *at < restart) && finals.iter().any(|(_, _, at)| *at > restart), "mid-drop");
+    let issued: Vec<i64> = finals.iter().filter(|(_, issued, _)| *issued).map(|(id, _, _)| *id).collect();
+    assert_eq!(issued.len(), 100, "exactly the campaign's total, across the restart");
+    let holders: Vec<i64> = sqlx::query_scalar(
+        "SELECT c.user_id FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE t.code = $1 ORDER BY 1",
+    )
+    .bind(&code)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let mut answered = issued.clone();
+    answered.sort();
+    assert_eq!(holders, answered, "each 201 has its coupon, and no one else has one");
+    let late = app.bulk_users(1).await.remove(0);
+    let sold_out = app.issue_coupon(&late, &code).await;
+    assert_eq!(sold_out.status(), StatusCode::CONFLICT);
+    app.assert_invariants().await;
+}
