@@ -17,7 +17,8 @@ use shop::config::CouponStrategyKind;
 
 use crate::support::own_pg::OwnPostgres;
 use crate::support::own_redis::OwnRedis;
-use crate::support::{TestApp, User, spawn_app_on, spawn_app_with};
+use crate::support::pg_proxy::PgProxy;
+use crate::support::{TestApp, User, spawn_app_behind, spawn_app_on, spawn_app_with};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -193,5 +194,52 @@ async fn a_coupon_drop_rides_out_redis_restarting_empty() {
     let late = app.bulk_users(1).await.remove(0);
     let sold_out = app.issue_coupon(&late, &code).await;
     assert_eq!(sold_out.status(), StatusCode::CONFLICT);
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_charge_storm_rides_out_postgres_unreachable_for_ten_seconds() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| {
+        config.points_daily_charge_limit = 0;
+        config.points_monthly_charge_limit = 0;
+        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+    })
+    .await;
+    let users = app.bulk_users(16).await;
+    let probe = app.bulk_users(1).await.remove(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = join_all(users.iter().map(|user| charge_storm(&app, user, &stop)));
+    let fault = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Packets dropped, not refused: requests hang until their deadline.
+        proxy.blackhole(true);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        proxy.blackhole(false);
+        let healed = Instant::now();
+        let path = format!("/api/users/{}/points", probe.id);
+        while app.post(&path, Some(&probe.token), json!({"amount": 1000})).await.status() != StatusCode::OK {
+            assert!(healed.elapsed() < Duration::from_secs(5), "still refusing 5 s after the network healed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    let (answers, ()) = tokio::join!(storm, fault);
+    let refused = answers.iter().flatten().filter(|(_, status)| *status != StatusCode::OK).count();
+    assert!(refused > 0, "the outage was felt");
+
+    for (user, answers) in users.iter().zip(&answers) {
+        settle_keys(&app, user, answers).await;
+    }
+    let rows: HashMap<i64, i64> = sqlx::query_as("SELECT user_id, count(*) FROM point_ledger GROUP BY user_id")
+        .fetch_all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    for (user, answers) in users.iter().zip(&answers) {
+        assert_eq!(rows.get(&user.id).copied().unwrap_or(0), answers.len() as i64, "user {}", user.id);
+    }
     app.assert_invariants().await;
 }

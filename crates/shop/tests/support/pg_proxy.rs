@@ -87,6 +87,9 @@ struct State {
     /// The SQLSTATE of every error the server answered.
     errors: Vec<String>,
     refuse_connections: bool,
+    /// Nothing passes either way, and new connections hang: a network that
+    /// drops every packet, as opposed to one that refuses.
+    blackhole: bool,
     /// Cancelled to reset every open connection; replaced afterwards.
     reset: CancellationToken,
 }
@@ -181,6 +184,11 @@ impl PgProxy {
     }
 
     /// New connections are closed at once while `refuse` holds.
+    /// Drops everything, both ways, until called with `false`.
+    pub fn blackhole(&self, on: bool) {
+        self.state.lock().unwrap().blackhole = on;
+    }
+
     pub fn refuse_connections(&self, refuse: bool) {
         self.state.lock().unwrap().refuse_connections = refuse;
     }
@@ -210,6 +218,7 @@ async fn relay(mut client: TcpStream, state: Arc<Mutex<State>>) {
         }
         break message;
     };
+    through_the_hole(&state).await;
     let Ok(mut server) = TcpStream::connect(UPSTREAM).await else { return };
     // Messages are forwarded one by one: without this, Nagle's algorithm
     // and delayed ACKs hold many of them back for tens of milliseconds.
@@ -225,6 +234,13 @@ async fn relay(mut client: TcpStream, state: Arc<Mutex<State>>) {
     tokio::select! {
         _ = client_to_server(BufReader::new(client_read), server_write, state.clone(), pending.clone()) => {}
         _ = server_to_client(BufReader::new(server_read), client_write, state, pending) => {}
+    }
+}
+
+/// Waits while the proxy is a black hole.
+async fn through_the_hole(state: &Mutex<State>) {
+    while state.lock().unwrap().blackhole {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -304,6 +320,7 @@ async fn client_to_server(
             Some(action) => *pending.lock().unwrap() = Some(action),
             None => {}
         }
+        through_the_hole(&state).await;
         if server.write_all(&message).await.is_err() {
             return;
         }
@@ -340,6 +357,7 @@ async fn server_to_client(
             }
             Some(Action::CutBefore) | None => {}
         }
+        through_the_hole(&state).await;
         if client.write_all(&message).await.is_err() {
             return;
         }
