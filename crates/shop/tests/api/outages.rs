@@ -18,6 +18,7 @@ use shop::config::CouponStrategyKind;
 use crate::support::own_pg::OwnPostgres;
 use crate::support::own_redis::OwnRedis;
 use crate::support::pg_proxy::PgProxy;
+use crate::support::redis_proxy::RedisProxy;
 use crate::support::{TestApp, User, spawn_app_behind, spawn_app_on, spawn_app_with};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -241,5 +242,73 @@ async fn a_charge_storm_rides_out_postgres_unreachable_for_ten_seconds() {
     for (user, answers) in users.iter().zip(&answers) {
         assert_eq!(rows.get(&user.id).copied().unwrap_or(0), answers.len() as i64, "user {}", user.id);
     }
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coupon_drop_rides_out_redis_answering_after_two_seconds() {
+    let redis = RedisProxy::start().await;
+    let url = redis.url();
+    let app = spawn_app_with(|config| {
+        config.redis_url = url;
+        config.coupon_strategy = CouponStrategyKind::RedisGate;
+        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+    })
+    .await;
+    let code = app.create_coupon_type("SLOW", 100, json!({})).await;
+    let users = app.bulk_users(300).await;
+    let drop = join_all(users.chunks(15).map(|users| {
+        let (app, code) = (&app, &code);
+        async move {
+            let (mut finals, mut slowest) = (Vec::new(), Duration::ZERO);
+            for user in users {
+                loop {
+                    let started = Instant::now();
+                    let answer = app.issue_coupon(user, code).await;
+                    assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1), "{:?}", started.elapsed());
+                    slowest = slowest.max(started.elapsed());
+                    let status = answer.status();
+                    let body: serde_json::Value = answer.json().await.unwrap();
+                    match (status, body["code"].as_str()) {
+                        // Already issued: an earlier try whose answer came too late did it.
+                        (StatusCode::CREATED, _) | (StatusCode::CONFLICT, Some("COUPON_ALREADY_ISSUED")) => {
+                            finals.push((user.id, true))
+                        }
+                        (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")) => finals.push((user.id, false)),
+                        (StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT, _) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                        other => panic!("neither a final answer nor one to retry: {other:?} {body}"),
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (finals, slowest)
+        }
+    }));
+    let fault = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        redis.delay_replies(Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        redis.delay_replies(Duration::ZERO);
+    };
+    let (answers, ()) = tokio::join!(drop, fault);
+    let slowest = answers.iter().map(|(_, slowest)| *slowest).max().unwrap();
+    assert!(slowest >= Duration::from_secs(2), "Redis was slow mid-drop: {slowest:?}");
+    let finals: Vec<(i64, bool)> = answers.into_iter().flat_map(|(finals, _)| finals).collect();
+    assert_eq!(finals.len(), users.len(), "every user got a final answer");
+    let mut issued: Vec<i64> = finals.iter().filter(|(_, issued)| *issued).map(|(id, _)| *id).collect();
+    issued.sort();
+    assert_eq!(issued.len(), 100, "exactly the campaign's total");
+    let holders: Vec<i64> = sqlx::query_scalar(
+        "SELECT c.user_id FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE t.code = $1 ORDER BY 1",
+    )
+    .bind(&code)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(holders, issued, "each user told they hold one has it, and no one else");
     app.assert_invariants().await;
 }

@@ -3,7 +3,8 @@
 //! before its answer comes back — the one failure a client cannot tell from
 //! "it never ran". Commands are recognised by a piece of their bytes (a key
 //! name, say); replies are not parsed, so the cut takes whatever Redis sent
-//! next, as a real one would.
+//! next, as a real one would. It can also hold every reply back a while, as
+//! a Redis that answers late.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio::time::{Duration, Instant};
 
 const UPSTREAM: &str = "127.0.0.1:6379";
 
@@ -19,6 +21,8 @@ struct State {
     /// Commands containing this lose their reply, this many more times.
     lose_reply: Option<(Vec<u8>, usize)>,
     fired: usize,
+    /// How long each reply is held back.
+    delay: Duration,
 }
 
 #[derive(Clone)]
@@ -51,6 +55,12 @@ impl RedisProxy {
         self.state.lock().unwrap().lose_reply = Some((needle.as_bytes().to_vec(), times));
     }
 
+    /// Every reply from now on reaches the shop this long after Redis sent
+    /// it (`Duration::ZERO`: at once again).
+    pub fn delay_replies(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
     /// How many replies have been lost.
     pub fn fired(&self) -> usize {
         self.state.lock().unwrap().fired
@@ -67,8 +77,8 @@ async fn relay(client: TcpStream, state: Arc<Mutex<State>>) {
     // Set once a matching command is forwarded: the next reply is cut.
     let cut = Arc::new(Notify::new());
     tokio::select! {
-        _ = upstream(client_read, server_write, state, cut.clone()) => {}
-        _ = downstream(server_read, client_write, cut) => {}
+        _ = upstream(client_read, server_write, state.clone(), cut.clone()) => {}
+        _ = downstream(server_read, client_write, state, cut) => {}
     }
 }
 
@@ -102,7 +112,19 @@ async fn upstream(mut client: OwnedReadHalf, mut server: OwnedWriteHalf, state: 
     }
 }
 
-async fn downstream(mut server: OwnedReadHalf, mut client: OwnedWriteHalf, cut: Arc<Notify>) {
+async fn downstream(mut server: OwnedReadHalf, client: OwnedWriteHalf, state: Arc<Mutex<State>>, cut: Arc<Notify>) {
+    // Replies go out in order, each when its delay from arrival is over, so
+    // a delay holds each back without queueing them behind one another.
+    let (replies, mut due) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        let mut client = client;
+        while let Some((at, reply)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if client.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+    });
     let mut buffer = vec![0; 64 * 1024];
     loop {
         tokio::select! {
@@ -111,17 +133,21 @@ async fn downstream(mut server: OwnedReadHalf, mut client: OwnedWriteHalf, cut: 
                 // Wait for Redis to answer, so the command has run, then drop
                 // the answer and the connection.
                 let _answered = server.read(&mut buffer).await;
+                writer.abort();
                 return;
             }
             read = server.read(&mut buffer) => {
                 let read = match read {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => break,
                     Ok(read) => read,
                 };
-                if client.write_all(&buffer[..read]).await.is_err() {
+                let at = Instant::now() + state.lock().unwrap().delay;
+                if replies.send((at, buffer[..read].to_vec())).is_err() {
                     return;
                 }
             }
         }
     }
+    drop(replies);
+    writer.await.ok();
 }
