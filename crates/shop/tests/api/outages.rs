@@ -312,3 +312,90 @@ async fn a_coupon_drop_rides_out_redis_answering_after_two_seconds() {
     assert_eq!(holders, issued, "each user told they hold one has it, and no one else");
     app.assert_invariants().await;
 }
+
+/// Sends a keyed request again, as a client would, until its answer is
+/// final (not 503 or 409); each answer in time and one of those three.
+/// The final answer, and how many were not.
+async fn until_final(
+    app: &TestApp,
+    path: &str,
+    user: &User,
+    key: &str,
+    body: &serde_json::Value,
+) -> (serde_json::Value, usize) {
+    let mut retried = 0;
+    loop {
+        let started = Instant::now();
+        let answer = app.post_with_key(path, &user.token, key, body).send().await.expect("the shop answers");
+        assert!(
+            started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1),
+            "answered in time: {:?}",
+            started.elapsed()
+        );
+        let status = answer.status();
+        match status {
+            StatusCode::OK | StatusCode::CREATED => return (answer.json().await.unwrap(), retried),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT => {
+                retried += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{path}: {other} {}", answer.text().await.unwrap()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_and_payments_ride_out_a_postgres_restart() {
+    let postgres = OwnPostgres::start().await;
+    let app = spawn_app_on(&postgres, |config| {
+        config.points_daily_charge_limit = 0;
+        config.points_monthly_charge_limit = 0;
+        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+    })
+    .await;
+    let product = app.create_product("mug", 1000, 100_000).await;
+    let users = app.bulk_users(12).await;
+    for user in &users {
+        assert_eq!(app.charge(user, 1_000_000).await.status(), StatusCode::OK);
+    }
+    let stop = AtomicBool::new(false);
+    let shoppers = join_all(users.iter().map(|user| {
+        let (app, stop) = (&app, &stop);
+        async move {
+            let (mut paid, mut retried) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let order = json!({"items": [{"productId": product, "quantity": 1}]});
+                let (placed, again) =
+                    until_final(app, "/api/orders", user, &format!("order-{}-{paid}", user.id), &order).await;
+                let payment = json!({"orderId": placed["orderId"]});
+                let (_, then) =
+                    until_final(app, "/api/payments", user, &format!("pay-{}-{paid}", user.id), &payment).await;
+                (paid, retried) = (paid + 1, retried + again + then);
+            }
+            (paid, retried)
+        }
+    }));
+    let fault = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        postgres.restart().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    let (shopped, ()) = tokio::join!(shoppers, fault);
+    assert!(shopped.iter().any(|(_, retried)| *retried > 0), "the restart was felt");
+    // Each order once, each paid once, whatever the retries met.
+    for (user, (paid, _)) in users.iter().zip(shopped) {
+        let (orders, payments): (i64, i64) = sqlx::query_as(
+            "SELECT count(DISTINCT o.id), count(p.id) FROM orders o LEFT JOIN payments p ON p.order_id = o.id
+             WHERE o.user_id = $1",
+        )
+        .bind(user.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        assert_eq!((orders, payments), (paid, paid), "user {}", user.id);
+    }
+    let sold: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&app.db).await.unwrap();
+    assert_eq!(app.stock(product).await, 100_000 - sold);
+    app.assert_invariants().await;
+}
