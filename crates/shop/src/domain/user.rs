@@ -17,6 +17,10 @@ impl Email {
         if char_len(&email) > Self::MAX_CHARS {
             return Err(ValidationError::new("email", "must be at most 254 characters"));
         }
+        // The parser admits Unicode spaces such as U+2028 inside a local part.
+        if email.chars().any(char::is_whitespace) {
+            return Err(ValidationError::new("email", "must not contain spaces"));
+        }
         email_address::EmailAddress::from_str(&email)
             .map_err(|e| ValidationError::new("email", format!("is not a valid address ({e})")))?;
         Ok(Self(email))
@@ -98,6 +102,8 @@ mod tests {
     fn email_rejects_garbage_and_overlong() {
         assert!(Email::parse("not-an-email").is_err());
         assert!(Email::parse("").is_err());
+        assert!(Email::parse("a\u{2028}b@example.com").is_err());
+        assert!(Email::parse("a b@example.com").is_err());
         let local = "a".repeat(64);
         let long = format!("{local}@{}.com", "b".repeat(190));
         assert!(char_len(&long) > 254);
