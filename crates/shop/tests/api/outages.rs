@@ -115,6 +115,68 @@ async fn a_charge_storm_rides_out_a_postgres_restart() {
     app.assert_invariants().await;
 }
 
+/// A user's final answer in a coupon drop: whether they hold the coupon,
+/// and when they were told.
+struct Told {
+    user_id: i64,
+    holds: bool,
+    at: Instant,
+}
+
+/// Twenty clients, each asking for its users in turn until a final answer
+/// (issued, already issued by an earlier try whose answer came too late,
+/// or sold out), retrying 503s and 409s; every answer in time. The answers,
+/// and the slowest.
+async fn coupon_drop(app: &TestApp, code: &str, users: &[User]) -> (Vec<Told>, Duration) {
+    let clients = join_all(users.chunks(users.len().div_ceil(20)).map(|users| async move {
+        let (mut told, mut slowest) = (Vec::new(), Duration::ZERO);
+        for user in users {
+            loop {
+                let started = Instant::now();
+                let answer = app.issue_coupon(user, code).await;
+                slowest = slowest.max(started.elapsed());
+                assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1), "{:?}", started.elapsed());
+                let status = answer.status();
+                let body: serde_json::Value = answer.json().await.unwrap();
+                let holds = match (status, body["code"].as_str()) {
+                    (StatusCode::CREATED, _) | (StatusCode::CONFLICT, Some("COUPON_ALREADY_ISSUED")) => true,
+                    (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")) => false,
+                    (StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT, _) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    other => panic!("neither a final answer nor one to retry: {other:?} {body}"),
+                };
+                told.push(Told { user_id: user.id, holds, at: Instant::now() });
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (told, slowest)
+    }))
+    .await;
+    let slowest = clients.iter().map(|(_, slowest)| *slowest).max().unwrap_or_default();
+    (clients.into_iter().flat_map(|(told, _)| told).collect(), slowest)
+}
+
+/// Every user was told, exactly `total` were told they hold the coupon,
+/// and those are exactly the holders in the database.
+async fn assert_drop_is_exact(app: &TestApp, code: &str, users: &[User], told: &[Told], total: usize) {
+    assert_eq!(told.len(), users.len(), "every user got a final answer");
+    let mut holding: Vec<i64> = told.iter().filter(|told| told.holds).map(|told| told.user_id).collect();
+    holding.sort();
+    assert_eq!(holding.len(), total, "exactly the campaign's total");
+    let holders: Vec<i64> = sqlx::query_scalar(
+        "SELECT c.user_id FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE t.code = $1 ORDER BY 1",
+    )
+    .bind(code)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(holders, holding, "each user told they hold one has it, and no one else");
+    app.assert_invariants().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_coupon_drop_rides_out_redis_restarting_empty() {
     let mut redis = OwnRedis::start().await;
@@ -129,36 +191,6 @@ async fn a_coupon_drop_rides_out_redis_restarting_empty() {
     let users = app.bulk_users(400).await;
     let probe_campaign = app.create_coupon_type("PROBE", 1000, json!({})).await;
     let probes = app.bulk_users(100).await;
-    // Twenty clients, each asking for its users in turn until a final answer.
-    let drop = join_all(users.chunks(20).map(|users| {
-        let (app, code) = (&app, &code);
-        async move {
-            let mut finals = Vec::new();
-            for user in users {
-                loop {
-                    let started = Instant::now();
-                    let answer = app.issue_coupon(user, code).await;
-                    assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1), "{:?}", started.elapsed());
-                    let status = answer.status();
-                    let body: serde_json::Value = answer.json().await.unwrap();
-                    match (status, body["code"].as_str()) {
-                        (StatusCode::CREATED, _) => finals.push((user.id, true, Instant::now())),
-                        (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")) => {
-                            finals.push((user.id, false, Instant::now()))
-                        }
-                        (StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT, _) => {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                        other => panic!("neither a final answer nor one to retry: {other:?} {body}"),
-                    }
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            finals
-        }
-    }));
     let restart = std::sync::OnceLock::new();
     let fault = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -175,27 +207,12 @@ async fn a_coupon_drop_rides_out_redis_restarting_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let (finals, ()) = tokio::join!(drop, fault);
-    let finals: Vec<(i64, bool, Instant)> = finals.into_iter().flatten().collect();
-    assert_eq!(finals.len(), users.len(), "every user got a final answer");
+    let ((told, _), ()) = tokio::join!(coupon_drop(&app, &code, &users), fault);
     let restart = *restart.get().unwrap();
-    assert!(finals.iter().any(|(_, _, at)| *at < restart) && finals.iter().any(|(_, _, at)| *at > restart), "mid-drop");
-    let issued: Vec<i64> = finals.iter().filter(|(_, issued, _)| *issued).map(|(id, _, _)| *id).collect();
-    assert_eq!(issued.len(), 100, "exactly the campaign's total, across the restart");
-    let holders: Vec<i64> = sqlx::query_scalar(
-        "SELECT c.user_id FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE t.code = $1 ORDER BY 1",
-    )
-    .bind(&code)
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
-    let mut answered = issued.clone();
-    answered.sort();
-    assert_eq!(holders, answered, "each 201 has its coupon, and no one else has one");
+    assert!(told.iter().any(|told| told.at < restart) && told.iter().any(|told| told.at > restart), "mid-drop");
+    assert_drop_is_exact(&app, &code, &users, &told, 100).await;
     let late = app.bulk_users(1).await.remove(0);
-    let sold_out = app.issue_coupon(&late, &code).await;
-    assert_eq!(sold_out.status(), StatusCode::CONFLICT);
-    app.assert_invariants().await;
+    assert_eq!(app.issue_coupon(&late, &code).await.status(), StatusCode::CONFLICT, "sold out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -257,60 +274,37 @@ async fn a_coupon_drop_rides_out_redis_answering_after_two_seconds() {
     .await;
     let code = app.create_coupon_type("SLOW", 100, json!({})).await;
     let users = app.bulk_users(300).await;
-    let drop = join_all(users.chunks(15).map(|users| {
-        let (app, code) = (&app, &code);
-        async move {
-            let (mut finals, mut slowest) = (Vec::new(), Duration::ZERO);
-            for user in users {
-                loop {
-                    let started = Instant::now();
-                    let answer = app.issue_coupon(user, code).await;
-                    assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1), "{:?}", started.elapsed());
-                    slowest = slowest.max(started.elapsed());
-                    let status = answer.status();
-                    let body: serde_json::Value = answer.json().await.unwrap();
-                    match (status, body["code"].as_str()) {
-                        // Already issued: an earlier try whose answer came too late did it.
-                        (StatusCode::CREATED, _) | (StatusCode::CONFLICT, Some("COUPON_ALREADY_ISSUED")) => {
-                            finals.push((user.id, true))
-                        }
-                        (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")) => finals.push((user.id, false)),
-                        (StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT, _) => {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                        other => panic!("neither a final answer nor one to retry: {other:?} {body}"),
-                    }
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (finals, slowest)
-        }
-    }));
     let fault = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         redis.delay_replies(Duration::from_secs(2));
         tokio::time::sleep(Duration::from_secs(4)).await;
         redis.delay_replies(Duration::ZERO);
     };
-    let (answers, ()) = tokio::join!(drop, fault);
-    let slowest = answers.iter().map(|(_, slowest)| *slowest).max().unwrap();
+    let ((told, slowest), ()) = tokio::join!(coupon_drop(&app, &code, &users), fault);
     assert!(slowest >= Duration::from_secs(2), "Redis was slow mid-drop: {slowest:?}");
-    let finals: Vec<(i64, bool)> = answers.into_iter().flat_map(|(finals, _)| finals).collect();
-    assert_eq!(finals.len(), users.len(), "every user got a final answer");
-    let mut issued: Vec<i64> = finals.iter().filter(|(_, issued)| *issued).map(|(id, _)| *id).collect();
-    issued.sort();
-    assert_eq!(issued.len(), 100, "exactly the campaign's total");
-    let holders: Vec<i64> = sqlx::query_scalar(
-        "SELECT c.user_id FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE t.code = $1 ORDER BY 1",
-    )
-    .bind(&code)
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
-    assert_eq!(holders, issued, "each user told they hold one has it, and no one else");
-    app.assert_invariants().await;
+    assert_drop_is_exact(&app, &code, &users, &told, 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coupon_drop_rides_out_a_postgres_restart() {
+    let postgres = OwnPostgres::start().await;
+    let app = spawn_app_on(&postgres, |config| {
+        config.coupon_strategy = CouponStrategyKind::Pessimistic;
+        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+    })
+    .await;
+    let code = app.create_coupon_type("PGDROP", 100, json!({})).await;
+    let users = app.bulk_users(300).await;
+    let restart = std::sync::OnceLock::new();
+    let fault = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        restart.set(Instant::now()).unwrap();
+        postgres.restart().await;
+    };
+    let ((told, _), ()) = tokio::join!(coupon_drop(&app, &code, &users), fault);
+    let restart = *restart.get().unwrap();
+    assert!(told.iter().any(|told| told.at < restart) && told.iter().any(|told| told.at > restart), "mid-drop");
+    assert_drop_is_exact(&app, &code, &users, &told, 100).await;
 }
 
 /// Sends a keyed request again, as a client would, until its answer is
