@@ -393,3 +393,30 @@ async fn orders_and_payments_ride_out_a_postgres_restart() {
     assert_eq!(app.stock(product).await, 100_000 - sold);
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coupon_drop_rides_out_postgres_unreachable_for_ten_seconds() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |config| {
+        config.coupon_strategy = CouponStrategyKind::Pessimistic;
+        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+    })
+    .await;
+    let code = app.create_coupon_type("HOLE", 100, json!({})).await;
+    let users = app.bulk_users(300).await;
+    let healed = std::sync::OnceLock::new();
+    let fault = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.blackhole(true);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        proxy.blackhole(false);
+        healed.set(Instant::now()).unwrap();
+    };
+    let ((told, slowest), ()) = tokio::join!(coupon_drop(&app, &code, &users), fault);
+    assert!(slowest >= REQUEST_TIMEOUT, "requests met the outage: {slowest:?}");
+    // Served again within 5 s of the network healing.
+    let healed = *healed.get().unwrap();
+    let first_after = told.iter().map(|told| told.at).filter(|at| *at > healed).min().expect("answers after healing");
+    assert!(first_after - healed < Duration::from_secs(5), "{:?}", first_after - healed);
+    assert_drop_is_exact(&app, &code, &users, &told, 100).await;
+}
