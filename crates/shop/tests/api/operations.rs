@@ -14,7 +14,7 @@ use crate::support::{assert_problem, spawn_app_behind, spawn_app_with};
 
 #[tokio::test]
 async fn metrics_addr_serves_metrics_there_and_not_on_the_api() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::support::free_port();
     let app = spawn_app_with(|config| config.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap())).await;
     app.get("/api/products", None).await;
     assert_problem(app.get("/metrics", None).await, StatusCode::NOT_FOUND, "NOT_FOUND").await;

@@ -133,6 +133,11 @@ pub async fn spawn_app_behind(proxy: &pg_proxy::PgProxy, configure: impl FnOnce(
     .await
 }
 
+/// A port nothing listens on now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// The database part of a PostgreSQL URL.
 pub fn database_name(url: &str) -> &str {
     url.rsplit('/').next().unwrap()

@@ -12,7 +12,7 @@ pub struct OwnNats {
 
 impl OwnNats {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = super::free_port();
         let store = std::env::temp_dir().join(format!("shop-test-nats-{}", uuid::Uuid::new_v4().simple()));
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])

@@ -14,7 +14,7 @@ pub struct OwnPostgres {
 
 impl OwnPostgres {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = super::free_port();
         let data = std::env::temp_dir().join(format!("shop-test-pg-{}", uuid::Uuid::new_v4().simple()));
         let own = Self { port, data };
         tokio::task::spawn_blocking({

@@ -12,7 +12,7 @@ pub struct OwnRedis {
 
 impl OwnRedis {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = super::free_port();
         let redis = Self { port, server: spawn(port) };
         redis.answering().await;
         redis
