@@ -114,6 +114,10 @@ pub struct Config {
     /// (`https://shop.example`); unset, no CORS headers are sent.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+    /// Open HTTP connections at most; more wait in the kernel's backlog.
+    /// Keep it under the process's file descriptor limit (`ulimit -n`).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
     /// A request still running after this is answered 503.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,

@@ -14,7 +14,8 @@
 //!    not be resolved, so that the retry replays rather than re-runs.
 //!
 //! A claim left by a server that died mid-request had no effect (step 2), so
-//! once it is older than any request can run it is taken over.
+//! it is taken over once its server has gone quiet (see `instances`), or
+//! once it is older than any request can run.
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 use crate::domain::ValidationError;
 use crate::error::AppError;
+use crate::instances::{self, Instance};
 
 /// Longer than any request runs (lock waits are a few seconds).
 const STALE_CLAIM: Duration = Duration::from_secs(60);
@@ -133,6 +135,7 @@ struct KeyRow {
 
 pub async fn begin(
     db: &PgPool,
+    instance: Instance,
     user_id: i64,
     key: &IdempotencyKey,
     fingerprint: &Fingerprint,
@@ -143,14 +146,16 @@ pub async fn begin(
     for _ in 0..3 {
         let claim = Claim { user_id, key: key.0.clone(), token: Uuid::new_v4() };
         let inserted = sqlx::query!(
-            "INSERT INTO idempotency_keys (user_id, key, request_method, request_path, request_hash, claim_token)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            "INSERT INTO idempotency_keys
+                 (user_id, key, request_method, request_path, request_hash, claim_token, claimed_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             user_id,
             claim.key,
             fingerprint.method,
             fingerprint.path,
             fingerprint.body_hash,
             claim.token,
+            instance.id(),
         )
         .execute(&mut *conn)
         .await;
@@ -179,7 +184,7 @@ pub async fn begin(
             let status = StatusCode::from_u16(status as u16).map_err(AppError::internal)?;
             return Ok(Begun::Replay(StoredResponse { status, body }));
         }
-        if row.stale && take_over(&mut conn, &claim, row.claim_token).await? {
+        if row.stale && take_over(&mut conn, instance, &claim, row.claim_token).await? {
             return Ok(Begun::Fresh(claim));
         }
         return Err(AppError::IdempotencyKeyInUse);
@@ -188,27 +193,40 @@ pub async fn begin(
 }
 
 async fn find(conn: &mut PgConnection, user_id: i64, key: &str) -> Result<Option<KeyRow>, sqlx::Error> {
+    // Stale: older than any request runs, or claimed by an instance that
+    // has gone quiet (claims from before instances were known have no owner).
     sqlx::query_as!(
         KeyRow,
         r#"SELECT request_method, request_path, request_hash, claim_token,
-                  claimed_at < now() - make_interval(secs => $3) AS "stale!", response_status, response_body
+                  (claimed_at < now() - make_interval(secs => $3)
+                   OR (claimed_by IS NOT NULL AND NOT EXISTS (
+                       SELECT FROM instances
+                       WHERE id = claimed_by AND seen_at > now() - make_interval(secs => $4)))) AS "stale!",
+                  response_status, response_body
            FROM idempotency_keys WHERE user_id = $1 AND key = $2"#,
         user_id,
         key,
         STALE_CLAIM.as_secs_f64(),
+        instances::QUIET_AFTER.as_secs_f64(),
     )
     .fetch_optional(conn)
     .await
 }
 
-async fn take_over(conn: &mut PgConnection, claim: &Claim, stale_token: Uuid) -> Result<bool, sqlx::Error> {
+async fn take_over(
+    conn: &mut PgConnection,
+    instance: Instance,
+    claim: &Claim,
+    stale_token: Uuid,
+) -> Result<bool, sqlx::Error> {
     let taken = sqlx::query!(
-        "UPDATE idempotency_keys SET claim_token = $3, claimed_at = now()
+        "UPDATE idempotency_keys SET claim_token = $3, claimed_at = now(), claimed_by = $5
          WHERE user_id = $1 AND key = $2 AND claim_token = $4 AND response_status IS NULL",
         claim.user_id,
         claim.key,
         claim.token,
         stale_token,
+        instance.id(),
     )
     .execute(conn)
     .await?;
@@ -219,7 +237,7 @@ impl Claim {
     /// Stores the response; call it in the transaction that commits the
     /// effect. Fails (and so rolls the effect back) if the claim was taken
     /// over meanwhile, which only happens to a request stuck past
-    /// [`STALE_CLAIM`].
+    /// [`STALE_CLAIM`] or on an instance that went quiet.
     pub async fn save(
         &self,
         conn: &mut PgConnection,

@@ -14,7 +14,8 @@
 //! - `strategy`: the concurrency strategies, a trait per family, chosen by
 //!   config.
 //! - `storage` (SQL, one module per table family), `idempotency`
-//!   (`Idempotency-Key` replay), `lock` (Redis lease locks with fencing
+//!   (`Idempotency-Key` replay), `instances` (which instances are alive),
+//!   `lock` (Redis lease locks with fencing
 //!   tokens), `batcher` (requests that arrive together, written together),
 //!   `auth` (password hashes and tokens), [`invariants`] (the shop's
 //!   invariants as queries, for tests and load runs).
@@ -32,6 +33,7 @@ pub mod error;
 mod events;
 mod http;
 mod idempotency;
+mod instances;
 pub mod invariants;
 mod issuance;
 mod lock;

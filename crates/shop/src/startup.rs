@@ -26,6 +26,7 @@ use crate::domain::points::ChargeLimits;
 use crate::events::{Relay, RelayConfig, Sinks};
 use crate::http::catalogue::Catalogue;
 use crate::http::{self, AppState, Shared};
+use crate::instances::{self, Instance};
 use crate::issuance::{Issuance, Patience, Queue};
 use crate::lock::LeaseLocks;
 use crate::seed::{AdminSetup, DEMO_ADMIN_PASSWORD};
@@ -63,6 +64,8 @@ pub struct Server {
     state: AppState,
     /// How long requests in flight may run on after shutdown begins.
     grace: Duration,
+    /// Open HTTP connections at most, on each listener.
+    max_connections: usize,
 }
 
 impl Server {
@@ -133,11 +136,13 @@ impl Server {
         let queue = Queue::new(connect_redis(&config.redis_url).await?, &config.redis_key_prefix);
         let issuance = Issuance::new(db.clone(), queue, coupons.clone(), patience);
         let relay = Relay::new(db.clone(), sinks, RelayConfig::from(&config.events));
+        let instance = Instance::register(&db, CONNECT_TIMEOUT).await.context("cannot register this instance")?;
         let top_sellers = TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone);
         let state = AppState::new(Shared {
             catalogue: Catalogue::new(db.clone(), top_sellers.clone()),
             placing: orders::Placing::new(db.clone(), stock.clone()),
             db,
+            instance,
             redis: redis.clone(),
             tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs))?,
             passwords,
@@ -173,7 +178,8 @@ impl Server {
             None => None,
         };
         let grace = Duration::from_secs(config.shutdown_grace_secs);
-        Ok(Self { listener, metrics_listener, router, state, grace })
+        let max_connections = config.http_max_connections as usize;
+        Ok(Self { listener, metrics_listener, router, state, grace, max_connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -185,55 +191,47 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let state = &self.state;
+        // Often enough that an order is released soon after its timeout.
+        let expiry_every = Duration::from_secs((state.order_payment_timeout_secs as u64 / 10).clamp(1, 10));
         let mut background = vec![
-            tokio::spawn(every_while(PURGE_INTERVAL, stop.clone(), "purge idempotency keys", {
-                let state = state.clone();
-                move || {
-                    let state = state.clone();
-                    async move { idempotency::purge_expired(&state.db).await.map(drop).map_err(Into::into) }
-                }
-            })),
-            tokio::spawn(expire_overdue_orders(state.clone(), stop.clone())),
-            tokio::spawn(every_while(PURGE_INTERVAL, stop.clone(), "purge expired logins", {
-                let state = state.clone();
-                move || {
-                    let state = state.clone();
-                    async move { Ok(sessions::purge_expired(&mut *state.db.acquire().await?).await.map(drop)?) }
-                }
-            })),
-        ];
-        background.push(tokio::spawn({
-            let (state, stop) = (state.clone(), stop.clone());
-            async move { state.issuance.consume(stop).await }
-        }));
-        background.push(tokio::spawn({
-            let (state, stop) = (state.clone(), stop.clone());
-            async move { state.relay.run(stop).await }
-        }));
-        background.push(tokio::spawn(every_while(PURGE_INTERVAL, stop.clone(), "purge delivered events", {
-            let state = state.clone();
-            move || {
-                let state = state.clone();
-                async move { state.relay.purge().await }
-            }
-        })));
-        let requeue_every = state.issuance.requeue_every();
-        background.push(tokio::spawn(every_while(requeue_every, stop.clone(), "requeue issue requests", {
-            let state = state.clone();
-            move || {
-                let state = state.clone();
-                async move { state.issuance.requeue_stale().await }
-            }
-        })));
-        // Histograms keep each sample until drained: drained on a timer, so
-        // memory stays flat whether or not anything scrapes `/metrics`.
-        background.push(tokio::spawn(every_while(METRICS_UPKEEP, stop.clone(), "metrics upkeep", {
-            let metrics = state.metrics.clone();
-            move || {
-                metrics.run_upkeep();
+            spawn_every(state, PURGE_INTERVAL, &stop, "purge idempotency keys", |state| async move {
+                idempotency::purge_expired(&state.db).await.map(drop).map_err(Into::into)
+            }),
+            spawn_every(state, instances::HEARTBEAT, &stop, "say this instance is alive", |state| async move {
+                Ok(state.instance.beat(&state.db).await?)
+            }),
+            spawn_every(state, PURGE_INTERVAL, &stop, "forget instances long gone", |state| async move {
+                instances::forget_gone(&state.db).await.map(drop).map_err(Into::into)
+            }),
+            // Safe on many instances at once: each skips the orders another is expiring.
+            spawn_every(state, expiry_every, &stop, "expire overdue orders", |state| async move {
+                while orders::expire_overdue(&state.db, &*state.stock, EXPIRY_BATCH).await? == EXPIRY_BATCH as usize {}
+                Ok(())
+            }),
+            spawn_every(state, PURGE_INTERVAL, &stop, "purge expired logins", |state| async move {
+                Ok(sessions::purge_expired(&mut *state.db.acquire().await?).await.map(drop)?)
+            }),
+            tokio::spawn({
+                let (state, stop) = (state.clone(), stop.clone());
+                async move { state.issuance.consume(stop).await }
+            }),
+            tokio::spawn({
+                let (state, stop) = (state.clone(), stop.clone());
+                async move { state.relay.run(stop).await }
+            }),
+            spawn_every(state, PURGE_INTERVAL, &stop, "purge delivered events", |state| async move {
+                state.relay.purge().await
+            }),
+            spawn_every(state, state.issuance.requeue_every(), &stop, "requeue issue requests", |state| async move {
+                state.issuance.requeue_stale().await
+            }),
+            // Histograms keep each sample until drained: drained on a timer, so
+            // memory stays flat whether or not anything scrapes `/metrics`.
+            spawn_every(state, METRICS_UPKEEP, &stop, "metrics upkeep", |state| {
+                state.metrics.run_upkeep();
                 std::future::ready(Ok(()))
-            }
-        })));
+            }),
+        ];
         for chore in [state.coupons.chore(&state.db), state.stock.chore(&state.db)].into_iter().flatten() {
             background.push(tokio::spawn(every_while(chore.every, stop.clone(), chore.what, chore.run)));
         }
@@ -247,8 +245,10 @@ impl Server {
         let metrics_served = CancellationToken::new();
         if let Some(listener) = self.metrics_listener {
             let (router, stopped) = (http::metrics_router(state.clone()), metrics_served.clone());
+            let max_connections = self.max_connections;
             background.push(tokio::spawn(async move {
-                if let Err(error) = http::serve(listener, router, stopped.cancelled_owned(), Duration::ZERO).await {
+                let served = http::serve(listener, router, max_connections, stopped.cancelled_owned(), Duration::ZERO);
+                if let Err(error) = served.await {
                     tracing::error!(%error, "the metrics listener failed");
                 }
             }));
@@ -268,7 +268,7 @@ impl Server {
                 tokio::time::sleep(drain).await;
             }
         };
-        http::serve(self.listener, self.router, draining, self.grace - drain)
+        http::serve(self.listener, self.router, self.max_connections, draining, self.grace - drain)
             .await
             .context("the HTTP server failed")?;
         self.state.tasks.close();
@@ -281,6 +281,10 @@ impl Server {
         metrics_served.cancel();
         for task in background {
             task.await.ok();
+        }
+        // Nothing of this instance is in flight now.
+        if let Err(error) = self.state.instance.leave(&self.state.db).await {
+            tracing::warn!(%error, "could not say this instance has stopped");
         }
         tracing::info!("stopped");
         Ok(())
@@ -394,6 +398,21 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
 
 /// Runs `task` every `period` until `stop`; failures are logged and retried
 /// at the next tick.
+/// Runs `task` on the state every `period` until `stop`, on a task of its own.
+fn spawn_every<Fut>(
+    state: &AppState,
+    period: Duration,
+    stop: &CancellationToken,
+    what: &'static str,
+    task: impl Fn(AppState) -> Fut + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    Fut: Future<Output = Result<(), crate::error::AppError>> + Send + 'static,
+{
+    let state = state.clone();
+    tokio::spawn(every_while(period, stop.clone(), what, move || task(state.clone())))
+}
+
 async fn every_while<F, Fut>(period: Duration, stop: CancellationToken, what: &'static str, task: F)
 where
     F: Fn() -> Fut,
@@ -409,21 +428,6 @@ where
             },
         }
     }
-}
-
-/// Expires overdue PENDING orders; safe on many instances at once, as each
-/// skips the orders another is expiring.
-async fn expire_overdue_orders(state: AppState, stop: CancellationToken) {
-    // Often enough that an order is released soon after its timeout.
-    let period = Duration::from_secs((state.order_payment_timeout_secs as u64 / 10).clamp(1, 10));
-    every_while(period, stop, "expire overdue orders", move || {
-        let state = state.clone();
-        async move {
-            while orders::expire_overdue(&state.db, &*state.stock, EXPIRY_BATCH).await? == EXPIRY_BATCH as usize {}
-            Ok(())
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]

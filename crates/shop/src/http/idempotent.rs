@@ -26,7 +26,7 @@ impl IdempotencyHeader {
             return operation(None).await.map(IntoResponse::into_response);
         };
         let fingerprint = Fingerprint::new(&self.method, &self.path, body);
-        let claim = match idempotency::begin(&state.db, caller.user_id, &key, &fingerprint).await? {
+        let claim = match idempotency::begin(&state.db, state.instance, caller.user_id, &key, &fingerprint).await? {
             Begun::Replay(stored) => return Ok(replay(stored)),
             Begun::Fresh(claim) => claim,
         };

@@ -70,6 +70,8 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub db: PgPool,
+    /// This process, as the other instances know it.
+    pub instance: crate::instances::Instance,
     pub catalogue: catalogue::Catalogue,
     pub redis: ConnectionManager,
     pub tokens: Tokens,

@@ -5,8 +5,8 @@
 //! - every connection must send a complete request head within
 //!   `HEADER_READ_TIMEOUT` of opening, and of finishing its previous
 //!   request (which bounds idle keep-alive connections too);
-//! - at most `MAX_CONNECTIONS` are open at once; more wait in the kernel's
-//!   backlog.
+//! - at most `max_connections` (HTTP_MAX_CONNECTIONS) are open at once;
+//!   more wait in the kernel's backlog.
 //!
 //! Slow bodies and slow handlers are bounded by `REQUEST_TIMEOUT_MS` (see
 //! `http::request_deadline`). TLS and HTTP/2 end at the proxy in front.
@@ -27,17 +27,18 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
-const MAX_CONNECTIONS: usize = 10_000;
 
-/// Serves `router` until `shutdown`, then lets the requests in flight
-/// finish (closing idle connections at once) for at most `grace`.
+/// Serves `router` on at most `max_connections` at once until `shutdown`,
+/// then lets the requests in flight finish (closing idle connections at
+/// once) for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);

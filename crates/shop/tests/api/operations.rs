@@ -1,6 +1,7 @@
 //! What an operator configures around the API: its own metrics listener,
-//! CORS, a deadline on every request, connections that must speak in time,
-//! and a shutdown that lets requests in flight finish.
+//! CORS, a deadline on every request, connections that must speak in time
+//! and a cap on how many are open, and a shutdown that lets requests in
+//! flight finish.
 
 use std::time::Duration;
 
@@ -113,6 +114,32 @@ async fn connections_that_do_not_send_a_whole_request_in_time_are_closed() {
         assert!(closed(stream).await, "the {what} connection is closed");
     }
     assert_eq!(app.get("/health/live", None).await.status(), StatusCode::OK, "and others are served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let app = spawn_app_with(|config| config.http_max_connections = 4).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        // Answered: the server has taken this connection.
+        stream.write_all(b"GET /health/live HTTP/1.1\r\nhost: shop\r\n\r\n").await.unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        held.push(stream);
+    }
+    // A fifth connects (the kernel's backlog takes it) but is not served...
+    let mut fifth = TcpStream::connect(&address).await.unwrap();
+    fifth.write_all(b"GET /health/live HTTP/1.1\r\nhost: shop\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 12];
+    let waiting = tokio::time::timeout(Duration::from_millis(500), fifth.read_exact(&mut answer)).await;
+    assert!(waiting.is_err(), "served past the cap");
+    // ...until one of the four closes.
+    held.pop();
+    tokio::time::timeout(Duration::from_secs(2), fifth.read_exact(&mut answer)).await.expect("served").unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

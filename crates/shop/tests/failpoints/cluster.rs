@@ -1,13 +1,14 @@
-//! A lease holder killed mid-operation.
+//! Instances killed mid-operation: a lease holder, a batch's transaction.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use shop::config::{PointsStrategyKind, value_names};
 
 use crate::support::cluster::Cluster;
-use crate::support::{REDIS, bulk_users};
+use crate::support::{REDIS, User, admin_of, bulk_users, invariants};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn others_go_on_after_a_killed_holders_lease_and_nothing_is_lost_or_doubled() {
@@ -93,4 +94,127 @@ async fn a_server_whose_clock_is_a_day_behind_cannot_reset_the_daily_charge_limi
             .unwrap();
         assert_eq!(rows, 3, "{strategy}: three charges on one day");
     }
+}
+
+/// Sends each request (path, user, body) with a key of its own to instance
+/// 0, whose batches stop at a fail point inside their transaction; kills it
+/// there; then sends each again with its key to instance 1, as a client
+/// whose answer never came would. Every one must succeed within 5 s of the
+/// kill: the dead instance's claims on the keys are taken over once it has
+/// gone quiet, not after the minute a claim is otherwise held.
+async fn retried_after_a_kill_mid_batch(cluster: &Cluster, requests: &[(String, &User, Value)]) {
+    let keyed = |instance: usize, (path, user, body): &(String, &User, Value), key: &str| {
+        cluster
+            .client
+            .post(cluster.url(instance, path))
+            .bearer_auth(&user.token)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+    };
+    let keys: Vec<String> = (0..requests.len()).map(|i| format!("killed-mid-batch-{i}")).collect();
+    let doomed: Vec<_> = requests.iter().zip(&keys).map(|(request, key)| keyed(0, request, key)).collect();
+    let doomed = tokio::spawn(join_all(doomed));
+    let mut held = false;
+    for _ in 0..300 {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'",
+        )
+        .fetch_one(&cluster.db)
+        .await
+        .unwrap();
+        if open > 0 {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held, "instance 0 is inside a batch's transaction");
+    cluster.kill(0);
+    let killed = Instant::now();
+    // A request that ran alone may have been answered before the kill;
+    // those in the held batch were not.
+    let unanswered = doomed.await.unwrap().iter().filter(|answer| answer.is_err()).count();
+    assert!(unanswered > 0, "the kill cut requests off");
+
+    for (request, key) in requests.iter().zip(&keys) {
+        loop {
+            let answer = keyed(1, request, key).await.unwrap();
+            let status = answer.status();
+            if status.is_success() {
+                break;
+            }
+            let body: Value = answer.json().await.unwrap();
+            assert!(
+                status == StatusCode::CONFLICT && body["code"] == "IDEMPOTENCY_KEY_IN_USE",
+                "only the dead instance's claim stands in the way: {status} {body}"
+            );
+            assert!(killed.elapsed() < Duration::from_secs(5), "key {key} still in use 5 s after the kill");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn charges_of_a_batch_killed_mid_transaction_are_made_once_by_their_retries() {
+    let cluster = Cluster::start(2, &[("POINTS_STRATEGY", "batch"), ("POINTS_DAILY_CHARGE_LIMIT", "0")], |i| {
+        if i == 0 { vec![("FAILPOINTS".into(), "points::batch::written=pause".into())] } else { Vec::new() }
+    })
+    .await;
+    let users = bulk_users(&cluster.db, 8).await;
+    let requests: Vec<_> =
+        users.iter().map(|user| (format!("/api/users/{}/points", user.id), user, json!({"amount": 1000}))).collect();
+    retried_after_a_kill_mid_batch(&cluster, &requests).await;
+    for user in &users {
+        let (balance, rows): (i64, i64) = sqlx::query_as(
+            "SELECT balance, (SELECT count(*) FROM point_ledger WHERE user_id = $1) FROM point_wallets WHERE user_id = $1",
+        )
+        .bind(user.id)
+        .fetch_one(&cluster.db)
+        .await
+        .unwrap();
+        assert_eq!((balance, rows), (1000, 1), "user {}: charged once", user.id);
+    }
+    invariants::all(&cluster.db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_of_a_batch_killed_mid_transaction_are_placed_once_by_their_retries() {
+    let cluster = Cluster::start(2, &[("STOCK_STRATEGY", "batch")], |i| {
+        if i == 0 { vec![("FAILPOINTS".into(), "orders::batch::taken=pause".into())] } else { Vec::new() }
+    })
+    .await;
+    let admin = admin_of(&cluster.db).await;
+    let product = cluster
+        .client
+        .post(cluster.url(1, "/api/admin/products"))
+        .bearer_auth(&admin.token)
+        .json(&json!({"name": "mug", "price": 1000, "stock": 100, "category": "kitchen"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let users = bulk_users(&cluster.db, 8).await;
+    let order = json!({"items": [{"productId": product, "quantity": 2}]});
+    let requests: Vec<_> = users.iter().map(|user| ("/api/orders".to_owned(), user, order.clone())).collect();
+    retried_after_a_kill_mid_batch(&cluster, &requests).await;
+    for user in &users {
+        let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE user_id = $1")
+            .bind(user.id)
+            .fetch_one(&cluster.db)
+            .await
+            .unwrap();
+        assert_eq!(orders, 1, "user {}: placed once", user.id);
+    }
+    let stock: i64 = sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
+        .bind(product)
+        .fetch_one(&cluster.db)
+        .await
+        .unwrap();
+    assert_eq!(stock, 100 - 2 * users.len() as i64);
+    invariants::all(&cluster.db).await;
 }

@@ -49,6 +49,7 @@ pub fn test_config() -> Config {
         bind_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
         cors_allowed_origins: Vec::new(),
+        http_max_connections: 10_000,
         request_timeout_ms: 10_000,
         shutdown_grace_secs: 20,
         jwt_secret: Some(TEST_SECRET.into()),
