@@ -14,6 +14,7 @@ mod faults;
 mod health;
 mod history;
 mod idempotency;
+mod memory;
 mod operations;
 mod orders;
 mod outages;

@@ -13,7 +13,7 @@ use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use shop::config::CouponStrategyKind;
+use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind};
 
 use crate::support::own_pg::OwnPostgres;
 use crate::support::own_redis::OwnRedis;
@@ -22,6 +22,13 @@ use crate::support::redis_proxy::RedisProxy;
 use crate::support::{TestApp, User, spawn_app_behind, spawn_app_on, spawn_app_with};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// No charge limits, and the outage tests' deadline.
+fn unlimited_charges_with_deadline(config: &mut shop::config::Config) {
+    config.points_daily_charge_limit = 0;
+    config.points_monthly_charge_limit = 0;
+    config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+}
 
 /// Charges `user` again and again, each with a key of its own, until
 /// `stop`; each key with the answer it got.
@@ -111,12 +118,7 @@ async fn charge_storm_through(app: &TestApp, fault: impl std::future::Future<Out
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_charge_storm_rides_out_a_postgres_restart() {
     let postgres = OwnPostgres::start().await;
-    let app = spawn_app_on(&postgres, |config| {
-        config.points_daily_charge_limit = 0;
-        config.points_monthly_charge_limit = 0;
-        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
-    })
-    .await;
+    let app = spawn_app_on(&postgres, unlimited_charges_with_deadline).await;
     charge_storm_through(&app, async {
         tokio::time::sleep(Duration::from_secs(1)).await;
         postgres.restart().await;
@@ -227,12 +229,7 @@ async fn a_coupon_drop_rides_out_redis_restarting_empty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_charge_storm_rides_out_postgres_unreachable_for_ten_seconds() {
     let proxy = PgProxy::start().await;
-    let app = spawn_app_behind(&proxy, |config| {
-        config.points_daily_charge_limit = 0;
-        config.points_monthly_charge_limit = 0;
-        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
-    })
-    .await;
+    let app = spawn_app_behind(&proxy, unlimited_charges_with_deadline).await;
     charge_storm_through(&app, async {
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Packets dropped, not refused: requests hang until their deadline.
@@ -290,26 +287,23 @@ async fn a_coupon_drop_rides_out_a_postgres_restart() {
 
 /// Sends a keyed request again, as a client would, until its answer is
 /// final (not 503 or 409); each answer in time and one of those three.
-/// The final answer, and how many were not.
+/// The final answer, how many were not, and the slowest answer.
 async fn until_final(
     app: &TestApp,
     path: &str,
     user: &User,
     key: &str,
     body: &serde_json::Value,
-) -> (serde_json::Value, usize) {
-    let mut retried = 0;
+) -> (serde_json::Value, usize, Duration) {
+    let (mut retried, mut slowest) = (0, Duration::ZERO);
     loop {
         let started = Instant::now();
         let answer = app.post_with_key(path, &user.token, key, body).send().await.expect("the shop answers");
-        assert!(
-            started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1),
-            "answered in time: {:?}",
-            started.elapsed()
-        );
+        slowest = slowest.max(started.elapsed());
+        assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1), "answered in time: {slowest:?}");
         let status = answer.status();
         match status {
-            StatusCode::OK | StatusCode::CREATED => return (answer.json().await.unwrap(), retried),
+            StatusCode::OK | StatusCode::CREATED => return (answer.json().await.unwrap(), retried, slowest),
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT => {
                 retried += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -319,15 +313,11 @@ async fn until_final(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn orders_and_payments_ride_out_a_postgres_restart() {
-    let postgres = OwnPostgres::start().await;
-    let app = spawn_app_on(&postgres, |config| {
-        config.points_daily_charge_limit = 0;
-        config.points_monthly_charge_limit = 0;
-        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
-    })
-    .await;
+/// Twelve users each order a mug and pay for it, again and again, with
+/// keys and a client's retries, while `fault` runs and a second after it:
+/// the fault must be felt (a refusal, or an answer held ≥ 2 s), and every
+/// order must be placed once and paid once, stock and ledger exact.
+async fn shopping_through(app: &TestApp, fault: impl std::future::Future<Output = ()>) {
     let product = app.create_product("mug", 1000, 100_000).await;
     let users = app.bulk_users(12).await;
     for user in &users {
@@ -337,29 +327,31 @@ async fn orders_and_payments_ride_out_a_postgres_restart() {
     let shoppers = join_all(users.iter().map(|user| {
         let (app, stop) = (&app, &stop);
         async move {
-            let (mut paid, mut retried) = (0, 0);
+            let (mut paid, mut retried, mut slowest) = (0, 0, Duration::ZERO);
             while !stop.load(Ordering::Relaxed) {
                 let order = json!({"items": [{"productId": product, "quantity": 1}]});
-                let (placed, again) =
+                let (placed, again, slow) =
                     until_final(app, "/api/orders", user, &format!("order-{}-{paid}", user.id), &order).await;
                 let payment = json!({"orderId": placed["orderId"]});
-                let (_, then) =
+                let (_, then, late) =
                     until_final(app, "/api/payments", user, &format!("pay-{}-{paid}", user.id), &payment).await;
-                (paid, retried) = (paid + 1, retried + again + then);
+                (paid, retried, slowest) = (paid + 1, retried + again + then, slowest.max(slow).max(late));
             }
-            (paid, retried)
+            (paid, retried, slowest)
         }
     }));
-    let fault = async {
+    let faulted = async {
+        fault.await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        postgres.restart().await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
         stop.store(true, Ordering::Relaxed);
     };
-    let (shopped, ()) = tokio::join!(shoppers, fault);
-    assert!(shopped.iter().any(|(_, retried)| *retried > 0), "the restart was felt");
+    let (shopped, ()) = tokio::join!(shoppers, faulted);
+    assert!(
+        shopped.iter().any(|(_, retried, slowest)| *retried > 0 || *slowest >= Duration::from_secs(2)),
+        "the fault was felt"
+    );
     // Each order once, each paid once, whatever the retries met.
-    for (user, (paid, _)) in users.iter().zip(shopped) {
+    for (user, (paid, _, _)) in users.iter().zip(shopped) {
         let (orders, payments): (i64, i64) = sqlx::query_as(
             "SELECT count(DISTINCT o.id), count(p.id) FROM orders o LEFT JOIN payments p ON p.order_id = o.id
              WHERE o.user_id = $1",
@@ -373,6 +365,67 @@ async fn orders_and_payments_ride_out_a_postgres_restart() {
     let sold: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&app.db).await.unwrap();
     assert_eq!(app.stock(product).await, 100_000 - sold);
     app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_and_payments_ride_out_a_postgres_restart() {
+    let postgres = OwnPostgres::start().await;
+    let app = spawn_app_on(&postgres, unlimited_charges_with_deadline).await;
+    shopping_through(&app, async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        postgres.restart().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_and_payments_ride_out_postgres_unreachable_for_ten_seconds() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, unlimited_charges_with_deadline).await;
+    shopping_through(&app, async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        proxy.blackhole(true);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        proxy.blackhole(false);
+    })
+    .await;
+}
+
+/// Stock held by the Redis gate and wallets under Redis leases, so that
+/// both orders and payments go through Redis.
+fn through_redis(config: &mut shop::config::Config, url: String) {
+    unlimited_charges_with_deadline(config);
+    config.redis_url = url;
+    config.stock_strategy = StockStrategyKind::RedisGate;
+    config.points_strategy = PointsStrategyKind::RedisLock;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_and_payments_ride_out_redis_restarting_empty() {
+    let mut redis = OwnRedis::start().await;
+    let url = redis.url();
+    let app = spawn_app_with(|config| through_redis(config, url)).await;
+    shopping_through(&app, async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        redis.restart_empty().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_and_payments_ride_out_redis_answering_after_two_seconds() {
+    let redis = RedisProxy::start().await;
+    let url = redis.url();
+    let app = spawn_app_with(|config| through_redis(config, url)).await;
+    shopping_through(&app, async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        redis.delay_replies(Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        redis.delay_replies(Duration::ZERO);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

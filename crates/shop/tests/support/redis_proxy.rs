@@ -14,10 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-const UPSTREAM: &str = "127.0.0.1:6379";
-
 #[derive(Default)]
 struct State {
+    /// Where Redis listens.
+    upstream: String,
     /// Commands containing this lose their reply, this many more times.
     lose_reply: Option<(Vec<u8>, usize)>,
     fired: usize,
@@ -32,10 +32,17 @@ pub struct RedisProxy {
 }
 
 impl RedisProxy {
+    /// In front of the shared Redis.
     pub async fn start() -> RedisProxy {
+        Self::start_to(6379).await
+    }
+
+    /// In front of the Redis on `port`.
+    pub async fn start_to(port: u16) -> RedisProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = format!("127.0.0.1:{port}");
         let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State { upstream, ..State::default() }));
         let accepting = state.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -68,7 +75,8 @@ impl RedisProxy {
 }
 
 async fn relay(client: TcpStream, state: Arc<Mutex<State>>) {
-    let Ok(server) = TcpStream::connect(UPSTREAM).await else { return };
+    let address = state.lock().unwrap().upstream.clone();
+    let Ok(server) = TcpStream::connect(address).await else { return };
     if client.set_nodelay(true).is_err() || server.set_nodelay(true).is_err() {
         return;
     }

@@ -14,6 +14,11 @@
 //! until its answer is known, as the contract asks of clients. No answer is
 //! ever 500.
 //!
+//! The third run takes whole dependencies away in turn while the clients go
+//! on: PostgreSQL unreachable (packets dropped), Redis restarted empty,
+//! Redis answering two seconds late, an instance killed mid-run; the same
+//! verdict must hold.
+//!
 //! The seed (and the strategies it picks) is printed; to replay a run or go
 //! longer:
 //!
@@ -24,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -36,7 +41,9 @@ use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind, va
 use tokio::sync::Mutex;
 
 use crate::support::cluster::Cluster;
+use crate::support::own_redis::OwnRedis;
 use crate::support::pg_proxy::{PgProxy, Statement};
+use crate::support::redis_proxy::RedisProxy;
 use crate::support::{User, admin_of, bulk_users, invariants};
 
 mod check;
@@ -84,12 +91,29 @@ fn setting(name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_random_history_across_instances_is_consistent() {
-    random_history(false).await;
+    random_history(Faults::None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_random_history_with_lost_replies_dropped_requests_and_killed_instances_is_consistent() {
-    random_history(true).await;
+    random_history(Faults::Network).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_random_history_through_postgres_and_redis_outages_is_consistent() {
+    random_history(Faults::Outages).await;
+}
+
+/// What goes wrong during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Faults {
+    None,
+    /// Every few hundred milliseconds: a COMMIT reply lost, a connection
+    /// cut or slowed, every connection reset, an instance killed; and
+    /// clients that give up early.
+    Network,
+    /// Each dependency taken away in turn for seconds (see [`inject_outages`]).
+    Outages,
 }
 
 /// The clients' side of a run.
@@ -97,10 +121,17 @@ struct Run {
     cluster: Cluster,
     known: Mutex<Known>,
     products: Vec<i64>,
-    faults: bool,
+    faults: Faults,
+    /// Clients go on past their share of operations while this holds.
+    outages_running: AtomicBool,
+    /// Answers that were 503, or never came.
+    unanswered: AtomicUsize,
 }
 
-async fn random_history(faults: bool) {
+/// The longest a request runs under outages before its 503.
+const OUTAGE_REQUEST_TIMEOUT_MS: &str = "2000";
+
+async fn random_history(faults: Faults) {
     let seed = setting("SHOP_HISTORY_SEED").unwrap_or_else(rand::random);
     let operations = setting("SHOP_HISTORY_OPERATIONS").unwrap_or(400);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -108,27 +139,36 @@ async fn random_history(faults: bool) {
     let stock = value_names::<StockStrategyKind>().choose(&mut rng).unwrap().clone();
     let coupons = value_names::<CouponStrategyKind>().choose(&mut rng).unwrap().clone();
     eprintln!(
-        "history{}: seed {seed}, {operations} operations, points {points}, stock {stock}, coupons {coupons} \
-         (replay with SHOP_HISTORY_SEED={seed})",
-        if faults { " with faults" } else { "" }
+        "history ({faults:?} faults): seed {seed}, {operations} operations, points {points}, stock {stock}, \
+         coupons {coupons} (replay with SHOP_HISTORY_SEED={seed})"
     );
     let proxy = PgProxy::start().await;
-    let cluster = Cluster::start_behind(
-        faults.then_some(&proxy),
-        3,
-        &[
-            ("POINTS_STRATEGY", points.as_str()),
-            ("STOCK_STRATEGY", stock.as_str()),
-            ("COUPON_STRATEGY", coupons.as_str()),
-            ("POINTS_DAILY_CHARGE_LIMIT", "5"),
-            ("ORDER_PAYMENT_TIMEOUT_SECS", "2"),
-            ("DATABASE_MAX_CONNECTIONS", "5"),
-            // Grants left by a killed instance come back within the run.
-            ("GATE_RECONCILE_AFTER_MS", "1500"),
-        ],
-        |_| Vec::new(),
-    )
-    .await;
+    // Under outages, a Redis of the run's own, to restart, behind a proxy
+    // that can hold its replies back.
+    let redis = match faults {
+        Faults::Outages => {
+            let redis = OwnRedis::start().await;
+            let delaying = RedisProxy::start_to(redis.port).await;
+            Some((redis, delaying))
+        }
+        Faults::None | Faults::Network => None,
+    };
+    let mut environment = vec![
+        ("POINTS_STRATEGY", points.as_str()),
+        ("STOCK_STRATEGY", stock.as_str()),
+        ("COUPON_STRATEGY", coupons.as_str()),
+        ("POINTS_DAILY_CHARGE_LIMIT", "5"),
+        ("ORDER_PAYMENT_TIMEOUT_SECS", "2"),
+        ("DATABASE_MAX_CONNECTIONS", "5"),
+        // Grants left by a killed instance come back within the run.
+        ("GATE_RECONCILE_AFTER_MS", "1500"),
+    ];
+    let redis_url = redis.as_ref().map(|(_, delaying)| delaying.url());
+    if let Some(url) = &redis_url {
+        environment.extend([("REDIS_URL", url.as_str()), ("REQUEST_TIMEOUT_MS", OUTAGE_REQUEST_TIMEOUT_MS)]);
+    }
+    let behind = (faults != Faults::None).then_some(&proxy);
+    let cluster = Cluster::start_behind(behind, 3, &environment, |_| Vec::new()).await;
     let admin = admin_of(&cluster.db).await;
     let mut products = Vec::new();
     for (name, price, stock) in [("a", 3000, 30), ("b", 8000, 15), ("c", 15000, 5)] {
@@ -147,19 +187,31 @@ async fn random_history(faults: bool) {
         setup(&cluster, &format!("/api/users/{}/points", user.id), &user.token, json!({"amount": FUNDING})).await;
         events.push(Event::Charged { user_id: user.id, amount: FUNDING, outcome: Outcome::Done });
     }
-    let run = Arc::new(Run { cluster, known: Mutex::new(Known { users, ..Known::default() }), products, faults });
+    let run = Arc::new(Run {
+        cluster,
+        known: Mutex::new(Known { users, ..Known::default() }),
+        products,
+        faults,
+        outages_running: AtomicBool::new(faults == Faults::Outages),
+        unanswered: AtomicUsize::new(0),
+    });
 
     let running = Arc::new(AtomicBool::new(true));
-    let injector = faults.then(|| tokio::spawn(inject_faults(run.clone(), proxy.clone(), running.clone(), seed)));
+    let injector = (faults == Faults::Network)
+        .then(|| tokio::spawn(inject_faults(run.clone(), proxy.clone(), running.clone(), seed)));
+    let outages =
+        redis.map(|(redis, delaying)| tokio::spawn(inject_outages(run.clone(), proxy.clone(), redis, delaying)));
     let clients = (0..CLIENTS).map(|client| {
         let run = run.clone();
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client + 1));
             let mut events = Vec::new();
-            for step in 0..operations / CLIENTS {
+            let mut step = 0;
+            while step < operations / CLIENTS || run.outages_running.load(Ordering::SeqCst) {
                 let instance = (client + step) as usize;
                 events.push(random_operation(&mut rng, &run, instance).await);
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
+                step += 1;
             }
             events
         })
@@ -171,7 +223,15 @@ async fn random_history(faults: bool) {
     if let Some(injector) = injector {
         injector.await.unwrap();
     }
+    // Kept running until the checks are over: the instances use it.
+    let _redis = match outages {
+        Some(outages) => Some(outages.await.unwrap()),
+        None => None,
+    };
     proxy.heal();
+    let unanswered = run.unanswered.load(Ordering::SeqCst);
+    eprintln!("history: {unanswered} requests answered 503 or not at all");
+    assert!(faults == Faults::None || unanswered > 0, "the faults were felt");
     // Requests whose clients gave up finish on their servers meanwhile.
     tokio::time::sleep(Duration::from_secs(2)).await;
     check::answers(&run.cluster, &events).await;
@@ -209,6 +269,32 @@ async fn inject_faults(run: Arc<Run>, proxy: PgProxy, running: Arc<AtomicBool>, 
     eprintln!("history: {} faults fired, {killed} instances killed", proxy.fired());
 }
 
+/// Takes each dependency away in turn while the clients go on, each for
+/// longer than a request may run, then lets the clients finish. The Redis
+/// is returned to be kept running.
+async fn inject_outages(run: Arc<Run>, proxy: PgProxy, mut redis: OwnRedis, delaying: RedisProxy) -> OwnRedis {
+    let between = || tokio::time::sleep(Duration::from_millis(700));
+    between().await;
+    // Packets dropped, not refused: requests hang until their deadline.
+    proxy.blackhole(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.blackhole(false);
+    between().await;
+    redis.restart_empty().await;
+    between().await;
+    delaying.delay_replies(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    delaying.delay_replies(Duration::ZERO);
+    between().await;
+    run.cluster.kill(1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    run.cluster.restart(1).await;
+    between().await;
+    run.outages_running.store(false, Ordering::SeqCst);
+    eprintln!("history: PostgreSQL unreachable 3 s, Redis restarted empty, Redis 2 s late for 3 s, an instance killed");
+    redis
+}
+
 /// The answer to a request as a client sees it: its outcome and body.
 struct Answer {
     outcome: Outcome,
@@ -221,8 +307,9 @@ struct Answer {
 /// with an Idempotency-Key whose outcome is unknown is retried with it
 /// until it is known (or the retries run out).
 async fn post(run: &Run, rng: &mut StdRng, instance: usize, path: &str, token: &str, body: Value) -> Answer {
-    let key = (run.faults && rng.random_bool(0.5)).then(|| uuid::Uuid::new_v4().to_string());
-    let impatient = run.faults && rng.random_bool(0.1);
+    let faults = run.faults != Faults::None;
+    let key = (faults && rng.random_bool(0.5)).then(|| uuid::Uuid::new_v4().to_string());
+    let impatient = faults && rng.random_bool(0.1);
     let mut answer = send(run, instance, path, token, &body, key.as_deref(), impatient).await;
     let Some(key) = key else { return answer };
     for attempt in 1..=10 {
@@ -255,18 +342,30 @@ async fn send(
     if impatient {
         request = request.timeout(Duration::from_millis(30));
     }
+    let started = std::time::Instant::now();
     let response = match request.send().await {
         // It never reached the server (a killed instance).
         Err(error) if error.is_connect() => {
             return Answer { outcome: Outcome::Refused, body: Value::Null, unsent: true };
         }
-        Err(_) => return Answer { outcome: Outcome::Unknown, body: Value::Null, unsent: false },
+        Err(_) => {
+            run.unanswered.fetch_add(1, Ordering::SeqCst);
+            return Answer { outcome: Outcome::Unknown, body: Value::Null, unsent: false };
+        }
         Ok(response) => response,
     };
+    if run.faults == Faults::Outages {
+        // Whatever is down, an answer within the deadline (and a margin for a busy machine).
+        let deadline = Duration::from_millis(OUTAGE_REQUEST_TIMEOUT_MS.parse().unwrap()) + Duration::from_millis(1500);
+        assert!(started.elapsed() < deadline, "{path} answered after {:?}", started.elapsed());
+    }
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path} answered 500: {body}");
-    assert!(run.faults || !status.is_server_error(), "{path} answered {status} without faults: {body}");
+    assert!(run.faults != Faults::None || !status.is_server_error(), "{path} answered {status} without faults: {body}");
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        run.unanswered.fetch_add(1, Ordering::SeqCst);
+    }
     let outcome = if status.is_success() {
         Outcome::Done
     } else if status == StatusCode::SERVICE_UNAVAILABLE || body["code"] == "IDEMPOTENCY_KEY_IN_USE" {
