@@ -6,7 +6,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 
 use crate::auth::PasswordHasher;
-use crate::config::{ARGON2_ITERATIONS, ARGON2_MEMORY_KIB, AdminAction, AdminArgs};
+use crate::config::{AdminAction, AdminArgs};
 use crate::domain::user::{Email, Password, Role};
 use crate::startup;
 use crate::storage::{sessions, users};
@@ -71,7 +71,7 @@ pub async fn create_admin(args: AdminArgs) -> anyhow::Result<()> {
     let password = line.trim_end_matches(['\r', '\n']);
     Password::parse(password.to_owned()).context("the password")?;
     let db = startup::connect_database(&args.database).await?;
-    let passwords = PasswordHasher::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS)?;
+    let passwords = PasswordHasher::new(args.password_cost)?;
     ensure_admin(&db, &passwords, &email, AdminSetup::Password(password)).await?;
     println!("{email} is an admin");
     Ok(())

@@ -77,7 +77,7 @@ impl Server {
         let sinks = Sinks::new(&config.events).await.context("cannot set up the event sinks")?;
         let db = connect_database(&config.database).await?;
         let redis = connect_redis(&config.redis_url).await?;
-        let passwords = PasswordHasher::new(config.argon2_memory_kib, config.argon2_iterations)?;
+        let passwords = PasswordHasher::new(config.password_cost)?;
         let admin = match (&config.admin_password, config.seed_demo_data) {
             (Some(password), _) => Some(AdminSetup::Password(password)),
             (None, true) => {

@@ -9,6 +9,7 @@ use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use crate::config::PasswordCost;
 use crate::error::AppError;
 
 /// Hashes and verifies passwords on the blocking pool: one hash costs tens of
@@ -30,7 +31,8 @@ pub struct PasswordHasher {
 const QUEUE_WAIT: Duration = Duration::from_secs(2);
 
 impl PasswordHasher {
-    pub fn new(memory_kib: u32, iterations: u32) -> anyhow::Result<Self> {
+    pub fn new(cost: PasswordCost) -> anyhow::Result<Self> {
+        let PasswordCost { argon2_memory_kib: memory_kib, argon2_iterations: iterations } = cost;
         let params = Params::new(memory_kib, iterations, 1, None).map_err(|e| {
             anyhow::anyhow!("invalid argon2 cost (memory {memory_kib} KiB, {iterations} iterations): {e}")
         })?;
@@ -77,6 +79,19 @@ impl PasswordHasher {
         Ok(known && matches)
     }
 
+    /// Whether `hash` was made at this hasher's algorithm and cost. One that
+    /// was not (the cost has been raised since) is replaced at its owner's
+    /// next login: until then that login costs another price than one for
+    /// an unknown email, which tells that the email exists.
+    pub fn is_current(&self, hash: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(hash) else { return false };
+        let current = self.argon2.params();
+        parsed.algorithm == Algorithm::Argon2id.ident()
+            && Params::try_from(&parsed).is_ok_and(|made| {
+                (made.m_cost(), made.t_cost(), made.p_cost()) == (current.m_cost(), current.t_cost(), current.p_cost())
+            })
+    }
+
     async fn turn(&self) -> Result<SemaphorePermit<'_>, AppError> {
         match tokio::time::timeout(QUEUE_WAIT, self.permits.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
@@ -112,11 +127,21 @@ mod tests {
 
     #[tokio::test]
     async fn verifies_its_own_hashes_only() {
-        let hasher = PasswordHasher::new(64, 1).unwrap();
+        let hasher = PasswordHasher::new(PasswordCost { argon2_memory_kib: 64, argon2_iterations: 1 }).unwrap();
         let hash = hasher.hash("correct horse").await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
         assert!(hasher.verify("correct horse", Some(&hash)).await.unwrap());
         assert!(!hasher.verify("wrong horse", Some(&hash)).await.unwrap());
         assert!(!hasher.verify("decoy password", None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_hash_is_current_only_at_the_hashers_cost() {
+        let cheap = PasswordHasher::new(PasswordCost { argon2_memory_kib: 64, argon2_iterations: 1 }).unwrap();
+        let dearer = PasswordHasher::new(PasswordCost { argon2_memory_kib: 128, argon2_iterations: 1 }).unwrap();
+        let hash = cheap.hash("correct horse").await.unwrap();
+        assert!(cheap.is_current(&hash));
+        assert!(!dearer.is_current(&hash));
+        assert!(!cheap.is_current("not a hash"));
     }
 }

@@ -126,7 +126,21 @@ pub async fn login(
             outcome?
         }
     };
+    if !state.passwords.is_current(&user.password_hash)
+        && let Err(error) = renew_hash(&state, &user, &request.password).await
+    {
+        // The login stands; the next one tries again.
+        tracing::warn!(%error, user_id = user.id, "could not renew a password hash made at an old cost");
+    }
     Ok(Json(sign_in(&state, &mut *state.db.acquire().await?, user).await?))
+}
+
+/// Hashes the password again at today's cost, unless the hash was changed
+/// meanwhile (a new admin password, say).
+async fn renew_hash(state: &AppState, user: &UserRow, password: &str) -> Result<(), AppError> {
+    let renewed = state.passwords.hash(password).await?;
+    users::replace_password_hash(&mut *state.db.acquire().await?, user.id, &user.password_hash, &renewed).await?;
+    Ok(())
 }
 
 /// Exchanges a refresh token for a new token pair. Each refresh token is

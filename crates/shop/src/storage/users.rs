@@ -73,6 +73,14 @@ pub async fn exists(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Erro
     sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS "exists!""#, id).fetch_one(conn).await
 }
 
+/// Swaps the account's password hash for `new`, if it is still `old`.
+pub async fn replace_password_hash(conn: &mut PgConnection, id: i64, old: &str, new: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2", id, old, new)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// Makes the account an admin with this password hash.
 pub async fn promote_to_admin(conn: &mut PgConnection, id: i64, password_hash: &str) -> Result<(), sqlx::Error> {
     sqlx::query!("UPDATE users SET role = 'admin', password_hash = $2 WHERE id = $1", id, password_hash)

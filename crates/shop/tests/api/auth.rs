@@ -66,7 +66,7 @@ async fn a_taken_email_is_409_whatever_its_case() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_simultaneous_signups_of_one_email_give_exactly_one_account() {
     // A high hash cost widens the window between the existence check and the insert.
-    let app = spawn_app_with(|config| config.argon2_memory_kib = 4096).await;
+    let app = spawn_app_with(|config| config.password_cost.argon2_memory_kib = 4096).await;
     let gate = Arc::new(Barrier::new(30));
     let attempts = (0..30).map(|i| {
         let (app, gate) = (&app, gate.clone());
@@ -215,8 +215,8 @@ async fn one_address_failing_across_many_emails_is_throttled() {
 async fn a_login_for_an_unknown_email_costs_what_a_wrong_password_costs() {
     // A hash that takes tens of milliseconds, so that skipping it would show.
     let app = spawn_app_with(|config| {
-        config.argon2_memory_kib = 16 * 1024;
-        config.argon2_iterations = 2;
+        config.password_cost.argon2_memory_kib = 16 * 1024;
+        config.password_cost.argon2_iterations = 2;
         config.login_max_failures = 100;
     })
     .await;
@@ -245,8 +245,8 @@ async fn a_flood_of_logins_waits_for_a_bounded_number_of_hashes_and_is_then_refu
     // Costly hashes, a handful at a time (two per core): a flood of logins,
     // each for another email, cannot all be hashed within the wait.
     let app = spawn_app_with(|config| {
-        config.argon2_memory_kib = 96 * 1024;
-        config.argon2_iterations = 4;
+        config.password_cost.argon2_memory_kib = 96 * 1024;
+        config.password_cost.argon2_iterations = 4;
         config.login_max_failures = 1000;
     })
     .await;
@@ -293,8 +293,8 @@ async fn attempts_refused_by_an_address_past_its_limit_write_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_login_the_shop_could_not_check_does_not_count_as_a_failure() {
     let app = spawn_app_with(|config| {
-        config.argon2_memory_kib = 96 * 1024;
-        config.argon2_iterations = 4;
+        config.password_cost.argon2_memory_kib = 96 * 1024;
+        config.password_cost.argon2_iterations = 4;
         config.login_max_failures = 1;
     })
     .await;
@@ -318,4 +318,24 @@ async fn a_login_the_shop_could_not_check_does_not_count_as_a_failure() {
     // Had the 503 counted, the limit of one failure would refuse this one.
     assert_ne!(second, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(login_as(&app, &user.email, "password123").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_login_renews_a_hash_made_at_an_older_cost() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let hash = async || -> String {
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+            .bind(user.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    assert!(hash().await.contains("m=256,t=1,"));
+    // The operator raised the cost: the next login renews the hash.
+    let dearer = app.another_instance_with(|config| config.password_cost.argon2_memory_kib = 512).await;
+    assert_eq!(login_as(&dearer, &user.email, "password123").await.status(), StatusCode::OK);
+    assert!(hash().await.contains("m=512,t=1,"), "renewed at the new cost");
+    assert_eq!(login_as(&dearer, &user.email, "password123").await.status(), StatusCode::OK);
+    assert_eq!(login_as(&dearer, &user.email, "wrong password").await.status(), StatusCode::UNAUTHORIZED);
 }

@@ -216,6 +216,8 @@ async fn shop_admin_create_reads_the_password_from_standard_input() {
             .args(["admin", "create", "--email", email])
             .env("DATABASE_URL", &app.config.database.database_url)
             .env("DATABASE_MAX_CONNECTIONS", "1")
+            .env("ARGON2_MEMORY_KIB", "512")
+            .env("ARGON2_ITERATIONS", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -227,6 +229,11 @@ async fn shop_admin_create_reads_the_password_from_standard_input() {
     let made = create("boss@example.com", "a long admin password");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     assert_eq!(String::from_utf8_lossy(&made.stdout).trim(), "boss@example.com is an admin");
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE email = 'boss@example.com'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(hash.contains("m=512,t=1,"), "hashed at the configured cost: {hash}");
     let login = app
         .post(
             "/api/auth/login",

@@ -9,7 +9,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use shop::Role;
 use shop::config::{
-    Config, CouponStrategyKind, DatabaseConfig, EventsConfig, LockConfig, LogFormat, PointsStrategyKind,
+    Config, CouponStrategyKind, DatabaseConfig, EventsConfig, LockConfig, LogFormat, PasswordCost, PointsStrategyKind,
     StockStrategyKind,
 };
 use shop::startup::Server;
@@ -65,8 +65,7 @@ pub fn test_config() -> Config {
         seed_demo_data: false,
         login_max_failures: 5,
         login_window_secs: 900,
-        argon2_memory_kib: 256,
-        argon2_iterations: 1,
+        password_cost: PasswordCost { argon2_memory_kib: 256, argon2_iterations: 1 },
         shop_timezone: chrono_tz::Asia::Seoul,
         locks: LockConfig {
             db_lock_timeout_ms: 3000,
