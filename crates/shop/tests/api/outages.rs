@@ -92,11 +92,21 @@ async fn charge_storm_through(app: &TestApp, fault: impl std::future::Future<Out
             assert!(over.elapsed() < Duration::from_secs(5), "still refusing 5 s after the fault");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let served_again = over.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop.store(true, Ordering::Relaxed);
+        served_again
     };
-    let (answers, ()) = tokio::join!(storm, faulted);
-    let refused = answers.iter().flatten().filter(|(_, status)| *status != StatusCode::OK).count();
+    let (answers, served_again) = tokio::join!(storm, faulted);
+    let count = |wanted: StatusCode| answers.iter().flatten().filter(|(_, status)| *status == wanted).count();
+    let refused = count(StatusCode::SERVICE_UNAVAILABLE) + count(StatusCode::CONFLICT);
+    eprintln!(
+        "charge storm: {} answers: {} 200, {} 503, {} 409; served again {served_again:?} after the fault",
+        answers.iter().flatten().count(),
+        count(StatusCode::OK),
+        count(StatusCode::SERVICE_UNAVAILABLE),
+        count(StatusCode::CONFLICT),
+    );
     assert!(refused > 0, "the fault was felt");
 
     for (user, answers) in users.iter().zip(&answers) {
@@ -167,7 +177,13 @@ async fn coupon_drop(app: &TestApp, code: &str, users: &[User]) -> (Vec<Told>, D
     }))
     .await;
     let slowest = clients.iter().map(|(_, slowest)| *slowest).max().unwrap_or_default();
-    (clients.into_iter().flat_map(|(told, _)| told).collect(), slowest)
+    let told: Vec<Told> = clients.into_iter().flat_map(|(told, _)| told).collect();
+    eprintln!(
+        "coupon drop: {} users told, {} hold one; slowest answer {slowest:?}",
+        told.len(),
+        told.iter().filter(|told| told.holds).count()
+    );
+    (told, slowest)
 }
 
 /// Every user was told, exactly `total` were told they hold the coupon,
@@ -346,6 +362,12 @@ async fn shopping_through(app: &TestApp, fault: impl std::future::Future<Output 
         stop.store(true, Ordering::Relaxed);
     };
     let (shopped, ()) = tokio::join!(shoppers, faulted);
+    eprintln!(
+        "shopping: {} orders placed and paid, {} answers 503 or 409 retried, slowest answer {:?}",
+        shopped.iter().map(|(paid, _, _)| paid).sum::<i64>(),
+        shopped.iter().map(|(_, retried, _)| retried).sum::<usize>(),
+        shopped.iter().map(|(_, _, slowest)| *slowest).max().unwrap_or_default()
+    );
     assert!(
         shopped.iter().any(|(_, retried, slowest)| *retried > 0 || *slowest >= Duration::from_secs(2)),
         "the fault was felt"

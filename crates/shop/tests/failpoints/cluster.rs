@@ -153,6 +153,7 @@ async fn retried_after_a_kill_mid_batch(cluster: &Cluster, requests: &[(String, 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    eprintln!("{} keys served by another instance {:?} after the kill", keys.len(), killed.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
