@@ -108,6 +108,15 @@ pub struct StoredResponse {
     pub body: Value,
 }
 
+/// What became of a claim whose operation failed.
+pub enum Settled {
+    /// Still this request's: its error is the key's answer (stored, if final).
+    Ours,
+    /// A retry took the key over meanwhile (this request's instance looked
+    /// gone): the key's answer is the retry's, not this request's error.
+    TakenOver,
+}
+
 pub enum Begun {
     /// This request owns the key and must run.
     Fresh(Claim),
@@ -245,8 +254,11 @@ impl Claim {
         body: &impl Serialize,
     ) -> Result<(), AppError> {
         let body = serde_json::to_value(body).map_err(AppError::internal)?;
-        self.store(conn, status, &body).await?;
-        Ok(())
+        if self.store(conn, status, &body).await? {
+            Ok(())
+        } else {
+            Err(AppError::ConcurrencyConflict("the Idempotency-Key was taken over by a retry"))
+        }
     }
 
     /// After the operation failed: keep a final answer, free the key when a
@@ -254,34 +266,38 @@ impl Claim {
     /// effect may have committed ([`AppError::OutcomeUnknown`]): its answer
     /// was stored with it, so a retry replays it, or, if it did not commit,
     /// takes the claim over once stale.
-    pub async fn settle(self, db: &PgPool, error: &AppError) -> Result<(), AppError> {
+    pub async fn settle(self, db: &PgPool, error: &AppError) -> Result<Settled, AppError> {
         if matches!(error, AppError::OutcomeUnknown) {
             // The database cannot be asked now; once it can, the claim goes
             // unless the answer is there (see `free`).
             self.free_later(db.clone());
-            return Ok(());
+            return Ok(Settled::Ours);
         }
-        if error.is_transient() {
-            if let Err(error) = self.free(db).await {
-                self.free_later(db.clone());
-                return Err(error);
+        let ours = if error.is_transient() {
+            match self.free(db).await {
+                Ok(freed) => freed,
+                Err(error) => {
+                    self.free_later(db.clone());
+                    return Err(error);
+                }
             }
-            return Ok(());
-        }
-        let body = serde_json::to_value(error.problem()).map_err(AppError::internal)?;
-        // Nothing to roll back: the failed operation changed nothing.
-        self.store(&mut *db.acquire().await?, error.status(), &body).await
+        } else {
+            let body = serde_json::to_value(error.problem()).map_err(AppError::internal)?;
+            // Nothing to roll back: the failed operation changed nothing.
+            self.store(&mut *db.acquire().await?, error.status(), &body).await?
+        };
+        Ok(if ours { Settled::Ours } else { Settled::TakenOver })
     }
 
     /// Deletes the claim unless an answer is stored: a stored answer is
-    /// never deleted. The effect's transaction stores the answer while it
+    /// never deleted. Whether it was still this request's to delete. The effect's transaction stores the answer while it
     /// holds the row, so if that transaction is somehow still running the
     /// delete waits for it (a bounded while) and then sees its answer; one
     /// that has not stored it yet finds the claim gone and rolls back.
-    async fn free(&self, db: &PgPool) -> Result<(), AppError> {
+    async fn free(&self, db: &PgPool) -> Result<bool, AppError> {
         let mut tx = db.begin().await?;
         sqlx::query!("SELECT set_config('lock_timeout', '1000ms', true)").fetch_one(&mut *tx).await?;
-        sqlx::query!(
+        let freed = sqlx::query!(
             "DELETE FROM idempotency_keys
              WHERE user_id = $1 AND key = $2 AND claim_token = $3 AND response_status IS NULL",
             self.user_id,
@@ -291,7 +307,7 @@ impl Claim {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(freed.rows_affected() == 1)
     }
 
     /// [`Claim::free`] in the background, retried while the database does
@@ -305,7 +321,7 @@ impl Claim {
             while started.elapsed() < STALE_CLAIM {
                 tokio::time::sleep(pause).await;
                 match claim.free(&db).await {
-                    Ok(()) => return,
+                    Ok(_) => return,
                     Err(error) => tracing::debug!(%error, "cannot free an idempotency claim yet"),
                 }
                 pause = (pause * 2).min(Duration::from_secs(5));
@@ -313,7 +329,8 @@ impl Claim {
         });
     }
 
-    async fn store(&self, conn: &mut PgConnection, status: StatusCode, body: &Value) -> Result<(), AppError> {
+    /// Whether the claim was still this request's, and so took the answer.
+    async fn store(&self, conn: &mut PgConnection, status: StatusCode, body: &Value) -> Result<bool, sqlx::Error> {
         let stored = sqlx::query!(
             "UPDATE idempotency_keys SET response_status = $4, response_body = $5
              WHERE user_id = $1 AND key = $2 AND claim_token = $3 AND response_status IS NULL",
@@ -325,11 +342,23 @@ impl Claim {
         )
         .execute(conn)
         .await?;
-        if stored.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(AppError::ConcurrencyConflict("the Idempotency-Key was taken over by a retry"))
+        Ok(stored.rows_affected() == 1)
+    }
+}
+
+/// The answer stored under a key, if there is one yet.
+pub async fn stored_answer(
+    db: &PgPool,
+    user_id: i64,
+    key: &IdempotencyKey,
+) -> Result<Option<StoredResponse>, AppError> {
+    let Some(row) = find(&mut *db.acquire().await?, user_id, &key.0).await? else { return Ok(None) };
+    match (row.response_status, row.response_body) {
+        (Some(status), Some(body)) => {
+            let status = StatusCode::from_u16(status as u16).map_err(AppError::internal)?;
+            Ok(Some(StoredResponse { status, body }))
         }
+        _ => Ok(None),
     }
 }
 

@@ -10,15 +10,16 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgConnection, PgExecutor, PgPool};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// How often each instance says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Silent this long, an instance is taken for gone: three beats, so that a
-/// busy pool or a slow statement does not make a live one look dead, and
-/// short enough that a client retrying a dead instance's request is
-/// answered within seconds.
+/// Silent this long, an instance is taken for gone: three beats, so that
+/// one slow beat does not make a live one look dead, and short enough that
+/// a client retrying a dead instance's request is answered within seconds.
 pub const QUIET_AFTER: Duration = Duration::from_secs(3);
 /// Instances silent this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -51,11 +52,45 @@ impl Instance {
     }
 
     /// Says it is still alive (and is known again if it was forgotten).
-    pub async fn beat(self, db: &PgPool) -> Result<(), sqlx::Error> {
+    async fn beat(self, db: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
         sqlx::query!("INSERT INTO instances (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET seen_at = now()", self.0)
             .execute(db)
             .await?;
         Ok(())
+    }
+
+    /// Says it is alive every [`HEARTBEAT`] until `stop`, on a connection
+    /// of its own (made again when lost): on the pool, requests queueing
+    /// for connections would silence a live instance.
+    pub async fn keep_alive(self, options: PgConnectOptions, stop: CancellationToken) {
+        let mut every = tokio::time::interval(HEARTBEAT);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connection: Option<PgConnection> = None;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let beaten = async {
+                let conn = match &mut connection {
+                    Some(conn) => conn,
+                    None => connection.insert(options.connect().await?),
+                };
+                self.beat(conn).await
+            };
+            // A beat that cannot finish within its period is as good as missed.
+            match tokio::time::timeout(HEARTBEAT, beaten).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "could not say this instance is alive");
+                    connection = None;
+                }
+                Err(_) => {
+                    tracing::warn!("saying this instance is alive took longer than {HEARTBEAT:?}");
+                    connection = None;
+                }
+            }
+        }
     }
 
     /// Says it has stopped, with nothing left in flight: what it claimed

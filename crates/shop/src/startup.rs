@@ -44,6 +44,12 @@ const EXPIRY_BATCH: i64 = 100;
 /// events past their retention.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
+/// The shop sends a transaction's statements one after another; one left
+/// idle this long belongs to an instance that froze or lost its network
+/// mid-transaction, and its row locks would hold every other instance up
+/// (until TCP keepalive gives up, hours later): PostgreSQL ends it instead.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A shorter HS256 secret could be guessed offline from any one token.
 const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -66,6 +72,9 @@ pub struct Server {
     grace: Duration,
     /// Open HTTP connections at most, on each listener.
     max_connections: usize,
+    /// How this instance's heartbeat connects: apart from the pool, so a
+    /// busy pool cannot make a live instance look dead.
+    heartbeat: PgConnectOptions,
 }
 
 impl Server {
@@ -179,7 +188,8 @@ impl Server {
         };
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let max_connections = config.http_max_connections as usize;
-        Ok(Self { listener, metrics_listener, router, state, grace, max_connections })
+        let heartbeat = connect_options(&config.database)?;
+        Ok(Self { listener, metrics_listener, router, state, grace, max_connections, heartbeat })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -197,9 +207,7 @@ impl Server {
             spawn_every(state, PURGE_INTERVAL, &stop, "purge idempotency keys", |state| async move {
                 idempotency::purge_expired(&state.db).await.map(drop).map_err(Into::into)
             }),
-            spawn_every(state, instances::HEARTBEAT, &stop, "say this instance is alive", |state| async move {
-                Ok(state.instance.beat(&state.db).await?)
-            }),
+            tokio::spawn(self.state.instance.keep_alive(self.heartbeat.clone(), stop.clone())),
             spawn_every(state, PURGE_INTERVAL, &stop, "forget instances long gone", |state| async move {
                 instances::forget_gone(&state.db).await.map(drop).map_err(Into::into)
             }),
@@ -295,9 +303,17 @@ async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))
 }
 
+/// How to connect: DATABASE_URL, and a transaction left idle longer than
+/// [`IDLE_IN_TRANSACTION_TIMEOUT`] is ended by PostgreSQL.
+fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(&config.database_url).context("DATABASE_URL is not a PostgreSQL URL")?;
+    let idle = format!("{}ms", IDLE_IN_TRANSACTION_TIMEOUT.as_millis());
+    Ok(options.options([("idle_in_transaction_session_timeout", idle.as_str())]))
+}
+
 /// Creates the database if missing, connects and migrates.
 pub async fn connect_database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(&config.database_url).context("DATABASE_URL is not a PostgreSQL URL")?;
+    let options = connect_options(config)?;
     let place = format!(
         "PostgreSQL at {}:{} (database {})",
         options.get_host(),

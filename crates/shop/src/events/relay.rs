@@ -115,6 +115,10 @@ impl Relay {
     /// One batch: taken, sent, recorded. Returns how many were taken.
     async fn deliver_once(&self) -> Result<usize, AppError> {
         let mut tx = Tx::begin(&self.db).await?;
+        // The events stay locked while the sinks take them, which may be
+        // longer than the idle time PostgreSQL otherwise allows a
+        // transaction (see `startup`).
+        sqlx::query!("SELECT set_config('idle_in_transaction_session_timeout', '0', true)").fetch_one(&mut *tx).await?;
         let due = outbox::lock_due(&mut tx, &self.sinks.names(), BATCH).await?;
         if due.is_empty() {
             return Ok(0);

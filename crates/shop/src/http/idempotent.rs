@@ -9,7 +9,7 @@ use super::error::problem_response;
 use super::extract::IdempotencyHeader;
 use crate::auth::Caller;
 use crate::error::AppError;
-use crate::idempotency::{self, Begun, Claim, Fingerprint, StoredResponse};
+use crate::idempotency::{self, Begun, Claim, Fingerprint, Settled, StoredResponse};
 
 impl IdempotencyHeader {
     /// Without a key, just runs `operation`. With one: replays the stored
@@ -30,13 +30,20 @@ impl IdempotencyHeader {
             Begun::Replay(stored) => return Ok(replay(stored)),
             Begun::Fresh(claim) => claim,
         };
-        match operation(Some(&claim)).await {
-            Ok(answer) => Ok(answer.into_response()),
-            Err(error) => {
-                if let Err(settle_error) = claim.settle(&state.db, &error).await {
-                    // The claim stays until it is stale; retries get IN_USE until then.
-                    tracing::error!(error = %settle_error, "could not settle an idempotency claim");
-                }
+        let error = match operation(Some(&claim)).await {
+            Ok(answer) => return Ok(answer.into_response()),
+            Err(error) => error,
+        };
+        match claim.settle(&state.db, &error).await {
+            Ok(Settled::Ours) => Err(error),
+            // The key is the retry's now: its answer, or IN_USE while it runs.
+            Ok(Settled::TakenOver) => match idempotency::stored_answer(&state.db, caller.user_id, &key).await? {
+                Some(stored) => Ok(replay(stored)),
+                None => Err(AppError::IdempotencyKeyInUse),
+            },
+            Err(settle_error) => {
+                // The claim stays until it is stale; retries get IN_USE until then.
+                tracing::error!(error = %settle_error, "could not settle an idempotency claim");
                 Err(error)
             }
         }

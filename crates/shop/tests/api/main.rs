@@ -24,3 +24,4 @@ mod products;
 mod requests;
 mod sessions;
 mod startup;
+mod takeover;
