@@ -187,7 +187,7 @@ pub struct LogoutRequest {
 /// Which login: the given refresh token's (it must be the caller's), else
 /// the access token's. The access token itself lives until it expires.
 #[utoipa::path(post, path = "/api/auth/logout", operation_id = "logout", tag = "auth", security(("bearer" = [])),
-    request_body(content = LogoutRequest, description = "optional: no body ends the access token's own login"),
+    request_body(content = Option<LogoutRequest>, description = "optional: no body ends the access token's own login"),
     responses(
         (status = 204, description = "the login's refresh tokens are revoked"),
         (status = 400, description = "VALIDATION_FAILED", body = Problem),

@@ -48,6 +48,9 @@ async fn openapi_document_and_swagger_ui_are_served() {
     for path in ["/api/auth/register", "/api/users/{userId}/points", "/api/admin/products/{id}"] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }
+    // A body is required where the server requires one, and not for logout.
+    assert_eq!(spec["paths"]["/api/auth/register"]["post"]["requestBody"]["required"], true);
+    assert_ne!(spec["paths"]["/api/auth/logout"]["post"]["requestBody"]["required"], true);
     // Client generators name methods by operationId: each must be unique.
     let mut ids = std::collections::HashSet::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
