@@ -32,8 +32,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = AppError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
-        let axum::Json(value) =
-            <axum::Json<Value> as FromRequest<S>>::from_request(request, state).await.map_err(json_rejection)?;
+        Self::from_value(json_value(request, state).await?)
+    }
+}
+
+impl<T: DeserializeOwned> Json<T> {
+    fn from_value(value: Value) -> Result<Self, AppError> {
         if !value.is_object() {
             return Err(AppError::Validation("body: must be a JSON object".into()));
         }
@@ -42,14 +46,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
-/// A body that may be left out: none at all (no content type, no bytes) is
-/// `None`; anything else must be a JSON object as above.
+async fn json_value<S: Send + Sync>(request: Request, state: &S) -> Result<Value, AppError> {
+    let axum::Json(value) =
+        <axum::Json<Value> as FromRequest<S>>::from_request(request, state).await.map_err(json_rejection)?;
+    Ok(value)
+}
+
+/// A body that may be left out: none at all (no content type, no bytes),
+/// or JSON `null`, is `None`; anything else must be a JSON object as above.
 impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for Json<T> {
     type Rejection = AppError;
 
     async fn from_request(request: Request, state: &S) -> Result<Option<Self>, AppError> {
         if request.headers().contains_key(header::CONTENT_TYPE) {
-            return <Self as FromRequest<S>>::from_request(request, state).await.map(Some);
+            return match json_value(request, state).await? {
+                Value::Null => Ok(None),
+                value => Self::from_value(value).map(Some),
+            };
         }
         let body = Bytes::from_request(request, state).await.map_err(|_| AppError::PayloadTooLarge)?;
         if body.is_empty() { Ok(None) } else { Err(AppError::UnsupportedMediaType) }
@@ -177,7 +190,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             no_control_characters(&name, &value)?;
         }
-        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        // An empty value is the parameter left out (`?category=&limit=`, as
+        // forms send them): the pairs that have one are read.
+        let given = form_urlencoded::parse(query.as_bytes()).filter(|(_, value)| !value.is_empty());
+        let given = form_urlencoded::Serializer::new(String::new()).extend_pairs(given).finish();
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(given.as_bytes()));
         serde_path_to_error::deserialize(deserializer)
             .map(Query)
             .map_err(|error| AppError::Validation(format!("{}: {}", error.path(), error.inner())))

@@ -19,11 +19,9 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    /// An empty `limit=` or `cursor=` counts as absent, as the documented
-    /// form `?limit=&cursor=` has it.
     pub fn parse(limit: Option<&str>, cursor: Option<&str>, default_limit: i64) -> Result<Self, AppError> {
         let limit = bounded(limit, "limit", default_limit, MAX_LIMIT)?;
-        let after = cursor.filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
+        let after = cursor.map(decode_cursor).transpose()?;
         Ok(Self { limit, after })
     }
 
@@ -49,9 +47,9 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// An integer query parameter from 1 to `max`; empty or absent is `default`.
+/// An integer query parameter from 1 to `max`; absent is `default`.
 pub fn bounded(value: Option<&str>, name: &str, default: i64, max: i64) -> Result<i64, AppError> {
-    match value.filter(|v| !v.is_empty()) {
+    match value {
         None => Ok(default),
         Some(text) => text
             .parse()
@@ -91,8 +89,6 @@ mod tests {
         assert!(PageRequest::parse(Some("101"), None, 20).is_err());
         assert!(PageRequest::parse(Some("1.5"), None, 20).is_err());
         assert_eq!(PageRequest::parse(None, None, 50).unwrap().limit, 50);
-        let empty = PageRequest::parse(Some(""), Some(""), 20).unwrap();
-        assert_eq!((empty.limit, empty.after), (20, None));
     }
 
     #[test]
