@@ -21,6 +21,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// one slow beat does not make a live one look dead, and short enough that
 /// a client retrying a dead instance's request is answered within seconds.
 pub const QUIET_AFTER: Duration = Duration::from_secs(3);
+/// The longest one beat may take, connecting included.
+const BEAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Instances silent this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -78,15 +80,17 @@ impl Instance {
                 };
                 self.beat(conn).await
             };
-            // A beat that cannot finish within its period is as good as missed.
-            match tokio::time::timeout(HEARTBEAT, beaten).await {
+            // A beat stuck this long is as good as missed: its connection is
+            // dropped and the next beat makes another. It may take longer than
+            // a period (the next one waits) and still land in time.
+            match tokio::time::timeout(BEAT_TIMEOUT, beaten).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "could not say this instance is alive");
                     connection = None;
                 }
                 Err(_) => {
-                    tracing::warn!("saying this instance is alive took longer than {HEARTBEAT:?}");
+                    tracing::warn!("saying this instance is alive took longer than {BEAT_TIMEOUT:?}");
                     connection = None;
                 }
             }
