@@ -142,9 +142,12 @@ struct KeyRow {
     response_body: Option<Value>,
 }
 
+/// `holds_settle_within`: how long the operation's holds outside PostgreSQL
+/// may outlive a request that died; a claim is not taken over sooner.
 pub async fn begin(
     db: &PgPool,
     instance: Instance,
+    holds_settle_within: Duration,
     user_id: i64,
     key: &IdempotencyKey,
     fingerprint: &Fingerprint,
@@ -180,7 +183,7 @@ pub async fn begin(
         if inserted.rows_affected() == 1 {
             return Ok(Begun::Fresh(claim));
         }
-        let Some(row) = find(&mut conn, user_id, &claim.key).await? else {
+        let Some(row) = find(&mut conn, user_id, &claim.key, holds_settle_within).await? else {
             continue;
         };
         if row.request_method != fingerprint.method
@@ -201,22 +204,30 @@ pub async fn begin(
     Err(AppError::IdempotencyKeyInUse)
 }
 
-async fn find(conn: &mut PgConnection, user_id: i64, key: &str) -> Result<Option<KeyRow>, sqlx::Error> {
+async fn find(
+    conn: &mut PgConnection,
+    user_id: i64,
+    key: &str,
+    holds_settle_within: Duration,
+) -> Result<Option<KeyRow>, sqlx::Error> {
     // Stale: older than any request runs, or claimed by an instance that
-    // has gone quiet (claims from before instances were known have no owner).
+    // has gone quiet (claims from before instances were known have no
+    // owner) — in both cases no sooner than the operation's holds settle.
     sqlx::query_as!(
         KeyRow,
         r#"SELECT request_method, request_path, request_hash, claim_token,
                   (claimed_at < now() - make_interval(secs => $3)
-                   OR (claimed_by IS NOT NULL AND NOT EXISTS (
-                       SELECT FROM instances
-                       WHERE id = claimed_by AND seen_at > now() - make_interval(secs => $4)))) AS "stale!",
+                   OR (claimed_by IS NOT NULL AND claimed_at < now() - make_interval(secs => $5)
+                       AND NOT EXISTS (
+                           SELECT FROM instances
+                           WHERE id = claimed_by AND seen_at > now() - make_interval(secs => $4)))) AS "stale!",
                   response_status, response_body
            FROM idempotency_keys WHERE user_id = $1 AND key = $2"#,
         user_id,
         key,
-        STALE_CLAIM.as_secs_f64(),
+        STALE_CLAIM.max(holds_settle_within).as_secs_f64(),
         instances::QUIET_AFTER.as_secs_f64(),
+        holds_settle_within.as_secs_f64(),
     )
     .fetch_optional(conn)
     .await
@@ -352,7 +363,7 @@ pub async fn stored_answer(
     user_id: i64,
     key: &IdempotencyKey,
 ) -> Result<Option<StoredResponse>, AppError> {
-    let Some(row) = find(&mut *db.acquire().await?, user_id, &key.0).await? else { return Ok(None) };
+    let Some(row) = find(&mut *db.acquire().await?, user_id, &key.0, Duration::ZERO).await? else { return Ok(None) };
     match (row.response_status, row.response_body) {
         (Some(status), Some(body)) => {
             let status = StatusCode::from_u16(status as u16).map_err(AppError::internal)?;

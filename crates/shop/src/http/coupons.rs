@@ -185,6 +185,7 @@ pub async fn issue(
     let code = CouponCode::parse(&request.coupon_type)?;
     caller.check_body_user(request.user_id)?;
     idempotency
+        .holding(state.coupons.holds_settle_within())
         .run(&state, caller, &body, async |claim| {
             let coupon_type = find_type(&state, &code).await?;
             let coupon = state.coupons.issue_alone(&state.db, &coupon_type, caller.user_id, claim).await?;
@@ -218,6 +219,7 @@ pub async fn issue_async(
     let code = CouponCode::parse(&request.coupon_type)?;
     caller.check_body_user(request.user_id)?;
     idempotency
+        .holding(state.coupons.holds_settle_within())
         .run(&state, caller, &body, async |claim| {
             let coupon_type = find_type(&state, &code).await?;
             let accepted = state.issuance.accept(&coupon_type, caller.user_id, claim).await?;

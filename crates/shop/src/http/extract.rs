@@ -259,6 +259,10 @@ pub struct IdempotencyHeader {
     pub key: Option<IdempotencyKey>,
     pub method: axum::http::Method,
     pub path: String,
+    /// How long what the operation holds outside PostgreSQL (a gate's
+    /// units) may outlive a request that died: its key is not taken over
+    /// sooner, so that a retry never meets the dead request's holds.
+    pub holds_settle_within: std::time::Duration,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
@@ -267,6 +271,11 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
         let key =
             parts.headers.get("idempotency-key").map(|value| IdempotencyKey::parse(value.as_bytes())).transpose()?;
-        Ok(Self { key, method: parts.method.clone(), path: parts.uri.path().to_owned() })
+        Ok(Self {
+            key,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            holds_settle_within: std::time::Duration::ZERO,
+        })
     }
 }

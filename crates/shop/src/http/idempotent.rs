@@ -12,6 +12,12 @@ use crate::error::AppError;
 use crate::idempotency::{self, Begun, Claim, Fingerprint, Settled, StoredResponse};
 
 impl IdempotencyHeader {
+    /// For an operation whose holds outside PostgreSQL a dead request
+    /// leaves for up to `within` (see the strategies' `holds_settle_within`).
+    pub fn holding(self, within: std::time::Duration) -> Self {
+        Self { holds_settle_within: within, ..self }
+    }
+
     /// Without a key, just runs `operation`. With one: replays the stored
     /// answer of an earlier identical request, or runs `operation` with the
     /// claim it must save its answer under, inside its transaction.
@@ -26,7 +32,16 @@ impl IdempotencyHeader {
             return operation(None).await.map(IntoResponse::into_response);
         };
         let fingerprint = Fingerprint::new(&self.method, &self.path, body);
-        let claim = match idempotency::begin(&state.db, state.instance, caller.user_id, &key, &fingerprint).await? {
+        let claim = match idempotency::begin(
+            &state.db,
+            state.instance,
+            self.holds_settle_within,
+            caller.user_id,
+            &key,
+            &fingerprint,
+        )
+        .await?
+        {
             Begun::Replay(stored) => return Ok(replay(stored)),
             Begun::Fresh(claim) => claim,
         };

@@ -80,6 +80,7 @@ pub async fn place(
     }
     caller.check_body_user(request.user_id)?;
     idempotency
+        .holding(state.stock.holds_settle_within())
         .run(&state, caller, &body, async |claim| {
             let placement = Placement {
                 user_id: caller.user_id,

@@ -219,3 +219,72 @@ async fn orders_of_a_batch_killed_mid_transaction_are_placed_once_by_their_retri
     assert_eq!(stock, 100 - 2 * users.len() as i64);
     invariants::all(&cluster.db).await;
 }
+
+/// An order whose instance died holding the stock gate's units: a retry
+/// of its key elsewhere waits until the gate has its units back, and is
+/// then placed — it is never refused for stock the dead request held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_retried_after_its_instance_died_holding_gate_units_is_placed_not_refused() {
+    let cluster = Cluster::start(2, &[("STOCK_STRATEGY", "redis-gate"), ("GATE_RECONCILE_AFTER_MS", "6000")], |i| {
+        if i == 0 { vec![("FAILPOINTS".into(), "stock::gate::reserved=pause".into())] } else { Vec::new() }
+    })
+    .await;
+    let admin = admin_of(&cluster.db).await;
+    let product = cluster
+        .client
+        .post(cluster.url(1, "/api/admin/products"))
+        .bearer_auth(&admin.token)
+        .json(&json!({"name": "mug", "price": 1000, "stock": 5, "category": "kitchen"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let user = bulk_users(&cluster.db, 1).await.remove(0);
+    let order = json!({"items": [{"productId": product, "quantity": 5}]});
+    let send = |instance: usize| {
+        let request = cluster.client.post(cluster.url(instance, "/api/orders")).bearer_auth(&user.token);
+        request.header("Idempotency-Key", "held").json(&order).send()
+    };
+    let doomed = tokio::spawn(send(0));
+    let redis = redis::Client::open(REDIS).unwrap();
+    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let pending = format!("{}stock-gate:pending", cluster.redis_key_prefix);
+    let mut held = false;
+    for _ in 0..300 {
+        if redis::cmd("ZCARD").arg(&pending).query_async::<i64>(&mut redis).await.unwrap() > 0 {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held, "instance 0 holds the gate's units");
+    cluster.kill(0);
+    let killed = Instant::now();
+    assert!(doomed.await.unwrap().is_err(), "the killed instance never answered");
+    loop {
+        let answer = send(1).await.unwrap();
+        let status = answer.status();
+        let body: Value = answer.json().await.unwrap();
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            status == StatusCode::SERVICE_UNAVAILABLE || body["code"] == "IDEMPOTENCY_KEY_IN_USE",
+            "only a wait, never a refusal: {status} {body}"
+        );
+        assert!(killed.elapsed() < Duration::from_secs(20), "still waiting {:?} after the kill", killed.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("the order was placed by its retry {:?} after the kill", killed.elapsed());
+    let stock: i64 = sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
+        .bind(product)
+        .fetch_one(&cluster.db)
+        .await
+        .unwrap();
+    assert_eq!(stock, 0, "all five units sold to the one order");
+    invariants::all(&cluster.db).await;
+}

@@ -13,6 +13,7 @@ mod redis_gate;
 mod redis_lock;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::http::StatusCode;
@@ -111,6 +112,13 @@ pub trait CouponStrategy: Send + Sync {
     /// What must be done in the background while the server runs.
     fn chore(&self, _db: &PgPool) -> Option<Chore> {
         None
+    }
+
+    /// How long grants a request held outside PostgreSQL may outlive it if it
+    /// dies before writing them, until the chore settles them: none unless
+    /// the strategy holds any.
+    fn holds_settle_within(&self) -> Duration {
+        Duration::ZERO
     }
 
     /// An issue asked for over HTTP: held, written in a transaction of its

@@ -248,6 +248,10 @@ impl CouponStrategy for CouponGate {
             run: Box::new(move || Box::pin(gate.clone().reconcile(db.clone()))),
         })
     }
+
+    fn holds_settle_within(&self) -> Duration {
+        self.reconcile_after + self.reconcile_after / 3
+    }
 }
 
 impl CouponGate {

@@ -15,6 +15,7 @@ mod redis_gate;
 mod redis_lock;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool};
@@ -109,6 +110,13 @@ pub trait StockStrategy: Send + Sync {
     /// What must be done in the background while the server runs.
     fn chore(&self, _db: &PgPool) -> Option<Chore> {
         None
+    }
+
+    /// How long units a request held outside PostgreSQL may outlive it if it
+    /// dies before writing them, until the chore settles them: none unless
+    /// the strategy holds any.
+    fn holds_settle_within(&self) -> Duration {
+        Duration::ZERO
     }
 }
 

@@ -235,6 +235,10 @@ impl StockStrategy for StockGate {
             run: Box::new(move || Box::pin(gate.clone().reconcile(db.clone()))),
         })
     }
+
+    fn holds_settle_within(&self) -> Duration {
+        self.reconcile_after + self.reconcile_every()
+    }
 }
 
 impl StockGate {
