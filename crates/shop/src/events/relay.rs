@@ -115,14 +115,14 @@ impl Relay {
     /// One batch: taken, sent, recorded. Returns how many were taken.
     async fn deliver_once(&self) -> Result<usize, AppError> {
         let mut tx = Tx::begin(&self.db).await?;
-        // The events stay locked while the sinks take them, which may be
-        // longer than the idle time PostgreSQL otherwise allows a
-        // transaction (see `startup`).
-        sqlx::query!("SELECT set_config('idle_in_transaction_session_timeout', '0', true)").fetch_one(&mut *tx).await?;
         let due = outbox::lock_due(&mut tx, &self.sinks.names(), BATCH).await?;
         if due.is_empty() {
             return Ok(0);
         }
+        // The events stay locked while the sinks take them, which may be
+        // longer than the idle time PostgreSQL otherwise allows a
+        // transaction (see `startup`).
+        sqlx::query!("SELECT set_config('idle_in_transaction_session_timeout', '0', true)").fetch_one(&mut *tx).await?;
         // Each event is its order's oldest undelivered one: they can go side by side.
         let attempts = join_all(due.iter().map(|event| self.attempt(event))).await;
         outbox::record_attempts(&mut tx, &attempts).await?;

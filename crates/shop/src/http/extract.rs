@@ -186,15 +186,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        let query = parts.uri.query().unwrap_or_default();
+        let mut query = std::borrow::Cow::Borrowed(parts.uri.query().unwrap_or_default());
+        let mut any_empty = false;
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             no_control_characters(&name, &value)?;
+            any_empty |= value.is_empty();
         }
         // An empty value is the parameter left out (`?category=&limit=`, as
-        // forms send them): the pairs that have one are read.
-        let given = form_urlencoded::parse(query.as_bytes()).filter(|(_, value)| !value.is_empty());
-        let given = form_urlencoded::Serializer::new(String::new()).extend_pairs(given).finish();
-        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(given.as_bytes()));
+        // forms send them): only the pairs that have one are read.
+        if any_empty {
+            let given = form_urlencoded::parse(query.as_bytes()).filter(|(_, value)| !value.is_empty());
+            query = form_urlencoded::Serializer::new(String::new()).extend_pairs(given).finish().into();
+        }
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer)
             .map(Query)
             .map_err(|error| AppError::Validation(format!("{}: {}", error.path(), error.inner())))

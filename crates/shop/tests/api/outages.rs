@@ -23,6 +23,19 @@ use crate::support::{TestApp, User, spawn_app_behind, spawn_app_on, spawn_app_wi
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Coupons under row locks, and the outage tests' deadline.
+fn pessimistic_coupons_with_deadline(config: &mut shop::config::Config) {
+    config.coupon_strategy = CouponStrategyKind::Pessimistic;
+    config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+}
+
+/// Coupons through the Redis gate at `url`, and the outage tests' deadline.
+fn gated_coupons_with_deadline(config: &mut shop::config::Config, url: String) {
+    config.redis_url = url;
+    config.coupon_strategy = CouponStrategyKind::RedisGate;
+    config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+}
+
 /// No charge limits, and the outage tests' deadline.
 fn unlimited_charges_with_deadline(config: &mut shop::config::Config) {
     config.points_daily_charge_limit = 0;
@@ -208,12 +221,7 @@ async fn assert_drop_is_exact(app: &TestApp, code: &str, users: &[User], told: &
 async fn a_coupon_drop_rides_out_redis_restarting_empty() {
     let mut redis = OwnRedis::start().await;
     let url = redis.url();
-    let app = spawn_app_with(|config| {
-        config.redis_url = url;
-        config.coupon_strategy = CouponStrategyKind::RedisGate;
-        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
-    })
-    .await;
+    let app = spawn_app_with(|config| gated_coupons_with_deadline(config, url)).await;
     let code = app.create_coupon_type("DROP", 100, json!({})).await;
     let users = app.bulk_users(400).await;
     let probe_campaign = app.create_coupon_type("PROBE", 1000, json!({})).await;
@@ -260,12 +268,7 @@ async fn a_charge_storm_rides_out_postgres_unreachable_for_ten_seconds() {
 async fn a_coupon_drop_rides_out_redis_answering_after_two_seconds() {
     let redis = RedisProxy::start().await;
     let url = redis.url();
-    let app = spawn_app_with(|config| {
-        config.redis_url = url;
-        config.coupon_strategy = CouponStrategyKind::RedisGate;
-        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
-    })
-    .await;
+    let app = spawn_app_with(|config| gated_coupons_with_deadline(config, url)).await;
     let code = app.create_coupon_type("SLOW", 100, json!({})).await;
     let users = app.bulk_users(300).await;
     let fault = async {
@@ -282,11 +285,7 @@ async fn a_coupon_drop_rides_out_redis_answering_after_two_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_coupon_drop_rides_out_a_postgres_restart() {
     let postgres = OwnPostgres::start().await;
-    let app = spawn_app_on(&postgres, |config| {
-        config.coupon_strategy = CouponStrategyKind::Pessimistic;
-        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
-    })
-    .await;
+    let app = spawn_app_on(&postgres, pessimistic_coupons_with_deadline).await;
     let code = app.create_coupon_type("PGDROP", 100, json!({})).await;
     let users = app.bulk_users(300).await;
     let restart = std::sync::OnceLock::new();
@@ -453,11 +452,7 @@ async fn orders_and_payments_ride_out_redis_answering_after_two_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_coupon_drop_rides_out_postgres_unreachable_for_ten_seconds() {
     let proxy = PgProxy::start().await;
-    let app = spawn_app_behind(&proxy, |config| {
-        config.coupon_strategy = CouponStrategyKind::Pessimistic;
-        config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
-    })
-    .await;
+    let app = spawn_app_behind(&proxy, pessimistic_coupons_with_deadline).await;
     let code = app.create_coupon_type("HOLE", 100, json!({})).await;
     let users = app.bulk_users(300).await;
     let healed = std::sync::OnceLock::new();

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use shop::config::{PointsStrategyKind, value_names};
 
 use crate::support::cluster::Cluster;
-use crate::support::{REDIS, User, admin_of, bulk_users, invariants};
+use crate::support::{REDIS, User, bulk_users, invariants};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn others_go_on_after_a_killed_holders_lease_and_nothing_is_lost_or_doubled() {
@@ -185,20 +185,7 @@ async fn orders_of_a_batch_killed_mid_transaction_are_placed_once_by_their_retri
         if i == 0 { vec![("FAILPOINTS".into(), "orders::batch::taken=pause".into())] } else { Vec::new() }
     })
     .await;
-    let admin = admin_of(&cluster.db).await;
-    let product = cluster
-        .client
-        .post(cluster.url(1, "/api/admin/products"))
-        .bearer_auth(&admin.token)
-        .json(&json!({"name": "mug", "price": 1000, "stock": 100, "category": "kitchen"}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let product = cluster.create_product(1, 100).await;
     let users = bulk_users(&cluster.db, 8).await;
     let order = json!({"items": [{"productId": product, "quantity": 2}]});
     let requests: Vec<_> = users.iter().map(|user| ("/api/orders".to_owned(), user, order.clone())).collect();
@@ -211,12 +198,7 @@ async fn orders_of_a_batch_killed_mid_transaction_are_placed_once_by_their_retri
             .unwrap();
         assert_eq!(orders, 1, "user {}: placed once", user.id);
     }
-    let stock: i64 = sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
-        .bind(product)
-        .fetch_one(&cluster.db)
-        .await
-        .unwrap();
-    assert_eq!(stock, 100 - 2 * users.len() as i64);
+    assert_eq!(cluster.stock(product).await, 100 - 2 * users.len() as i64);
     invariants::all(&cluster.db).await;
 }
 
@@ -229,20 +211,7 @@ async fn an_order_retried_after_its_instance_died_holding_gate_units_is_placed_n
         if i == 0 { vec![("FAILPOINTS".into(), "stock::gate::reserved=pause".into())] } else { Vec::new() }
     })
     .await;
-    let admin = admin_of(&cluster.db).await;
-    let product = cluster
-        .client
-        .post(cluster.url(1, "/api/admin/products"))
-        .bearer_auth(&admin.token)
-        .json(&json!({"name": "mug", "price": 1000, "stock": 5, "category": "kitchen"}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let product = cluster.create_product(1, 5).await;
     let user = bulk_users(&cluster.db, 1).await.remove(0);
     let order = json!({"items": [{"productId": product, "quantity": 5}]});
     let send = |instance: usize| {
@@ -280,11 +249,6 @@ async fn an_order_retried_after_its_instance_died_holding_gate_units_is_placed_n
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("the order was placed by its retry {:?} after the kill", killed.elapsed());
-    let stock: i64 = sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
-        .bind(product)
-        .fetch_one(&cluster.db)
-        .await
-        .unwrap();
-    assert_eq!(stock, 0, "all five units sold to the one order");
+    assert_eq!(cluster.stock(product).await, 0, "all five units sold to the one order");
     invariants::all(&cluster.db).await;
 }

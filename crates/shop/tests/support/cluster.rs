@@ -108,6 +108,24 @@ impl Cluster {
         format!("{}{path}", instances[i % instances.len()].address)
     }
 
+    /// A product made by the admin through instance `i`; its id.
+    pub async fn create_product(&self, i: usize, stock: i64) -> i64 {
+        let admin = super::admin_of(&self.db).await;
+        let body = serde_json::json!({"name": "mug", "price": 1000, "stock": stock, "category": "kitchen"});
+        let request = self.client.post(self.url(i, "/api/admin/products")).bearer_auth(&admin.token).json(&body);
+        let created: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+        created["id"].as_i64().expect("the product was created")
+    }
+
+    /// A product's stock, read from the database.
+    pub async fn stock(&self, product_id: i64) -> i64 {
+        sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
+            .bind(product_id)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
     /// Kills instance `i` without warning (SIGKILL).
     pub fn kill(&self, i: usize) {
         let mut instances = self.instances.lock().unwrap();
