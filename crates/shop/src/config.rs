@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::redis_conn::RedisTarget;
+
 #[derive(Debug, Parser)]
 #[command(name = "shop", version, about = "An e-commerce backend that stays correct under contention")]
 #[command(args_conflicts_with_subcommands = true)]
@@ -110,8 +112,13 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, comma-separated);
+    /// when set, the cluster is used and REDIS_URL is ignored.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
     /// Prefix of every Redis key, so several shops (or tests) share one Redis.
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "shop:")]
+    /// No braces: the braces after it are each key's cluster hash tag.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "shop:", value_parser = parse_key_prefix)]
     pub redis_key_prefix: String,
     /// Listen address; a port of 0 picks a free one, which is printed.
     /// `:PORT` listens on every interface.
@@ -339,6 +346,27 @@ pub fn value_names<K: ValueEnum>() -> Vec<String> {
     K::value_variants().iter().map(value_name).collect()
 }
 
+impl Config {
+    /// Where Redis is: the cluster when its nodes are named, else REDIS_URL
+    /// (`REDIS_CLUSTER_NODES=` set empty names none).
+    pub fn redis_target(&self) -> RedisTarget<'_> {
+        if self.redis_cluster_nodes.iter().all(String::is_empty) {
+            RedisTarget::Single(&self.redis_url)
+        } else {
+            RedisTarget::Cluster(&self.redis_cluster_nodes)
+        }
+    }
+}
+
+/// A key prefix without braces, which would take the place of the keys'
+/// hash tags.
+fn parse_key_prefix(value: &str) -> Result<String, String> {
+    if value.contains(['{', '}']) {
+        return Err(format!("`{value}` holds a brace; the braces after the prefix are the keys' hash tags"));
+    }
+    Ok(value.to_owned())
+}
+
 /// Accepts `host:port`, and `:port` for every interface as Go servers do.
 fn parse_bind_addr(value: &str) -> Result<SocketAddr, String> {
     let full = match value.strip_prefix(':') {
@@ -357,6 +385,12 @@ mod tests {
         assert_eq!(parse_bind_addr(":0").unwrap(), "0.0.0.0:0".parse().unwrap());
         assert_eq!(parse_bind_addr("127.0.0.1:8080").unwrap(), "127.0.0.1:8080".parse().unwrap());
         assert!(parse_bind_addr("localhost").is_err());
+    }
+
+    #[test]
+    fn a_key_prefix_with_a_brace_is_refused() {
+        assert_eq!(parse_key_prefix("shop:").unwrap(), "shop:");
+        assert!(parse_key_prefix("shop{1}:").is_err());
     }
 
     #[test]

@@ -39,6 +39,7 @@ mod issuance;
 mod lock;
 mod orders;
 mod payments;
+pub mod redis_conn;
 mod seed;
 pub mod startup;
 mod storage;

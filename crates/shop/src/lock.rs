@@ -28,21 +28,24 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use crate::backoff;
+use crate::redis_conn::{Keyspace, RedisConn};
 
-/// KEYS: lock, fencing counter, give-up flag (optional). Returns the fencing
-/// token, `-1` if the give-up flag is raised, or nil while the lock is held.
+/// KEYS: lock, fencing counter, give-up flag (optional), all of the
+/// resource's slot. Returns the fencing token, `-1` if the give-up flag is
+/// raised, or nil while the lock is held. Run twice by the same owner (a
+/// client retrying after a lost reply), it answers the token it took.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
           if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
               return redis.call('INCR', KEYS[2])
           end
+          if redis.call('GET', KEYS[1]) == ARGV[1] then return tonumber(redis.call('GET', KEYS[2])) end
           return false",
     )
 });
@@ -94,22 +97,23 @@ type LocalQueues = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
 
 #[derive(Clone)]
 pub struct LeaseLocks {
-    redis: ConnectionManager,
-    prefix: String,
+    redis: RedisConn,
+    keys: Keyspace,
     lease: Duration,
     wait: Duration,
     local: LocalQueues,
 }
 
 impl LeaseLocks {
-    pub fn new(redis: ConnectionManager, prefix: &str, lease: Duration, wait: Duration) -> Self {
-        Self { redis, prefix: prefix.to_owned(), lease, wait, local: LocalQueues::default() }
+    pub fn new(redis: RedisConn, keys: &Keyspace, lease: Duration, wait: Duration) -> Self {
+        Self { redis, keys: keys.clone(), lease, wait, local: LocalQueues::default() }
     }
 
     /// Waits for the lock on `resource` until the configured deadline, or
-    /// until the flag `give_up_on` (see [`LeaseLocks::raise_flag`]) is raised.
+    /// until the resource's flag `give_up_on` (see [`LeaseLocks::raise_flag`])
+    /// is raised.
     pub async fn acquire(&self, resource: &str, give_up_on: Option<&str>) -> Result<Lease, LockError> {
-        let key = format!("{}lock:{resource}", self.prefix);
+        let key = self.keys.key(resource, "lock");
         let fence_key = self.fence_key(resource);
         let token = Uuid::new_v4().to_string();
         let started = Instant::now();
@@ -119,7 +123,7 @@ impl LeaseLocks {
         let mut acquire = ACQUIRE.key(&key);
         acquire.key(&fence_key);
         if let Some(flag) = give_up_on {
-            acquire.key(self.flag_key(flag));
+            acquire.key(self.flag_key(resource, flag));
         }
         acquire.arg(&token).arg(self.lease.as_millis() as u64);
         for attempt in 0.. {
@@ -172,25 +176,26 @@ impl LeaseLocks {
             .map(drop)
     }
 
-    /// Raises a flag that makes waiters acquiring with it give up. Flags
-    /// record facts that stay true (a campaign sold out), so they never expire.
-    pub async fn raise_flag(&self, flag: &str) -> Result<(), redis::RedisError> {
-        redis::cmd("SET").arg(self.flag_key(flag)).arg(1).query_async(&mut self.redis.clone()).await
+    /// Raises a flag of `resource` that makes waiters acquiring with it give
+    /// up. Flags record facts that stay true (a campaign sold out), so they
+    /// never expire.
+    pub async fn raise_flag(&self, resource: &str, flag: &str) -> Result<(), redis::RedisError> {
+        redis::cmd("SET").arg(self.flag_key(resource, flag)).arg(1).query_async(&mut self.redis.clone()).await
     }
 
-    fn flag_key(&self, flag: &str) -> String {
-        format!("{}flag:{flag}", self.prefix)
+    fn flag_key(&self, resource: &str, flag: &str) -> String {
+        self.keys.key(resource, format_args!("flag:{flag}"))
     }
 
     fn fence_key(&self, resource: &str) -> String {
-        format!("{}fence:{resource}", self.prefix)
+        self.keys.key(resource, "fence")
     }
 }
 
 /// A held lock. Release it after the transaction it guards has committed;
 /// dropped unreleased (a cancelled request), it stops renewing and expires.
 pub struct Lease {
-    redis: ConnectionManager,
+    redis: RedisConn,
     key: String,
     token: String,
     fence: i64,
@@ -239,7 +244,7 @@ impl Drop for Lease {
 }
 
 /// Renews the lease at a third of its length until aborted or the lease is lost.
-async fn keep_alive(mut redis: ConnectionManager, key: String, token: String, lease: Duration) {
+async fn keep_alive(mut redis: RedisConn, key: String, token: String, lease: Duration) {
     loop {
         tokio::time::sleep(lease / 3).await;
         // Tests cut a holder off from Redis here to let its lease run out.

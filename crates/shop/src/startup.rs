@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool, Postgres};
@@ -29,6 +28,7 @@ use crate::http::{self, AppState, Shared};
 use crate::instances::{self, Instance};
 use crate::issuance::{Issuance, Patience, Queue};
 use crate::lock::LeaseLocks;
+use crate::redis_conn::{Keyspace, RedisConn};
 use crate::seed::{AdminSetup, DEMO_ADMIN_PASSWORD};
 use crate::storage::sessions;
 use crate::strategy::{self, Deps};
@@ -85,7 +85,8 @@ impl Server {
         // First, so that a wrong sink setting stops the start before anything is touched.
         let sinks = Sinks::new(&config.events).await.context("cannot set up the event sinks")?;
         let db = connect_database(&config.database).await?;
-        let redis = connect_redis(&config.redis_url).await?;
+        let redis = RedisConn::connect(config.redis_target(), CONNECT_TIMEOUT).await?;
+        let keys = Keyspace::new(&config.redis_key_prefix);
         let passwords = PasswordHasher::new(config.password_cost)?;
         let admin = match (&config.admin_password, config.seed_demo_data) {
             (Some(password), _) => Some(AdminSetup::Password(password)),
@@ -121,19 +122,9 @@ impl Server {
                 rand::random::<[u8; 32]>().to_vec()
             }
         };
-        let locks = LeaseLocks::new(
-            redis.clone(),
-            &config.redis_key_prefix,
-            config.locks.redis_lock_lease(),
-            config.locks.redis_lock_wait(),
-        );
-        let deps = Deps {
-            db: &db,
-            redis: &redis,
-            redis_key_prefix: &config.redis_key_prefix,
-            locks: &config.locks,
-            leases: &locks,
-        };
+        let locks =
+            LeaseLocks::new(redis.clone(), &keys, config.locks.redis_lock_lease(), config.locks.redis_lock_wait());
+        let deps = Deps { db: &db, redis: &redis, keys: &keys, locks: &config.locks, leases: &locks };
         let points = strategy::points::build(config.points_strategy, &deps);
         let coupons = strategy::coupons::build(config.coupon_strategy, &deps);
         let stock = strategy::stock::build(config.stock_strategy, &deps);
@@ -141,12 +132,11 @@ impl Server {
             claim_after: config.locks.async_issue_claim_after(),
             requeue_after: config.locks.async_issue_requeue_after(),
         };
-        // A connection of the queue's own, for its blocking reads.
-        let queue = Queue::new(connect_redis(&config.redis_url).await?, &config.redis_key_prefix);
+        let queue = Queue::new(redis.clone(), &keys);
         let issuance = Issuance::new(db.clone(), queue, coupons.clone(), patience);
         let relay = Relay::new(db.clone(), sinks, RelayConfig::from(&config.events));
         let instance = Instance::register(&db, CONNECT_TIMEOUT).await.context("cannot register this instance")?;
-        let top_sellers = TopSellers::new(redis.clone(), &config.redis_key_prefix, config.shop_timezone);
+        let top_sellers = TopSellers::new(redis.clone(), &keys, config.shop_timezone);
         let state = AppState::new(Shared {
             catalogue: Catalogue::new(db.clone(), top_sellers.clone()),
             placing: orders::Placing::new(db.clone(), stock.clone()),
@@ -155,12 +145,7 @@ impl Server {
             redis: redis.clone(),
             tokens: Tokens::new(&secret, Duration::from_secs(config.jwt_access_ttl_secs))?,
             passwords,
-            logins: LoginThrottle::new(
-                redis.clone(),
-                &config.redis_key_prefix,
-                config.login_max_failures,
-                config.login_window_secs,
-            ),
+            logins: LoginThrottle::new(redis.clone(), &keys, config.login_max_failures, config.login_window_secs),
             points,
             coupons,
             coupon_types: CouponTypes::default(),
@@ -359,23 +344,6 @@ async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
         Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => Ok(()),
         other => other,
     }
-}
-
-async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
-    let reach = async {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CONNECT_TIMEOUT));
-        let mut redis = ConnectionManager::new_with_config(client, config).await?;
-        redis::cmd("PING").query_async::<String>(&mut redis).await?;
-        Ok::<_, redis::RedisError>(redis)
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, reach)
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_TIMEOUT:?}"))
-        .and_then(|reached| reached.map_err(anyhow::Error::from))
-        .with_context(|| format!("cannot reach Redis at {}", redacted(url)))
 }
 
 /// The URL without its password.

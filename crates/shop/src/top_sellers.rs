@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use crate::error::AppError;
+use crate::redis_conn::{Keyspace, RedisConn};
 use crate::storage::payments::Sale;
 
 const TODAY_TTL: Duration = Duration::from_secs(5);
@@ -127,8 +127,8 @@ pub struct TopSeller {
 
 #[derive(Clone)]
 pub struct TopSellers {
-    redis: ConnectionManager,
-    prefix: String,
+    redis: RedisConn,
+    keys: Keyspace,
     timezone: chrono_tz::Tz,
 }
 
@@ -160,8 +160,8 @@ pub struct SaleRecord<'a> {
 }
 
 impl TopSellers {
-    pub fn new(redis: ConnectionManager, prefix: &str, timezone: chrono_tz::Tz) -> Self {
-        Self { redis, prefix: prefix.to_owned(), timezone }
+    pub fn new(redis: RedisConn, keys: &Keyspace, timezone: chrono_tz::Tz) -> Self {
+        Self { redis, keys: keys.clone(), timezone }
     }
 
     fn day_of(&self, at: DateTime<Utc>) -> NaiveDate {
@@ -178,14 +178,15 @@ impl TopSellers {
             .map_or_else(|| midnight.and_utc(), |start| start.with_timezone(&Utc))
     }
 
+    /// A day's keys, of one slot: the scripts use them together.
     fn keys(&self, day: NaiveDate) -> DayKeys {
-        let base = format!("{}top-sellers:{day}", self.prefix);
+        let day = format!("top-sellers:{day}");
         DayKeys {
-            built: format!("{base}:built"),
-            quantities: format!("{base}:quantity"),
-            revenue: format!("{base}:revenue"),
-            snapshot: format!("{base}:snapshot"),
-            log: format!("{base}:log"),
+            built: self.keys.key(&day, "built"),
+            quantities: self.keys.key(&day, "quantity"),
+            revenue: self.keys.key(&day, "revenue"),
+            snapshot: self.keys.key(&day, "snapshot"),
+            log: self.keys.key(&day, "log"),
         }
     }
 
@@ -268,25 +269,31 @@ impl TopSellers {
             .collect())
     }
 
-    /// The days' sets and whether each is built, in one round trip; a
-    /// transaction, so a day's marker and sets are read together.
+    /// The days' sets and whether each is built, side by side: a
+    /// transaction per day (its own slot), so a day's marker and sets are
+    /// read together.
     async fn read(&self, days: &[NaiveDate]) -> Result<Vec<DaySales>, AppError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for day in days {
+        let reads = days.iter().map(|day| {
             let keys = self.keys(*day);
+            let mut pipe = redis::pipe();
+            pipe.atomic();
             pipe.exists(&keys.built).zrange_withscores(&keys.quantities, 0, -1).zrange_withscores(&keys.revenue, 0, -1);
-        }
-        let replies: Vec<(bool, Scores, Scores)> = pipe.query_async(&mut self.redis.clone()).await?;
-        Ok(replies.into_iter().map(|(built, quantities, revenue)| DaySales { built, quantities, revenue }).collect())
+            let mut redis = self.redis.clone();
+            async move {
+                let (built, quantities, revenue): (bool, Scores, Scores) = pipe.query_async(&mut redis).await?;
+                Ok::<_, AppError>(DaySales { built, quantities, revenue })
+            }
+        });
+        futures_util::future::try_join_all(reads).await
     }
 
     /// Loads one day from PostgreSQL: lines of orders paid that day and not
     /// cancelled since, with the snapshot they were read in.
     async fn rebuild(&self, db: &PgPool, day: NaiveDate, today: bool) -> Result<(), AppError> {
         let mut redis = self.redis.clone();
-        let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await?;
-        let read_at = seconds * 1000 + micros / 1000;
+        let keys = self.keys(day);
+        // The clock of the node that stamps the day's log.
+        let read_at = redis.time_at(&keys.log).await?;
         let started = std::time::Instant::now();
         let read = sqlx::query_as!(
             DayRead,
@@ -311,7 +318,6 @@ impl TopSellers {
         }
         // Tests hold a rebuild here while a payment commits and records.
         fail::fail_point!("top_sellers::rebuild::read");
-        let keys = self.keys(day);
         let marker_ttl = if today { TODAY_TTL } else { PAST_DAY_TTL };
         let mut script = BUILD.key(&keys.built);
         script.key(&keys.quantities).key(&keys.revenue).key(&keys.snapshot).key(&keys.log);

@@ -19,17 +19,17 @@ use std::net::IpAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use crate::error::AppError;
+use crate::redis_conn::{Keyspace, RedisConn};
 
 /// How many times the per-account limit one client address may fail.
 const ADDRESS_FACTOR: u64 = 10;
 
 pub struct LoginThrottle {
-    redis: ConnectionManager,
-    prefix: String,
+    redis: RedisConn,
+    keys: Keyspace,
     max_failures: u64,
     window_secs: u64,
 }
@@ -40,34 +40,39 @@ pub struct Admitted {
 }
 
 impl LoginThrottle {
-    pub fn new(redis: ConnectionManager, prefix: &str, max_failures: u32, window_secs: u64) -> Self {
-        Self { redis, prefix: prefix.to_owned(), max_failures: u64::from(max_failures), window_secs }
+    pub fn new(redis: RedisConn, keys: &Keyspace, max_failures: u32, window_secs: u64) -> Self {
+        Self { redis, keys: keys.clone(), max_failures: u64::from(max_failures), window_secs }
     }
 
     /// Counts the attempt for the email and the address; 429 if either is
     /// past its limit.
     pub async fn admit(&self, email: &str, address: IpAddr) -> Result<Admitted, AppError> {
         // The email hashed: no address book in Redis.
-        let account = format!(
-            "{}login-failures:account:{}",
-            self.prefix,
-            URL_SAFE_NO_PAD.encode(Sha256::digest(email.as_bytes()))
+        let account = self.keys.key(
+            format_args!("login-account:{}", URL_SAFE_NO_PAD.encode(Sha256::digest(email.as_bytes()))),
+            "failures",
         );
-        let client = format!("{}login-failures:address:{}", self.prefix, client_key(address));
-        let mut redis = self.redis.clone();
-        let mut look = redis::pipe();
-        look.get(&account).ttl(&account).get(&client).ttl(&client);
-        let (account_seen, account_ttl, client_seen, client_ttl): (Option<u64>, i64, Option<u64>, i64) =
-            look.query_async(&mut redis).await?;
+        let client = self.keys.key(format_args!("login-address:{}", client_key(address)), "failures");
+        // The two counters may live on two cluster nodes: a pipeline each,
+        // side by side.
+        let look = |key: &str| {
+            let mut pipe = redis::pipe();
+            pipe.get(key).ttl(key);
+            let mut redis = self.redis.clone();
+            async move { pipe.query_async::<(Option<u64>, i64)>(&mut redis).await }
+        };
+        let ((account_seen, account_ttl), (client_seen, client_ttl)) = tokio::try_join!(look(&account), look(&client))?;
         // This attempt would be one more.
         let next = |seen: Option<u64>| Some(seen.unwrap_or(0) + 1);
         self.within_limits((next(account_seen), account_ttl, next(client_seen), client_ttl))?;
-        let mut count = redis::pipe();
-        for key in [&account, &client] {
-            count.incr(key, 1).cmd("EXPIRE").arg(key).arg(self.window_secs).arg("NX").ignore().ttl(key);
-        }
-        let (account_count, account_ttl, client_count, client_ttl): (u64, i64, u64, i64) =
-            count.query_async(&mut redis).await?;
+        let count = |key: &str| {
+            let mut pipe = redis::pipe();
+            pipe.incr(key, 1).cmd("EXPIRE").arg(key).arg(self.window_secs).arg("NX").ignore().ttl(key);
+            let mut redis = self.redis.clone();
+            async move { pipe.query_async::<(u64, i64)>(&mut redis).await }
+        };
+        let ((account_count, account_ttl), (client_count, client_ttl)) =
+            tokio::try_join!(count(&account), count(&client))?;
         // Simultaneous attempts all passed the look: the count decides.
         if let Err(refused) = self.within_limits((Some(account_count), account_ttl, Some(client_count), client_ttl)) {
             self.give_back(Admitted { keys: [account, client] }).await?;

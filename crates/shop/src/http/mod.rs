@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use crate::redis_conn::RedisConn;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
@@ -32,7 +33,6 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use metrics::Label;
 use metrics_exporter_prometheus::PrometheusHandle;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
@@ -73,7 +73,7 @@ pub struct Shared {
     /// This process, as the other instances know it.
     pub instance: crate::instances::Instance,
     pub catalogue: catalogue::Catalogue,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub tokens: Tokens,
     pub passwords: PasswordHasher,
     pub logins: LoginThrottle,

@@ -23,7 +23,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::Issuance;
-use super::queue::Entry;
+use super::queue::{Entry, IDLE_POLL};
 use crate::domain::coupon::{CouponStatus, CouponType, IssuedCoupon};
 use crate::error::AppError;
 use crate::storage::issue_requests::{self, Outcome, QueuedRequest};
@@ -31,11 +31,8 @@ use crate::storage::{Tx, coupons};
 use crate::strategy::coupons::{CouponHold, Issued};
 use uuid::Uuid;
 
-/// Entries read at a time: one transaction's worth.
+/// Entries read at a time from each stream: one transaction's worth.
 const BATCH: usize = 256;
-/// How long a read waits for new entries; also how often a consumer looks
-/// for entries left by others.
-const BLOCK: Duration = Duration::from_millis(500);
 /// Requests requeued per sweep.
 const SWEEP: i64 = 1_000;
 /// How soon to look again for the rows of entries that came before them.
@@ -46,7 +43,7 @@ const ROW_POLL: Duration = Duration::from_millis(10);
 const ROW_WAIT: Duration = Duration::from_secs(5);
 
 /// Entries read before their request was written down: when first seen.
-type Waiting = HashMap<String, Instant>;
+type Waiting = HashMap<(i64, String), Instant>;
 
 /// A campaign's requests in a batch, and how each ended.
 struct Decided {
@@ -78,23 +75,25 @@ impl Issuance {
         // Entries still waiting for their rows are this consumer's, read
         // again from its own pending list.
         let mut entries = if waiting.is_empty() { Vec::new() } else { self.queue.read_own(BATCH).await? };
-        let block = if waiting.is_empty() { BLOCK } else { ROW_POLL };
-        match self.queue.read_new(BATCH, block).await {
+        let own = entries.len();
+        match self.queue.read_new(BATCH).await {
             Err(error) if error.code() == Some("NOGROUP") => {
-                // Redis lost the stream: start it again; the sweep requeues.
+                // Redis lost a stream: start it again; the sweep requeues.
                 self.queue.ensure_group().await?;
                 waiting.clear();
                 return Ok(());
             }
             read => entries.extend(read?),
         }
-        if entries.len() < BATCH {
-            entries.extend(self.queue.claim_idle(self.patience.claim_after, BATCH - entries.len()).await?);
-        }
+        entries.extend(self.queue.claim_idle(self.patience.claim_after, BATCH).await?);
+        let idle = entries.len() == own;
         let mut seen = HashSet::new();
-        entries.retain(|entry| seen.insert(entry.id.clone()));
+        entries.retain(|entry| seen.insert(entry.key()));
         if !entries.is_empty() {
             self.process(entries, waiting).await?;
+        }
+        if idle {
+            self.queue.until_queued(if waiting.is_empty() { IDLE_POLL } else { ROW_POLL }).await;
         }
         Ok(())
     }
@@ -110,15 +109,15 @@ impl Issuance {
         let mut done = Vec::new();
         for entry in entries {
             let unwritten = entry.request.as_ref().is_some_and(|request| unwritten.contains(&request.id));
-            let since = *waiting.entry(entry.id.clone()).or_insert(now);
+            let since = *waiting.entry(entry.key()).or_insert(now);
             if unwritten && now.duration_since(since) < ROW_WAIT {
                 continue;
             }
             if unwritten {
                 tracing::warn!(entry = entry.id, "dropping a queued issue request that was never written down");
             }
-            waiting.remove(&entry.id);
-            done.push(entry.id);
+            done.push(entry.key());
+            waiting.remove(&entry.key());
         }
         self.queue.done(&done).await?;
         // Side by side: one connection carries them, pipelined.

@@ -141,11 +141,14 @@ impl Issuance {
             }
             return Err(error);
         }
-        if request.gate_grant.is_none()
-            && let Err(error) = self.queue.add(&request).await
-        {
-            // Written down, so not lost: the sweep queues it.
-            tracing::warn!(%error, request_id = %request.id, "could not queue an issue request; the sweep will");
+        if request.gate_grant.is_none() {
+            if let Err(error) = self.queue.add(&request).await {
+                // Written down, so not lost: the sweep queues it.
+                tracing::warn!(%error, request_id = %request.id, "could not queue an issue request; the sweep will");
+            }
+        } else {
+            // Its entry, queued by the gate, now has its row.
+            self.queue.wake();
         }
         metrics::counter!("shop_async_issue_accepted_total").increment(1);
         Ok(accepted)

@@ -1,46 +1,70 @@
-//! The Redis stream asynchronous issue requests wait on, and its consumer
-//! group: every instance reads new entries as a consumer of one group,
-//! acknowledges (and deletes) an entry only once its outcome is committed,
-//! and claims the entries another consumer read but left unacknowledged
-//! for too long (it died). Deleting acknowledged entries keeps the stream
-//! as long as its backlog.
+//! The Redis streams asynchronous issue requests wait on, and their
+//! consumer group: every instance reads new entries as a consumer of one
+//! group, acknowledges (and deletes) an entry only once its outcome is
+//! committed, and claims the entries another consumer read but left
+//! unacknowledged for too long (it died). Deleting acknowledged entries
+//! keeps each stream as long as its backlog.
+//!
+//! There is a stream per campaign slot ([`CAMPAIGN_SLOTS`]), on the slot of
+//! its campaigns' gates, so a Redis Cluster spreads the queue over its
+//! masters and a campaign's requests stay in one stream, in the order they
+//! came. A cluster cannot block on streams of several slots in one read, so
+//! consumers read every stream without blocking: at once when a request was
+//! queued through this instance, else every [`IDLE_POLL`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::redis_conn::{CAMPAIGN_SLOTS, Keyspace, RedisConn, campaign_slot};
 use crate::storage::issue_requests::QueuedRequest;
 use crate::strategy::coupons::StreamEntry;
 
 const GROUP: &str = "issuers";
+/// How often an idle consumer looks for requests queued through other
+/// instances.
+pub const IDLE_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct Queue {
-    /// A connection of its own: a blocking read would hold up every
-    /// command behind it on a shared one.
-    redis: ConnectionManager,
-    stream: String,
+    redis: RedisConn,
+    keys: Keyspace,
     consumer: String,
+    /// Wakes this instance's consumer when a request was queued here.
+    queued: Arc<Notify>,
 }
 
-/// An entry read from the stream: its id, and the request, unless the
-/// entry could not be read as one.
+/// An entry read from a stream: the campaign slot of its stream, its id
+/// there, and the request, unless the entry could not be read as one.
 pub struct Entry {
+    pub slot: i64,
     pub id: String,
     pub request: Option<QueuedRequest>,
 }
 
+impl Entry {
+    /// Names the entry among every stream's.
+    pub fn key(&self) -> (i64, String) {
+        (self.slot, self.id.clone())
+    }
+}
+
 impl Queue {
-    pub fn new(redis: ConnectionManager, prefix: &str) -> Self {
-        Self { redis, stream: format!("{prefix}coupon-issue:requests"), consumer: Uuid::new_v4().to_string() }
+    pub fn new(redis: RedisConn, keys: &Keyspace) -> Self {
+        Self { redis, keys: keys.clone(), consumer: Uuid::new_v4().to_string(), queued: Arc::default() }
     }
 
-    /// The entry that queues `request`.
+    fn stream(&self, slot: i64) -> String {
+        self.keys.campaign_key(slot, "issue-requests")
+    }
+
+    /// The entry that queues `request`, on its campaign's stream.
     pub fn entry(&self, request: &QueuedRequest) -> StreamEntry {
         StreamEntry {
-            stream: self.stream.clone(),
+            stream: self.stream(campaign_slot(request.type_id)),
             fields: vec![
                 ("request", request.id.to_string()),
                 ("user", request.user_id.to_string()),
@@ -56,89 +80,111 @@ impl Queue {
             fields.push(("grant", grant.to_string()));
         }
         let _: String =
-            redis::cmd("XADD").arg(&self.stream).arg("*").arg(&fields).query_async(&mut self.redis.clone()).await?;
+            redis::cmd("XADD").arg(&entry.stream).arg("*").arg(&fields).query_async(&mut self.redis.clone()).await?;
+        self.wake();
         Ok(())
     }
 
-    /// Creates the group if it is missing (first start, or Redis lost the
-    /// stream), reading from the stream's start.
-    pub async fn ensure_group(&self) -> redis::RedisResult<()> {
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.redis.clone())
-            .await;
-        match created {
-            Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
-            other => other,
-        }
+    /// Tells this instance's consumer a request was queued and written down.
+    pub fn wake(&self) {
+        self.queued.notify_one();
     }
 
-    /// New entries for this consumer, waiting up to `block` for some.
-    pub async fn read_new(&self, count: usize, block: Duration) -> redis::RedisResult<Vec<Entry>> {
-        self.read(count, Some(block), ">").await
+    /// Waits until a request is queued through this instance, or `poll`.
+    pub async fn until_queued(&self, poll: Duration) {
+        let _ = tokio::time::timeout(poll, self.queued.notified()).await;
+    }
+
+    /// Creates the group on every stream where it is missing (first start,
+    /// or Redis lost the stream), reading from the stream's start.
+    pub async fn ensure_group(&self) -> redis::RedisResult<()> {
+        let creates = (0..CAMPAIGN_SLOTS).map(|slot| {
+            let mut redis = self.redis.clone();
+            let stream = self.stream(slot);
+            async move {
+                let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut redis)
+                    .await;
+                match created {
+                    Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+                    other => other,
+                }
+            }
+        });
+        futures_util::future::try_join_all(creates).await.map(drop)
+    }
+
+    /// New entries for this consumer, up to `count` from each stream.
+    pub async fn read_new(&self, count: usize) -> redis::RedisResult<Vec<Entry>> {
+        self.read(count, ">").await
     }
 
     /// Entries this consumer read and has not acknowledged.
     pub async fn read_own(&self, count: usize) -> redis::RedisResult<Vec<Entry>> {
-        self.read(count, None, "0").await
+        self.read(count, "0").await
     }
 
-    /// `XREADGROUP` from `from`: `>` for new entries, `0` for this
-    /// consumer's unacknowledged ones.
-    async fn read(&self, count: usize, block: Option<Duration>, from: &str) -> redis::RedisResult<Vec<Entry>> {
-        let mut read = redis::cmd("XREADGROUP");
-        read.arg("GROUP").arg(GROUP).arg(&self.consumer).arg("COUNT").arg(count);
-        if let Some(block) = block {
-            read.arg("BLOCK").arg(block.as_millis() as u64);
-        }
-        let reply: Option<StreamReadReply> =
-            read.arg("STREAMS").arg(&self.stream).arg(from).query_async(&mut self.redis.clone()).await?;
-        Ok(reply.into_iter().flat_map(|reply| reply.keys).flat_map(|key| key.ids).map(Entry::from).collect())
+    /// `XREADGROUP` from `from` on every stream, side by side: `>` for new
+    /// entries, `0` for this consumer's unacknowledged ones.
+    async fn read(&self, count: usize, from: &str) -> redis::RedisResult<Vec<Entry>> {
+        let reads = (0..CAMPAIGN_SLOTS).map(|slot| {
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP").arg(GROUP).arg(&self.consumer).arg("COUNT").arg(count);
+            read.arg("STREAMS").arg(self.stream(slot)).arg(from);
+            let mut redis = self.redis.clone();
+            async move {
+                let reply: Option<StreamReadReply> = read.query_async(&mut redis).await?;
+                let ids = reply.into_iter().flat_map(|reply| reply.keys).flat_map(|key| key.ids);
+                Ok::<_, redis::RedisError>(ids.map(|id| Entry::read(slot, id)).collect::<Vec<_>>())
+            }
+        });
+        Ok(futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect())
     }
 
     /// Entries read by a consumer but not acknowledged for `idle`: taken
-    /// over by this one.
+    /// over by this one, up to `count` from each stream.
     pub async fn claim_idle(&self, idle: Duration, count: usize) -> redis::RedisResult<Vec<Entry>> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg(idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.redis.clone())
-            .await?;
-        Ok(reply.claimed.into_iter().map(Entry::from).collect())
+        let claims = (0..CAMPAIGN_SLOTS).map(|slot| {
+            let mut claim = redis::cmd("XAUTOCLAIM");
+            claim.arg(self.stream(slot)).arg(GROUP).arg(&self.consumer).arg(idle.as_millis() as u64);
+            claim.arg("0-0").arg("COUNT").arg(count);
+            let mut redis = self.redis.clone();
+            async move {
+                let reply: StreamAutoClaimReply = claim.query_async(&mut redis).await?;
+                Ok::<_, redis::RedisError>(
+                    reply.claimed.into_iter().map(|id| Entry::read(slot, id)).collect::<Vec<_>>(),
+                )
+            }
+        });
+        Ok(futures_util::future::try_join_all(claims).await?.into_iter().flatten().collect())
     }
 
-    /// Acknowledges and deletes the entries, in one transaction.
-    pub async fn done(&self, ids: &[String]) -> redis::RedisResult<()> {
-        if ids.is_empty() {
-            return Ok(());
+    /// Acknowledges and deletes the entries, in one transaction per stream.
+    pub async fn done(&self, entries: &[(i64, String)]) -> redis::RedisResult<()> {
+        let mut by_slot: std::collections::BTreeMap<i64, Vec<&str>> = std::collections::BTreeMap::new();
+        for (slot, id) in entries {
+            by_slot.entry(*slot).or_default().push(id);
         }
-        redis::pipe()
-            .atomic()
-            .cmd("XACK")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&self.stream)
-            .arg(ids)
-            .ignore()
-            .query_async(&mut self.redis.clone())
-            .await
+        let dones = by_slot.into_iter().map(|(slot, ids)| {
+            let stream = self.stream(slot);
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids).ignore();
+            pipe.cmd("XDEL").arg(&stream).arg(&ids).ignore();
+            let mut redis = self.redis.clone();
+            async move { pipe.query_async::<()>(&mut redis).await }
+        });
+        futures_util::future::try_join_all(dones).await.map(drop)
     }
 }
 
-impl From<StreamId> for Entry {
-    fn from(entry: StreamId) -> Self {
+impl Entry {
+    fn read(slot: i64, entry: StreamId) -> Self {
         let field = |name: &str| entry.get::<String>(name);
         let request = (|| {
             Some(QueuedRequest {
@@ -148,6 +194,6 @@ impl From<StreamId> for Entry {
                 gate_grant: field("grant").and_then(|grant| grant.parse().ok()),
             })
         })();
-        Self { id: entry.id, request }
+        Self { slot, id: entry.id, request }
     }
 }

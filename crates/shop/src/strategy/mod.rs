@@ -28,18 +28,18 @@ pub mod stock;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use redis::aio::ConnectionManager;
 use sqlx::{PgConnection, PgPool};
 
 use crate::config::LockConfig;
 use crate::error::AppError;
 use crate::lock::{Lease, LeaseLocks, LockError};
+use crate::redis_conn::{Keyspace, RedisConn};
 
 /// What the families build their strategies from.
 pub struct Deps<'a> {
     pub db: &'a PgPool,
-    pub redis: &'a ConnectionManager,
-    pub redis_key_prefix: &'a str,
+    pub redis: &'a RedisConn,
+    pub keys: &'a Keyspace,
     pub locks: &'a LockConfig,
     pub leases: &'a LeaseLocks,
 }
@@ -72,7 +72,8 @@ async fn set_lock_timeout(conn: &mut PgConnection, timeout: Duration) -> Result<
     Ok(())
 }
 
-/// Gives up waiting for a lease once `flag` is raised, answering `answer`.
+/// Gives up waiting for a lease once the resource's `flag` is raised,
+/// answering `answer`.
 struct GiveUp<'a> {
     flag: &'a str,
     answer: fn() -> AppError,

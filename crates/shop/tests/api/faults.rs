@@ -189,7 +189,7 @@ async fn a_pending_grant_is_not_sold_out_to_others_and_comes_back_when_its_write
         tokio::spawn(request.json(&json!({"couponType": code})).send())
     };
     let type_id = count(&app, "SELECT id FROM coupon_types WHERE code = 'LAST_ONE'").await;
-    let pending = format!("coupon-gate:{type_id}:pending");
+    let pending = app.coupon_gate_key(type_id, "pending");
     eventually("the first grant", async || app.redis_zcard(&pending).await == 1).await;
     let waited = app.issue_coupon(&second, &code).await;
     assert_eq!(waited.status(), StatusCode::CREATED, "{}", waited.text().await.unwrap());
@@ -293,7 +293,7 @@ async fn a_coupon_grant_whose_redis_reply_is_lost_is_503_and_its_unit_comes_back
     let (first, second) = (app.new_user().await, app.new_user().await);
     // The gate grants the only unit to the first user; the answer is lost.
     let type_id = count(&app, "SELECT id FROM coupon_types WHERE code = 'LOST_GRANT'").await;
-    redis.lose_reply_to(&format!("coupon-gate:{type_id}:state"), 1);
+    redis.lose_reply_to(&format!("gate:{type_id}:state"), 1);
     let lost = app.issue_coupon(&first, &code).await;
     assert_eq!(redis.fired(), 1);
     assert!(lost.headers().contains_key("retry-after"));
@@ -354,7 +354,7 @@ async fn a_catalogue_read_whose_connection_is_cut_is_503() {
     assert_problem(list, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
     let one = app.get(&format!("/api/products/{product}"), None).await;
     assert_problem(one, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
-    redis.lose_reply_to("TIME", 1);
+    redis.lose_reply_to("top-sellers:", 1);
     let top = app.get("/api/products/top-sellers", None).await;
     assert_problem(top, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
     assert_eq!(app.get("/api/products", None).await.status(), StatusCode::OK, "it recovers by itself");
@@ -403,7 +403,7 @@ async fn a_stock_change_passed_on_twice_counts_once() {
     assert_eq!(restock(10).await, StatusCode::OK);
     // The admin lowers the stock from 10 to 3. The gate applies the change
     // but its answer is lost, so the reconciler passes the change on again.
-    redis.lose_reply_to("stock-gate:applied", 1);
+    redis.lose_reply_to("gate:applied", 1);
     assert_eq!(restock(3).await, StatusCode::OK);
     assert_eq!(redis.fired(), 1);
     eventually("the reconciler passing the change on", async || {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use shop::config::{PointsStrategyKind, value_names};
 
 use crate::support::cluster::Cluster;
-use crate::support::{REDIS, User, bulk_users, invariants};
+use crate::support::{User, bulk_users, invariants, test_redis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn others_go_on_after_a_killed_holders_lease_and_nothing_is_lost_or_doubled() {
@@ -33,9 +33,8 @@ async fn others_go_on_after_a_killed_holders_lease_and_nothing_is_lost_or_double
         async move { request.send().await }
     };
     let doomed = tokio::spawn(charge(0));
-    let redis = redis::Client::open(REDIS).unwrap();
-    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
-    let lock = format!("{}lock:points:{}", cluster.redis_key_prefix, user.id);
+    let mut redis = test_redis().await;
+    let lock = cluster.keys().key(format_args!("points:{}", user.id), "lock");
     let mut held = false;
     for _ in 0..200 {
         if redis::cmd("EXISTS").arg(&lock).query_async::<bool>(&mut redis).await.unwrap() {
@@ -219,9 +218,8 @@ async fn an_order_retried_after_its_instance_died_holding_gate_units_is_placed_n
         request.header("Idempotency-Key", "held").json(&order).send()
     };
     let doomed = tokio::spawn(send(0));
-    let redis = redis::Client::open(REDIS).unwrap();
-    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
-    let pending = format!("{}stock-gate:pending", cluster.redis_key_prefix);
+    let mut redis = test_redis().await;
+    let pending = cluster.keys().key(format_args!("product:{product}"), "gate:pending");
     let mut held = false;
     for _ in 0..300 {
         if redis::cmd("ZCARD").arg(&pending).query_async::<i64>(&mut redis).await.unwrap() > 0 {

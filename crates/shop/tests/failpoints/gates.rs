@@ -5,7 +5,7 @@ use serde_json::json;
 use shop::config::CouponStrategyKind;
 
 use crate::Hold;
-use crate::support::{REDIS, assert_problem, spawn_app_with};
+use crate::support::{assert_problem, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_unit_lost_to_a_crash_after_the_gate_is_reconciled() {
@@ -83,15 +83,13 @@ async fn a_coupon_gate_load_that_outlived_its_lease_does_not_overwrite_a_newer_g
     };
     read.reached().await;
     // Its loading lease runs out; another request loads the gate and is issued one.
-    let lease = format!("{}coupon-gate:{type_id}:loading", app.config.redis_key_prefix);
-    let client = redis::Client::open(REDIS).unwrap();
-    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("DEL").arg(&lease).query_async::<i64>(&mut redis).await.unwrap();
+    let lease = app.coupon_gate_key(type_id, "loading");
+    redis::cmd("DEL").arg(&lease).query_async::<i64>(&mut app.redis().await).await.unwrap();
     assert_eq!(app.issue_coupon(&quick, &code).await.status(), StatusCode::CREATED);
     // The stalled load must not put its older snapshot back.
     read.release();
     assert_eq!(stalled.await.unwrap().status(), StatusCode::CREATED);
-    let left = app.redis_hash_field(&format!("coupon-gate:{type_id}:state"), "left").await;
+    let left = app.redis_hash_field(&app.coupon_gate_key(type_id, "state"), "left").await;
     assert_eq!(left, Some(1), "the gate counts both coupons issued");
     assert_problem(app.issue_coupon(&quick, &code).await, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
     app.assert_invariants().await;
@@ -113,9 +111,8 @@ async fn a_lost_grant_to_a_user_who_already_held_a_coupon_comes_back() {
     assert_eq!(app.issue_coupon(&holder, &code).await.status(), StatusCode::CREATED);
     // The gate loses track of the holder, grants it again, and the request
     // dies before writing: the reconciler finds a coupon, but an older one.
-    let holders = format!("{}coupon-gate:{type_id}:holders", app.config.redis_key_prefix);
-    let mut redis = redis::Client::open(REDIS).unwrap().get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("SREM").arg(&holders).arg(holder.id).query_async::<i64>(&mut redis).await.unwrap();
+    let holders = app.coupon_gate_key(type_id, "holders");
+    redis::cmd("SREM").arg(&holders).arg(holder.id).query_async::<i64>(&mut app.redis().await).await.unwrap();
     fail::cfg("coupons::gate::granted", "1*return").unwrap();
     assert_problem(app.issue_coupon(&holder, &code).await, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL").await;
     // The unit that grant took comes back, and the other user gets it.

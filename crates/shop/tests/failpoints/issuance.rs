@@ -7,10 +7,12 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::cluster::Cluster;
-use crate::support::{REDIS, admin_of, await_issue_requests, bulk_users};
+use shop::redis_conn::{RedisConn, campaign_slot};
+
+use crate::support::{admin_of, await_issue_requests, bulk_users, test_redis};
 
 /// Entries read by a consumer and not yet acknowledged.
-async fn unacknowledged(redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> i64 {
+async fn unacknowledged(redis: &mut RedisConn, stream: &str) -> i64 {
     let summary: Vec<redis::Value> =
         redis::cmd("XPENDING").arg(stream).arg("issuers").query_async(redis).await.unwrap_or_default();
     match summary.first() {
@@ -26,8 +28,13 @@ async fn entries_a_killed_consumer_read_are_finished_by_another() {
             2,
             &[("COUPON_STRATEGY", strategy), ("ASYNC_ISSUE_CLAIM_AFTER_MS", "500")],
             // Instance 0's consumer stops at its first batch, read and not
-            // acknowledged: the moment to die.
-            |i| if i == 0 { vec![("FAILPOINTS".into(), "issuance::batch::read=pause".into())] } else { Vec::new() },
+            // acknowledged: the moment to die. Instance 1's, woken at once
+            // by the requests it queues, pauses after each batch, so that
+            // instance 0's poll finds the next request first.
+            |i| {
+                let at_batch = if i == 0 { "pause" } else { "sleep(300)" };
+                vec![("FAILPOINTS".into(), format!("issuance::batch::read={at_batch}"))]
+            },
         )
         .await;
         let admin = admin_of(&cluster.db).await;
@@ -35,9 +42,12 @@ async fn entries_a_killed_consumer_read_are_finished_by_another() {
         let created = cluster.client.post(cluster.url(0, "/api/admin/coupon-types")).bearer_auth(&admin.token);
         assert_eq!(created.json(&campaign).send().await.unwrap().status(), StatusCode::CREATED);
         let users = bulk_users(&cluster.db, 40).await;
-        let redis = redis::Client::open(REDIS).unwrap();
-        let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
-        let stream = format!("{}coupon-issue:requests", cluster.redis_key_prefix);
+        let mut redis = test_redis().await;
+        let type_id: i64 = sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = 'ORPHANED'")
+            .fetch_one(&cluster.db)
+            .await
+            .unwrap();
+        let stream = cluster.keys().campaign_key(campaign_slot(type_id), "issue-requests");
 
         let mut accepted = Vec::new();
         let mut stuck = false;
@@ -48,7 +58,7 @@ async fn entries_a_killed_consumer_read_are_finished_by_another() {
             let body: Value = answer.json().await.unwrap();
             accepted.push((body["requestId"].as_str().unwrap().to_owned(), user.token.clone()));
             // Until instance 0 holds an entry: instance 1 acknowledges its
-            // own within milliseconds.
+            // own within milliseconds of its 300 ms pause.
             if !stuck {
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 stuck = unacknowledged(&mut redis, &stream).await > 0;

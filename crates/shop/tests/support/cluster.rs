@@ -10,7 +10,9 @@ use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use super::pg_proxy::PgProxy;
-use super::{ADMIN_PASSWORD, PG, REDIS, TEST_SECRET, drop_test_data};
+use shop::redis_conn::Keyspace;
+
+use super::{ADMIN_PASSWORD, PG, REDIS, TEST_SECRET, drop_test_data, redis_cluster_nodes};
 
 pub struct Cluster {
     instances: Mutex<Vec<Instance>>,
@@ -35,6 +37,7 @@ fn shared_environment(database_url: &str, prefix: &str) -> Vec<(String, String)>
         ("DATABASE_URL", database_url),
         ("DATABASE_MAX_CONNECTIONS", "8"),
         ("REDIS_URL", REDIS),
+        ("REDIS_CLUSTER_NODES", &redis_cluster_nodes().join(",")),
         ("REDIS_KEY_PREFIX", prefix),
         ("BIND_ADDR", "127.0.0.1:0"),
         ("JWT_SECRET", TEST_SECRET),
@@ -103,6 +106,11 @@ impl Cluster {
 
     /// The URL of `path` on instance `i` (modulo the number of instances, so
     /// callers can round-robin with a counter).
+    /// The instances' Redis keys.
+    pub fn keys(&self) -> Keyspace {
+        Keyspace::new(&self.redis_key_prefix)
+    }
+
     pub fn url(&self, i: usize, path: &str) -> String {
         let instances = self.instances.lock().unwrap();
         format!("{}{path}", instances[i % instances.len()].address)

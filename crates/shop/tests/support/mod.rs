@@ -12,6 +12,7 @@ use shop::config::{
     Config, CouponStrategyKind, DatabaseConfig, EventsConfig, LockConfig, LogFormat, PasswordCost, PointsStrategyKind,
     StockStrategyKind,
 };
+use shop::redis_conn::{Keyspace, RedisConn, RedisTarget, campaign_slot};
 use shop::startup::Server;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -29,6 +30,24 @@ pub mod redis_proxy;
 
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
+/// When set (comma-separated seed nodes), test servers use this Redis
+/// Cluster instead of [`REDIS`]: `scripts/test` runs the Redis-dependent
+/// tests once more this way.
+pub const REDIS_CLUSTER_ENV: &str = "SHOP_TEST_REDIS_CLUSTER";
+
+/// A connection to the test Redis, or to the test cluster.
+pub async fn test_redis() -> RedisConn {
+    let nodes = redis_cluster_nodes();
+    let target = if nodes.is_empty() { RedisTarget::Single(REDIS) } else { RedisTarget::Cluster(&nodes) };
+    RedisConn::connect(target, Duration::from_secs(5)).await.unwrap()
+}
+
+/// The cluster the tests run against, if any.
+pub fn redis_cluster_nodes() -> Vec<String> {
+    std::env::var(REDIS_CLUSTER_ENV)
+        .map(|nodes| nodes.split(',').filter(|node| !node.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
 pub const ADMIN_EMAIL: &str = "admin@shop.local";
 pub const ADMIN_PASSWORD: &str = "admin-password";
 /// The token secret of every test server, so tests can sign tokens too.
@@ -45,6 +64,7 @@ pub fn test_config() -> Config {
             database_max_connections: 12,
         },
         redis_url: REDIS.into(),
+        redis_cluster_nodes: redis_cluster_nodes(),
         redis_key_prefix: format!("test:{id}:"),
         bind_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
@@ -193,23 +213,30 @@ impl TestApp {
         start(config, false).await
     }
 
-    /// Reads a Redis key of this shop's (named without the prefix).
-    pub async fn redis_hash_field(&self, key: &str, field: &str) -> Option<i64> {
-        let client = redis::Client::open(REDIS).unwrap();
-        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("HGET")
-            .arg(format!("{}{key}", self.config.redis_key_prefix))
-            .arg(field)
-            .query_async(&mut redis)
-            .await
-            .unwrap()
+    /// A connection to this shop's Redis, single or cluster.
+    pub async fn redis(&self) -> RedisConn {
+        RedisConn::connect(self.config.redis_target(), Duration::from_secs(5)).await.unwrap()
     }
 
-    /// The size of a sorted set of this shop's (named without the prefix).
+    /// This shop's key `name` of `entity`'s slot (see `Keyspace`).
+    pub fn redis_key(&self, entity: impl std::fmt::Display, name: impl std::fmt::Display) -> String {
+        Keyspace::new(&self.config.redis_key_prefix).key(entity, name)
+    }
+
+    /// This shop's key of a coupon campaign's gate.
+    pub fn coupon_gate_key(&self, type_id: i64, name: &str) -> String {
+        Keyspace::new(&self.config.redis_key_prefix)
+            .campaign_key(campaign_slot(type_id), format_args!("gate:{type_id}:{name}"))
+    }
+
+    /// Reads a field of a Redis hash.
+    pub async fn redis_hash_field(&self, key: &str, field: &str) -> Option<i64> {
+        redis::cmd("HGET").arg(key).arg(field).query_async(&mut self.redis().await).await.unwrap()
+    }
+
+    /// The size of a sorted set.
     pub async fn redis_zcard(&self, key: &str) -> i64 {
-        let client = redis::Client::open(REDIS).unwrap();
-        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("ZCARD").arg(format!("{}{key}", self.config.redis_key_prefix)).query_async(&mut redis).await.unwrap()
+        redis::cmd("ZCARD").arg(key).query_async(&mut self.redis().await).await.unwrap()
     }
 
     /// Deletes every Redis key of this shop, as a Redis restart without
@@ -496,16 +523,34 @@ pub fn drop_test_data(database_url: &str, redis_key_prefix: &str) {
     .ok();
 }
 
+/// The keys matching `pattern` on the test Redis, or on every master of
+/// the test cluster.
+pub async fn redis_keys_matching(pattern: &str) -> Vec<String> {
+    let cluster = redis_cluster_nodes();
+    let nodes = if cluster.is_empty() { vec![REDIS.to_owned()] } else { cluster };
+    let mut keys = std::collections::BTreeSet::new();
+    for node in nodes {
+        let Ok(client) = redis::Client::open(node) else {
+            continue;
+        };
+        let Ok(mut redis) = client.get_multiplexed_async_connection().await else {
+            continue;
+        };
+        let found: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut redis).await.unwrap_or_default();
+        keys.extend(found);
+    }
+    keys.into_iter().collect()
+}
+
+/// Deletes the keys under `prefix` (one at a time: a cluster deletes
+/// several in one command only within a slot).
 async fn delete_redis_keys(prefix: &str) {
-    let Ok(client) = redis::Client::open(REDIS) else {
+    let keys = redis_keys_matching(&format!("{prefix}*")).await;
+    if keys.is_empty() {
         return;
-    };
-    let Ok(mut redis) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.unwrap_or_default();
-    if !keys.is_empty() {
-        redis::cmd("DEL").arg(keys).query_async::<()>(&mut redis).await.ok();
+    }
+    let mut redis = test_redis().await;
+    for key in keys {
+        redis::cmd("DEL").arg(key).query_async::<()>(&mut redis).await.ok();
     }
 }

@@ -43,7 +43,6 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -52,11 +51,13 @@ use super::{CouponHold, CouponStrategy, Issued, StreamEntry, count_issued, refus
 use crate::config::CouponStrategyKind;
 use crate::domain::coupon::CouponType;
 use crate::error::AppError;
+use crate::redis_conn::{Keyspace, RedisConn, campaign_slot};
 use crate::storage::coupons;
 use crate::strategy::{Chore, Deps};
 
 /// Hands out a unit. KEYS: state, holders, pending, and for an
-/// asynchronous request the stream it is queued on, in the same step. ARGV:
+/// asynchronous request the stream it is queued on (of the campaign's
+/// slot), in the same step. ARGV:
 /// user, then the stream entry's fields and values (`grant` is added).
 /// Answers `GRANTED:<the grant's time, ms>`, or `PENDING` while the answer
 /// depends on grants not yet settled (`HOLDER_PENDING`: the user's own).
@@ -123,11 +124,10 @@ static CLOSE: LazyLock<Script> = LazyLock::new(|| {
 
 /// Installs a loaded campaign, if this loader still holds the loading lease
 /// and no gate exists. KEYS: state, holders, pending, this loader's staged
-/// holders, active campaigns, loading lease. ARGV: left, campaign id, loader
-/// token. Answers 1 if installed.
+/// holders, loading lease. ARGV: left, loader token. Answers 1 if installed.
 static LOAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('GET', KEYS[6]) ~= ARGV[3] or redis.call('EXISTS', KEYS[1]) == 1 then
+        r"if redis.call('GET', KEYS[5]) ~= ARGV[2] or redis.call('EXISTS', KEYS[1]) == 1 then
               redis.call('DEL', KEYS[4])
               return 0
           end
@@ -138,8 +138,7 @@ static LOAD: LazyLock<Script> = LazyLock::new(|| {
           end
           redis.call('DEL', KEYS[3])
           redis.call('HSET', KEYS[1], 'left', ARGV[1])
-          redis.call('SADD', KEYS[5], ARGV[2])
-          redis.call('DEL', KEYS[6])
+          redis.call('DEL', KEYS[5])
           return 1",
     )
 });
@@ -158,8 +157,8 @@ const PENDING_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub struct CouponGate {
-    redis: ConnectionManager,
-    prefix: String,
+    redis: RedisConn,
+    keys: Keyspace,
     /// A grant still pending after this long is reconciled.
     reconcile_after: Duration,
     /// Wakes this instance's requests waiting on pending grants when a
@@ -258,25 +257,27 @@ impl CouponGate {
     pub fn new(deps: &Deps<'_>) -> Self {
         Self {
             redis: deps.redis.clone(),
-            prefix: deps.redis_key_prefix.to_owned(),
+            keys: deps.keys.clone(),
             reconcile_after: deps.locks.gate_reconcile_after(),
             settled: Arc::new(Notify::new()),
         }
     }
 
+    /// The campaign's keys, of its slot (see [`campaign_slot`]).
     fn keys(&self, type_id: i64) -> Keys {
-        let base = format!("{}coupon-gate:{type_id}", self.prefix);
+        let key = |name: &str| self.keys.campaign_key(campaign_slot(type_id), format_args!("gate:{type_id}:{name}"));
         Keys {
-            state: format!("{base}:state"),
-            holders: format!("{base}:holders"),
-            pending: format!("{base}:pending"),
-            loading: format!("{base}:loading"),
-            staged: format!("{base}:staged"),
+            state: key("state"),
+            holders: key("holders"),
+            pending: key("pending"),
+            loading: key("loading"),
+            staged: key("staged"),
         }
     }
 
+    /// The campaigns the reconciler looks at: every one ever loaded.
     fn active_key(&self) -> String {
-        format!("{}coupon-gate:active", self.prefix)
+        self.keys.key("coupon-gate", "active")
     }
 
     /// Takes a unit from the gate for the user (the grant's time, which
@@ -366,6 +367,9 @@ impl CouponGate {
             let _: i64 = redis.del(&keys.loading).await?;
             return Ok(());
         }
+        // Known to the reconciler before any grant can be pending (the set
+        // lives on a slot of its own, so not in the script that installs).
+        let _: i64 = redis.sadd(self.active_key(), type_id).await?;
         let (left, holders) = coupons::holders(&mut *db.acquire().await?, type_id).await?;
         // Tests hold a load here until its lease has run out.
         fail::fail_point!("coupons::gate::read");
@@ -379,10 +383,8 @@ impl CouponGate {
             .key(&keys.holders)
             .key(&keys.pending)
             .key(&staged)
-            .key(self.active_key())
             .key(&keys.loading)
             .arg(left)
-            .arg(type_id)
             .arg(&token)
             .invoke_async(&mut redis)
             .await?;
@@ -414,10 +416,10 @@ impl CouponGate {
     async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
         let mut redis = self.redis.clone();
         let campaigns: Vec<i64> = redis.smembers(self.active_key()).await?;
-        let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await?;
-        let cutoff = seconds * 1000 + micros / 1000 - self.reconcile_after.as_millis() as i64;
         for type_id in campaigns {
             let keys = self.keys(type_id);
+            // Grants are stamped by the clock of their campaign's node.
+            let cutoff = redis.time_at(&keys.pending).await? - self.reconcile_after.as_millis() as i64;
             let stale: Vec<(i64, i64)> =
                 redis.zrangebyscore_limit_withscores(&keys.pending, "-inf", cutoff, 0, 500).await?;
             for (user_id, granted_ms) in stale {

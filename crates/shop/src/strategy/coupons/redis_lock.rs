@@ -24,9 +24,8 @@ fn resource(type_id: i64) -> String {
     format!("coupon-type:{type_id}")
 }
 
-fn sold_out(type_id: i64) -> String {
-    format!("coupon-type:{type_id}:sold-out")
-}
+/// The campaign's flag raised once it is sold out.
+const SOLD_OUT: &str = "sold-out";
 
 #[async_trait]
 impl CouponStrategy for RedisLock {
@@ -36,8 +35,7 @@ impl CouponStrategy for RedisLock {
 
     async fn hold(&self, db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
         refuse_settled(db, coupon_type, user_id).await?;
-        let flag = sold_out(coupon_type.id);
-        let give_up = GiveUp { flag: &flag, answer: || AppError::CouponSoldOut };
+        let give_up = GiveUp { flag: SOLD_OUT, answer: || AppError::CouponSoldOut };
         let lease = lease(&self.locks, &resource(coupon_type.id), Some(give_up)).await?;
         Ok(CouponHold { leases: vec![lease], grant: None })
     }
@@ -62,7 +60,7 @@ impl CouponStrategy for RedisLock {
     /// at once) when the campaign is known to be sold out.
     async fn settle(&self, coupon_type: &CouponType, _: i64, hold: CouponHold, issued: Result<&Issued, &AppError>) {
         if let Ok(Issued { last_unit: true, .. }) | Err(AppError::CouponSoldOut) = issued
-            && let Err(error) = self.locks.raise_flag(&sold_out(coupon_type.id)).await
+            && let Err(error) = self.locks.raise_flag(&resource(coupon_type.id), SOLD_OUT).await
         {
             tracing::warn!(%error, "could not raise a campaign's sold-out flag; its waiters wait for the lease");
         }

@@ -1,13 +1,23 @@
-//! Redis gate: one Lua script takes every line's units from per-product
-//! counters in Redis, or none; only orders that got their units go on to
-//! PostgreSQL, where the same conditional decrement as `atomic` runs as the
-//! last line of defence. A sale that has run out is answered from Redis.
+//! Redis gate: a Lua script per line takes the line's units from its
+//! product's counter in Redis; only orders that got every line's units go
+//! on to PostgreSQL, where the same conditional decrement as `atomic` runs
+//! as the last line of defence. A sale that has run out is answered from
+//! Redis.
 //!
-//! Each reservation has an id, recorded with its lines and the time it was
-//! made (*pending*) and written on the order it becomes. It is settled by
-//! whoever removes it from `pending` first: the request after its commit,
-//! the request giving its units back after a failure (requests run to their
-//! end even when their client leaves), or the reconciler, which completes
+//! Everything the gate keeps for a product lives in the product's slot, so
+//! a Redis Cluster spreads products over its masters and each script runs
+//! on one. The lines of an order are taken one product at a time, in
+//! product order; when one is short, the units already taken go back. While
+//! they are out, another order may be refused for units that come back a
+//! moment later — as it may be while any order's units are out between the
+//! gate and its commit.
+//!
+//! Each reservation has an id, recorded in each of its products with its
+//! quantity and the time it was made (*pending*), and written on the order
+//! it becomes. It is settled, product by product, by whoever removes it
+//! from that product's `pending` first: the request after its commit, the
+//! request giving its units back after a failure (requests run to their end
+//! even when their client leaves), or the reconciler, which completes
 //! reservations older than `reconcile_after` whose order exists and gives
 //! back the units of the others (a crash between the gate and the write).
 //!
@@ -34,11 +44,12 @@
 //!   slow order the reconciler gave up on may still commit: over-counts,
 //!   which PostgreSQL refuses.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use futures_util::{StreamExt, TryStreamExt};
 use redis::{AsyncCommands, Script};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -47,6 +58,7 @@ use super::{RecordedChanges, StockHold, StockStrategy, atomic};
 use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
+use crate::redis_conn::{Keyspace, RedisConn};
 use crate::storage::products::StockChange;
 use crate::storage::{Tx, orders, products};
 use crate::strategy::{Chore, Deps};
@@ -55,73 +67,80 @@ use crate::strategy::{Chore, Deps};
 /// longer than a load takes from its read to its write), and its id
 /// remembered as applied (far longer than it can wait to be passed on again).
 const KEPT_ASIDE: Duration = Duration::from_secs(24 * 3600);
+/// Products the reconciler looks at side by side.
+const RECONCILE_CONCURRENCY: usize = 16;
 
-/// KEYS: pending, reservations, one counter per line. ARGV: reservation id,
-/// one quantity per line. Answers `OK`, `OUT_OF_STOCK` or `NOT_LOADED`.
+/// Takes one line's units. KEYS: the product's counter, pending,
+/// reservations. ARGV: reservation id, quantity. Answers `OK`,
+/// `OUT_OF_STOCK` or `NOT_LOADED`. Run twice for one reservation (a client
+/// retrying after a lost reply), it takes the units once.
 static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"local lines = #KEYS - 2
-          for i = 1, lines do
-              local left = redis.call('HGET', KEYS[i + 2], 'left')
-              if not left then return 'NOT_LOADED' end
-              if tonumber(left) < tonumber(ARGV[i + 1]) then return 'OUT_OF_STOCK' end
-          end
-          local record = {}
-          for i = 1, lines do
-              redis.call('HINCRBY', KEYS[i + 2], 'left', -tonumber(ARGV[i + 1]))
-              record[i] = KEYS[i + 2] .. '=' .. ARGV[i + 1]
-          end
+        r"if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 'OK' end
+          local left = redis.call('HGET', KEYS[1], 'left')
+          if not left then return 'NOT_LOADED' end
+          if tonumber(left) < tonumber(ARGV[2]) then return 'OUT_OF_STOCK' end
+          redis.call('HINCRBY', KEYS[1], 'left', -tonumber(ARGV[2]))
           local now = redis.call('TIME')
-          redis.call('ZADD', KEYS[1], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[1])
-          redis.call('HSET', KEYS[2], ARGV[1], table.concat(record, ' '))
+          redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[1])
+          redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
           return 'OK'",
     )
 });
 
-/// Settles a reservation by returning its units, read from its record.
-/// KEYS: pending, reservations. ARGV: reservation id.
+/// Settles a reservation in one product by returning its units. KEYS: the
+/// product's counter, pending, reservations. ARGV: reservation id.
 static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-          local record = redis.call('HGET', KEYS[2], ARGV[1])
-          redis.call('HDEL', KEYS[2], ARGV[1])
-          if not record then return 1 end
-          for counter, quantity in string.gmatch(record, '(%S+)=(%d+)') do
-              if redis.call('EXISTS', counter) == 1 then redis.call('HINCRBY', counter, 'left', quantity) end
+        r"if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+          local quantity = redis.call('HGET', KEYS[3], ARGV[1])
+          redis.call('HDEL', KEYS[3], ARGV[1])
+          if quantity and redis.call('EXISTS', KEYS[1]) == 1 then
+              redis.call('HINCRBY', KEYS[1], 'left', quantity)
           end
           return 1",
     )
 });
 
-/// Settles a reservation whose order committed. KEYS: pending,
-/// reservations. ARGV: reservation id.
+/// Settles a reservation in one product whose order committed. KEYS: the
+/// product's counter, pending, reservations. ARGV: reservation id.
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"redis.call('ZREM', KEYS[1], ARGV[1])
-          redis.call('HDEL', KEYS[2], ARGV[1])
+        r"redis.call('ZREM', KEYS[2], ARGV[1])
+          redis.call('HDEL', KEYS[3], ARGV[1])
           return 1",
     )
 });
 
-/// Applies stock changes committed in PostgreSQL, each once: KEYS:
-/// counter, kept-aside changes, applied changes, repeated per change. ARGV:
-/// change id, delta, version, repeated; then how long to keep a change
-/// aside and to remember it applied (ms).
+/// A product's reservations pending longer than ARGV[1] ms by its node's
+/// clock, at most ARGV[2] of them. KEYS: the product's pending.
+static STALE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local now = redis.call('TIME')
+          local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[1])
+          return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, ARGV[2])",
+    )
+});
+
+/// Applies stock changes of one product committed in PostgreSQL, each
+/// once: KEYS: counter, kept-aside changes, applied changes. ARGV: change
+/// id, delta, version, repeated; then how long to keep a change aside and
+/// to remember it applied (ms).
 static CHANGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local keep = ARGV[#ARGV]
-          for i = 1, #KEYS, 3 do
+          for i = 1, #ARGV - 1, 3 do
               local id, delta, version = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-              if redis.call('HSETNX', KEYS[i + 2], id, 1) == 1 then
-                  redis.call('PEXPIRE', KEYS[i + 2], keep)
-                  local loaded = redis.call('HGET', KEYS[i], 'version')
+              if redis.call('HSETNX', KEYS[3], id, 1) == 1 then
+                  redis.call('PEXPIRE', KEYS[3], keep)
+                  local loaded = redis.call('HGET', KEYS[1], 'version')
                   if loaded then
                       if tonumber(version) > tonumber(loaded) then
-                          redis.call('HINCRBY', KEYS[i], 'left', delta)
+                          redis.call('HINCRBY', KEYS[1], 'left', delta)
                       end
                   else
-                      redis.call('HSET', KEYS[i + 1], version, delta)
-                      redis.call('PEXPIRE', KEYS[i + 1], keep)
+                      redis.call('HSET', KEYS[2], version, delta)
+                      redis.call('PEXPIRE', KEYS[2], keep)
                   end
               end
           end
@@ -166,9 +185,29 @@ pub struct GateReservation {
 
 #[derive(Clone)]
 pub struct StockGate {
-    redis: ConnectionManager,
-    prefix: String,
+    redis: RedisConn,
+    keys: Keyspace,
     reconcile_after: Duration,
+}
+
+/// A product's keys, of its slot.
+struct ProductKeys {
+    /// A hash of `left` (units the gate may still hand out) and `version`
+    /// (of the product row it was loaded from).
+    counter: String,
+    /// Changes committed while the counter was not loaded, by version.
+    kept_aside: String,
+    /// The ids of the changes applied (or kept aside), so that a change
+    /// passed on twice — by its instance and by the reconciler, or again
+    /// after a lost reply — counts once.
+    applied: String,
+    /// How many times the counter was dropped: a load that began before a
+    /// drop must not install what it read.
+    drops: String,
+    /// Reservations not yet settled, by the time they were made.
+    pending: String,
+    /// The quantity each pending reservation took.
+    reservations: String,
 }
 
 #[async_trait]
@@ -243,79 +282,76 @@ impl StockStrategy for StockGate {
 
 impl StockGate {
     pub fn new(deps: &Deps<'_>) -> Self {
-        Self {
-            redis: deps.redis.clone(),
-            prefix: deps.redis_key_prefix.to_owned(),
-            reconcile_after: deps.locks.gate_reconcile_after(),
-        }
+        Self { redis: deps.redis.clone(), keys: deps.keys.clone(), reconcile_after: deps.locks.gate_reconcile_after() }
     }
 
     fn reconcile_every(&self) -> Duration {
         self.reconcile_after / 3
     }
 
-    /// A hash of `left` (units the gate may still hand out) and `version`
-    /// (of the product row it was loaded from).
-    fn counter(&self, product_id: i64) -> String {
-        format!("{}stock-gate:counter:{product_id}", self.prefix)
+    fn product_keys(&self, product_id: i64) -> ProductKeys {
+        let product = format!("product:{product_id}");
+        let key = |name: &str| self.keys.key(&product, format_args!("gate:{name}"));
+        ProductKeys {
+            counter: key("counter"),
+            kept_aside: key("changes"),
+            applied: key("applied"),
+            drops: key("drops"),
+            pending: key("pending"),
+            reservations: key("reservations"),
+        }
     }
 
-    /// Changes committed while the counter was not loaded, by version.
-    fn kept_aside(&self, product_id: i64) -> String {
-        format!("{}stock-gate:changes:{product_id}", self.prefix)
+    /// The products whose counters were ever loaded: the reconciler's round.
+    fn active_key(&self) -> String {
+        self.keys.key("stock-gate", "active")
     }
 
-    /// The ids of the changes applied (or kept aside), so that a change
-    /// passed on twice — by its instance and by the reconciler, or again
-    /// after a lost reply — counts once.
-    fn applied(&self, product_id: i64) -> String {
-        format!("{}stock-gate:applied:{product_id}", self.prefix)
-    }
-
-    /// How many times the counter was dropped: a load that began before a
-    /// drop must not install what it read.
-    fn drops(&self, product_id: i64) -> String {
-        format!("{}stock-gate:drops:{product_id}", self.prefix)
-    }
-
-    fn pending(&self) -> String {
-        format!("{}stock-gate:pending", self.prefix)
-    }
-
-    fn reservations(&self) -> String {
-        format!("{}stock-gate:reservations", self.prefix)
-    }
-
-    /// Takes every line's units from the gate, before the transaction.
+    /// Takes every line's units from the gate, before the transaction: one
+    /// product at a time in product order, giving back what was taken if a
+    /// line is short or Redis fails midway.
     async fn reserve(&self, db: &PgPool, lines: &OrderLines) -> Result<GateReservation, AppError> {
-        let reservation = GateReservation { id: Uuid::new_v4(), products: lines.product_ids() };
-        let mut script = RESERVE.key(self.pending());
-        script.key(self.reservations());
-        for (product_id, _) in lines.iter() {
-            script.key(self.counter(product_id));
-        }
-        script.arg(reservation.id.to_string());
-        for (_, quantity) in lines.iter() {
-            script.arg(quantity);
-        }
-        for _ in 0..3 {
-            let answer: String = script.invoke_async(&mut self.redis.clone()).await?;
-            metrics::counter!("shop_stock_gate_total", "outcome" => answer.to_lowercase()).increment(1);
-            match answer.as_str() {
-                "OK" => {
-                    fail::fail_point!("stock::gate::reserved", |_| Err(AppError::internal(anyhow::anyhow!(
-                        "simulated crash after the stock gate"
-                    ))));
-                    return Ok(reservation);
+        let mut reservation = GateReservation { id: Uuid::new_v4(), products: Vec::new() };
+        let mut loads = 0;
+        let mut outcome = Ok(());
+        for (product_id, quantity) in lines.iter() {
+            let keys = self.product_keys(product_id);
+            let mut script = RESERVE.key(&keys.counter);
+            script.key(&keys.pending).key(&keys.reservations).arg(reservation.id.to_string()).arg(quantity);
+            outcome = loop {
+                let answer: String = match script.invoke_async(&mut self.redis.clone()).await {
+                    Ok(answer) => answer,
+                    Err(error) => break Err(AppError::from(error)),
+                };
+                metrics::counter!("shop_stock_gate_total", "outcome" => answer.to_lowercase()).increment(1);
+                match answer.as_str() {
+                    "OK" => break Ok(()),
+                    "OUT_OF_STOCK" => break Err(AppError::OutOfStock),
+                    "NOT_LOADED" if loads < 3 => {
+                        loads += 1;
+                        if let Err(error) = self.load(db, product_id).await {
+                            break Err(error);
+                        }
+                    }
+                    "NOT_LOADED" => break Err(AppError::Unavailable("the stock gate is being loaded")),
+                    other => break Err(AppError::internal(anyhow::anyhow!("unexpected gate answer {other}"))),
                 }
-                "OUT_OF_STOCK" => return Err(AppError::OutOfStock),
-                "NOT_LOADED" => self.load(db, &reservation.products).await?,
-                other => {
-                    return Err(AppError::internal(anyhow::anyhow!("unexpected gate answer {other}")));
-                }
+            };
+            // A line whose script may have run (its reply was lost) is
+            // given back with the others.
+            reservation.products.push(product_id);
+            if outcome.is_err() {
+                break;
             }
         }
-        Err(AppError::Unavailable("the stock gate is being loaded"))
+        if let Err(error) = outcome {
+            self.settle_all(&GIVE_BACK, &reservation).await;
+            return Err(error);
+        }
+        fail::fail_point!("stock::gate::reserved", |_| Err(AppError::internal(anyhow::anyhow!(
+            "simulated crash after the stock gate"
+        ))));
+        Ok(reservation)
     }
 
     /// After the transaction: completes the reservation if its order
@@ -329,15 +365,7 @@ impl StockGate {
             Err(AppError::OutcomeUnknown) => return,
             Err(_) => &GIVE_BACK,
         };
-        let settled = script
-            .key(self.pending())
-            .key(self.reservations())
-            .arg(reservation.id.to_string())
-            .invoke_async::<i64>(&mut self.redis.clone())
-            .await;
-        if let Err(error) = settled {
-            tracing::warn!(%error, "could not settle a stock reservation; the reconciler will");
-        }
+        self.settle_all(script, &reservation).await;
         if matches!(placed, Err(AppError::OutOfStock)) {
             for product_id in reservation.products {
                 self.forget(product_id).await;
@@ -345,23 +373,41 @@ impl StockGate {
         }
     }
 
-    /// Loads the counters missing from Redis from PostgreSQL.
-    async fn load(&self, db: &PgPool, product_ids: &[i64]) -> Result<(), AppError> {
+    /// Settles the reservation in each of its products, side by side.
+    async fn settle_all(&self, script: &Script, reservation: &GateReservation) {
+        let id = reservation.id.to_string();
+        let settles = reservation.products.iter().map(|product_id| self.settle_one(script, *product_id, &id));
+        if let Err(error) = futures_util::future::try_join_all(settles).await {
+            tracing::warn!(%error, "could not settle a stock reservation; the reconciler will");
+        }
+    }
+
+    async fn settle_one(&self, script: &Script, product_id: i64, reservation: &str) -> redis::RedisResult<()> {
+        let keys = self.product_keys(product_id);
+        let mut invocation = script.key(&keys.counter);
+        invocation.key(&keys.pending).key(&keys.reservations).arg(reservation);
+        invocation.invoke_async::<i64>(&mut self.redis.clone()).await.map(drop)
+    }
+
+    /// Loads a product's counter, missing from Redis, from PostgreSQL.
+    async fn load(&self, db: &PgPool, product_id: i64) -> Result<(), AppError> {
         let mut redis = self.redis.clone();
-        let drop_keys: Vec<String> = product_ids.iter().map(|id| self.drops(*id)).collect();
-        let drops: Vec<Option<i64>> = redis.mget(&drop_keys).await?;
-        let rows = products::stock_of(&mut *db.acquire().await?, product_ids).await?;
+        let keys = self.product_keys(product_id);
+        // Known to the reconciler before any reservation can be pending.
+        let _: i64 = redis.sadd(self.active_key(), product_id).await?;
+        let drops: Option<i64> = redis.get(&keys.drops).await?;
+        let rows = products::stock_of(&mut *db.acquire().await?, &[product_id]).await?;
         // Tests hold a load here while the stock changes in PostgreSQL.
         fail::fail_point!("stock::gate::read");
-        for row in rows {
-            let seen = product_ids.iter().position(|id| *id == row.id).and_then(|at| drops[at]).unwrap_or(0);
+        // A product that is gone is left unloaded.
+        if let Some(row) = rows.into_iter().find(|row| row.id == product_id) {
             let loaded: i64 = LOAD
-                .key(self.counter(row.id))
-                .key(self.kept_aside(row.id))
-                .key(self.drops(row.id))
+                .key(&keys.counter)
+                .key(&keys.kept_aside)
+                .key(&keys.drops)
                 .arg(row.stock)
                 .arg(row.version)
-                .arg(seen)
+                .arg(drops.unwrap_or(0))
                 .invoke_async(&mut redis)
                 .await?;
             if loaded == 1 {
@@ -371,25 +417,35 @@ impl StockGate {
         Ok(())
     }
 
+    /// Applies changes, one script per product, side by side.
     async fn apply(&self, changes: &[(i64, StockChange)]) -> redis::RedisResult<()> {
-        let mut script = CHANGE.prepare_invoke();
-        for (id, change) in changes {
-            script.key(self.counter(change.product_id));
-            script.key(self.kept_aside(change.product_id)).key(self.applied(change.product_id));
-            script.arg(id).arg(change.delta).arg(change.version);
+        let mut by_product: BTreeMap<i64, Vec<&(i64, StockChange)>> = BTreeMap::new();
+        for change in changes {
+            by_product.entry(change.1.product_id).or_default().push(change);
         }
-        script.arg(KEPT_ASIDE.as_millis() as u64);
-        script.invoke_async::<i64>(&mut self.redis.clone()).await.map(drop)
+        let scripts = by_product.into_iter().map(|(product_id, changes)| {
+            let keys = self.product_keys(product_id);
+            let mut script = CHANGE.key(&keys.counter);
+            script.key(&keys.kept_aside).key(&keys.applied);
+            for (id, change) in changes {
+                script.arg(id).arg(change.delta).arg(change.version);
+            }
+            script.arg(KEPT_ASIDE.as_millis() as u64);
+            let mut redis = self.redis.clone();
+            async move { script.invoke_async::<i64>(&mut redis).await }
+        });
+        futures_util::future::try_join_all(scripts).await.map(drop)
     }
 
     /// Once the rows of applied changes are gone, nothing can pass them on
     /// again: their ids need not be remembered. (If this fails, they expire.)
     async fn forget_applied(&self, changes: &[(i64, StockChange)]) {
-        let mut pipe = redis::pipe();
-        for (id, change) in changes {
-            pipe.hdel(self.applied(change.product_id), id).ignore();
-        }
-        if let Err(error) = pipe.query_async::<()>(&mut self.redis.clone()).await {
+        let forgets = changes.iter().map(|(id, change)| {
+            let key = self.product_keys(change.product_id).applied;
+            let mut redis = self.redis.clone();
+            async move { redis.hdel::<_, _, i64>(key, id).await }
+        });
+        if let Err(error) = futures_util::future::try_join_all(forgets).await {
             tracing::debug!(%error, "could not forget applied stock gate changes; they expire");
         }
     }
@@ -398,11 +454,8 @@ impl StockGate {
     /// Redis does not answer, the counter stays too high, which PostgreSQL
     /// refuses.
     async fn forget(&self, product_id: i64) {
-        let dropped = DROP
-            .key(self.counter(product_id))
-            .key(self.drops(product_id))
-            .invoke_async::<i64>(&mut self.redis.clone())
-            .await;
+        let keys = self.product_keys(product_id);
+        let dropped = DROP.key(&keys.counter).key(&keys.drops).invoke_async::<i64>(&mut self.redis.clone()).await;
         if let Err(error) = dropped {
             tracing::warn!(%error, product_id, "could not drop a stock gate counter");
         }
@@ -429,22 +482,35 @@ impl StockGate {
 
     /// Settles reservations pending longer than `reconcile_after`: completed
     /// if their order exists, else their units go back. Safe on many
-    /// instances at once: each is settled by whoever removes it first.
+    /// instances at once: each is settled by whoever removes it first. Every
+    /// product ever loaded is looked at, a few side by side.
     async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
         self.apply_left_behind(&db).await?;
-        let mut redis = self.redis.clone();
-        let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await?;
-        let cutoff = seconds * 1000 + micros / 1000 - self.reconcile_after.as_millis() as i64;
-        let stale: Vec<String> = redis.zrangebyscore_limit(self.pending(), "-inf", cutoff, 0, 500).await?;
+        let products: Vec<i64> = self.redis.clone().smembers(self.active_key()).await?;
+        futures_util::stream::iter(products)
+            .map(|product_id| self.reconcile_product(&db, product_id))
+            .buffer_unordered(RECONCILE_CONCURRENCY)
+            .try_collect::<()>()
+            .await
+    }
+
+    async fn reconcile_product(&self, db: &PgPool, product_id: i64) -> Result<(), AppError> {
+        let keys = self.product_keys(product_id);
+        let stale: Vec<String> = STALE
+            .key(&keys.pending)
+            .arg(self.reconcile_after.as_millis() as u64)
+            .arg(500)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
         for id in stale {
             let Ok(reservation) = Uuid::parse_str(&id) else {
                 continue;
             };
             let placed = orders::placed_under(&mut *db.acquire().await?, reservation).await?;
             let (script, action) = if placed { (&COMPLETE, "completed") } else { (&GIVE_BACK, "returned") };
-            script.key(self.pending()).key(self.reservations()).arg(&id).invoke_async::<i64>(&mut redis).await?;
+            self.settle_one(script, product_id, &id).await?;
             metrics::counter!("shop_stock_gate_reconciled_total", "action" => action).increment(1);
-            tracing::info!(reservation = %id, action, "reconciled a stale stock reservation");
+            tracing::info!(reservation = %id, product_id, action, "reconciled a stale stock reservation");
         }
         Ok(())
     }

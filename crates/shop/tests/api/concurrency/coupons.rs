@@ -240,7 +240,7 @@ async fn a_failed_write_gives_the_unit_back() {
     .unwrap();
     let type_id: i64 =
         sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1").bind(&code).fetch_one(&app.db).await.unwrap();
-    let left = format!("coupon-gate:{type_id}:state");
+    let left = app.coupon_gate_key(type_id, "state");
     assert_eq!(app.redis_hash_field(&left, "left").await, Some(2));
 
     let refused = app.issue_coupon(&holder, &code).await;

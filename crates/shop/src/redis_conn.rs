@@ -1,0 +1,168 @@
+//! The shop's Redis: one server through a reconnecting connection, or a
+//! Redis Cluster (`REDIS_CLUSTER_NODES`) through the cluster client, which
+//! sends each command to the master of its key's slot and follows the
+//! cluster through resharding and failover. Code above this module does
+//! not know which: both are one [`RedisConn`].
+//!
+//! A cluster runs a script, a transaction or a pipeline only if all its
+//! keys hash to one slot, so every key is built by [`Keyspace`] with a hash
+//! tag naming the entity whose keys are used together.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
+/// Where Redis is: a single server, or a cluster's seed nodes.
+#[derive(Debug, Clone, Copy)]
+pub enum RedisTarget<'a> {
+    Single(&'a str),
+    Cluster(&'a [String]),
+}
+
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl RedisConn {
+    /// Connects and checks that Redis answers, within `timeout`; each
+    /// command later waits at most `timeout` for its reply.
+    pub async fn connect(target: RedisTarget<'_>, timeout: Duration) -> anyhow::Result<Self> {
+        let reach = async {
+            let mut conn = match target {
+                RedisTarget::Single(url) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(timeout))
+                        .set_response_timeout(Some(timeout));
+                    Self::Single(ConnectionManager::new_with_config(redis::Client::open(url)?, config).await?)
+                }
+                RedisTarget::Cluster(nodes) => {
+                    // A command retries a moved slot or a lost node for about
+                    // a second, not the client's default minutes: a request
+                    // answers 503 and is retried by its client while a
+                    // failover takes longer.
+                    let client = ClusterClientBuilder::new(nodes.to_vec())
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .retries(6)
+                        .min_retry_wait(50)
+                        .max_retry_wait(1_000)
+                        .build()?;
+                    Self::Cluster(client.get_async_connection().await?)
+                }
+            };
+            redis::cmd("PING").query_async::<String>(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let named = match target {
+            RedisTarget::Single(url) => crate::startup::redacted(url),
+            RedisTarget::Cluster(nodes) => {
+                format!(
+                    "the cluster of {}",
+                    nodes.iter().map(|node| crate::startup::redacted(node)).collect::<Vec<_>>().join(", ")
+                )
+            }
+        };
+        tokio::time::timeout(timeout, reach)
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))
+            .and_then(|reached| reached.map_err(anyhow::Error::from))
+            .with_context(|| format!("cannot reach Redis at {named}"))
+    }
+
+    /// The time of the Redis server that holds `key`, in milliseconds: the
+    /// clock that stamped the times stored beside it (nodes of a cluster
+    /// may disagree by as much as their clocks do).
+    pub async fn time_at(&mut self, key: &str) -> redis::RedisResult<i64> {
+        static TIME: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+            Script::new("local now = redis.call('TIME') return now[1] * 1000 + math.floor(now[2] / 1000)")
+        });
+        TIME.key(key).invoke_async(self).await
+    }
+}
+
+/// Builds every Redis key: the deployment's prefix (`REDIS_KEY_PREFIX`),
+/// then a hash tag naming the entity whose keys are used together, so that
+/// they share a cluster slot: `shop:{product:5}:gate-counter`.
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Keyspace {
+    /// `prefix` must not hold `{` or `}`: the first braces of a key are its
+    /// hash tag (see `Config::validate`).
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    /// The key `name` of `entity`'s slot.
+    pub fn key(&self, entity: impl std::fmt::Display, name: impl std::fmt::Display) -> String {
+        format!("{}{{{entity}}}:{name}", self.prefix)
+    }
+
+    /// The key `name` of campaign slot `slot` (see [`CAMPAIGN_SLOTS`]).
+    pub fn campaign_key(&self, slot: i64, name: impl std::fmt::Display) -> String {
+        self.key(format_args!("coupons:{slot}"), name)
+    }
+}
+
+/// How many slots the coupon campaigns are spread over. A campaign's gate
+/// and the stream its asynchronous requests are queued on share a slot, so
+/// that one script grants a unit and queues its request; a stream per
+/// campaign slot spreads the queue over the cluster without consumers
+/// having to discover campaigns. Fixed: changing it moves every campaign's
+/// keys.
+pub const CAMPAIGN_SLOTS: i64 = 16;
+
+/// Which of the [`CAMPAIGN_SLOTS`] a campaign's keys are in.
+pub fn campaign_slot(type_id: i64) -> i64 {
+    type_id.rem_euclid(CAMPAIGN_SLOTS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_entity_share_a_hash_tag_after_the_prefix() {
+        let keys = Keyspace::new("shop:");
+        assert_eq!(keys.key("product:5", "gate-counter"), "shop:{product:5}:gate-counter");
+        let slot = |key: String| redis::cluster_routing::Slot::for_key(key);
+        assert_eq!(slot(keys.key("product:5", "a")), slot(keys.key("product:5", "b")));
+        assert_ne!(slot(keys.key("product:5", "a")), slot(keys.key("product:6", "a")));
+    }
+}
