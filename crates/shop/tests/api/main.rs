@@ -21,6 +21,7 @@ mod outages;
 mod payments;
 mod points;
 mod products;
+mod redis_failover;
 mod requests;
 mod sessions;
 mod startup;

@@ -24,6 +24,7 @@ pub mod invariants;
 pub mod nats;
 pub mod own_pg;
 pub mod own_redis;
+pub mod own_redis_cluster;
 pub mod pg_proxy;
 pub mod receiver;
 pub mod redis_proxy;
