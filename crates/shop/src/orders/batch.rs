@@ -1,16 +1,25 @@
 //! Orders placed together, in one transaction, under a stock strategy that
 //! places them so (`strategy::stock::batch`, which says why).
 //!
-//! A batch locks its products (ascending id, a [`StockTally`]), then its
-//! coupons (ascending id): the lock order of every order placement. Under those locks it
-//! decides each order in arrival order against what it read: prices, the
-//! stock the orders before it left, the coupon (still available, not taken
-//! by an earlier order of the batch). A refused order gets its answer
-//! (`OUT_OF_STOCK`, `NOT_FOUND`, `COUPON_NOT_USABLE`, …) and changes
-//! nothing; the accepted ones are written with one statement each for
-//! stock, orders with their lines, and coupons. The constraints back the
-//! checks: a batch whose writes fail anyway is rolled back whole, and its
-//! orders are placed one by one, each with its own answer.
+//! A batch decides each order in arrival order against the rows it read:
+//! prices, the stock the orders before it left, the coupon (still
+//! available, not taken by an earlier order of the batch). A refused order
+//! gets its answer (`OUT_OF_STOCK`, `NOT_FOUND`, `COUPON_NOT_USABLE`, …)
+//! and changes nothing; the accepted ones are written with one statement
+//! each for orders with their lines, coupons, and stock.
+//!
+//! It first reads without locks and takes what it decided last, each
+//! statement conditional (stock still there, coupons still available), just
+//! before its commit ([`Locking::Late`]): a hot product's row is then held
+//! by one batch for an `UPDATE` and a `COMMIT`, not for the whole
+//! transaction, so the batches of many instances pass it in turn quickly.
+//! If a condition fails — another batch took the stock or the coupon since
+//! the read — the batch is rolled back and decided again under locks
+//! ([`Locking::First`]): its products (ascending id, a [`StockTally`]),
+//! then its coupons (ascending id), the lock order of every order
+//! placement. The constraints back the checks: a batch whose writes fail
+//! anyway is rolled back whole, and its orders are placed one by one, each
+//! with its own answer.
 //! A batch whose COMMIT reply was lost is resolved (`storage::Tx`) and never
 //! redone: if it cannot be resolved, each of its orders is answered
 //! `SERVICE_UNAVAILABLE`, its Idempotency-Key kept.
@@ -67,9 +76,46 @@ impl OrderBatcher {
 }
 
 async fn place_batch(db: PgPool, alone: Arc<dyn StockStrategy>, jobs: Vec<Job>) -> Vec<Result<OrderView, AppError>> {
-    match write(&db, &jobs).await {
+    let written = match write(&db, &jobs, Locking::Late).await {
+        Err(Unwritten::Raced) => {
+            metrics::counter!("shop_order_batches_decided_again_total").increment(1);
+            write(&db, &jobs, Locking::First).await
+        }
+        written => written,
+    };
+    match written {
         Ok(answers) => answers,
-        Err(failure) => batcher::one_by_one("orders", &jobs, failure, |job| place_one(&db, &*alone, job)).await,
+        Err(Unwritten::Failed(failure)) => {
+            batcher::one_by_one("orders", &jobs, failure, |job| place_one(&db, &*alone, job)).await
+        }
+        Err(Unwritten::Raced) => {
+            let failure = AppError::internal(anyhow!("a batch decided under locks raced"));
+            batcher::one_by_one("orders", &jobs, failure, |job| place_one(&db, &*alone, job)).await
+        }
+    }
+}
+
+/// When a batch takes the rows it decided on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Locking {
+    /// Reads them unlocked and takes them just before the commit, each
+    /// conditionally; [`Unwritten::Raced`] if a condition failed.
+    Late,
+    /// Locks them before it reads them: what it decides holds.
+    First,
+}
+
+/// Why a batch wrote nothing.
+enum Unwritten {
+    /// Another transaction took what a [`Locking::Late`] batch decided on,
+    /// between its read and its take (or they deadlocked).
+    Raced,
+    Failed(AppError),
+}
+
+impl<E: Into<AppError>> From<E> for Unwritten {
+    fn from(error: E) -> Self {
+        Self::Failed(error.into())
     }
 }
 
@@ -90,17 +136,35 @@ struct Accepted {
 }
 
 /// Decides and writes the batch in one transaction: each order's answer,
-/// or an error if the batch as a whole failed (nothing was written).
-async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<OrderView, AppError>>, AppError> {
+/// or why the batch as a whole wrote nothing.
+async fn write(db: &PgPool, jobs: &[Job], locking: Locking) -> Result<Vec<Result<OrderView, AppError>>, Unwritten> {
+    let late = locking == Locking::Late;
+    let written = write_with(db, jobs, locking).await;
+    match written {
+        // Lost to another batch on a row it takes late: decided again.
+        Err(Unwritten::Failed(AppError::ConcurrencyConflict(_))) if late => Err(Unwritten::Raced),
+        written => written,
+    }
+}
+
+async fn write_with(
+    db: &PgPool,
+    jobs: &[Job],
+    locking: Locking,
+) -> Result<Vec<Result<OrderView, AppError>>, Unwritten> {
     let mut tx = Tx::begin(db).await?;
-    let product_ids: BTreeSet<i64> = jobs.iter().flat_map(|job| job.lines.product_ids()).collect();
-    let (found, mut stock) = StockTally::lock(&mut tx, &Vec::from_iter(product_ids)).await?;
-    let coupon_ids: BTreeSet<i64> = jobs.iter().filter_map(|job| job.coupon_id).collect();
-    let mut coupons = if coupon_ids.is_empty() {
-        HashMap::new()
-    } else {
-        let locked = coupons::lock_for_orders(&mut tx, &Vec::from_iter(coupon_ids)).await?;
-        locked.into_iter().map(|coupon| (coupon.id, coupon)).collect()
+    let product_ids: Vec<i64> =
+        jobs.iter().flat_map(|job| job.lines.product_ids()).collect::<BTreeSet<_>>().into_iter().collect();
+    let (found, mut stock) = match locking {
+        Locking::Late => StockTally::read(&mut tx, &product_ids).await?,
+        Locking::First => StockTally::lock(&mut tx, &product_ids).await?,
+    };
+    let coupon_ids: Vec<i64> =
+        jobs.iter().filter_map(|job| job.coupon_id).collect::<BTreeSet<_>>().into_iter().collect();
+    let mut coupons = match (coupon_ids.is_empty(), locking) {
+        (true, _) => HashMap::new(),
+        (false, Locking::Late) => by_id(coupons::for_orders(&mut tx, &coupon_ids).await?),
+        (false, Locking::First) => by_id(coupons::lock_for_orders(&mut tx, &coupon_ids).await?),
     };
     fail::fail_point!("orders::coupon::read");
 
@@ -112,8 +176,17 @@ async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<OrderView, AppErr
         jobs.iter().zip(&decisions).filter_map(|(job, decision)| Some((job, decision.as_ref().ok()?))).collect();
     let mut views = Vec::with_capacity(accepted.len());
     if !accepted.is_empty() {
-        stock.write(&mut tx).await?;
-        fail::fail_point!("orders::batch::taken", |_| Err(AppError::internal(anyhow!("failed at a fail point"))));
+        let take_late = match locking {
+            Locking::First => {
+                stock.write(&mut tx).await?;
+                None
+            }
+            Locking::Late => Some(stock),
+        };
+        fail::fail_point!(
+            "orders::batch::taken",
+            |_| Err(AppError::internal(anyhow!("failed at a fail point")).into())
+        );
         let new: Vec<NewOrder> = accepted
             .iter()
             .map(|(job, order)| NewOrder {
@@ -131,7 +204,10 @@ async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<OrderView, AppErr
         if !coupon_ids.is_empty()
             && coupons::reserve_many(&mut tx, &coupon_ids, &holders).await? != holders.len() as u64
         {
-            return Err(AppError::internal(anyhow!("a locked coupon could not be reserved")));
+            return Err(match locking {
+                Locking::Late => Unwritten::Raced,
+                Locking::First => AppError::internal(anyhow!("a locked coupon could not be reserved")).into(),
+            });
         }
         for ((job, order), row) in accepted.iter().zip(&rows) {
             let view = OrderView::new(row, order.items.iter().map(OrderLineView::from));
@@ -139,6 +215,12 @@ async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<OrderView, AppErr
                 claim.save(&mut tx, StatusCode::CREATED, &view).await?;
             }
             views.push(view);
+        }
+        // Last, so that a hot product's row is held only until the commit.
+        if let Some(stock) = take_late
+            && !stock.write_if_left(&mut tx).await?
+        {
+            return Err(Unwritten::Raced);
         }
     }
     tx.commit().await?;
@@ -150,7 +232,11 @@ async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<OrderView, AppErr
         .collect())
 }
 
-/// Decides one order of the batch against the rows read under lock and
+fn by_id(coupons: Vec<CouponForOrder>) -> HashMap<i64, CouponForOrder> {
+    coupons.into_iter().map(|coupon| (coupon.id, coupon)).collect()
+}
+
+/// Decides one order of the batch against the rows it read and
 /// what the orders before it took, in the order [`super::place_alone`]
 /// checks: products, minimum total, stock, coupon.
 fn decide(

@@ -298,6 +298,18 @@ pub async fn for_order(conn: &mut PgConnection, coupon_id: i64) -> Result<Option
     .await
 }
 
+/// The coupons of `ids` with their terms, unlocked.
+pub async fn for_orders(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<CouponForOrder>, sqlx::Error> {
+    sqlx::query_as!(
+        CouponForOrder,
+        "SELECT c.id, c.user_id, c.status, c.expires_at, t.kind, t.value, t.min_order_amount
+         FROM coupons c JOIN coupon_types t ON t.id = c.coupon_type_id WHERE c.id = ANY($1)",
+        ids,
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// The coupons of `ids` with their terms, locked in ascending id order
 /// (after the products: the lock order of order placement).
 pub async fn lock_for_orders(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<CouponForOrder>, sqlx::Error> {

@@ -5,10 +5,11 @@
 //! size: a product sells faster than its single row can be updated, and
 //! never oversells.
 //!
-//! The batch's stock is a [`StockTally`]: its products locked (ascending
-//! id) and read, counted down in memory as each order is decided in arrival
-//! order, and written with one statement. `products_stock_check` backs the
-//! count. Alone — an order whose batch failed, redone on its own — an order
+//! The batch's stock is a [`StockTally`]: its products read (without a
+//! lock, or locked in ascending id order when decided again after a race),
+//! counted down in memory as each order is decided in arrival order, and
+//! written with one statement — conditional on the stock still being there
+//! when it was read without a lock. `products_stock_check` backs the count. Alone — an order whose batch failed, redone on its own — an order
 //! takes its stock as `atomic` does.
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +56,15 @@ impl StockTally {
         Ok((found, Self { left, taken: BTreeMap::new() }))
     }
 
+    /// Reads the products without a lock: the rows found, and their stock
+    /// to count down; [`StockTally::write_if_left`] takes it.
+    pub async fn read(conn: &mut PgConnection, product_ids: &[i64]) -> Result<(Vec<ProductRow>, Self), AppError> {
+        let found = products::by_ids(conn, product_ids).await?;
+        fail::fail_point!("stock::take::read");
+        let left = found.iter().map(|product| (product.id, product.stock)).collect();
+        Ok((found, Self { left, taken: BTreeMap::new() }))
+    }
+
     /// Whether what the orders before left covers every line (of products
     /// found).
     pub fn covers(&self, lines: &OrderLines) -> bool {
@@ -67,6 +77,17 @@ impl StockTally {
             *self.left.get_mut(&id).expect("covered, so found") -= quantity as i64;
             *self.taken.entry(id).or_default() += quantity as i64;
         }
+    }
+
+    /// Takes what was counted from products read without a lock, one
+    /// statement for every product, if each still has it; `false` (some
+    /// taken, the caller rolls back) if another transaction took it since.
+    pub async fn write_if_left(self, conn: &mut PgConnection) -> Result<bool, AppError> {
+        if self.taken.is_empty() {
+            return Ok(true);
+        }
+        let (ids, quantities): (Vec<i64>, Vec<i64>) = self.taken.into_iter().unzip();
+        Ok(products::take_stock_many_if_left(conn, &ids, &quantities).await? == ids.len() as u64)
     }
 
     /// Writes what was taken, one statement for every product.
