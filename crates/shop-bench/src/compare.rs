@@ -74,7 +74,7 @@ struct Limits {
 }
 
 pub async fn compare(base: &RunArgs, out: &Path) -> anyhow::Result<()> {
-    let hot_row_by_clients = pgbench(base)?;
+    let hot_row_by_clients = pgbench(&base.postgres, &HOT_ROW_CLIENTS, base.seconds.ceil() as u64)?;
     let hot_row = hot_row_by_clients.iter().map(|(_, rate)| *rate).reduce(f64::max);
     let limits = Limits { hot_row_by_clients, hot_row, gate_script: redis_gate_script(base).await? };
     let mut results = Vec::new();
@@ -119,11 +119,11 @@ fn slug(scenario: Scenario) -> &'static str {
     }
 }
 
-/// pgbench's rate of a single-row conditional UPDATE at each client count.
-fn pgbench(base: &RunArgs) -> anyhow::Result<Vec<(u32, f64)>> {
-    let psql = |database: &str, sql: &str| {
-        Command::new("psql").args([&format!("{}/{database}", base.postgres), "-qc", sql]).status()
-    };
+/// pgbench's rate of a single-row conditional UPDATE at each client count,
+/// `seconds` each, on the PostgreSQL server at `postgres`.
+pub(crate) fn pgbench(postgres: &str, clients: &[u32], seconds: u64) -> anyhow::Result<Vec<(u32, f64)>> {
+    let psql =
+        |database: &str, sql: &str| Command::new("psql").args([&format!("{postgres}/{database}"), "-qc", sql]).status();
     if Command::new("pgbench").arg("--version").output().is_err() {
         eprintln!("pgbench is not installed: no PostgreSQL reference line");
         return Ok(Vec::new());
@@ -137,12 +137,12 @@ fn pgbench(base: &RunArgs) -> anyhow::Result<Vec<(u32, f64)>> {
     let script = std::env::temp_dir().join(format!("{database}.sql"));
     std::fs::write(&script, "UPDATE hot SET balance = balance + 1000 WHERE id = 1 AND balance >= 0;\n")?;
     let mut rates = Vec::new();
-    for clients in HOT_ROW_CLIENTS {
+    for &clients in clients {
         let output = Command::new("pgbench")
             .args(["-n", "-M", "prepared", "-c", &clients.to_string(), "-j", "2"])
-            .args(["-T", &format!("{}", base.seconds.ceil() as u64), "-f"])
+            .args(["-T", &seconds.to_string(), "-f"])
             .arg(&script)
-            .arg(format!("{}/{database}", base.postgres))
+            .arg(format!("{postgres}/{database}"))
             .output()?;
         let text = String::from_utf8_lossy(&output.stdout);
         let tps = text

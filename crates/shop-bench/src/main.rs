@@ -33,6 +33,8 @@ use targets::{Spawn, Targets};
 /// on its CPUs and on a hot row's lock (measured: a one-wallet charge storm
 /// ran 1,397/s with 40 connections, 2,458/s with 10).
 pub(crate) const TOTAL_POOL: u32 = 10;
+/// How long a run on one hot row measures the row's own rate first.
+const SINGLE_ROW_SECONDS: u64 = 5;
 
 #[derive(Parser)]
 #[command(name = "shop-bench", about = "Load generator for shop: scenarios, latency percentiles, invariants")]
@@ -142,6 +144,8 @@ pub(crate) struct Report {
     requests: u64,
     seconds: f64,
     throughput: f64,
+    /// Runs on one hot row: that row's own update rate, measured just before.
+    single_row: Option<f64>,
     latency: Latency,
     answers: std::collections::BTreeMap<String, u64>,
     /// Asynchronous scenarios: from acceptance to the final state.
@@ -234,6 +238,13 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
         None if args.targets.is_empty() => anyhow::bail!("give --target URL (one or more) or --spawn N"),
         None => Targets::given(args.targets.clone(), args.database_url.as_deref()).await?,
     };
+    // A run on one hot row is measured against the row's own limit, taken
+    // just before it on the same server (the instances idle meanwhile).
+    let single_row = if args.scenario.on_one_row(&args) {
+        compare::pgbench(&args.postgres, &[1], SINGLE_ROW_SECONDS)?.first().map(|(_, rate)| *rate)
+    } else {
+        None
+    };
     let outcome = measure(&args, &targets).await;
     let report = match outcome {
         Ok((prepared, outcome)) => {
@@ -271,6 +282,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 requests: outcome.requests,
                 seconds: outcome.elapsed.as_secs_f64(),
                 throughput: outcome.throughput(),
+                single_row,
                 latency: outcome.latency(),
                 answers: outcome.answers,
                 settlement,
@@ -353,6 +365,12 @@ fn print_table(report: &Report) {
         .map_or(format!("closed loop, {} connections", report.connections), |rate| format!("open loop at {rate}/s"));
     println!("{:?} on {} instance(s) [{}], {pace}", report.scenario, report.instances, strategies.join(" "));
     println!("  requests    {:>10}   in {:.1} s   {:>9.0} /s", report.requests, report.seconds, report.throughput);
+    if let Some(single_row) = report.single_row {
+        println!(
+            "  single row  {single_row:>9.0} /s (pgbench, one client, just before): this run did {:.2}x",
+            report.throughput / single_row
+        );
+    }
     let l = &report.latency;
     println!(
         "  latency ms  p50 {:.2}   p90 {:.2}   p99 {:.2}   p99.9 {:.2}   max {:.2}",

@@ -73,6 +73,16 @@ fn round_robin(urls: &[String], n: u64, path: &str) -> String {
 }
 
 impl Scenario {
+    /// Whether the run loads one row: a wallet (`charge-storm`) or a
+    /// product with ample stock (`order-rush`).
+    pub fn on_one_row(self, args: &crate::RunArgs) -> bool {
+        match self {
+            Scenario::ChargeStorm => args.wallets == 1,
+            Scenario::OrderRush => args.products == 1 && args.stock.is_none(),
+            _ => false,
+        }
+    }
+
     pub async fn prepare(self, setup: Setup<'_>) -> anyhow::Result<Prepared> {
         let urls: Arc<[String]> = setup.urls.into();
         match self {
