@@ -8,13 +8,15 @@
 //! keys hash to one slot, so every key is built by [`Keyspace`] with a hash
 //! tag naming the entity whose keys are used together.
 
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
 /// Where Redis is: a single server, or a cluster's seed nodes.
 #[derive(Debug, Clone, Copy)]
@@ -26,14 +28,72 @@ pub enum RedisTarget<'a> {
 #[derive(Clone)]
 pub enum RedisConn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Cluster),
+}
+
+/// The cluster connection, renewed when a node stops answering.
+///
+/// The cluster client learns where slots moved from `MOVED` replies, but a
+/// master that died answers nothing: the client then reconnects to its
+/// address again and again and may never read the new slot map. So after
+/// such a failure the connection is made anew from the seed nodes (at most
+/// once every [`RENEW_AFTER`]), which reads the slots as the cluster has
+/// them now.
+#[derive(Clone)]
+pub struct Cluster {
+    client: ClusterClient,
+    current: Arc<RwLock<(ClusterConnection, Instant)>>,
+    renewing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The least time between two renewals of a cluster connection.
+const RENEW_AFTER: Duration = Duration::from_secs(1);
+
+impl Cluster {
+    fn connection(&self) -> ClusterConnection {
+        self.current.read().expect("not poisoned").0.clone()
+    }
+
+    /// After `error`: renews the connection in the background if a node may
+    /// have gone.
+    fn failed(&self, error: &RedisError) {
+        let gone =
+            error.is_io_error() || error.is_timeout() || error.is_unrecoverable_error() || error.is_cluster_error();
+        if gone && self.current.read().expect("not poisoned").1.elapsed() >= RENEW_AFTER {
+            tokio::spawn(self.clone().renew());
+        }
+    }
+
+    async fn renew(self) {
+        let Ok(_renewing) = self.renewing.try_lock() else {
+            return;
+        };
+        if self.current.read().expect("not poisoned").1.elapsed() < RENEW_AFTER {
+            return;
+        }
+        match self.client.get_async_connection().await {
+            Ok(connection) => {
+                *self.current.write().expect("not poisoned") = (connection, Instant::now());
+                metrics::counter!("shop_redis_cluster_reconnects_total").increment(1);
+                tracing::info!("renewed the Redis Cluster connection after a node stopped answering");
+            }
+            Err(error) => tracing::warn!(%error, "could not renew the Redis Cluster connection"),
+        }
+    }
 }
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(cluster) => async move {
+                let answer = cluster.connection().req_packed_command(cmd).await;
+                if let Err(error) = &answer {
+                    cluster.failed(error);
+                }
+                answer
+            }
+            .boxed(),
         }
     }
 
@@ -45,14 +105,21 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(cluster) => async move {
+                let answers = cluster.connection().req_packed_commands(pipeline, offset, count).await;
+                if let Err(error) = &answers {
+                    cluster.failed(error);
+                }
+                answers
+            }
+            .boxed(),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
+            Self::Cluster(_) => 0,
         }
     }
 }
@@ -81,7 +148,12 @@ impl RedisConn {
                         .min_retry_wait(50)
                         .max_retry_wait(1_000)
                         .build()?;
-                    Self::Cluster(client.get_async_connection().await?)
+                    let connection = client.get_async_connection().await?;
+                    Self::Cluster(Cluster {
+                        client,
+                        current: Arc::new(RwLock::new((connection, Instant::now()))),
+                        renewing: Arc::default(),
+                    })
                 }
             };
             redis::cmd("PING").query_async::<String>(&mut conn).await?;
