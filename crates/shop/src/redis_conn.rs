@@ -40,10 +40,13 @@ pub enum RedisConn {
 /// once every [`RENEW_AFTER`]), which reads the slots as the cluster has
 /// them now.
 #[derive(Clone)]
-pub struct Cluster {
+pub struct Cluster(Arc<ClusterState>);
+
+struct ClusterState {
     client: ClusterClient,
-    current: Arc<RwLock<(ClusterConnection, Instant)>>,
-    renewing: Arc<tokio::sync::Mutex<()>>,
+    /// The connection, and when it was made.
+    current: RwLock<(ClusterConnection, Instant)>,
+    renewing: tokio::sync::Mutex<()>,
 }
 
 /// The least time between two renewals of a cluster connection.
@@ -51,7 +54,7 @@ const RENEW_AFTER: Duration = Duration::from_secs(1);
 
 impl Cluster {
     fn connection(&self) -> ClusterConnection {
-        self.current.read().expect("not poisoned").0.clone()
+        self.0.current.read().expect("not poisoned").0.clone()
     }
 
     /// After `error`: renews the connection in the background if a node may
@@ -59,21 +62,21 @@ impl Cluster {
     fn failed(&self, error: &RedisError) {
         let gone =
             error.is_io_error() || error.is_timeout() || error.is_unrecoverable_error() || error.is_cluster_error();
-        if gone && self.current.read().expect("not poisoned").1.elapsed() >= RENEW_AFTER {
+        if gone && self.0.current.read().expect("not poisoned").1.elapsed() >= RENEW_AFTER {
             tokio::spawn(self.clone().renew());
         }
     }
 
     async fn renew(self) {
-        let Ok(_renewing) = self.renewing.try_lock() else {
+        let Ok(_renewing) = self.0.renewing.try_lock() else {
             return;
         };
-        if self.current.read().expect("not poisoned").1.elapsed() < RENEW_AFTER {
+        if self.0.current.read().expect("not poisoned").1.elapsed() < RENEW_AFTER {
             return;
         }
-        match self.client.get_async_connection().await {
+        match self.0.client.get_async_connection().await {
             Ok(connection) => {
-                *self.current.write().expect("not poisoned") = (connection, Instant::now());
+                *self.0.current.write().expect("not poisoned") = (connection, Instant::now());
                 metrics::counter!("shop_redis_cluster_reconnects_total").increment(1);
                 tracing::info!("renewed the Redis Cluster connection after a node stopped answering");
             }
@@ -149,11 +152,11 @@ impl RedisConn {
                         .max_retry_wait(1_000)
                         .build()?;
                     let connection = client.get_async_connection().await?;
-                    Self::Cluster(Cluster {
+                    Self::Cluster(Cluster(Arc::new(ClusterState {
                         client,
-                        current: Arc::new(RwLock::new((connection, Instant::now()))),
-                        renewing: Arc::default(),
-                    })
+                        current: RwLock::new((connection, Instant::now())),
+                        renewing: tokio::sync::Mutex::new(()),
+                    })))
                 }
             };
             redis::cmd("PING").query_async::<String>(&mut conn).await?;
