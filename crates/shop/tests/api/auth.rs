@@ -291,16 +291,20 @@ async fn attempts_refused_by_an_address_past_its_limit_write_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_login_the_shop_could_not_check_does_not_count_as_a_failure() {
     let app = spawn_app_with(|config| {
+        // Seconds a hash (four at a time on two cores): longer than a
+        // login waits for its turn.
         config.password_cost.argon2_memory_kib = 96 * 1024;
-        config.password_cost.argon2_iterations = 4;
+        config.password_cost.argon2_iterations = 10;
         config.login_max_failures = 1;
     })
     .await;
     let user = app.new_user().await;
-    // Sign-ups keep every hash busy while the user logs in, rightly, twice:
-    // seconds of hashing queued ahead of the login, on a busy machine too.
-    let barrier = Arc::new(Barrier::new(80));
-    let flood = join_all((0..80).map(|i| {
+    // Sign-ups hold every hash while the user logs in, rightly, twice. The
+    // first login waits behind them and gives up; sign-ups still waiting
+    // give up before it does, so only hashes in flight can make it wait
+    // long enough, and they last longer than its wait.
+    let barrier = Arc::new(Barrier::new(8));
+    let flood = join_all((0..8).map(|i| {
         let (barrier, app) = (barrier.clone(), &app);
         async move {
             barrier.wait().await;
