@@ -8,11 +8,12 @@
 //! and changes nothing; the accepted ones are written with one statement
 //! each for orders with their lines, coupons, and stock.
 //!
-//! It first reads without locks and takes what it decided last, each
-//! statement conditional (stock still there, coupons still available), just
-//! before its commit ([`Locking::Late`]): a hot product's row is then held
-//! by one batch for an `UPDATE` and a `COMMIT`, not for the whole
-//! transaction, so the batches of many instances pass it in turn quickly.
+//! It first reads without locks and takes what it decided at the end, each
+//! statement conditional (stock still there, coupons still available): the
+//! stock in the statement that inserts the orders, just before its commit
+//! ([`Locking::Late`]). A hot product's row is then held by one batch for
+//! that statement and the `COMMIT`, not for the whole transaction, so the
+//! batches of many instances pass it in turn quickly.
 //! If a condition fails — another batch took the stock or the coupon since
 //! the read — the batch is rolled back and decided again under locks
 //! ([`Locking::First`]): its products (ascending id, a [`StockTally`]),
@@ -40,7 +41,7 @@ use crate::domain::order::{Amounts, OrderLines};
 use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::storage::coupons::CouponForOrder;
-use crate::storage::orders::{NewItem, NewOrder};
+use crate::storage::orders::{NewItem, NewOrder, StockTake};
 use crate::storage::products::ProductRow;
 use crate::storage::{Tx, coupons, orders};
 use crate::strategy::stock::{StockStrategy, StockTally};
@@ -176,12 +177,12 @@ async fn write_with(
         jobs.iter().zip(&decisions).filter_map(|(job, decision)| Some((job, decision.as_ref().ok()?))).collect();
     let mut views = Vec::with_capacity(accepted.len());
     if !accepted.is_empty() {
-        let take_late = match locking {
+        let take = match locking {
             Locking::First => {
                 stock.write(&mut tx).await?;
-                None
+                StockTake::default()
             }
-            Locking::Late => Some(stock),
+            Locking::Late => stock.into_take(),
         };
         fail::fail_point!(
             "orders::batch::taken",
@@ -198,7 +199,12 @@ async fn write_with(
                 items: &order.items,
             })
             .collect();
-        let rows = orders::insert_many(&mut tx, &new).await?;
+        // Under `Late` this statement takes the stock too: a hot product's
+        // row is held from here to the commit.
+        let (rows, taken) = orders::insert_many(&mut tx, &new, &take).await?;
+        if taken != take.product_ids.len() as i64 {
+            return Err(Unwritten::Raced);
+        }
         let (coupon_ids, holders): (Vec<i64>, Vec<i64>) =
             rows.iter().filter_map(|row| Some((row.coupon_id?, row.id))).unzip();
         if !coupon_ids.is_empty()
@@ -215,12 +221,6 @@ async fn write_with(
                 claim.save(&mut tx, StatusCode::CREATED, &view).await?;
             }
             views.push(view);
-        }
-        // Last, so that a hot product's row is held only until the commit.
-        if let Some(stock) = take_late
-            && !stock.write_if_left(&mut tx).await?
-        {
-            return Err(Unwritten::Raced);
         }
     }
     tx.commit().await?;

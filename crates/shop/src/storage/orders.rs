@@ -93,11 +93,17 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
     .await
 }
 
-/// Inserts PENDING orders and their lines, in one statement, and returns
-/// the orders in the order given. Ids are drawn first, so that each line
-/// finds its order by position. Gate reservations are not recorded: only
-/// the batch strategy places orders this way.
-pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Result<Vec<OrderRow>, sqlx::Error> {
+/// Inserts PENDING orders and their lines and takes `take`'s stock, in one
+/// statement; returns the orders in the order given, and from how many of
+/// `take`'s products it took (each only if it still has the quantity; the
+/// caller rolls back unless it took from all). Ids are drawn first, so that
+/// each line finds its order by position. Gate reservations are not
+/// recorded: only the batch strategy places orders this way.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    new: &[NewOrder<'_>],
+    take: &StockTake,
+) -> Result<(Vec<OrderRow>, i64), sqlx::Error> {
     let mut lines = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (n, order) in new.iter().enumerate() {
         for item in order.items {
@@ -111,9 +117,14 @@ pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Resul
     let timeouts: Vec<f64> = new.iter().map(|order| order.payment_timeout_secs as f64).collect();
     // `as _` skips the macro's check of an argument, which knows arrays only without NULLs (coupon ids)
     // and text[] only as `&[String]` (names).
-    sqlx::query_as!(
-        OrderRow,
-        "WITH input AS (
+    let rows = sqlx::query_as!(
+        InsertedRow,
+        r#"WITH taken AS (
+             UPDATE products p SET stock = p.stock - t.quantity, version = p.version + 1
+             FROM (SELECT * FROM unnest($12::bigint[], $13::bigint[]) AS t(id, quantity) ORDER BY id) t
+             WHERE p.id = t.id AND p.stock >= t.quantity
+             RETURNING p.id
+         ), input AS (
              SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id, o.*
              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[])
                   WITH ORDINALITY AS o(user_id, total_amount, discount_amount, final_amount, coupon_id, timeout, n)
@@ -132,7 +143,8 @@ pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Resul
                   AS line(n, product_id, name, quantity, price)
              JOIN input USING (n)
          )
-         SELECT new_orders.* FROM new_orders JOIN input USING (id) ORDER BY input.n",
+         SELECT new_orders.*, (SELECT count(*) FROM taken) AS "taken!"
+         FROM new_orders JOIN input USING (id) ORDER BY input.n"#,
         &new.iter().map(|order| order.user_id).collect::<Vec<_>>(),
         &new.iter().map(|order| order.amounts.total).collect::<Vec<_>>(),
         &new.iter().map(|order| order.amounts.discount).collect::<Vec<_>>(),
@@ -144,9 +156,51 @@ pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Resul
         &lines.2 as _,
         &lines.3,
         &lines.4,
+        &take.product_ids,
+        &take.quantities,
     )
     .fetch_all(conn)
-    .await
+    .await?;
+    let taken = rows.first().map_or(0, |row| row.taken);
+    Ok((rows.into_iter().map(OrderRow::from).collect(), taken))
+}
+
+/// Stock an [`insert_many`] takes: `quantities[i]` units of `product_ids[i]`.
+#[derive(Debug, Default)]
+pub struct StockTake {
+    pub product_ids: Vec<i64>,
+    pub quantities: Vec<i64>,
+}
+
+struct InsertedRow {
+    id: i64,
+    user_id: i64,
+    status: String,
+    total_amount: i64,
+    discount_amount: i64,
+    final_amount: i64,
+    coupon_id: Option<i64>,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    paid_at: Option<DateTime<Utc>>,
+    taken: i64,
+}
+
+impl From<InsertedRow> for OrderRow {
+    fn from(row: InsertedRow) -> Self {
+        Self {
+            id: row.id,
+            user_id: row.user_id,
+            status: row.status,
+            total_amount: row.total_amount,
+            discount_amount: row.discount_amount,
+            final_amount: row.final_amount,
+            coupon_id: row.coupon_id,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            paid_at: row.paid_at,
+        }
+    }
 }
 
 pub async fn find(conn: &mut PgConnection, id: i64) -> Result<Option<OrderRow>, sqlx::Error> {

@@ -135,27 +135,6 @@ pub async fn lock_for_orders(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec
     .await
 }
 
-/// Takes `quantities[i]` units of every `ids[i]` that still has them, in
-/// ascending id order (the lock order of every writer of stock); returns
-/// how many products it took from. The caller read the rows without a lock
-/// and rolls back unless it took from all.
-pub async fn take_stock_many_if_left(
-    conn: &mut PgConnection,
-    ids: &[i64],
-    quantities: &[i64],
-) -> Result<u64, sqlx::Error> {
-    let taken = sqlx::query!(
-        "UPDATE products p SET stock = p.stock - t.quantity, version = p.version + 1
-         FROM (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS t(id, quantity) ORDER BY id) t
-         WHERE p.id = t.id AND p.stock >= t.quantity",
-        ids,
-        quantities,
-    )
-    .execute(conn)
-    .await?;
-    Ok(taken.rows_affected())
-}
-
 /// Takes `quantities[i]` units of `ids[i]`, rows the caller has locked and
 /// checked; `products_stock_check` still refuses going below zero.
 pub async fn take_stock_many(conn: &mut PgConnection, ids: &[i64], quantities: &[i64]) -> Result<u64, sqlx::Error> {

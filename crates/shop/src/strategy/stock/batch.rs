@@ -8,8 +8,9 @@
 //! The batch's stock is a [`StockTally`]: its products read (without a
 //! lock, or locked in ascending id order when decided again after a race),
 //! counted down in memory as each order is decided in arrival order, and
-//! written with one statement — conditional on the stock still being there
-//! when it was read without a lock. `products_stock_check` backs the count. Alone — an order whose batch failed, redone on its own — an order
+//! written with one statement — when read without a lock, the statement
+//! that inserts the orders, conditional on the stock still being there.
+//! `products_stock_check` backs the count. Alone — an order whose batch failed, redone on its own — an order
 //! takes its stock as `atomic` does.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +22,7 @@ use super::{StockHold, StockStrategy, atomic};
 use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
+use crate::storage::orders::StockTake;
 use crate::storage::products::{self, ProductRow};
 
 pub struct Batch;
@@ -79,15 +81,11 @@ impl StockTally {
         }
     }
 
-    /// Takes what was counted from products read without a lock, one
-    /// statement for every product, if each still has it; `false` (some
-    /// taken, the caller rolls back) if another transaction took it since.
-    pub async fn write_if_left(self, conn: &mut PgConnection) -> Result<bool, AppError> {
-        if self.taken.is_empty() {
-            return Ok(true);
-        }
-        let (ids, quantities): (Vec<i64>, Vec<i64>) = self.taken.into_iter().unzip();
-        Ok(products::take_stock_many_if_left(conn, &ids, &quantities).await? == ids.len() as u64)
+    /// What was counted, for a statement that takes it from products read
+    /// without a lock if each still has it (`storage::orders::insert_many`).
+    pub fn into_take(self) -> StockTake {
+        let (product_ids, quantities) = self.taken.into_iter().unzip();
+        StockTake { product_ids, quantities }
     }
 
     /// Writes what was taken, one statement for every product.
