@@ -40,6 +40,16 @@ pub fn describe() {
         "shop_password_hashes_refused_total",
         "logins and sign-ups refused with 503: hashing at its bound"
     );
+    describe_gauge!("shop_password_hashes_running", "password hashes being computed now");
+    describe_gauge!("shop_password_hashes_waiting", "logins and sign-ups waiting for their turn to hash");
+    describe_counter!(
+        "shop_order_batches_decided_again_total",
+        "order batches that lost their stock or coupon between their read and their take, decided again under locks"
+    );
+    describe_counter!(
+        "shop_redis_cluster_reconnects_total",
+        "times the Redis Cluster connection was made anew after a node stopped answering"
+    );
     describe_gauge!("shop_db_pool_connections", "connections in this instance's PostgreSQL pool, by state");
     describe_gauge!("shop_db_pool_max_connections", "the most connections this instance's pool may open");
     process().describe();

@@ -92,14 +92,42 @@ impl PasswordHasher {
             })
     }
 
-    async fn turn(&self) -> Result<SemaphorePermit<'_>, AppError> {
-        match tokio::time::timeout(QUEUE_WAIT, self.permits.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
+    async fn turn(&self) -> Result<Turn<'_>, AppError> {
+        let waiting = Counted::new(metrics::gauge!("shop_password_hashes_waiting"));
+        let acquired = tokio::time::timeout(QUEUE_WAIT, self.permits.acquire()).await;
+        drop(waiting);
+        match acquired {
+            Ok(Ok(permit)) => {
+                Ok(Turn { _permit: permit, _running: Counted::new(metrics::gauge!("shop_password_hashes_running")) })
+            }
             _ => {
                 metrics::counter!("shop_password_hashes_refused_total").increment(1);
                 Err(AppError::Unavailable("password hashing is at its limit"))
             }
         }
+    }
+}
+
+/// A turn at hashing, counted while held.
+struct Turn<'a> {
+    _permit: SemaphorePermit<'a>,
+    _running: Counted,
+}
+
+/// Counts itself in a gauge while it lives (a request dropped while waiting
+/// for its turn included).
+struct Counted(metrics::Gauge);
+
+impl Counted {
+    fn new(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
-use crate::support::{assert_problem, spawn_app, spawn_app_with, user_from};
+use crate::support::{assert_problem, eventually, spawn_app, spawn_app_with, user_from};
 
 #[tokio::test]
 async fn register_answers_201_with_tokens_and_stores_the_normalized_email() {
@@ -312,7 +312,12 @@ async fn a_login_the_shop_could_not_check_does_not_count_as_a_failure() {
         }
     }));
     let logins = async {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Once every hash is taken and a sign-up waits.
+        eventually("the hashing saturated", async || {
+            let metrics = app.get("/metrics", None).await.text().await.unwrap();
+            gauge(&metrics, "shop_password_hashes_waiting") > 0.0
+        })
+        .await;
         let first = login_as(&app, &user.email, "password123").await.status();
         (first, login_as(&app, &user.email, "password123").await.status())
     };
@@ -341,4 +346,9 @@ async fn a_login_renews_a_hash_made_at_an_older_cost() {
     assert!(hash().await.contains("m=512,t=1,"), "renewed at the new cost");
     assert_eq!(login_as(&dearer, &user.email, "password123").await.status(), StatusCode::OK);
     assert_eq!(login_as(&dearer, &user.email, "wrong password").await.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// The value of an unlabelled gauge in a Prometheus text exposition.
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
 }

@@ -15,7 +15,7 @@ use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind};
 
 use crate::support::pg_proxy::{PgProxy, Statement};
 use crate::support::redis_proxy::RedisProxy;
-use crate::support::{TestApp, User, assert_problem, spawn_app_behind, spawn_app_with};
+use crate::support::{TestApp, User, assert_problem, eventually, spawn_app_behind, spawn_app_with};
 
 /// The statement of a lone charge (`atomic`, and `batch` with one charge).
 const LONE_CHARGE: &str = "WITH charged AS (";
@@ -133,17 +133,6 @@ async fn a_connection_lost_mid_transaction_is_503_and_changes_nothing() {
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 0);
     assert_eq!(app.place_order(&buyer, &[(product, 1)], None).await.status(), StatusCode::CREATED);
     app.assert_invariants().await;
-}
-
-/// Polls `condition` for up to ten seconds.
-async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within ten seconds");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -36,6 +36,17 @@ pub const REDIS: &str = "redis://127.0.0.1:6379";
 /// tests once more this way.
 pub const REDIS_CLUSTER_ENV: &str = "SHOP_TEST_REDIS_CLUSTER";
 
+/// Polls `condition` for up to ten seconds.
+pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within ten seconds");
+}
+
 /// A connection to the test Redis, or to the test cluster.
 pub async fn test_redis() -> RedisConn {
     let nodes = redis_cluster_nodes();
