@@ -140,10 +140,13 @@ impl RedisConn {
                     Self::Single(ConnectionManager::new_with_config(redis::Client::open(url)?, config).await?)
                 }
                 RedisTarget::Cluster(nodes) => {
-                    // A command retries a moved slot or a lost node for about
-                    // a second, not the client's default minutes: a request
-                    // answers 503 and is retried by its client while a
-                    // failover takes longer.
+                    // A command retries a moved slot or a lost node a few
+                    // times within the response timeout, not for the
+                    // client's default minutes: a request answers 503 and is
+                    // retried by its client while a failover takes longer.
+                    // A retried script may have run: the scripts that take
+                    // something answer a second run by the same attempt with
+                    // what the first took.
                     let client = ClusterClientBuilder::new(nodes.to_vec())
                         .connection_timeout(timeout)
                         .response_timeout(timeout)

@@ -75,16 +75,12 @@ impl Issuance {
         // Entries still waiting for their rows are this consumer's, read
         // again from its own pending list.
         let mut entries = if waiting.is_empty() { Vec::new() } else { self.queue.read_own(BATCH).await? };
+        // Those no longer this consumer's (another claimed them, or Redis
+        // lost their stream) are not waited for.
+        let own: HashSet<(i64, String)> = entries.iter().map(Entry::key).collect();
+        waiting.retain(|key, _| own.contains(key));
         let own = entries.len();
-        match self.queue.read_new(BATCH).await {
-            Err(error) if error.code() == Some("NOGROUP") => {
-                // Redis lost a stream: start it again; the sweep requeues.
-                self.queue.ensure_group().await?;
-                waiting.clear();
-                return Ok(());
-            }
-            read => entries.extend(read?),
-        }
+        entries.extend(self.queue.read_new(BATCH).await?);
         entries.extend(self.queue.claim_idle(self.patience.claim_after, BATCH).await?);
         let idle = entries.len() == own;
         let mut seen = HashSet::new();

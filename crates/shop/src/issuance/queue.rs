@@ -98,25 +98,50 @@ impl Queue {
     /// Creates the group on every stream where it is missing (first start,
     /// or Redis lost the stream), reading from the stream's start.
     pub async fn ensure_group(&self) -> redis::RedisResult<()> {
-        let creates = (0..CAMPAIGN_SLOTS).map(|slot| {
-            let mut redis = self.redis.clone();
-            let stream = self.stream(slot);
-            async move {
-                let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async(&mut redis)
-                    .await;
-                match created {
-                    Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
-                    other => other,
+        futures_util::future::try_join_all((0..CAMPAIGN_SLOTS).map(|slot| self.ensure_group_of(slot))).await.map(drop)
+    }
+
+    async fn ensure_group_of(&self, slot: i64) -> redis::RedisResult<()> {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.stream(slot))
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.redis.clone())
+            .await;
+        match created {
+            Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// What `per_stream` read from every stream, side by side. A stream
+    /// whose group is gone (Redis lost it; the sweep requeues its requests)
+    /// gets it back; one whose read fails otherwise is skipped this time,
+    /// so that what the others handed this consumer is not left unread. An
+    /// error only if every stream failed.
+    async fn each_stream<F, Fut>(&self, per_stream: F) -> redis::RedisResult<Vec<Entry>>
+    where
+        F: Fn(i64) -> Fut,
+        Fut: Future<Output = redis::RedisResult<Vec<Entry>>>,
+    {
+        let reads = futures_util::future::join_all((0..CAMPAIGN_SLOTS).map(&per_stream)).await;
+        let (mut entries, mut failed) = (Vec::new(), None);
+        for (slot, read) in (0..CAMPAIGN_SLOTS).zip(reads) {
+            match read {
+                Ok(read) => entries.extend(read),
+                Err(error) if error.code() == Some("NOGROUP") => self.ensure_group_of(slot).await?,
+                Err(error) => {
+                    tracing::warn!(%error, slot, "could not read an issue request stream; trying again");
+                    failed.get_or_insert(error);
                 }
             }
-        });
-        futures_util::future::try_join_all(creates).await.map(drop)
+        }
+        match failed {
+            Some(error) if entries.is_empty() => Err(error),
+            _ => Ok(entries),
+        }
     }
 
     /// New entries for this consumer, up to `count` from each stream.
@@ -132,7 +157,7 @@ impl Queue {
     /// `XREADGROUP` from `from` on every stream, side by side: `>` for new
     /// entries, `0` for this consumer's unacknowledged ones.
     async fn read(&self, count: usize, from: &str) -> redis::RedisResult<Vec<Entry>> {
-        let reads = (0..CAMPAIGN_SLOTS).map(|slot| {
+        self.each_stream(|slot| {
             let mut read = redis::cmd("XREADGROUP");
             read.arg("GROUP").arg(GROUP).arg(&self.consumer).arg("COUNT").arg(count);
             read.arg("STREAMS").arg(self.stream(slot)).arg(from);
@@ -140,28 +165,26 @@ impl Queue {
             async move {
                 let reply: Option<StreamReadReply> = read.query_async(&mut redis).await?;
                 let ids = reply.into_iter().flat_map(|reply| reply.keys).flat_map(|key| key.ids);
-                Ok::<_, redis::RedisError>(ids.map(|id| Entry::read(slot, id)).collect::<Vec<_>>())
+                Ok(ids.map(|id| Entry::read(slot, id)).collect())
             }
-        });
-        Ok(futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect())
+        })
+        .await
     }
 
     /// Entries read by a consumer but not acknowledged for `idle`: taken
     /// over by this one, up to `count` from each stream.
     pub async fn claim_idle(&self, idle: Duration, count: usize) -> redis::RedisResult<Vec<Entry>> {
-        let claims = (0..CAMPAIGN_SLOTS).map(|slot| {
+        self.each_stream(|slot| {
             let mut claim = redis::cmd("XAUTOCLAIM");
             claim.arg(self.stream(slot)).arg(GROUP).arg(&self.consumer).arg(idle.as_millis() as u64);
             claim.arg("0-0").arg("COUNT").arg(count);
             let mut redis = self.redis.clone();
             async move {
                 let reply: StreamAutoClaimReply = claim.query_async(&mut redis).await?;
-                Ok::<_, redis::RedisError>(
-                    reply.claimed.into_iter().map(|id| Entry::read(slot, id)).collect::<Vec<_>>(),
-                )
+                Ok(reply.claimed.into_iter().map(|id| Entry::read(slot, id)).collect())
             }
-        });
-        Ok(futures_util::future::try_join_all(claims).await?.into_iter().flatten().collect())
+        })
+        .await
     }
 
     /// Acknowledges and deletes the entries, in one transaction per stream.

@@ -96,7 +96,8 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
 /// Inserts PENDING orders and their lines and takes `take`'s stock, in one
 /// statement; returns the orders in the order given, and from how many of
 /// `take`'s products it took (each only if it still has the quantity; the
-/// caller rolls back unless it took from all). Ids are drawn first, so that
+/// caller rolls back unless it took from all). The products are locked in
+/// ascending id order first, the order every writer of stock locks them in. Ids are drawn first, so that
 /// each line finds its order by position. Gate reservations are not
 /// recorded: only the batch strategy places orders this way.
 pub async fn insert_many(
@@ -119,9 +120,11 @@ pub async fn insert_many(
     // and text[] only as `&[String]` (names).
     let rows = sqlx::query_as!(
         InsertedRow,
-        r#"WITH taken AS (
+        r#"WITH locked AS (
+             SELECT id FROM products WHERE id = ANY($12) ORDER BY id FOR NO KEY UPDATE
+         ), taken AS (
              UPDATE products p SET stock = p.stock - t.quantity, version = p.version + 1
-             FROM (SELECT * FROM unnest($12::bigint[], $13::bigint[]) AS t(id, quantity) ORDER BY id) t
+             FROM unnest($12::bigint[], $13::bigint[]) AS t(id, quantity) JOIN locked USING (id)
              WHERE p.id = t.id AND p.stock >= t.quantity
              RETURNING p.id
          ), input AS (

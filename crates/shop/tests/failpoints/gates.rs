@@ -19,8 +19,12 @@ async fn a_unit_lost_to_a_crash_after_the_gate_is_reconciled() {
     let (crashed, waiting) = (app.new_user().await, app.new_user().await);
 
     fail::cfg("coupons::gate::granted", "1*return").unwrap();
-    // The gate hands the only unit out, and the request dies before writing.
+    // The gate hands the only unit out, and the request dies before writing;
+    // and the reconciler's list of campaigns is lost, as a failover of its
+    // master could lose it: asking for the campaign puts it back.
     assert_problem(app.issue_coupon(&crashed, &code).await, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL").await;
+    let active = app.redis_key("coupon-gate", "active");
+    redis::cmd("DEL").arg(&active).query_async::<i64>(&mut app.redis().await).await.unwrap();
     // The other user is not told it is sold out while the unit is pending:
     // the request waits, the reconciler finds the grant without a coupon and
     // returns the unit, and the waiting request gets it.
@@ -49,6 +53,10 @@ async fn stock_lost_to_a_crash_after_the_gate_is_reconciled() {
         "INTERNAL",
     )
     .await;
+    // The reconciler's list of products is lost, as a failover of its master
+    // could lose it: ordering the product puts it back.
+    let active = app.redis_key("stock-gate", "active");
+    redis::cmd("DEL").arg(&active).query_async::<i64>(&mut app.redis().await).await.unwrap();
     assert_problem(app.place_order(&waiting, &[(product, 1)], None).await, StatusCode::CONFLICT, "OUT_OF_STOCK").await;
     let mut placed = false;
     for _ in 0..100 {

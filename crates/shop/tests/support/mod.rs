@@ -170,6 +170,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `count` distinct free ports (held together while they are picked).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let held: Vec<_> = (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|listener| listener.local_addr().unwrap().port()).collect()
+}
+
 /// The database part of a PostgreSQL URL.
 pub fn database_name(url: &str) -> &str {
     url.rsplit('/').next().unwrap()

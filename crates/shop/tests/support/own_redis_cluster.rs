@@ -33,12 +33,10 @@ impl OwnRedisCluster {
     pub async fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("shop-test-cluster-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let nodes: Vec<Node> = (0..6)
-            .map(|_| {
-                let port = super::free_port();
-                Node { port, server: Some(spawn(&dir, port)) }
-            })
-            .collect();
+        // A client port and a cluster bus port for each node, all distinct.
+        let ports = super::free_ports(12);
+        let nodes: Vec<Node> =
+            ports.chunks(2).map(|pair| Node { port: pair[0], server: Some(spawn(&dir, pair[0], pair[1])) }).collect();
         let cluster = Self { nodes, dir };
         for node in &cluster.nodes {
             answering(node.port).await;
@@ -126,8 +124,7 @@ impl OwnRedisCluster {
     }
 }
 
-fn spawn(dir: &std::path::Path, port: u16) -> Child {
-    let bus = super::free_port();
+fn spawn(dir: &std::path::Path, port: u16, bus: u16) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])

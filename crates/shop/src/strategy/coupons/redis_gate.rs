@@ -39,7 +39,8 @@
 //! refuse the surplus. Redis must not evict these keys
 //! (`maxmemory-policy noeviction`).
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -57,27 +58,35 @@ use crate::strategy::{Chore, Deps};
 
 /// Hands out a unit. KEYS: state, holders, pending, and for an
 /// asynchronous request the stream it is queued on (of the campaign's
-/// slot), in the same step. ARGV:
-/// user, then the stream entry's fields and values (`grant` is added).
-/// Answers `GRANTED:<the grant's time, ms>`, or `PENDING` while the answer
-/// depends on grants not yet settled (`HOLDER_PENDING`: the user's own).
-/// Public so the load generator can measure Redis running it alone.
+/// slot), in the same step. ARGV: user, the attempt's token, then the
+/// stream entry's fields and values (`grant` is added). Answers
+/// `GRANTED:<the grant's time, ms>`, or `PENDING` while the answer depends
+/// on grants not yet settled (`HOLDER_PENDING`: the user's own). The token
+/// is kept in the state (`t:<user>`) while the grant is pending, so the same
+/// attempt run again (a client re-sending it after a lost reply) is answered
+/// its grant, not its own pending grant. Public so the load generator can
+/// measure Redis running it alone.
 pub const GRANT_LUA: &str = r"if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOT_LOADED' end
           if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
-              if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 'HOLDER_PENDING' end
-              return 'ALREADY_ISSUED'
+              local granted = redis.call('ZSCORE', KEYS[3], ARGV[1])
+              if not granted then return 'ALREADY_ISSUED' end
+              if redis.call('HGET', KEYS[1], 't:' .. ARGV[1]) == ARGV[2] then
+                  return 'GRANTED:' .. string.format('%.0f', tonumber(granted))
+              end
+              return 'HOLDER_PENDING'
           end
           if tonumber(redis.call('HGET', KEYS[1], 'left')) <= 0 then
               if redis.call('ZCARD', KEYS[3]) > 0 then return 'PENDING' end
               return 'SOLD_OUT'
           end
           redis.call('HINCRBY', KEYS[1], 'left', -1)
+          redis.call('HSET', KEYS[1], 't:' .. ARGV[1], ARGV[2])
           redis.call('SADD', KEYS[2], ARGV[1])
           local now = redis.call('TIME')
           local granted = now[1] * 1000 + math.floor(now[2] / 1000)
           redis.call('ZADD', KEYS[3], granted, ARGV[1])
           if KEYS[4] then
-              local fields = {unpack(ARGV, 2)}
+              local fields = {unpack(ARGV, 3)}
               table.insert(fields, 'grant')
               table.insert(fields, granted)
               redis.call('XADD', KEYS[4], '*', unpack(fields))
@@ -94,6 +103,7 @@ static GRANT: LazyLock<Script> = LazyLock::new(|| Script::new(GRANT_LUA));
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+          redis.call('HDEL', KEYS[1], 't:' .. ARGV[1])
           if redis.call('ZCARD', KEYS[3]) == 0 then return 2 end
           return 1",
     )
@@ -104,6 +114,7 @@ static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
 static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+          redis.call('HDEL', KEYS[1], 't:' .. ARGV[1])
           redis.call('HINCRBY', KEYS[1], 'left', 1)
           if ARGV[2] == '0' then redis.call('SREM', KEYS[2], ARGV[1]) end
           return 2",
@@ -116,6 +127,7 @@ static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
 static CLOSE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+          redis.call('HDEL', KEYS[1], 't:' .. ARGV[1])
           redis.call('SREM', KEYS[2], ARGV[1])
           redis.call('HSET', KEYS[1], 'left', 0)
           return 2",
@@ -165,6 +177,9 @@ pub struct CouponGate {
     /// settlement may have given them their answer, so that they need not
     /// poll Redis often.
     settled: Arc<Notify>,
+    /// Campaigns asked for since the reconciler last ran here, added again
+    /// to the active set (see [`CouponGate::reconcile`]).
+    touched: Arc<Mutex<HashSet<i64>>>,
 }
 
 struct Keys {
@@ -260,6 +275,7 @@ impl CouponGate {
             keys: deps.keys.clone(),
             reconcile_after: deps.locks.gate_reconcile_after(),
             settled: Arc::new(Notify::new()),
+            touched: Arc::default(),
         }
     }
 
@@ -296,8 +312,9 @@ impl CouponGate {
         let asked = Instant::now();
         let mut loads = 0;
         let mut pause = Duration::from_millis(5);
+        self.touched.lock().expect("not poisoned").insert(coupon_type.id);
         let mut script = GRANT.key(&keys.state);
-        script.key(&keys.holders).key(&keys.pending).arg(user_id);
+        script.key(&keys.holders).key(&keys.pending).arg(user_id).arg(uuid::Uuid::new_v4().to_string());
         if let Some(queue) = queue {
             script.key(&queue.stream);
             for (field, value) in &queue.fields {
@@ -413,8 +430,17 @@ impl CouponGate {
     /// Settles grants pending longer than `reconcile_after`: completed if the
     /// coupon is in PostgreSQL, else its unit is given back. Safe on many
     /// instances at once: each grant is settled by whoever removes it first.
+    ///
+    /// The active set lives on a slot of its own, so a failover can lose a
+    /// campaign from it while the campaign's gate lives on: every instance
+    /// adds back the campaigns it was asked for since its last round, so
+    /// any request for a campaign brings it back under reconciliation.
     async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
         let mut redis = self.redis.clone();
+        let touched: Vec<i64> = std::mem::take(&mut *self.touched.lock().expect("not poisoned")).into_iter().collect();
+        if !touched.is_empty() {
+            let _: i64 = redis.sadd(self.active_key(), &touched).await?;
+        }
         let campaigns: Vec<i64> = redis.smembers(self.active_key()).await?;
         for type_id in campaigns {
             let keys = self.keys(type_id);

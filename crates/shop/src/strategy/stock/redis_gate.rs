@@ -44,12 +44,12 @@
 //!   slow order the reconciler gave up on may still commit: over-counts,
 //!   which PostgreSQL refuses.
 
-use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use redis::{AsyncCommands, Script};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -188,6 +188,9 @@ pub struct StockGate {
     redis: RedisConn,
     keys: Keyspace,
     reconcile_after: Duration,
+    /// Products asked for since the reconciler last ran here, added again
+    /// to the active set (see [`StockGate::reconcile`]).
+    touched: Arc<Mutex<HashSet<i64>>>,
 }
 
 /// A product's keys, of its slot.
@@ -282,7 +285,12 @@ impl StockStrategy for StockGate {
 
 impl StockGate {
     pub fn new(deps: &Deps<'_>) -> Self {
-        Self { redis: deps.redis.clone(), keys: deps.keys.clone(), reconcile_after: deps.locks.gate_reconcile_after() }
+        Self {
+            redis: deps.redis.clone(),
+            keys: deps.keys.clone(),
+            reconcile_after: deps.locks.gate_reconcile_after(),
+            touched: Arc::default(),
+        }
     }
 
     fn reconcile_every(&self) -> Duration {
@@ -312,9 +320,10 @@ impl StockGate {
     /// line is short or Redis fails midway.
     async fn reserve(&self, db: &PgPool, lines: &OrderLines) -> Result<GateReservation, AppError> {
         let mut reservation = GateReservation { id: Uuid::new_v4(), products: Vec::new() };
-        let mut loads = 0;
+        self.touched.lock().expect("not poisoned").extend(lines.product_ids());
         let mut outcome = Ok(());
         for (product_id, quantity) in lines.iter() {
+            let mut loads = 0;
             let keys = self.product_keys(product_id);
             let mut script = RESERVE.key(&keys.counter);
             script.key(&keys.pending).key(&keys.reservations).arg(reservation.id.to_string()).arg(quantity);
@@ -483,15 +492,30 @@ impl StockGate {
     /// Settles reservations pending longer than `reconcile_after`: completed
     /// if their order exists, else their units go back. Safe on many
     /// instances at once: each is settled by whoever removes it first. Every
-    /// product ever loaded is looked at, a few side by side.
+    /// product ever loaded is looked at, a few side by side; one whose node
+    /// fails is looked at next round.
+    ///
+    /// The active set lives on a slot of its own, so a failover can lose a
+    /// product from it while the product's counter lives on: every instance
+    /// adds back the products it was asked for since its last round, so any
+    /// order for a product brings it back under reconciliation.
     async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
         self.apply_left_behind(&db).await?;
-        let products: Vec<i64> = self.redis.clone().smembers(self.active_key()).await?;
+        let mut redis = self.redis.clone();
+        let touched: Vec<i64> = std::mem::take(&mut *self.touched.lock().expect("not poisoned")).into_iter().collect();
+        if !touched.is_empty() {
+            let _: i64 = redis.sadd(self.active_key(), &touched).await?;
+        }
+        let products: Vec<i64> = redis.smembers(self.active_key()).await?;
+        let (gate, db) = (&self, &db);
         futures_util::stream::iter(products)
-            .map(|product_id| self.reconcile_product(&db, product_id))
-            .buffer_unordered(RECONCILE_CONCURRENCY)
-            .try_collect::<()>()
-            .await
+            .for_each_concurrent(RECONCILE_CONCURRENCY, |product_id| async move {
+                if let Err(error) = gate.reconcile_product(db, product_id).await {
+                    tracing::warn!(%error, product_id, "could not reconcile a product's stock reservations");
+                }
+            })
+            .await;
+        Ok(())
     }
 
     async fn reconcile_product(&self, db: &PgPool, product_id: i64) -> Result<(), AppError> {

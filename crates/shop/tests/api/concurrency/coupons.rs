@@ -252,6 +252,31 @@ async fn a_failed_write_gives_the_unit_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_sent_again_after_its_reply_was_lost_takes_one_unit_and_answers_it() {
+    let app = app_with(CouponStrategyKind::RedisGate).await;
+    let code = app.create_coupon_type("SENT_TWICE", 3, json!({})).await;
+    let (early, user) = (app.new_user().await, app.new_user().await);
+    // Loads the gate.
+    assert_eq!(app.issue_coupon(&early, &code).await.status(), StatusCode::CREATED);
+    let type_id: i64 =
+        sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1").bind(&code).fetch_one(&app.db).await.unwrap();
+    let keys = ["state", "holders", "pending"].map(|name| app.coupon_gate_key(type_id, name));
+    let grant_lua = redis::Script::new(shop::GRANT_LUA);
+    let grant = async |token: &str| -> String {
+        let mut script = grant_lua.key(&keys[0]);
+        script.key(&keys[1]).key(&keys[2]).arg(user.id).arg(token);
+        script.invoke_async(&mut app.redis().await).await.unwrap()
+    };
+    // The cluster client re-sends a script whose reply it lost: the same
+    // attempt is answered its own grant, another attempt waits for it.
+    let first = grant("attempt-1").await;
+    assert!(first.starts_with("GRANTED:"), "{first}");
+    assert_eq!(grant("attempt-1").await, first);
+    assert_eq!(grant("attempt-2").await, "HOLDER_PENDING");
+    assert_eq!(app.redis_hash_field(&keys[0], "left").await, Some(1), "one unit taken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_gate_is_rebuilt_once_across_instances() {
     let first = app_with(CouponStrategyKind::RedisGate).await;
     let second = first.another_instance().await;
