@@ -118,28 +118,34 @@ impl Queue {
 
     /// What `per_stream` read from every stream, side by side. A stream
     /// whose group is gone (Redis lost it; the sweep requeues its requests)
-    /// gets it back; one whose read fails otherwise is skipped this time,
-    /// so that what the others handed this consumer is not left unread. An
-    /// error only if every stream failed.
+    /// gets it back; one whose read fails is skipped this time, so that
+    /// what the others handed this consumer is not left unread. An error
+    /// only if every stream failed.
     async fn each_stream<F, Fut>(&self, per_stream: F) -> redis::RedisResult<Vec<Entry>>
     where
         F: Fn(i64) -> Fut,
         Fut: Future<Output = redis::RedisResult<Vec<Entry>>>,
     {
         let reads = futures_util::future::join_all((0..CAMPAIGN_SLOTS).map(&per_stream)).await;
-        let (mut entries, mut failed) = (Vec::new(), None);
+        let (mut entries, mut failures, mut last_failure) = (Vec::new(), 0, None);
         for (slot, read) in (0..CAMPAIGN_SLOTS).zip(reads) {
-            match read {
-                Ok(read) => entries.extend(read),
-                Err(error) if error.code() == Some("NOGROUP") => self.ensure_group_of(slot).await?,
-                Err(error) => {
-                    tracing::warn!(%error, slot, "could not read an issue request stream; trying again");
-                    failed.get_or_insert(error);
+            let failure = match read {
+                Ok(read) => {
+                    entries.extend(read);
+                    continue;
                 }
-            }
+                Err(error) if error.code() == Some("NOGROUP") => match self.ensure_group_of(slot).await {
+                    Ok(()) => continue,
+                    Err(error) => error,
+                },
+                Err(error) => error,
+            };
+            tracing::warn!(error = %failure, slot, "could not read an issue request stream; trying again");
+            failures += 1;
+            last_failure = Some(failure);
         }
-        match failed {
-            Some(error) if entries.is_empty() => Err(error),
+        match last_failure {
+            Some(error) if failures == CAMPAIGN_SLOTS => Err(error),
             _ => Ok(entries),
         }
     }

@@ -21,6 +21,7 @@
 //! defence, and a race lost past the strategy's limit (retries used up, lock
 //! wait timed out) is `CONCURRENCY_CONFLICT` with nothing written.
 
+mod active;
 pub mod coupons;
 pub mod points;
 pub mod stock;

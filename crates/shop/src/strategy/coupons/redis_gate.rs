@@ -39,8 +39,7 @@
 //! refuse the surplus. Redis must not evict these keys
 //! (`maxmemory-policy noeviction`).
 
-use std::collections::HashSet;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -54,6 +53,7 @@ use crate::domain::coupon::CouponType;
 use crate::error::AppError;
 use crate::redis_conn::{Keyspace, RedisConn, campaign_slot};
 use crate::storage::coupons;
+use crate::strategy::active::ActiveSet;
 use crate::strategy::{Chore, Deps};
 
 /// Hands out a unit. KEYS: state, holders, pending, and for an
@@ -177,9 +177,8 @@ pub struct CouponGate {
     /// settlement may have given them their answer, so that they need not
     /// poll Redis often.
     settled: Arc<Notify>,
-    /// Campaigns asked for since the reconciler last ran here, added again
-    /// to the active set (see [`CouponGate::reconcile`]).
-    touched: Arc<Mutex<HashSet<i64>>>,
+    /// The campaigns the reconciler visits.
+    active: ActiveSet,
 }
 
 struct Keys {
@@ -275,7 +274,7 @@ impl CouponGate {
             keys: deps.keys.clone(),
             reconcile_after: deps.locks.gate_reconcile_after(),
             settled: Arc::new(Notify::new()),
-            touched: Arc::default(),
+            active: ActiveSet::new(deps.keys.key("coupon-gate", "active")),
         }
     }
 
@@ -289,11 +288,6 @@ impl CouponGate {
             loading: key("loading"),
             staged: key("staged"),
         }
-    }
-
-    /// The campaigns the reconciler looks at: every one ever loaded.
-    fn active_key(&self) -> String {
-        self.keys.key("coupon-gate", "active")
     }
 
     /// Takes a unit from the gate for the user (the grant's time, which
@@ -312,7 +306,7 @@ impl CouponGate {
         let asked = Instant::now();
         let mut loads = 0;
         let mut pause = Duration::from_millis(5);
-        self.touched.lock().expect("not poisoned").insert(coupon_type.id);
+        self.active.touch([coupon_type.id]);
         let mut script = GRANT.key(&keys.state);
         script.key(&keys.holders).key(&keys.pending).arg(user_id).arg(uuid::Uuid::new_v4().to_string());
         if let Some(queue) = queue {
@@ -386,7 +380,7 @@ impl CouponGate {
         }
         // Known to the reconciler before any grant can be pending (the set
         // lives on a slot of its own, so not in the script that installs).
-        let _: i64 = redis.sadd(self.active_key(), type_id).await?;
+        self.active.add(&mut redis, type_id).await?;
         let (left, holders) = coupons::holders(&mut *db.acquire().await?, type_id).await?;
         // Tests hold a load here until its lease has run out.
         fail::fail_point!("coupons::gate::read");
@@ -430,46 +424,44 @@ impl CouponGate {
     /// Settles grants pending longer than `reconcile_after`: completed if the
     /// coupon is in PostgreSQL, else its unit is given back. Safe on many
     /// instances at once: each grant is settled by whoever removes it first.
-    ///
-    /// The active set lives on a slot of its own, so a failover can lose a
-    /// campaign from it while the campaign's gate lives on: every instance
-    /// adds back the campaigns it was asked for since its last round, so
-    /// any request for a campaign brings it back under reconciliation.
+    /// A campaign whose node fails is looked at next round.
     async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
-        let mut redis = self.redis.clone();
-        let touched: Vec<i64> = std::mem::take(&mut *self.touched.lock().expect("not poisoned")).into_iter().collect();
-        if !touched.is_empty() {
-            let _: i64 = redis.sadd(self.active_key(), &touched).await?;
-        }
-        let campaigns: Vec<i64> = redis.smembers(self.active_key()).await?;
-        for type_id in campaigns {
-            let keys = self.keys(type_id);
-            // Grants are stamped by the clock of their campaign's node.
-            let cutoff = redis.time_at(&keys.pending).await? - self.reconcile_after.as_millis() as i64;
-            let stale: Vec<(i64, i64)> =
-                redis.zrangebyscore_limit_withscores(&keys.pending, "-inf", cutoff, 0, 500).await?;
-            for (user_id, granted_ms) in stale {
-                let written = coupons::gate_grant_of(&mut *db.acquire().await?, type_id, user_id).await?;
-                let action = match written {
-                    // The grant's own coupon.
-                    Some(Some(grant)) if grant == granted_ms => {
-                        self.settle_grant(&COMPLETE, &keys, user_id, None).await?;
-                        "completed"
-                    }
-                    // A coupon from before the grant, which the gate had lost
-                    // track of: the grant's write was refused, its unit is free.
-                    Some(_) => {
-                        self.settle_grant(&GIVE_BACK, &keys, user_id, Some(true)).await?;
-                        "returned"
-                    }
-                    None => {
-                        self.settle_grant(&GIVE_BACK, &keys, user_id, Some(false)).await?;
-                        "returned"
-                    }
-                };
-                metrics::counter!("shop_coupon_gate_reconciled_total", "action" => action).increment(1);
-                tracing::info!(type_id, user_id, action, "reconciled a stale coupon grant");
+        for type_id in self.active.round(&mut self.redis.clone()).await {
+            if let Err(error) = self.reconcile_campaign(&db, type_id).await {
+                tracing::warn!(%error, type_id, "could not reconcile a campaign's coupon grants");
             }
+        }
+        Ok(())
+    }
+
+    async fn reconcile_campaign(&self, db: &PgPool, type_id: i64) -> Result<(), AppError> {
+        let mut redis = self.redis.clone();
+        let keys = self.keys(type_id);
+        // Grants are stamped by the clock of their campaign's node.
+        let cutoff = redis.time_at(&keys.pending).await? - self.reconcile_after.as_millis() as i64;
+        let stale: Vec<(i64, i64)> =
+            redis.zrangebyscore_limit_withscores(&keys.pending, "-inf", cutoff, 0, 500).await?;
+        for (user_id, granted_ms) in stale {
+            let written = coupons::gate_grant_of(&mut *db.acquire().await?, type_id, user_id).await?;
+            let action = match written {
+                // The grant's own coupon.
+                Some(Some(grant)) if grant == granted_ms => {
+                    self.settle_grant(&COMPLETE, &keys, user_id, None).await?;
+                    "completed"
+                }
+                // A coupon from before the grant, which the gate had lost
+                // track of: the grant's write was refused, its unit is free.
+                Some(_) => {
+                    self.settle_grant(&GIVE_BACK, &keys, user_id, Some(true)).await?;
+                    "returned"
+                }
+                None => {
+                    self.settle_grant(&GIVE_BACK, &keys, user_id, Some(false)).await?;
+                    "returned"
+                }
+            };
+            metrics::counter!("shop_coupon_gate_reconciled_total", "action" => action).increment(1);
+            tracing::info!(type_id, user_id, action, "reconciled a stale coupon grant");
         }
         Ok(())
     }

@@ -44,8 +44,8 @@
 //!   slow order the reconciler gave up on may still commit: over-counts,
 //!   which PostgreSQL refuses.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -61,6 +61,7 @@ use crate::error::AppError;
 use crate::redis_conn::{Keyspace, RedisConn};
 use crate::storage::products::StockChange;
 use crate::storage::{Tx, orders, products};
+use crate::strategy::active::ActiveSet;
 use crate::strategy::{Chore, Deps};
 
 /// How long a change is kept aside for a counter not yet loaded (far
@@ -188,9 +189,8 @@ pub struct StockGate {
     redis: RedisConn,
     keys: Keyspace,
     reconcile_after: Duration,
-    /// Products asked for since the reconciler last ran here, added again
-    /// to the active set (see [`StockGate::reconcile`]).
-    touched: Arc<Mutex<HashSet<i64>>>,
+    /// The products the reconciler visits.
+    active: ActiveSet,
 }
 
 /// A product's keys, of its slot.
@@ -289,7 +289,7 @@ impl StockGate {
             redis: deps.redis.clone(),
             keys: deps.keys.clone(),
             reconcile_after: deps.locks.gate_reconcile_after(),
-            touched: Arc::default(),
+            active: ActiveSet::new(deps.keys.key("stock-gate", "active")),
         }
     }
 
@@ -310,17 +310,12 @@ impl StockGate {
         }
     }
 
-    /// The products whose counters were ever loaded: the reconciler's round.
-    fn active_key(&self) -> String {
-        self.keys.key("stock-gate", "active")
-    }
-
     /// Takes every line's units from the gate, before the transaction: one
     /// product at a time in product order, giving back what was taken if a
     /// line is short or Redis fails midway.
     async fn reserve(&self, db: &PgPool, lines: &OrderLines) -> Result<GateReservation, AppError> {
         let mut reservation = GateReservation { id: Uuid::new_v4(), products: Vec::new() };
-        self.touched.lock().expect("not poisoned").extend(lines.product_ids());
+        self.active.touch(lines.product_ids());
         let mut outcome = Ok(());
         for (product_id, quantity) in lines.iter() {
             let mut loads = 0;
@@ -403,7 +398,7 @@ impl StockGate {
         let mut redis = self.redis.clone();
         let keys = self.product_keys(product_id);
         // Known to the reconciler before any reservation can be pending.
-        let _: i64 = redis.sadd(self.active_key(), product_id).await?;
+        self.active.add(&mut redis, product_id).await?;
         let drops: Option<i64> = redis.get(&keys.drops).await?;
         let rows = products::stock_of(&mut *db.acquire().await?, &[product_id]).await?;
         // Tests hold a load here while the stock changes in PostgreSQL.
@@ -494,19 +489,11 @@ impl StockGate {
     /// instances at once: each is settled by whoever removes it first. Every
     /// product ever loaded is looked at, a few side by side; one whose node
     /// fails is looked at next round.
-    ///
-    /// The active set lives on a slot of its own, so a failover can lose a
-    /// product from it while the product's counter lives on: every instance
-    /// adds back the products it was asked for since its last round, so any
-    /// order for a product brings it back under reconciliation.
     async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
-        self.apply_left_behind(&db).await?;
-        let mut redis = self.redis.clone();
-        let touched: Vec<i64> = std::mem::take(&mut *self.touched.lock().expect("not poisoned")).into_iter().collect();
-        if !touched.is_empty() {
-            let _: i64 = redis.sadd(self.active_key(), &touched).await?;
+        if let Err(error) = self.apply_left_behind(&db).await {
+            tracing::warn!(%error, "could not pass on the stock changes left behind; trying next round");
         }
-        let products: Vec<i64> = redis.smembers(self.active_key()).await?;
+        let products = self.active.round(&mut self.redis.clone()).await;
         let (gate, db) = (&self, &db);
         futures_util::stream::iter(products)
             .for_each_concurrent(RECONCILE_CONCURRENCY, |product_id| async move {
