@@ -11,6 +11,7 @@ mod concurrency;
 mod coupons;
 mod events;
 mod faults;
+mod front_door;
 mod health;
 mod history;
 mod idempotency;

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 pub mod cluster;
+pub mod front_door;
 pub mod invariants;
 pub mod nats;
 pub mod own_pg;
