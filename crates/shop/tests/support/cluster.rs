@@ -127,11 +127,7 @@ impl Cluster {
 
     /// A product's stock, read from the database.
     pub async fn stock(&self, product_id: i64) -> i64 {
-        sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
-            .bind(product_id)
-            .fetch_one(&self.db)
-            .await
-            .unwrap()
+        super::stock_of(&self.db, product_id).await
     }
 
     /// Kills instance `i` without warning (SIGKILL).

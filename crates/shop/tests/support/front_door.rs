@@ -1,6 +1,5 @@
-//! HAProxy before a test's instances, configured as `scripts/cluster`
-//! configures it: round robin, `/health/ready` checked every half second,
-//! a refused connection sent to another instance.
+//! HAProxy before a test's instances, configured by `scripts/haproxy.cfg`
+//! as `scripts/cluster` configures it.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -23,28 +22,8 @@ impl FrontDoor {
             })
             .collect();
         let config = std::env::temp_dir().join(format!("shop-test-haproxy-{port}.cfg"));
-        std::fs::write(
-            &config,
-            format!(
-                "defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 15s
-  retries 2
-  option redispatch
-frontend shop
-  bind 127.0.0.1:{port}
-  default_backend instances
-backend instances
-  balance roundrobin
-  option httpchk GET /health/ready
-  http-check expect status 200
-  default-server inter 500ms fall 2 rise 2
-{servers}"
-            ),
-        )
-        .unwrap();
+        let template = include_str!("../../../../scripts/haproxy.cfg");
+        std::fs::write(&config, format!("{}{servers}", template.replace("FRONT_PORT", &port.to_string()))).unwrap();
         let haproxy = Command::new("haproxy")
             .arg("-f")
             .arg(&config)

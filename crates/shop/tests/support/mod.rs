@@ -395,11 +395,7 @@ impl TestApp {
     }
 
     pub async fn stock(&self, product_id: i64) -> i64 {
-        sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
-            .bind(product_id)
-            .fetch_one(&self.db)
-            .await
-            .unwrap()
+        stock_of(&self.db, product_id).await
     }
 
     /// Every invariant of the shop at once.
@@ -486,6 +482,11 @@ pub async fn bulk_users(db: &PgPool, count: usize) -> Vec<User> {
 }
 
 /// The admin of the database `db`, signed in with the test secret.
+/// A product's stock, read from the database.
+pub async fn stock_of(db: &PgPool, product_id: i64) -> i64 {
+    sqlx::query_scalar("SELECT stock FROM products WHERE id = $1").bind(product_id).fetch_one(db).await.unwrap()
+}
+
 pub async fn admin_of(db: &PgPool) -> User {
     let id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE role = 'admin'").fetch_one(db).await.unwrap();
     signed_in(id, Role::Admin)
