@@ -101,6 +101,11 @@ pub struct DatabaseConfig {
     /// PostgreSQL; the database is created if missing.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/shop")]
     pub database_url: String,
+    /// A PgBouncer in transaction pooling mode in front of DATABASE_URL's
+    /// database: when set, the pool goes through it, and DATABASE_URL
+    /// serves migrations, LISTEN and the heartbeat (see `storage::db`).
+    #[arg(long, env = "DATABASE_POOLER_URL")]
+    pub database_pooler_url: Option<String>,
     /// Connections in this instance's pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
     pub database_max_connections: u32,

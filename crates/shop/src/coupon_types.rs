@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use sqlx::PgPool;
-
 use crate::domain::coupon::CouponType;
+use crate::storage::Db;
 use crate::storage::coupons;
 
 #[derive(Default)]
@@ -17,11 +16,11 @@ pub struct CouponTypes {
 }
 
 impl CouponTypes {
-    pub async fn find(&self, db: &PgPool, code: &str) -> Result<Option<Arc<CouponType>>, sqlx::Error> {
+    pub async fn find(&self, db: &Db, code: &str) -> Result<Option<Arc<CouponType>>, sqlx::Error> {
         if let Some(known) = self.by_code.read().expect("not poisoned").get(code) {
             return Ok(Some(known.clone()));
         }
-        let Some(found) = coupons::find_type_by_code(&mut *db.acquire().await?, code).await? else {
+        let Some(found) = coupons::find_type_by_code(&mut *db.read().await?, code).await? else {
             return Ok(None);
         };
         let found = Arc::new(found);

@@ -23,12 +23,13 @@ use axum::http::{Method, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::ValidationError;
 use crate::error::AppError;
 use crate::instances::{self, Instance};
+use crate::storage::Db;
 
 /// Longer than any request runs (lock waits are a few seconds).
 const STALE_CLAIM: Duration = Duration::from_secs(60);
@@ -145,14 +146,34 @@ struct KeyRow {
 /// `holds_settle_within`: how long the operation's holds outside PostgreSQL
 /// may outlive a request that died; a claim is not taken over sooner.
 pub async fn begin(
-    db: &PgPool,
+    db: &Db,
     instance: Instance,
     holds_settle_within: Duration,
     user_id: i64,
     key: &IdempotencyKey,
     fingerprint: &Fingerprint,
 ) -> Result<Begun, AppError> {
-    let mut conn = db.acquire().await?;
+    let mut conn = db.write().await?;
+    let begun = claim_or_find(&mut conn, db, instance, holds_settle_within, user_id, key, fingerprint).await;
+    // Through a pooler the claim takes effect here (see `storage::db`).
+    if let Err(error) = conn.commit().await {
+        if let Ok(Begun::Fresh(claim)) = &begun {
+            claim.free_later(db.clone());
+        }
+        return Err(error.into());
+    }
+    begun
+}
+
+async fn claim_or_find(
+    conn: &mut PgConnection,
+    db: &Db,
+    instance: Instance,
+    holds_settle_within: Duration,
+    user_id: i64,
+    key: &IdempotencyKey,
+    fingerprint: &Fingerprint,
+) -> Result<Begun, AppError> {
     // The row can vanish between the INSERT and the SELECT (its request failed
     // transiently and freed it); then the next round claims it.
     for _ in 0..3 {
@@ -183,7 +204,7 @@ pub async fn begin(
         if inserted.rows_affected() == 1 {
             return Ok(Begun::Fresh(claim));
         }
-        let Some(row) = find(&mut conn, user_id, &claim.key, holds_settle_within).await? else {
+        let Some(row) = find(conn, user_id, &claim.key, holds_settle_within).await? else {
             continue;
         };
         if row.request_method != fingerprint.method
@@ -196,7 +217,7 @@ pub async fn begin(
             let status = StatusCode::from_u16(status as u16).map_err(AppError::internal)?;
             return Ok(Begun::Replay(StoredResponse { status, body }));
         }
-        if row.stale && take_over(&mut conn, instance, &claim, row.claim_token).await? {
+        if row.stale && take_over(conn, instance, &claim, row.claim_token).await? {
             return Ok(Begun::Fresh(claim));
         }
         return Err(AppError::IdempotencyKeyInUse);
@@ -277,7 +298,7 @@ impl Claim {
     /// effect may have committed ([`AppError::OutcomeUnknown`]): its answer
     /// was stored with it, so a retry replays it, or, if it did not commit,
     /// takes the claim over once stale.
-    pub async fn settle(self, db: &PgPool, error: &AppError) -> Result<Settled, AppError> {
+    pub async fn settle(self, db: &Db, error: &AppError) -> Result<Settled, AppError> {
         if matches!(error, AppError::OutcomeUnknown) {
             // The database cannot be asked now; once it can, the claim goes
             // unless the answer is there (see `free`).
@@ -295,7 +316,10 @@ impl Claim {
         } else {
             let body = serde_json::to_value(error.problem()).map_err(AppError::internal)?;
             // Nothing to roll back: the failed operation changed nothing.
-            self.store(&mut *db.acquire().await?, error.status(), &body).await?
+            let mut conn = db.write().await?;
+            let stored = self.store(&mut conn, error.status(), &body).await?;
+            conn.commit().await?;
+            stored
         };
         Ok(if ours { Settled::Ours } else { Settled::TakenOver })
     }
@@ -305,7 +329,7 @@ impl Claim {
     /// holds the row, so if that transaction is somehow still running the
     /// delete waits for it (a bounded while) and then sees its answer; one
     /// that has not stored it yet finds the claim gone and rolls back.
-    async fn free(&self, db: &PgPool) -> Result<bool, AppError> {
+    async fn free(&self, db: &Db) -> Result<bool, AppError> {
         let mut tx = db.begin().await?;
         sqlx::query!("SELECT set_config('lock_timeout', '1000ms', true)").fetch_one(&mut *tx).await?;
         let freed = sqlx::query!(
@@ -324,7 +348,7 @@ impl Claim {
     /// [`Claim::free`] in the background, retried while the database does
     /// not answer, for as long as the claim could matter: a claim left in
     /// place makes retries wait ([`STALE_CLAIM`]) for nothing.
-    fn free_later(&self, db: PgPool) {
+    fn free_later(&self, db: Db) {
         let claim = self.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -358,12 +382,8 @@ impl Claim {
 }
 
 /// The answer stored under a key, if there is one yet.
-pub async fn stored_answer(
-    db: &PgPool,
-    user_id: i64,
-    key: &IdempotencyKey,
-) -> Result<Option<StoredResponse>, AppError> {
-    let Some(row) = find(&mut *db.acquire().await?, user_id, &key.0, Duration::ZERO).await? else { return Ok(None) };
+pub async fn stored_answer(db: &Db, user_id: i64, key: &IdempotencyKey) -> Result<Option<StoredResponse>, AppError> {
+    let Some(row) = find(&mut *db.read().await?, user_id, &key.0, Duration::ZERO).await? else { return Ok(None) };
     match (row.response_status, row.response_body) {
         (Some(status), Some(body)) => {
             let status = StatusCode::from_u16(status as u16).map_err(AppError::internal)?;
@@ -375,13 +395,15 @@ pub async fn stored_answer(
 
 /// Deletes keys past their retention; run periodically by every instance
 /// (concurrent runs only delete the same rows).
-pub async fn purge_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
+pub async fn purge_expired(db: &Db) -> Result<u64, sqlx::Error> {
+    let mut conn = db.write().await?;
     let purged = sqlx::query!(
         "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
         RETENTION.as_secs_f64()
     )
-    .execute(db)
+    .execute(&mut *conn)
     .await?;
+    conn.commit().await?;
     Ok(purged.rows_affected())
 }
 

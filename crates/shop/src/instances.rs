@@ -10,8 +10,9 @@
 
 use std::time::Duration;
 
+use crate::storage::Db;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, PgConnection, PgExecutor, PgPool};
+use sqlx::{ConnectOptions, PgConnection, PgExecutor};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -33,12 +34,14 @@ pub struct Instance(Uuid);
 impl Instance {
     /// Says this process is running, under a new id, trying again for up
     /// to `patience` while the database does not answer (a connection cut
-    /// mid-start is no reason not to start).
-    pub async fn register(db: &PgPool, patience: Duration) -> Result<Self, sqlx::Error> {
+    /// mid-start is no reason not to start). Like every beat, on a
+    /// connection to PostgreSQL itself.
+    pub async fn register(db: &Db, patience: Duration) -> Result<Self, sqlx::Error> {
         let instance = Self(Uuid::new_v4());
         let started = std::time::Instant::now();
         loop {
-            match instance.beat(db).await {
+            let beaten = async { instance.beat(&mut db.direct().connect().await?).await };
+            match beaten.await {
                 Ok(()) => return Ok(instance),
                 Err(error) if started.elapsed() < patience => {
                     tracing::debug!(%error, "cannot register this instance yet");
@@ -99,19 +102,22 @@ impl Instance {
 
     /// Says it has stopped, with nothing left in flight: what it claimed
     /// is free for others at once.
-    pub async fn leave(self, db: &PgPool) -> Result<(), sqlx::Error> {
-        sqlx::query!("DELETE FROM instances WHERE id = $1", self.0).execute(db).await?;
+    pub async fn leave(self, db: &Db) -> Result<(), sqlx::Error> {
+        let mut conn: PgConnection = db.direct().connect().await?;
+        sqlx::query!("DELETE FROM instances WHERE id = $1", self.0).execute(&mut conn).await?;
         Ok(())
     }
 }
 
 /// Forgets instances silent for a day; run periodically by every instance.
-pub async fn forget_gone(db: &PgPool) -> Result<u64, sqlx::Error> {
+pub async fn forget_gone(db: &Db) -> Result<u64, sqlx::Error> {
+    let mut conn = db.write().await?;
     let forgotten = sqlx::query!(
         "DELETE FROM instances WHERE seen_at < now() - make_interval(secs => $1)",
         FORGET_AFTER.as_secs_f64()
     )
-    .execute(db)
+    .execute(&mut *conn)
     .await?;
+    conn.commit().await?;
     Ok(forgotten.rows_affected())
 }

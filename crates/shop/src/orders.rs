@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 
 use crate::domain::coupon::{CouponKind, CouponStatus};
@@ -15,6 +15,7 @@ use crate::domain::points::LedgerKind;
 use crate::error::{AppError, ResultExt};
 use crate::events::{self, EventItem, OrderEvent};
 use crate::idempotency::Claim;
+use crate::storage::Db;
 use crate::storage::coupons::CouponForOrder;
 use crate::storage::orders::{ItemRow, NewItem, NewOrder, OrderRow};
 use crate::storage::payments::Sale;
@@ -120,13 +121,13 @@ pub struct Placement<'a> {
 /// Places orders through the stock strategy: each in a transaction of its
 /// own, or in batches when the strategy places them together.
 pub struct Placing {
-    db: PgPool,
+    db: Db,
     stock: Arc<dyn StockStrategy>,
     together: Option<OrderBatcher>,
 }
 
 impl Placing {
-    pub fn new(db: PgPool, stock: Arc<dyn StockStrategy>) -> Self {
+    pub fn new(db: Db, stock: Arc<dyn StockStrategy>) -> Self {
         let together = stock.places_together().then(|| OrderBatcher::start(db.clone(), stock.clone()));
         Self { db, stock, together }
     }
@@ -147,12 +148,12 @@ impl Placing {
 /// Places one order in its own transaction.
 #[tracing::instrument(skip_all, fields(user_id = placement.user_id, strategy = ?stock.kind()))]
 async fn place_alone(
-    db: &PgPool,
+    db: &Db,
     stock: &dyn StockStrategy,
     placement: Placement<'_>,
     claim: Option<&Claim>,
 ) -> Result<OrderView, AppError> {
-    let mut conn = db.acquire().await?;
+    let mut conn = db.read().await?;
     let found = products::by_ids(&mut conn, &placement.lines.product_ids()).await?;
     let product = |id| found.binary_search_by_key(&id, |product| product.id).ok().map(|i| &found[i]);
     let items = price(placement.lines, product)?;
@@ -260,7 +261,7 @@ fn coupon_terms(
 /// ledger and the stock restored. Anything else: `ORDER_NOT_CANCELLABLE`.
 #[tracing::instrument(skip_all, fields(order_id))]
 pub async fn cancel(
-    db: &PgPool,
+    db: &Db,
     stock: &dyn StockStrategy,
     top_sellers: &TopSellers,
     order_id: i64,
@@ -322,7 +323,7 @@ pub async fn cancel(
 
 /// Moves a paid order along fulfilment (admin): PAID → SHIPPED → DELIVERED →
 /// COMPLETED; any other move is `INVALID_STATE_TRANSITION`.
-pub async fn advance(db: &PgPool, order_id: i64, target: OrderStatus) -> Result<OrderView, AppError> {
+pub async fn advance(db: &Db, order_id: i64, target: OrderStatus) -> Result<OrderView, AppError> {
     let mut tx = Tx::begin(db).await?;
     let order = orders::lock(&mut tx, order_id).await?.ok_or_else(|| AppError::not_found("order not found"))?;
     let moved = order::admin_event_to(target)
@@ -342,7 +343,7 @@ pub async fn advance(db: &PgPool, order_id: i64, target: OrderStatus) -> Result<
 /// order every transaction takes: the orders, then all their products
 /// (ascending id), then their coupons (ascending id). Returns how many were
 /// expired.
-pub async fn expire_overdue(db: &PgPool, stock: &dyn StockStrategy, batch: i64) -> Result<usize, AppError> {
+pub async fn expire_overdue(db: &Db, stock: &dyn StockStrategy, batch: i64) -> Result<usize, AppError> {
     let mut tx = Tx::begin(db).await?;
     let overdue = orders::lock_overdue(&mut tx, batch).await?;
     if overdue.is_empty() {

@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use crate::domain::order::{self, Event};
@@ -11,6 +10,7 @@ use crate::error::{AppError, ResultExt};
 use crate::events::{self, EventItem, OrderEvent};
 use crate::idempotency::Claim;
 use crate::orders::visible;
+use crate::storage::Db;
 use crate::storage::orders::OrderRow;
 use crate::storage::payments::PaymentRow;
 use crate::storage::{Tx, orders, payments};
@@ -67,7 +67,7 @@ fn check_payable(order: &OrderRow) -> Result<(), AppError> {
 /// decides it.
 #[tracing::instrument(skip_all, fields(order_id, user_id, strategy = ?points.kind()))]
 pub async fn pay(
-    db: &PgPool,
+    db: &Db,
     points: &dyn PointsStrategy,
     top_sellers: &TopSellers,
     order_id: i64,
@@ -126,8 +126,8 @@ pub async fn pay(
 }
 
 /// A payment, if the caller may see it.
-pub async fn find(db: &PgPool, payment_id: i64, user_id: i64, admin: bool) -> Result<PaymentView, AppError> {
-    let mut conn = db.acquire().await?;
+pub async fn find(db: &Db, payment_id: i64, user_id: i64, admin: bool) -> Result<PaymentView, AppError> {
+    let mut conn = db.read().await?;
     let payment = payments::find(&mut conn, payment_id)
         .await?
         .filter(|payment| admin || payment.user_id == user_id)

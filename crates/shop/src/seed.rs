@@ -3,13 +3,12 @@
 //! `shop admin create`, the operator's way to an admin account.
 
 use anyhow::Context;
-use sqlx::PgPool;
 
 use crate::auth::PasswordHasher;
 use crate::config::{AdminAction, AdminArgs};
 use crate::domain::user::{Email, Password, Role};
 use crate::startup;
-use crate::storage::{sessions, users};
+use crate::storage::{Db, Tx, sessions, users};
 
 /// The demo's admin password, published in the README: used only to create
 /// a missing admin when the demo runs without `ADMIN_PASSWORD`.
@@ -26,7 +25,7 @@ pub enum AdminSetup<'a> {
 
 /// Makes sure `email` is an admin as `setup` says.
 pub async fn ensure_admin(
-    db: &PgPool,
+    db: &Db,
     passwords: &PasswordHasher,
     email: &str,
     setup: AdminSetup<'_>,
@@ -37,7 +36,7 @@ pub async fn ensure_admin(
         AdminSetup::DemoIfMissing => (DEMO_ADMIN_PASSWORD, false),
     };
     let password = Password::parse(password.to_owned()).context("ADMIN_PASSWORD")?;
-    let mut conn = db.acquire().await?;
+    let mut conn = db.write().await?;
     match users::find_by_email(&mut conn, email.as_str()).await? {
         Some(_) if !reset => {}
         Some(user) => {
@@ -60,7 +59,7 @@ pub async fn ensure_admin(
             }
         }
     }
-    Ok(())
+    Ok(conn.commit().await?)
 }
 
 /// `shop admin create --email E`: the password comes from standard input.
@@ -95,8 +94,8 @@ const DEMO_COUPON_TYPES: [(&str, &str, i64, i64, i64); 4] = [
 
 /// Seeds the demo catalogue if there are neither products nor coupon types.
 /// Returns whether it did.
-pub async fn seed_demo_data(db: &PgPool) -> anyhow::Result<bool> {
-    let mut tx = db.begin().await?;
+pub async fn seed_demo_data(db: &Db) -> anyhow::Result<bool> {
+    let mut tx = Tx::begin(db).await?;
     // Instances starting together seed once: the second waits, then sees data.
     sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('shop:seed-demo-data'))").execute(&mut *tx).await?;
     let empty = sqlx::query_scalar!(

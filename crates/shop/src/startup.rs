@@ -13,7 +13,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool, Postgres};
+use sqlx::{ConnectOptions, Connection, PgConnection, Postgres};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +30,7 @@ use crate::issuance::{Issuance, Patience, Queue};
 use crate::lock::LeaseLocks;
 use crate::redis_conn::{Keyspace, RedisConn};
 use crate::seed::{AdminSetup, DEMO_ADMIN_PASSWORD};
-use crate::storage::sessions;
+use crate::storage::{Db, sessions};
 use crate::strategy::{self, Deps};
 use crate::top_sellers::TopSellers;
 use crate::{idempotency, orders, seed};
@@ -135,6 +135,7 @@ impl Server {
         let queue = Queue::new(redis.clone(), &keys);
         let issuance = Issuance::new(db.clone(), queue, coupons.clone(), patience);
         let relay = Relay::new(db.clone(), sinks, RelayConfig::from(&config.events));
+        let heartbeat = db.direct().clone();
         let instance = Instance::register(&db, CONNECT_TIMEOUT).await.context("cannot register this instance")?;
         let top_sellers = TopSellers::new(redis.clone(), &keys, config.shop_timezone);
         let state = AppState::new(Shared {
@@ -173,7 +174,6 @@ impl Server {
         };
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let max_connections = config.http_max_connections as usize;
-        let heartbeat = connect_options(&config.database)?;
         Ok(Self { listener, metrics_listener, router, state, grace, max_connections, heartbeat })
     }
 
@@ -202,7 +202,9 @@ impl Server {
                 Ok(())
             }),
             spawn_every(state, PURGE_INTERVAL, &stop, "purge expired logins", |state| async move {
-                Ok(sessions::purge_expired(&mut *state.db.acquire().await?).await.map(drop)?)
+                let mut conn = state.db.write().await?;
+                sessions::purge_expired(&mut conn).await?;
+                Ok(conn.commit().await?)
             }),
             tokio::spawn({
                 let (state, stop) = (state.clone(), stop.clone());
@@ -288,51 +290,79 @@ async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))
 }
 
-/// How to connect: DATABASE_URL, and a transaction left idle longer than
-/// [`IDLE_IN_TRANSACTION_TIMEOUT`] is ended by PostgreSQL.
-fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+/// How to reach PostgreSQL itself: DATABASE_URL, and a transaction left
+/// idle longer than [`IDLE_IN_TRANSACTION_TIMEOUT`] is ended by PostgreSQL.
+fn direct_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(&config.database_url).context("DATABASE_URL is not a PostgreSQL URL")?;
     let idle = format!("{}ms", IDLE_IN_TRANSACTION_TIMEOUT.as_millis());
     Ok(options.options([("idle_in_transaction_session_timeout", idle.as_str())]))
 }
 
-/// Creates the database if missing, connects and migrates.
-pub async fn connect_database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options = connect_options(config)?;
+/// How to reach PostgreSQL through a transaction-pooling PgBouncer (see
+/// `storage::db`): no statement kept between executions, and only the
+/// startup parameters PgBouncer passes on.
+fn pooler_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(url).context("DATABASE_POOLER_URL is not a PostgreSQL URL")?;
+    Ok(options.statement_cache_capacity(0).extra_float_digits(None))
+}
+
+/// Creates the database if missing, migrates it, and opens the pool
+/// (through the pooler, when there is one).
+pub async fn connect_database(config: &DatabaseConfig) -> anyhow::Result<Db> {
+    let direct = direct_options(config)?;
     let place = format!(
         "PostgreSQL at {}:{} (database {})",
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or("postgres"),
+        direct.get_host(),
+        direct.get_port(),
+        direct.get_database().unwrap_or("postgres"),
     );
     let reach = async {
         ensure_database(&config.database_url).await?;
-        PgPoolOptions::new()
-            .max_connections(config.database_max_connections)
-            .acquire_timeout(Duration::from_secs(30))
-            // sqlx would ping every connection it hands out: a round trip
-            // per acquire, a tenth of a short read's cost. Only a
-            // connection idle for a while is tested (a restarted PostgreSQL
-            // leaves idle ones dead); a busy one proved itself moments ago.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= TEST_IDLE_CONNECTION_AFTER {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_with(options)
-            .await
+        let conn: PgConnection = direct.connect().await?;
+        Ok::<_, anyhow::Error>(conn)
     };
-    let db = tokio::time::timeout(CONNECT_TIMEOUT, reach)
+    let mut conn = within_connect_timeout(reach).await.with_context(|| format!("cannot reach {place}"))?;
+    MIGRATOR.run(&mut conn).await.with_context(|| format!("cannot migrate {place}"))?;
+    conn.close().await.ok();
+
+    let (pool_options, pool_place) = match &config.database_pooler_url {
+        Some(url) => {
+            let options = pooler_options(url)?;
+            let place = format!("the PostgreSQL pooler at {}:{}", options.get_host(), options.get_port());
+            (options, place)
+        }
+        None => (direct.clone(), place),
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        // sqlx would ping every connection it hands out: a round trip
+        // per acquire, a tenth of a short read's cost. Only a
+        // connection idle for a while is tested (a restarted PostgreSQL
+        // leaves idle ones dead); a busy one proved itself moments ago.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= TEST_IDLE_CONNECTION_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_with(pool_options);
+    let pool = within_connect_timeout(async { Ok(pool.await?) })
         .await
-        .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_TIMEOUT:?}"))
-        .and_then(|reached| reached.map_err(anyhow::Error::from))
-        .with_context(|| format!("cannot reach {place}"))?;
-    MIGRATOR.run(&db).await.with_context(|| format!("cannot migrate {place}"))?;
-    Ok(db)
+        .with_context(|| format!("cannot reach {pool_place}"))?;
+    Ok(match config.database_pooler_url {
+        Some(_) => Db::through_pooler(pool, direct),
+        None => Db::direct_pool(pool),
+    })
+}
+
+async fn within_connect_timeout<T>(reach: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(CONNECT_TIMEOUT, reach)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_TIMEOUT:?}"))?
 }
 
 async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {

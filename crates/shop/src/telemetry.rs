@@ -3,8 +3,8 @@
 //! when scraped — the database pool and the process itself (memory, CPU,
 //! open files, threads, from `metrics-process`).
 
+use crate::storage::Db;
 use metrics::{describe_counter, describe_gauge, describe_histogram};
-use sqlx::PgPool;
 
 /// Describes every metric the shop records, once per process.
 pub fn describe() {
@@ -56,11 +56,11 @@ pub fn describe() {
 }
 
 /// Reads the gauges that are only true when looked at.
-pub fn collect(db: &PgPool) {
-    let (size, idle) = (db.size(), db.num_idle() as u32);
+pub fn collect(db: &Db) {
+    let (size, idle) = db.pool_usage();
     metrics::gauge!("shop_db_pool_connections", "state" => "idle").set(f64::from(idle));
     metrics::gauge!("shop_db_pool_connections", "state" => "busy").set(f64::from(size.saturating_sub(idle)));
-    metrics::gauge!("shop_db_pool_max_connections").set(f64::from(db.options().get_max_connections()));
+    metrics::gauge!("shop_db_pool_max_connections").set(f64::from(db.max_connections()));
     process().collect();
 }
 

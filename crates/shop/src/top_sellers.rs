@@ -26,11 +26,11 @@ use std::time::Duration;
 use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 use redis::Script;
 use serde::Serialize;
-use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use crate::error::AppError;
 use crate::redis_conn::{Keyspace, RedisConn};
+use crate::storage::Db;
 use crate::storage::payments::Sale;
 
 const TODAY_TTL: Duration = Duration::from_secs(5);
@@ -228,7 +228,7 @@ impl TopSellers {
 
     /// The best sellers of the last `days` days (today included), ties by
     /// lower product id.
-    pub async fn top(&self, db: &PgPool, days: u32, limit: usize) -> Result<Vec<TopSeller>, AppError> {
+    pub async fn top(&self, db: &Db, days: u32, limit: usize) -> Result<Vec<TopSeller>, AppError> {
         let today = self.day_of(Utc::now());
         let days: Vec<NaiveDate> = (0..days).map(|back| today - Days::new(back.into())).collect();
         let mut sales = self.read(&days).await?;
@@ -252,7 +252,7 @@ impl TopSellers {
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked.truncate(limit);
         let ids: Vec<i64> = ranked.iter().map(|(id, _, _)| *id).collect();
-        let products = crate::storage::products::by_ids(&mut *db.acquire().await?, &ids).await?;
+        let products = crate::storage::products::by_ids(&mut *db.read().await?, &ids).await?;
         let products: HashMap<i64, _> = products.into_iter().map(|p| (p.id, p)).collect();
         Ok(ranked
             .into_iter()
@@ -289,7 +289,7 @@ impl TopSellers {
 
     /// Loads one day from PostgreSQL: lines of orders paid that day and not
     /// cancelled since, with the snapshot they were read in.
-    async fn rebuild(&self, db: &PgPool, day: NaiveDate, today: bool) -> Result<(), AppError> {
+    async fn rebuild(&self, db: &Db, day: NaiveDate, today: bool) -> Result<(), AppError> {
         let mut redis = self.redis.clone();
         let keys = self.keys(day);
         // The clock of the node that stamps the day's log.
@@ -310,7 +310,7 @@ impl TopSellers {
             self.start_of(day),
             self.start_of(day + Days::new(1)),
         )
-        .fetch_one(db)
+        .fetch_one(&mut *db.read().await?)
         .await?;
         if started.elapsed() > LOG_TTL / 2 {
             // The log may no longer hold every payment this read missed.

@@ -18,13 +18,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::future::join_all;
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Sinks;
 use crate::config::EventsConfig;
 use crate::error::AppError;
+use crate::storage::Db;
 use crate::storage::Tx;
 use crate::storage::outbox::{self, Attempt, DueEvent};
 
@@ -52,13 +52,13 @@ impl From<&EventsConfig> for RelayConfig {
 }
 
 pub struct Relay {
-    db: PgPool,
+    db: Db,
     sinks: Sinks,
     config: RelayConfig,
 }
 
 impl Relay {
-    pub fn new(db: PgPool, sinks: Sinks, config: RelayConfig) -> Self {
+    pub fn new(db: Db, sinks: Sinks, config: RelayConfig) -> Self {
         Self { db, sinks, config }
     }
 
@@ -103,11 +103,13 @@ impl Relay {
     }
 
     async fn register(&self) -> Result<(), AppError> {
-        Ok(outbox::register_sinks(&mut *self.db.acquire().await?, &self.sinks.names()).await?)
+        let mut conn = self.db.write().await?;
+        outbox::register_sinks(&mut conn, &self.sinks.names()).await?;
+        Ok(conn.commit().await?)
     }
 
     async fn listen(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.db).await?;
+        let mut listener = self.db.listener().await?;
         listener.listen("outbox_events").await?;
         Ok(listener)
     }
@@ -164,7 +166,9 @@ impl Relay {
 
     /// Deletes delivered events past their retention.
     pub async fn purge(&self) -> Result<(), AppError> {
-        let purged = outbox::purge_delivered(&mut *self.db.acquire().await?, self.config.retention_days).await?;
+        let mut conn = self.db.write().await?;
+        let purged = outbox::purge_delivered(&mut conn, self.config.retention_days).await?;
+        conn.commit().await?;
         if purged > 0 {
             tracing::info!(purged, "deleted delivered events past their retention");
         }

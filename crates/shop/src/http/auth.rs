@@ -82,7 +82,7 @@ pub async fn register(
     let password = Password::parse(request.password)?;
     let name = UserName::parse(&request.name)?;
     // Spares a hash for the common case; the unique constraint decides races.
-    if users::find_by_email(&mut *state.db.acquire().await?, email.as_str()).await?.is_some() {
+    if users::find_by_email(&mut *state.db.read().await?, email.as_str()).await?.is_some() {
         return Err(AppError::EmailTaken);
     }
     fail::fail_point!("auth::signup::read");
@@ -111,7 +111,7 @@ pub async fn login(
     let email = request.email.trim().to_lowercase();
     let admitted = state.logins.admit(&email, client.ip()).await?;
     let checked = async {
-        let user = users::find_by_email(&mut *state.db.acquire().await?, &email).await?;
+        let user = users::find_by_email(&mut *state.db.read().await?, &email).await?;
         let hash = user.as_ref().map(|user| user.password_hash.as_str());
         match (state.passwords.verify(&request.password, hash).await?, user) {
             (true, Some(user)) => Ok(user),
@@ -132,15 +132,19 @@ pub async fn login(
         // The login stands; the next one tries again.
         tracing::warn!(%error, user_id = user.id, "could not renew a password hash made at an old cost");
     }
-    Ok(Json(sign_in(&state, &mut *state.db.acquire().await?, user).await?))
+    let mut conn = state.db.write().await?;
+    let signed_in = sign_in(&state, &mut conn, user).await?;
+    conn.commit().await?;
+    Ok(Json(signed_in))
 }
 
 /// Hashes the password again at today's cost, unless the hash was changed
 /// meanwhile (a new admin password, say).
 async fn renew_hash(state: &AppState, user: &UserRow, password: &str) -> Result<(), AppError> {
     let renewed = state.passwords.hash(password).await?;
-    users::replace_password_hash(&mut *state.db.acquire().await?, user.id, &user.password_hash, &renewed).await?;
-    Ok(())
+    let mut conn = state.db.write().await?;
+    users::replace_password_hash(&mut conn, user.id, &user.password_hash, &renewed).await?;
+    Ok(conn.commit().await?)
 }
 
 /// Exchanges a refresh token for a new token pair. Each refresh token is
@@ -159,14 +163,17 @@ pub async fn refresh(
         .tokens
         .verify_refresh(&request.refresh_token)
         .ok_or(AppError::Unauthenticated("the refresh token is invalid or expired"))?;
-    let mut conn = state.db.acquire().await?;
+    let mut conn = state.db.write().await?;
     // The account's current role goes into the new tokens.
     let user = users::find(&mut conn, caller.user_id)
         .await?
         .ok_or(AppError::Unauthenticated("the account no longer exists"))?;
     let role = user.role();
     let tokens = state.tokens.issue(Caller { role, ..caller }).map_err(AppError::Internal)?;
-    match sessions::rotate(&mut conn, caller.session, presented, tokens.refresh_id, tokens.refresh_expires_at).await? {
+    let rotation =
+        sessions::rotate(&mut conn, caller.session, presented, tokens.refresh_id, tokens.refresh_expires_at).await?;
+    conn.commit().await?;
+    match rotation {
         Rotation::Rotated => Ok(Json(AuthResponse::new(user, tokens))),
         Rotation::Reused => {
             tracing::warn!(user_id = caller.user_id, session = %caller.session, "a used refresh token was presented again: login revoked");
@@ -204,7 +211,9 @@ pub async fn logout(
         },
         None => caller.session,
     };
-    sessions::revoke(&mut *state.db.acquire().await?, session, caller.user_id).await?;
+    let mut conn = state.db.write().await?;
+    sessions::revoke(&mut conn, session, caller.user_id).await?;
+    conn.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -212,7 +221,9 @@ pub async fn logout(
 #[utoipa::path(post, path = "/api/auth/logout-all", operation_id = "logoutAll", tag = "auth", security(("bearer" = [])),
     responses((status = 204, description = "every refresh token of the caller is revoked")))]
 pub async fn logout_all(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, AppError> {
-    sessions::revoke_all(&mut *state.db.acquire().await?, caller.user_id).await?;
+    let mut conn = state.db.write().await?;
+    sessions::revoke_all(&mut conn, caller.user_id).await?;
+    conn.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -220,7 +231,7 @@ pub async fn logout_all(State(state): State<AppState>, caller: Caller) -> Result
 #[utoipa::path(get, path = "/api/users/me", operation_id = "getMe", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = Me)))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, AppError> {
-    let user = users::find(&mut *state.db.acquire().await?, caller.user_id)
+    let user = users::find(&mut *state.db.read().await?, caller.user_id)
         .await?
         .ok_or(AppError::Unauthenticated("the account no longer exists"))?;
     Ok(Json(Me {

@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use serde::Serialize;
-use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::pagination::PageRequest;
 use crate::error::AppError;
+use crate::storage::Db;
 use crate::storage::products::{self, ProductRow};
 use crate::top_sellers::TopSellers;
 
@@ -60,7 +60,7 @@ type Answer = Result<Option<Bytes>, Arc<AppError>>;
 
 #[derive(Clone)]
 pub struct Catalogue {
-    db: PgPool,
+    db: Db,
     top_sellers: TopSellers,
     /// Reads not yet sent, by what they read.
     waiting: Arc<Mutex<HashMap<CatalogueRead, Shared<BoxFuture<'static, Answer>>>>>,
@@ -74,7 +74,7 @@ pub struct Catalogue {
 const TURN_STRIPES: usize = 64;
 
 impl Catalogue {
-    pub fn new(db: PgPool, top_sellers: TopSellers) -> Self {
+    pub fn new(db: Db, top_sellers: TopSellers) -> Self {
         let turns = (0..TURN_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         Self { db, top_sellers, waiting: Arc::default(), turns }
     }
@@ -100,13 +100,13 @@ impl Catalogue {
         let _turn = self.turns[stripe].lock().await;
         let body = match read {
             CatalogueRead::Page { category, limit, after } => {
-                let mut conn = self.sending(read, self.db.acquire().await)?;
+                let mut conn = self.sending(read, self.db.read().await)?;
                 let page = PageRequest { limit: *limit, after: *after };
                 let rows = products::page(&mut conn, category.as_deref(), page.after, page.fetch()).await?;
                 serde_json::to_vec(&page.page(rows, |row| row.id, Product::from))
             }
             CatalogueRead::Product(id) => {
-                let mut conn = self.sending(read, self.db.acquire().await)?;
+                let mut conn = self.sending(read, self.db.read().await)?;
                 match products::find(&mut conn, *id).await? {
                     Some(row) => serde_json::to_vec(&Product::from(row)),
                     None => return Ok(None),

@@ -101,7 +101,7 @@ pub struct IssueRequest {
 #[utoipa::path(get, path = "/api/coupon-types", operation_id = "listCouponTypes", tag = "coupons",
     responses((status = 200, body = Vec<CouponTypeView>)))]
 pub async fn list_types(State(state): State<AppState>) -> Result<Json<Vec<CouponTypeView>>, AppError> {
-    let types = coupons::types_with_counts(&mut *state.db.acquire().await?).await?;
+    let types = coupons::types_with_counts(&mut *state.db.read().await?).await?;
     Ok(Json(types.into_iter().map(|t| CouponTypeView::new(t.coupon_type, t.issued)).collect()))
 }
 
@@ -118,7 +118,7 @@ pub async fn status(
 ) -> Result<Json<CouponTypeStatus>, AppError> {
     let code = CouponCode::parse(&code)?;
     let coupon_type = find_type(&state, &code).await?;
-    let issued = coupons::issued_count(&mut *state.db.acquire().await?, coupon_type.id).await?;
+    let issued = coupons::issued_count(&mut *state.db.read().await?, coupon_type.id).await?;
     Ok(Json(CouponTypeStatus {
         coupon_type: coupon_type.terms.code.as_str().to_owned(),
         total_quantity: coupon_type.terms.total_quantity,
@@ -261,7 +261,7 @@ pub async fn held(
     PathId(user_id): PathId,
 ) -> Result<Json<Vec<CouponView>>, AppError> {
     caller.may_act_for(user_id)?;
-    let mut conn = state.db.acquire().await?;
+    let mut conn = state.db.read().await?;
     if !users::exists(&mut conn, user_id).await? {
         return Err(AppError::not_found("user not found"));
     }

@@ -227,7 +227,7 @@ impl FromRequestParts<AppState> for Caller {
         // Admin rights are the account's now, not the token's: a demoted
         // admin acts as a user, a deleted one not at all. Only admin tokens
         // pay this read; a customer's token claims nothing to take back.
-        let role = users::role(&mut *state.db.acquire().await?, caller.user_id).await?;
+        let role = users::role(&mut *state.db.read().await?, caller.user_id).await?;
         let role = role.ok_or(AppError::Unauthenticated("the account no longer exists"))?;
         Ok(Caller { role: Role::from_stored(&role), ..caller })
     }

@@ -40,7 +40,7 @@ pub async fn live() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, description = "names the dependency that is down, or says the server is draining", body = Health)))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let postgres = async {
-        let ping = sqlx::query!("SELECT 1 AS ping").fetch_one(&state.db);
+        let ping = async { sqlx::query!("SELECT 1 AS ping").fetch_one(&mut *state.db.read().await?).await };
         matches!(tokio::time::timeout(PROBE_TIMEOUT, ping).await, Ok(Ok(_)))
     };
     let redis = async {
@@ -77,7 +77,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// The scrape itself, wherever it is served.
 pub async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     // Read when scraped: a count over a partial index of undelivered events.
-    let backlog = async { outbox::backlog(&mut *state.db.acquire().await?).await };
+    let backlog = async { outbox::backlog(&mut *state.db.read().await?).await };
     match backlog.await {
         Ok((backlog, oldest)) => {
             metrics::gauge!("shop_outbox_backlog").set(backlog as f64);
@@ -85,10 +85,12 @@ pub async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
         }
         Err(error) => tracing::warn!(%error, "could not count the outbox backlog"),
     }
-    match sqlx::query_scalar!(r#"SELECT count(*) AS "pending!" FROM coupon_issue_requests WHERE status = 'PENDING'"#)
-        .fetch_one(&state.db)
-        .await
-    {
+    let pending = async {
+        sqlx::query_scalar!(r#"SELECT count(*) AS "pending!" FROM coupon_issue_requests WHERE status = 'PENDING'"#)
+            .fetch_one(&mut *state.db.read().await?)
+            .await
+    };
+    match pending.await {
         Ok(pending) => metrics::gauge!("shop_async_issue_pending").set(pending as f64),
         Err(error) => tracing::warn!(%error, "could not count the pending issue requests"),
     }

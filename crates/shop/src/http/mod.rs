@@ -33,7 +33,6 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use metrics::Label;
 use metrics_exporter_prometheus::PrometheusHandle;
-use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -57,6 +56,7 @@ use error::InternalErrorReport;
 pub use serve::serve;
 
 use crate::error::AppError;
+use crate::storage::Db;
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -69,7 +69,7 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
-    pub db: PgPool,
+    pub db: Db,
     /// This process, as the other instances know it.
     pub instance: crate::instances::Instance,
     pub catalogue: catalogue::Catalogue,

@@ -106,7 +106,7 @@ pub async fn detail(
     caller: Caller,
     PathId(order_id): PathId,
 ) -> Result<Json<OrderView>, AppError> {
-    let mut conn = state.db.acquire().await?;
+    let mut conn = state.db.read().await?;
     let order = orders::visible(order_rows::find(&mut conn, order_id).await?, caller.user_id, caller.is_admin())?;
     Ok(Json(orders::views(&mut conn, vec![order]).await?.remove(0)))
 }
@@ -127,7 +127,7 @@ pub async fn list(
 ) -> Result<Json<Page<OrderView>>, AppError> {
     let page = PageRequest::parse(query.limit.as_deref(), query.cursor.as_deref(), 20)?;
     caller.may_act_for(user_id)?;
-    let mut conn = state.db.acquire().await?;
+    let mut conn = state.db.read().await?;
     if !users::exists(&mut conn, user_id).await? {
         return Err(AppError::not_found("user not found"));
     }

@@ -81,7 +81,7 @@ pub async fn list(
     if status.is_some_and(|status| !["PENDING", "FAILED", "DELIVERED"].contains(&status)) {
         return Err(AppError::Validation("status: must be PENDING, FAILED or DELIVERED".into()));
     }
-    let rows = outbox::page(&mut *state.db.acquire().await?, status, page.after, page.fetch()).await?;
+    let rows = outbox::page(&mut *state.db.read().await?, status, page.after, page.fetch()).await?;
     Ok(Json(page.page(rows, |row| row.id, OutboxEventView::from)))
 }
 

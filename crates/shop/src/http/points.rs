@@ -60,7 +60,7 @@ pub async fn balance(
     PathId(user_id): PathId,
 ) -> Result<Json<PointBalance>, AppError> {
     caller.may_act_for(user_id)?;
-    let balance = wallets::balance(&mut *state.db.acquire().await?, user_id)
+    let balance = wallets::balance(&mut *state.db.read().await?, user_id)
         .await?
         .ok_or_else(|| AppError::not_found("user not found"))?;
     Ok(Json(PointBalance { user_id, balance }))
@@ -113,7 +113,7 @@ pub async fn history(
 ) -> Result<Json<Page<LedgerEntry>>, AppError> {
     let page = PageRequest::parse(query.limit.as_deref(), query.cursor.as_deref(), 20)?;
     caller.may_act_for(user_id)?;
-    let mut conn = state.db.acquire().await?;
+    let mut conn = state.db.read().await?;
     if !users::exists(&mut conn, user_id).await? {
         return Err(AppError::not_found("user not found"));
     }

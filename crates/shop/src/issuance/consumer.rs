@@ -212,7 +212,7 @@ impl Issuance {
     /// nothing.
     pub async fn requeue_stale(&self) -> Result<(), AppError> {
         let before = Utc::now() - self.patience.requeue_after;
-        let stale = issue_requests::pending_since(&mut *self.db.acquire().await?, before, SWEEP).await?;
+        let stale = issue_requests::pending_since(&mut *self.db.read().await?, before, SWEEP).await?;
         self.queue.ensure_group().await?;
         for request in &stale {
             self.queue.add(request).await?;

@@ -22,7 +22,6 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -31,6 +30,7 @@ pub use queue::Queue;
 use crate::domain::coupon::CouponType;
 use crate::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
+use crate::storage::Db;
 use crate::storage::Tx;
 use crate::storage::issue_requests::{self, QueuedRequest, RequestRow};
 use crate::strategy::coupons::{CouponHold, CouponStrategy};
@@ -89,14 +89,14 @@ pub struct Patience {
 
 /// Asynchronous issuance: accepting, and the consumers.
 pub struct Issuance {
-    db: PgPool,
+    db: Db,
     queue: Queue,
     coupons: Arc<dyn CouponStrategy>,
     patience: Patience,
 }
 
 impl Issuance {
-    pub fn new(db: PgPool, queue: Queue, coupons: Arc<dyn CouponStrategy>, patience: Patience) -> Self {
+    pub fn new(db: Db, queue: Queue, coupons: Arc<dyn CouponStrategy>, patience: Patience) -> Self {
         Self { db, queue, coupons, patience }
     }
 
@@ -161,7 +161,7 @@ impl Issuance {
 
     /// The request, if the caller may see it (its requester or an admin).
     pub async fn find(&self, id: Uuid, user_id: i64, admin: bool) -> Result<RequestView, AppError> {
-        issue_requests::find(&mut *self.db.acquire().await?, id)
+        issue_requests::find(&mut *self.db.read().await?, id)
             .await?
             .filter(|row| admin || row.user_id == user_id)
             .map(RequestView::from)

@@ -33,13 +33,13 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 use super::{OrderLineView, OrderView, Placement, coupon_terms, place_alone, price, total_of};
 use crate::batcher::{self, Batcher};
 use crate::domain::order::{Amounts, OrderLines};
 use crate::error::AppError;
 use crate::idempotency::Claim;
+use crate::storage::Db;
 use crate::storage::coupons::CouponForOrder;
 use crate::storage::orders::{NewItem, NewOrder, StockTake};
 use crate::storage::products::ProductRow;
@@ -59,7 +59,7 @@ struct Job {
 
 impl OrderBatcher {
     /// `alone` places the orders of a failed batch one by one.
-    pub fn start(db: PgPool, alone: Arc<dyn StockStrategy>) -> Self {
+    pub fn start(db: Db, alone: Arc<dyn StockStrategy>) -> Self {
         Self(Batcher::start("orders", move |jobs| place_batch(db.clone(), alone.clone(), jobs)))
     }
 
@@ -76,7 +76,7 @@ impl OrderBatcher {
     }
 }
 
-async fn place_batch(db: PgPool, alone: Arc<dyn StockStrategy>, jobs: Vec<Job>) -> Vec<Result<OrderView, AppError>> {
+async fn place_batch(db: Db, alone: Arc<dyn StockStrategy>, jobs: Vec<Job>) -> Vec<Result<OrderView, AppError>> {
     let written = match write(&db, &jobs, Locking::Late).await {
         Err(Unwritten::Raced) => {
             metrics::counter!("shop_order_batches_decided_again_total").increment(1);
@@ -120,7 +120,7 @@ impl<E: Into<AppError>> From<E> for Unwritten {
     }
 }
 
-async fn place_one(db: &PgPool, alone: &dyn StockStrategy, job: &Job) -> Result<OrderView, AppError> {
+async fn place_one(db: &Db, alone: &dyn StockStrategy, job: &Job) -> Result<OrderView, AppError> {
     let placement = Placement {
         user_id: job.user_id,
         lines: &job.lines,
@@ -138,7 +138,7 @@ struct Accepted {
 
 /// Decides and writes the batch in one transaction: each order's answer,
 /// or why the batch as a whole wrote nothing.
-async fn write(db: &PgPool, jobs: &[Job], locking: Locking) -> Result<Vec<Result<OrderView, AppError>>, Unwritten> {
+async fn write(db: &Db, jobs: &[Job], locking: Locking) -> Result<Vec<Result<OrderView, AppError>>, Unwritten> {
     let late = locking == Locking::Late;
     let written = write_with(db, jobs, locking).await;
     match written {
@@ -148,11 +148,7 @@ async fn write(db: &PgPool, jobs: &[Job], locking: Locking) -> Result<Vec<Result
     }
 }
 
-async fn write_with(
-    db: &PgPool,
-    jobs: &[Job],
-    locking: Locking,
-) -> Result<Vec<Result<OrderView, AppError>>, Unwritten> {
+async fn write_with(db: &Db, jobs: &[Job], locking: Locking) -> Result<Vec<Result<OrderView, AppError>>, Unwritten> {
     let mut tx = Tx::begin(db).await?;
     let product_ids: Vec<i64> =
         jobs.iter().flat_map(|job| job.lines.product_ids()).collect::<BTreeSet<_>>().into_iter().collect();

@@ -2,6 +2,7 @@
 //! never begin or commit: the caller owns the transaction, a [`Tx`].
 
 pub mod coupons;
+mod db;
 pub mod issue_requests;
 pub mod ledger;
 pub mod orders;
@@ -13,4 +14,5 @@ mod tx;
 pub mod users;
 pub mod wallets;
 
+pub use db::Db;
 pub use tx::Tx;

@@ -24,8 +24,9 @@
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Transaction};
 
+use super::Db;
 use crate::error::AppError;
 
 /// How long a lost COMMIT is investigated before the answer is "unknown".
@@ -39,11 +40,11 @@ const IN_PROGRESS_GRACE: Duration = Duration::from_millis(200);
 pub struct Tx {
     tx: Transaction<'static, Postgres>,
     xid: i64,
-    db: PgPool,
+    db: Db,
 }
 
 impl Tx {
-    pub async fn begin(db: &PgPool) -> Result<Self, AppError> {
+    pub async fn begin(db: &Db) -> Result<Self, AppError> {
         let mut tx = db.begin().await?;
         let xid =
             sqlx::query_scalar!(r#"SELECT pg_current_xact_id()::text::bigint AS "xid!""#).fetch_one(&mut *tx).await?;
@@ -100,7 +101,7 @@ enum Status {
     InProgress,
 }
 
-async fn resolve(db: &PgPool, xid: i64) -> Result<(), AppError> {
+async fn resolve(db: &Db, xid: i64) -> Result<(), AppError> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
@@ -122,10 +123,11 @@ async fn resolve(db: &PgPool, xid: i64) -> Result<(), AppError> {
     }
 }
 
-/// Asks on a connection of its own, not the pool's: the pool may be full of
-/// requests waiting, or of connections as dead as the one that was lost.
-async fn status(db: &PgPool, xid: i64, terminate_if_running: bool) -> Result<Status, sqlx::Error> {
-    let mut conn = PgConnection::connect_with(&db.connect_options()).await?;
+/// Asks on a connection of its own to PostgreSQL itself, not the pool's:
+/// the pool may be full of requests waiting, or of connections as dead as
+/// the one that was lost, and a pooler between may be what lost it.
+async fn status(db: &Db, xid: i64, terminate_if_running: bool) -> Result<Status, sqlx::Error> {
+    let mut conn: PgConnection = db.direct().connect().await?;
     let status =
         sqlx::query_scalar!("SELECT pg_xact_status($1::text::xid8)", xid.to_string()).fetch_one(&mut conn).await?;
     let status = match status.as_deref() {

@@ -29,16 +29,17 @@ pub mod stock;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use crate::config::LockConfig;
 use crate::error::AppError;
 use crate::lock::{Lease, LeaseLocks, LockError};
 use crate::redis_conn::{Keyspace, RedisConn};
+use crate::storage::Db;
 
 /// What the families build their strategies from.
 pub struct Deps<'a> {
-    pub db: &'a PgPool,
+    pub db: &'a Db,
     pub redis: &'a RedisConn,
     pub keys: &'a Keyspace,
     pub locks: &'a LockConfig,

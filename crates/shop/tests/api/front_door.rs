@@ -1,8 +1,10 @@
-//! The front door of `scripts/cluster`: HAProxy before three instances. A
+//! The topology of `scripts/cluster`: HAProxy before three instances, and a
+//! PgBouncer in transaction pooling mode between them and PostgreSQL. A
 //! coupon drop and an order rush go through it while an instance is
 //! killed: HAProxy stops sending to it within its health checks, requests
 //! it had are retried by their clients (orders under their Idempotency-Key),
-//! and every invariant holds.
+//! and every invariant holds. (The history checker runs through it too:
+//! `history::a_random_history_through_haproxy_and_pgbouncer_…`.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use tokio::sync::Barrier;
 
 use crate::support::cluster::Cluster;
 use crate::support::front_door::FrontDoor;
+use crate::support::pgbouncer::PgBouncer;
 use crate::support::{admin_of, bulk_users, invariants};
 
 const COUPONS: i64 = 100;
@@ -44,10 +47,11 @@ async fn until_final(send: impl Fn() -> reqwest::RequestBuilder) -> (StatusCode,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_drop_and_a_rush_through_haproxy_survive_an_instance_killed_mid_run() {
+async fn a_drop_and_a_rush_through_haproxy_and_pgbouncer_survive_an_instance_killed_mid_run() {
     // A grant held by the killed instance is settled within 2 s and a third.
     let environment = [("REQUEST_TIMEOUT_MS", "3000"), ("GATE_RECONCILE_AFTER_MS", "2000")];
-    let cluster = Cluster::start(3, &environment, |_| Vec::new()).await;
+    let bouncer = PgBouncer::start().await;
+    let cluster = Cluster::start_pooled(&bouncer.url(), 3, &environment, |_| Vec::new()).await;
     let door = FrontDoor::start(&cluster).await;
     let admin = admin_of(&cluster.db).await;
     let campaign = json!({"code": "FRONT", "kind": "FIXED", "value": 1000, "totalQuantity": COUPONS, "validDays": 7});
@@ -113,4 +117,5 @@ async fn a_drop_and_a_rush_through_haproxy_survive_an_instance_killed_mid_run() 
     let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&cluster.db).await.unwrap();
     assert_eq!((placed, orders, cluster.stock(product).await), (STOCK, STOCK, 0));
     invariants::all(&cluster.db).await;
+    assert!(bouncer.served(&cluster.db).await, "the instances' statements went through PgBouncer");
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::pg_proxy::PgProxy;
 use shop::redis_conn::Keyspace;
 
-use super::{ADMIN_PASSWORD, PG, REDIS, TEST_SECRET, drop_test_data, redis_cluster_nodes};
+use super::{ADMIN_PASSWORD, PG, PGBOUNCER_ENV, REDIS, TEST_SECRET, drop_test_data, redis_cluster_nodes};
 
 pub struct Cluster {
     instances: Mutex<Vec<Instance>>,
@@ -61,7 +61,19 @@ impl Cluster {
         environment: &[(&str, &str)],
         per_instance: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Cluster {
-        Self::start_behind(None, count, environment, per_instance).await
+        let pooler = std::env::var(PGBOUNCER_ENV).ok();
+        Self::start_with(None, pooler.as_deref(), count, environment, per_instance).await
+    }
+
+    /// As [`Cluster::start`], with the instances' pools going through the
+    /// PgBouncer at `pooler` (a URL without a database).
+    pub async fn start_pooled(
+        pooler: &str,
+        count: usize,
+        environment: &[(&str, &str)],
+        per_instance: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
+        Self::start_with(None, Some(pooler), count, environment, per_instance).await
     }
 
     /// As [`Cluster::start`], with the instances' database connections
@@ -72,12 +84,25 @@ impl Cluster {
         environment: &[(&str, &str)],
         per_instance: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Cluster {
+        Self::start_with(proxy, None, count, environment, per_instance).await
+    }
+
+    async fn start_with(
+        proxy: Option<&PgProxy>,
+        pooler: Option<&str>,
+        count: usize,
+        environment: &[(&str, &str)],
+        per_instance: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("shop_test_{id}");
         let database_url = format!("{PG}/{database}");
         let served_url = proxy.map_or_else(|| database_url.clone(), |proxy| proxy.url(&database));
         let redis_key_prefix = format!("test:{id}:");
         let mut shared = shared_environment(&served_url, &redis_key_prefix);
+        if let Some(pooler) = pooler {
+            shared.push(("DATABASE_POOLER_URL".to_owned(), format!("{pooler}/{database}")));
+        }
         shared.extend(environment.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let environments: Vec<Vec<(String, String)>> = (0..count)
             .map(|i| {

@@ -27,6 +27,7 @@ pub mod own_pg;
 pub mod own_redis;
 pub mod own_redis_cluster;
 pub mod pg_proxy;
+pub mod pgbouncer;
 pub mod receiver;
 pub mod redis_proxy;
 
@@ -36,6 +37,11 @@ pub const REDIS: &str = "redis://127.0.0.1:6379";
 /// Cluster instead of [`REDIS`]: `scripts/test` runs the Redis-dependent
 /// tests once more this way.
 pub const REDIS_CLUSTER_ENV: &str = "SHOP_TEST_REDIS_CLUSTER";
+
+/// When set (a PgBouncer in transaction pooling mode, `postgres://…:6432`),
+/// test servers reach their database through it: `scripts/test` runs the
+/// tests of the database paths once more this way.
+pub const PGBOUNCER_ENV: &str = "SHOP_TEST_PGBOUNCER";
 
 /// Polls `condition` for up to ten seconds.
 pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
@@ -73,6 +79,7 @@ pub fn test_config() -> Config {
     Config {
         database: DatabaseConfig {
             database_url: format!("{PG}/shop_test_{id}"),
+            database_pooler_url: std::env::var(PGBOUNCER_ENV).ok().map(|pooler| format!("{pooler}/shop_test_{id}")),
             // Several tests run at once against PostgreSQL's 100 connections.
             database_max_connections: 12,
         },
@@ -161,6 +168,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
 pub async fn spawn_app_behind(proxy: &pg_proxy::PgProxy, configure: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_with(|config| {
         config.database.database_url = proxy.url(database_name(&config.database.database_url));
+        // The proxy is the path under test: no pooler beside it.
+        config.database.database_pooler_url = None;
         configure(config);
     })
     .await

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use chrono::Utc;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 pub use redis_gate::GRANT_LUA;
 
@@ -28,6 +28,7 @@ use crate::domain::coupon::{CouponStatus, CouponType, CouponView, IssuedCoupon};
 use crate::error::{AppError, ResultExt};
 use crate::idempotency::Claim;
 use crate::lock::Lease;
+use crate::storage::Db;
 use crate::storage::{Tx, coupons};
 
 /// What an issue holds across its transaction.
@@ -67,7 +68,7 @@ pub trait CouponStrategy: Send + Sync {
     /// answer already final. Sold out and held are final once true, so a
     /// lock-free read answers most of a rush; only requests that could win
     /// go on to queue.
-    async fn hold(&self, db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
+    async fn hold(&self, db: &Db, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
         refuse_settled(db, coupon_type, user_id).await?;
         Ok(CouponHold::default())
     }
@@ -79,7 +80,7 @@ pub trait CouponStrategy: Send + Sync {
     /// (`Some(grant)`); `None`: the caller queues it once written down.
     async fn accept(
         &self,
-        db: &PgPool,
+        db: &Db,
         coupon_type: &CouponType,
         user_id: i64,
         _queue: &StreamEntry,
@@ -110,7 +111,7 @@ pub trait CouponStrategy: Send + Sync {
     }
 
     /// What must be done in the background while the server runs.
-    fn chore(&self, _db: &PgPool) -> Option<Chore> {
+    fn chore(&self, _db: &Db) -> Option<Chore> {
         None
     }
 
@@ -127,7 +128,7 @@ pub trait CouponStrategy: Send + Sync {
     #[tracing::instrument(skip_all, fields(user_id, coupon_type = coupon_type.terms.code.as_str(), strategy = ?self.kind()))]
     async fn issue_alone(
         &self,
-        db: &PgPool,
+        db: &Db,
         coupon_type: &CouponType,
         user_id: i64,
         claim: Option<&Claim>,
@@ -169,8 +170,8 @@ fn view(coupon_type: &CouponType, issued: &Issued) -> CouponView {
 
 /// Refuses a coupon the user holds, or a campaign sold out, from a read
 /// that takes no lock.
-async fn refuse_settled(db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<(), AppError> {
-    let facts = coupons::issue_facts(&mut *db.acquire().await?, coupon_type.id, user_id).await?;
+async fn refuse_settled(db: &Db, coupon_type: &CouponType, user_id: i64) -> Result<(), AppError> {
+    let facts = coupons::issue_facts(&mut *db.read().await?, coupon_type.id, user_id).await?;
     if facts.held {
         return Err(AppError::CouponAlreadyIssued);
     }

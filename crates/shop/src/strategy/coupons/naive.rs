@@ -3,12 +3,13 @@
 //! read the last unit as free both get it, and the count says one was issued.
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::{CouponHold, CouponStrategy, Issued, write_coupon};
 use crate::config::CouponStrategyKind;
 use crate::domain::coupon::CouponType;
 use crate::error::AppError;
+use crate::storage::Db;
 use crate::storage::coupons;
 
 pub struct Naive;
@@ -20,7 +21,7 @@ impl CouponStrategy for Naive {
     }
 
     /// Not even the lock-free read of what is settled.
-    async fn hold(&self, _: &PgPool, _: &CouponType, _: i64) -> Result<CouponHold, AppError> {
+    async fn hold(&self, _: &Db, _: &CouponType, _: i64) -> Result<CouponHold, AppError> {
         Ok(CouponHold::default())
     }
 

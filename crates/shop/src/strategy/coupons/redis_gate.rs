@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tokio::sync::Notify;
 
 use super::{CouponHold, CouponStrategy, Issued, StreamEntry, count_issued, refuse_settled, write_coupon};
@@ -52,6 +52,7 @@ use crate::config::CouponStrategyKind;
 use crate::domain::coupon::CouponType;
 use crate::error::AppError;
 use crate::redis_conn::{Keyspace, RedisConn, campaign_slot};
+use crate::storage::Db;
 use crate::storage::coupons;
 use crate::strategy::active::ActiveSet;
 use crate::strategy::{Chore, Deps};
@@ -196,7 +197,7 @@ impl CouponStrategy for CouponGate {
         CouponStrategyKind::RedisGate
     }
 
-    async fn hold(&self, db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
+    async fn hold(&self, db: &Db, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
         let granted = self
             .grant(db, coupon_type, &self.keys(coupon_type.id), user_id, None)
             .await?
@@ -213,7 +214,7 @@ impl CouponStrategy for CouponGate {
     /// the database decides it when its turn comes.
     async fn accept(
         &self,
-        db: &PgPool,
+        db: &Db,
         coupon_type: &CouponType,
         user_id: i64,
         queue: &StreamEntry,
@@ -253,7 +254,7 @@ impl CouponStrategy for CouponGate {
 
     /// Settles the grants left behind, often enough that a lost unit is
     /// back within `reconcile_after` and a third.
-    fn chore(&self, db: &PgPool) -> Option<Chore> {
+    fn chore(&self, db: &Db) -> Option<Chore> {
         let (gate, db) = (self.clone(), db.clone());
         Some(Chore {
             every: self.reconcile_after / 3,
@@ -297,7 +298,7 @@ impl CouponGate {
     /// held up by others' (`None`: no unit taken, the database decides).
     async fn grant(
         &self,
-        db: &PgPool,
+        db: &Db,
         coupon_type: &CouponType,
         keys: &Keys,
         user_id: i64,
@@ -363,7 +364,7 @@ impl CouponGate {
 
     /// Loads the campaign from PostgreSQL, once across instances: whoever
     /// takes the loading lock loads, the others wait until it has.
-    async fn load(&self, db: &PgPool, type_id: i64, keys: &Keys) -> Result<(), AppError> {
+    async fn load(&self, db: &Db, type_id: i64, keys: &Keys) -> Result<(), AppError> {
         let mut redis = self.redis.clone();
         let token = uuid::Uuid::new_v4().to_string();
         let options = redis::SetOptions::default()
@@ -381,7 +382,7 @@ impl CouponGate {
         // Known to the reconciler before any grant can be pending (the set
         // lives on a slot of its own, so not in the script that installs).
         self.active.add(&mut redis, type_id).await?;
-        let (left, holders) = coupons::holders(&mut *db.acquire().await?, type_id).await?;
+        let (left, holders) = coupons::holders(&mut *db.read().await?, type_id).await?;
         // Tests hold a load here until its lease has run out.
         fail::fail_point!("coupons::gate::read");
         let staged = format!("{}:{token}", keys.staged);
@@ -425,7 +426,7 @@ impl CouponGate {
     /// coupon is in PostgreSQL, else its unit is given back. Safe on many
     /// instances at once: each grant is settled by whoever removes it first.
     /// A campaign whose node fails is looked at next round.
-    async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
+    async fn reconcile(self, db: Db) -> Result<(), AppError> {
         for type_id in self.active.round(&mut self.redis.clone()).await {
             if let Err(error) = self.reconcile_campaign(&db, type_id).await {
                 tracing::warn!(%error, type_id, "could not reconcile a campaign's coupon grants");
@@ -434,7 +435,7 @@ impl CouponGate {
         Ok(())
     }
 
-    async fn reconcile_campaign(&self, db: &PgPool, type_id: i64) -> Result<(), AppError> {
+    async fn reconcile_campaign(&self, db: &Db, type_id: i64) -> Result<(), AppError> {
         let mut redis = self.redis.clone();
         let keys = self.keys(type_id);
         // Grants are stamped by the clock of their campaign's node.
@@ -442,7 +443,7 @@ impl CouponGate {
         let stale: Vec<(i64, i64)> =
             redis.zrangebyscore_limit_withscores(&keys.pending, "-inf", cutoff, 0, 500).await?;
         for (user_id, granted_ms) in stale {
-            let written = coupons::gate_grant_of(&mut *db.acquire().await?, type_id, user_id).await?;
+            let written = coupons::gate_grant_of(&mut *db.read().await?, type_id, user_id).await?;
             let action = match written {
                 // The grant's own coupon.
                 Some(Some(grant)) if grant == granted_ms => {
@@ -470,7 +471,7 @@ impl CouponGate {
 /// When grants stayed pending past [`PENDING_WAIT`] (their writer died; the
 /// reconciler will settle them): what PostgreSQL says is final, else a 503
 /// to retry, never a refusal that a returning unit could prove wrong.
-async fn refusal_from_database(db: &PgPool, coupon_type: &CouponType, user_id: i64) -> AppError {
+async fn refusal_from_database(db: &Db, coupon_type: &CouponType, user_id: i64) -> AppError {
     match refuse_settled(db, coupon_type, user_id).await {
         Err(refusal) => refusal,
         Ok(()) => AppError::Unavailable("a coupon of this campaign is still being settled"),

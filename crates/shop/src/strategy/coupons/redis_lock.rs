@@ -6,13 +6,14 @@
 //! Fails as `CONCURRENCY_CONFLICT` when the lock wait runs out.
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::{CouponHold, CouponStrategy, Issued, issue_under_lock, refuse_settled};
 use crate::config::CouponStrategyKind;
 use crate::domain::coupon::CouponType;
 use crate::error::AppError;
 use crate::lock::LeaseLocks;
+use crate::storage::Db;
 use crate::storage::coupons;
 use crate::strategy::{GiveUp, lease, release_all, stale_fence};
 
@@ -33,7 +34,7 @@ impl CouponStrategy for RedisLock {
         CouponStrategyKind::RedisLock
     }
 
-    async fn hold(&self, db: &PgPool, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
+    async fn hold(&self, db: &Db, coupon_type: &CouponType, user_id: i64) -> Result<CouponHold, AppError> {
         refuse_settled(db, coupon_type, user_id).await?;
         let give_up = GiveUp { flag: SOLD_OUT, answer: || AppError::CouponSoldOut };
         let lease = lease(&self.locks, &resource(coupon_type.id), Some(give_up)).await?;

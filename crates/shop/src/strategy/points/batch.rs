@@ -25,7 +25,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::{Charge, PointsStrategy, Spend, WalletHold, atomic, save_response, wallet_missing};
 use crate::batcher::{self, Batcher};
@@ -33,6 +33,7 @@ use crate::config::PointsStrategyKind;
 use crate::domain::points::ChargeCounters;
 use crate::error::AppError;
 use crate::idempotency::Claim;
+use crate::storage::Db;
 use crate::storage::Tx;
 use crate::storage::ledger::{self, NewCharge};
 use crate::storage::wallets::{self, WalletWrite};
@@ -46,7 +47,7 @@ struct Job {
 }
 
 impl Batch {
-    pub fn start(db: PgPool) -> Self {
+    pub fn start(db: Db) -> Self {
         Self(Batcher::start("charges", move |jobs| charge_batch(db.clone(), jobs)))
     }
 }
@@ -66,12 +67,12 @@ impl PointsStrategy for Batch {
     }
 
     /// Queues the charge for the next batch; its new balance.
-    async fn charge_alone(&self, _: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
+    async fn charge_alone(&self, _: &Db, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
         self.0.submit(Job { charge, claim: claim.cloned() }).await?
     }
 }
 
-async fn charge_batch(db: PgPool, jobs: Vec<Job>) -> Vec<Result<i64, AppError>> {
+async fn charge_batch(db: Db, jobs: Vec<Job>) -> Vec<Result<i64, AppError>> {
     if let [job] = jobs.as_slice() {
         // Alone, a charge is `atomic`'s one statement, not a transaction of four.
         return vec![atomic::Atomic.charge_alone(&db, job.charge, job.claim.as_ref()).await];
@@ -96,7 +97,7 @@ struct Running {
 
 /// Applies and writes the batch in one transaction: each charge's answer,
 /// or an error if the batch as a whole failed (nothing was written).
-async fn write(db: &PgPool, jobs: &[Job]) -> Result<Vec<Result<i64, AppError>>, AppError> {
+async fn write(db: &Db, jobs: &[Job]) -> Result<Vec<Result<i64, AppError>>, AppError> {
     let mut tx = Tx::begin(db).await?;
     let user_ids: BTreeSet<i64> = jobs.iter().map(|job| job.charge.user_id).collect();
     let mut wallets: HashMap<i64, Running> = wallets::lock_many(&mut tx, &Vec::from_iter(user_ids))

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::http::StatusCode;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::{Deps, release_all};
 use crate::config::PointsStrategyKind;
@@ -25,6 +25,7 @@ use crate::domain::points::{ChargeAmount, ChargeDay, ChargeLimits, LedgerKind, P
 use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::lock::Lease;
+use crate::storage::Db;
 use crate::storage::orders::OrderRow;
 use crate::storage::wallets::Wallet;
 use crate::storage::{Tx, ledger, orders, wallets};
@@ -80,7 +81,7 @@ pub trait PointsStrategy: Send + Sync {
     /// with its answer stored under the request's Idempotency-Key, settled.
     /// `batch` makes the charges that arrive together in one transaction.
     #[tracing::instrument(skip_all, fields(user_id = charge.user_id, strategy = ?self.kind()))]
-    async fn charge_alone(&self, db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
+    async fn charge_alone(&self, db: &Db, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
         let hold = self.hold(charge.user_id).await?;
         let charged = async {
             let mut tx = Tx::begin(db).await?;

@@ -10,13 +10,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::{Charge, PointsStrategy, Spend, WalletHold, save_response, wallet_missing, write_charge, write_debit};
 use crate::backoff;
 use crate::config::PointsStrategyKind;
 use crate::error::AppError;
 use crate::idempotency::Claim;
+use crate::storage::Db;
 use crate::storage::{Tx, wallets};
 
 /// Longest wait between two attempts.
@@ -65,7 +66,7 @@ impl PointsStrategy for Optimistic {
     /// Each attempt in a transaction of its own, so that a charge that lost
     /// the race gives its connection back while it backs off: on a hot
     /// wallet, holding it through the retries halved the charges made.
-    async fn charge_alone(&self, db: &PgPool, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
+    async fn charge_alone(&self, db: &Db, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
         for tried in 0..=self.max_retries {
             if tried > 0 {
                 back_off("points.charge", tried).await;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub use batch::StockTally;
@@ -28,6 +28,7 @@ use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
 use crate::lock::Lease;
+use crate::storage::Db;
 use crate::storage::coupons;
 use crate::storage::products::StockChange;
 
@@ -61,7 +62,7 @@ pub trait StockStrategy: Send + Sync {
     fn kind(&self) -> StockStrategyKind;
 
     /// Before the transaction: what taking the lines must hold across it.
-    async fn hold(&self, _db: &PgPool, _lines: &OrderLines) -> Result<StockHold, AppError> {
+    async fn hold(&self, _db: &Db, _lines: &OrderLines) -> Result<StockHold, AppError> {
         Ok(StockHold::default())
     }
 
@@ -105,10 +106,10 @@ pub trait StockStrategy: Send + Sync {
     }
 
     /// After the transaction of [`StockStrategy::record_changes`] committed.
-    async fn changed(&self, _db: &PgPool, _recorded: RecordedChanges) {}
+    async fn changed(&self, _db: &Db, _recorded: RecordedChanges) {}
 
     /// What must be done in the background while the server runs.
-    fn chore(&self, _db: &PgPool) -> Option<Chore> {
+    fn chore(&self, _db: &Db) -> Option<Chore> {
         None
     }
 

@@ -51,7 +51,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::{AsyncCommands, Script};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{RecordedChanges, StockHold, StockStrategy, atomic};
@@ -59,6 +59,7 @@ use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
 use crate::redis_conn::{Keyspace, RedisConn};
+use crate::storage::Db;
 use crate::storage::products::StockChange;
 use crate::storage::{Tx, orders, products};
 use crate::strategy::active::ActiveSet;
@@ -219,7 +220,7 @@ impl StockStrategy for StockGate {
         StockStrategyKind::RedisGate
     }
 
-    async fn hold(&self, db: &PgPool, lines: &OrderLines) -> Result<StockHold, AppError> {
+    async fn hold(&self, db: &Db, lines: &OrderLines) -> Result<StockHold, AppError> {
         Ok(StockHold { leases: Vec::new(), gate: Some(self.reserve(db, lines).await?) })
     }
 
@@ -250,7 +251,7 @@ impl StockStrategy for StockGate {
     /// Applies stock changes just committed in PostgreSQL (see the module
     /// documentation), and deletes the rows that recorded them. If Redis
     /// does not answer, the rows stay, and the reconciler applies them.
-    async fn changed(&self, db: &PgPool, recorded: RecordedChanges) {
+    async fn changed(&self, db: &Db, recorded: RecordedChanges) {
         if recorded.changes.is_empty() {
             return;
         }
@@ -259,7 +260,11 @@ impl StockStrategy for StockGate {
             return;
         }
         let ids: Vec<i64> = recorded.changes.iter().map(|(id, _)| *id).collect();
-        let forgotten = async { products::forget_gate_changes(&mut *db.acquire().await?, &ids).await };
+        let forgotten = async {
+            let mut conn = db.write().await?;
+            products::forget_gate_changes(&mut conn, &ids).await?;
+            conn.commit().await
+        };
         match forgotten.await {
             Ok(()) => self.forget_applied(&recorded.changes).await,
             // The reconciler passes them on again; the gate counts them once.
@@ -269,7 +274,7 @@ impl StockStrategy for StockGate {
 
     /// Settles what was left behind, often enough that lost units are back
     /// within `reconcile_after` and a third.
-    fn chore(&self, db: &PgPool) -> Option<Chore> {
+    fn chore(&self, db: &Db) -> Option<Chore> {
         let (gate, db) = (self.clone(), db.clone());
         Some(Chore {
             every: self.reconcile_every(),
@@ -313,7 +318,7 @@ impl StockGate {
     /// Takes every line's units from the gate, before the transaction: one
     /// product at a time in product order, giving back what was taken if a
     /// line is short or Redis fails midway.
-    async fn reserve(&self, db: &PgPool, lines: &OrderLines) -> Result<GateReservation, AppError> {
+    async fn reserve(&self, db: &Db, lines: &OrderLines) -> Result<GateReservation, AppError> {
         let mut reservation = GateReservation { id: Uuid::new_v4(), products: Vec::new() };
         self.active.touch(lines.product_ids());
         let mut outcome = Ok(());
@@ -394,13 +399,13 @@ impl StockGate {
     }
 
     /// Loads a product's counter, missing from Redis, from PostgreSQL.
-    async fn load(&self, db: &PgPool, product_id: i64) -> Result<(), AppError> {
+    async fn load(&self, db: &Db, product_id: i64) -> Result<(), AppError> {
         let mut redis = self.redis.clone();
         let keys = self.product_keys(product_id);
         // Known to the reconciler before any reservation can be pending.
         self.active.add(&mut redis, product_id).await?;
         let drops: Option<i64> = redis.get(&keys.drops).await?;
-        let rows = products::stock_of(&mut *db.acquire().await?, &[product_id]).await?;
+        let rows = products::stock_of(&mut *db.read().await?, &[product_id]).await?;
         // Tests hold a load here while the stock changes in PostgreSQL.
         fail::fail_point!("stock::gate::read");
         // A product that is gone is left unloaded.
@@ -467,7 +472,7 @@ impl StockGate {
 
     /// Applies the changes whose instance did not (it died, or Redis did not
     /// answer it), oldest first; safe on many instances at once.
-    async fn apply_left_behind(&self, db: &PgPool) -> Result<(), AppError> {
+    async fn apply_left_behind(&self, db: &Db) -> Result<(), AppError> {
         let mut tx = Tx::begin(db).await?;
         // Its own instance applies a change within milliseconds of the commit.
         let left_behind_after = self.reconcile_every();
@@ -489,7 +494,7 @@ impl StockGate {
     /// instances at once: each is settled by whoever removes it first. Every
     /// product ever loaded is looked at, a few side by side; one whose node
     /// fails is looked at next round.
-    async fn reconcile(self, db: PgPool) -> Result<(), AppError> {
+    async fn reconcile(self, db: Db) -> Result<(), AppError> {
         if let Err(error) = self.apply_left_behind(&db).await {
             tracing::warn!(%error, "could not pass on the stock changes left behind; trying next round");
         }
@@ -505,7 +510,7 @@ impl StockGate {
         Ok(())
     }
 
-    async fn reconcile_product(&self, db: &PgPool, product_id: i64) -> Result<(), AppError> {
+    async fn reconcile_product(&self, db: &Db, product_id: i64) -> Result<(), AppError> {
         let keys = self.product_keys(product_id);
         let stale: Vec<String> = STALE
             .key(&keys.pending)
@@ -517,7 +522,7 @@ impl StockGate {
             let Ok(reservation) = Uuid::parse_str(&id) else {
                 continue;
             };
-            let placed = orders::placed_under(&mut *db.acquire().await?, reservation).await?;
+            let placed = orders::placed_under(&mut *db.read().await?, reservation).await?;
             let (script, action) = if placed { (&COMPLETE, "completed") } else { (&GIVE_BACK, "returned") };
             self.settle_one(script, product_id, &id).await?;
             metrics::counter!("shop_stock_gate_reconciled_total", "action" => action).increment(1);

@@ -5,13 +5,14 @@
 //! is `CONCURRENCY_CONFLICT`.
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::{StockHold, StockStrategy};
 use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
 use crate::lock::LeaseLocks;
+use crate::storage::Db;
 use crate::storage::products;
 use crate::strategy::{lease, release_all, stale_fence};
 
@@ -30,7 +31,7 @@ impl StockStrategy for RedisLock {
     }
 
     /// Takes the lease of every line's product, in ascending id order.
-    async fn hold(&self, _: &PgPool, lines: &OrderLines) -> Result<StockHold, AppError> {
+    async fn hold(&self, _: &Db, lines: &OrderLines) -> Result<StockHold, AppError> {
         let mut leases = Vec::new();
         for (product_id, _) in lines.iter() {
             match lease(&self.locks, &resource(product_id), None).await {
