@@ -120,6 +120,10 @@ pub(crate) struct RunArgs {
     /// PostgreSQL server for spawned instances (a fresh database is made on it).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     postgres: String,
+    /// A PgBouncer in transaction pooling mode before --postgres, for the
+    /// spawned instances' pools (`postgres://postgres@127.0.0.1:6432`).
+    #[arg(long)]
+    pooler: Option<String>,
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// The database of the --target shop, for the invariant checks.
@@ -177,6 +181,7 @@ async fn main() -> ExitCode {
                 stock_strategy: None,
                 coupon_strategy: None,
                 postgres: args.postgres,
+                pooler: None,
                 redis_url: args.redis_url,
                 database_url: None,
                 admin_email: "admin@shop.local".into(),
@@ -229,6 +234,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
             Targets::spawn(Spawn {
                 instances,
                 postgres: &args.postgres,
+                pooler: args.pooler.as_deref(),
                 redis_url: &args.redis_url,
                 connections_per_instance: args.pool.unwrap_or((TOTAL_POOL / instances as u32).max(4)),
                 settings: &settings,

@@ -38,6 +38,8 @@ pub struct Targets {
 pub struct Spawn<'a> {
     pub instances: usize,
     pub postgres: &'a str,
+    /// A PgBouncer before `postgres`, for the instances' pools.
+    pub pooler: Option<&'a str>,
     pub redis_url: &'a str,
     pub connections_per_instance: u32,
     /// Strategies and other settings, as environment variables.
@@ -72,6 +74,11 @@ impl Targets {
                 .env("REDIS_URL", spawn.redis_url)
                 .env("REDIS_KEY_PREFIX", format!("bench:{run}:"))
                 .envs(spawn.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .envs(
+                    spawn
+                        .pooler
+                        .map(|pooler| ("DATABASE_POOLER_URL", format!("{}/{database}", pooler.trim_end_matches('/')))),
+                )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
             let mut child = command.spawn().with_context(|| format!("cannot start {}", binary.display()))?;

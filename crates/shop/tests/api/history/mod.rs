@@ -19,6 +19,11 @@
 //! Redis answering two seconds late, an instance killed mid-run; the same
 //! verdict must hold.
 //!
+//! The fourth runs in the topology of `scripts/cluster`: the clients reach
+//! the instances through HAProxy, the instances reach PostgreSQL through a
+//! PgBouncer in transaction pooling mode, and an instance is killed
+//! mid-run (a request it had is a 502 from HAProxy: unknown).
+//!
 //! The seed (and the strategies it picks) is printed; to replay a run or go
 //! longer:
 //!
@@ -41,8 +46,10 @@ use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind, va
 use tokio::sync::Mutex;
 
 use crate::support::cluster::Cluster;
+use crate::support::front_door::FrontDoor;
 use crate::support::own_redis::OwnRedis;
 use crate::support::pg_proxy::{PgProxy, Statement};
+use crate::support::pgbouncer::PgBouncer;
 use crate::support::redis_proxy::RedisProxy;
 use crate::support::{User, admin_of, bulk_users, invariants};
 
@@ -104,6 +111,11 @@ async fn a_random_history_through_postgres_and_redis_outages_is_consistent() {
     random_history(Faults::Outages).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_random_history_through_haproxy_and_pgbouncer_with_an_instance_killed_is_consistent() {
+    random_history(Faults::FrontDoor).await;
+}
+
 /// What goes wrong during a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Faults {
@@ -114,11 +126,16 @@ enum Faults {
     Network,
     /// Each dependency taken away in turn for seconds (see [`inject_outages`]).
     Outages,
+    /// Through HAProxy and PgBouncer, an instance killed mid-run; clients
+    /// that give up early.
+    FrontDoor,
 }
 
 /// The clients' side of a run.
 struct Run {
     cluster: Cluster,
+    /// HAProxy before the instances, when the clients go through it.
+    door: Option<FrontDoor>,
     known: Mutex<Known>,
     products: Vec<i64>,
     faults: Faults,
@@ -151,7 +168,7 @@ async fn random_history(faults: Faults) {
             let delaying = RedisProxy::start_to(redis.port).await;
             Some((redis, delaying))
         }
-        Faults::None | Faults::Network => None,
+        Faults::None | Faults::Network | Faults::FrontDoor => None,
     };
     let mut environment = vec![
         ("POINTS_STRATEGY", points.as_str()),
@@ -167,8 +184,21 @@ async fn random_history(faults: Faults) {
     if let Some(url) = &redis_url {
         environment.extend([("REDIS_URL", url.as_str()), ("REQUEST_TIMEOUT_MS", OUTAGE_REQUEST_TIMEOUT_MS)]);
     }
-    let behind = (faults != Faults::None).then_some(&proxy);
-    let cluster = Cluster::start_behind(behind, 3, &environment, |_| Vec::new()).await;
+    let bouncer = match faults {
+        Faults::FrontDoor => Some(PgBouncer::start().await),
+        Faults::None | Faults::Network | Faults::Outages => None,
+    };
+    let cluster = match &bouncer {
+        Some(bouncer) => Cluster::start_pooled(&bouncer.url(), 3, &environment, |_| Vec::new()).await,
+        None => {
+            let behind = (faults != Faults::None).then_some(&proxy);
+            Cluster::start_behind(behind, 3, &environment, |_| Vec::new()).await
+        }
+    };
+    let door = match faults {
+        Faults::FrontDoor => Some(FrontDoor::start(&cluster).await),
+        Faults::None | Faults::Network | Faults::Outages => None,
+    };
     let admin = admin_of(&cluster.db).await;
     let mut products = Vec::new();
     for (name, price, stock) in [("a", 3000, 30), ("b", 8000, 15), ("c", 15000, 5)] {
@@ -189,6 +219,7 @@ async fn random_history(faults: Faults) {
     }
     let run = Arc::new(Run {
         cluster,
+        door,
         known: Mutex::new(Known { users, ..Known::default() }),
         products,
         faults,
@@ -201,6 +232,15 @@ async fn random_history(faults: Faults) {
         .then(|| tokio::spawn(inject_faults(run.clone(), proxy.clone(), running.clone(), seed)));
     let outages =
         redis.map(|(redis, delaying)| tokio::spawn(inject_outages(run.clone(), proxy.clone(), redis, delaying)));
+    // Instance 1 killed once the clients are well under way; HAProxy sends
+    // the rest to the other two.
+    let kill = (faults == Faults::FrontDoor).then(|| {
+        let run = run.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            run.cluster.kill(1);
+        })
+    });
     let clients = (0..CLIENTS).map(|client| {
         let run = run.clone();
         tokio::spawn(async move {
@@ -223,6 +263,9 @@ async fn random_history(faults: Faults) {
     if let Some(injector) = injector {
         injector.await.unwrap();
     }
+    if let Some(kill) = kill {
+        kill.await.unwrap();
+    }
     // Kept running until the checks are over: the instances use it.
     let _redis = match outages {
         Some(outages) => Some(outages.await.unwrap()),
@@ -231,7 +274,8 @@ async fn random_history(faults: Faults) {
     proxy.heal();
     let unanswered = run.unanswered.load(Ordering::SeqCst);
     eprintln!("history: {unanswered} requests answered 503 or not at all");
-    assert!(faults == Faults::None || unanswered > 0, "the faults were felt");
+    // One kill may meet no request in flight; the other faults are felt.
+    assert!(matches!(faults, Faults::None | Faults::FrontDoor) || unanswered > 0, "the faults were felt");
     // Requests whose clients gave up finish on their servers meanwhile.
     tokio::time::sleep(Duration::from_secs(2)).await;
     check::answers(&run.cluster, &events).await;
@@ -335,7 +379,11 @@ async fn send(
     key: Option<&str>,
     impatient: bool,
 ) -> Answer {
-    let mut request = run.cluster.client.post(run.cluster.url(instance, path)).bearer_auth(token).json(body);
+    let url = match &run.door {
+        Some(door) => door.url(path),
+        None => run.cluster.url(instance, path),
+    };
+    let mut request = run.cluster.client.post(url).bearer_auth(token).json(body);
     if let Some(key) = key {
         request = request.header("Idempotency-Key", key);
     }
@@ -363,12 +411,14 @@ async fn send(
     let body: Value = response.json().await.unwrap_or(Value::Null);
     assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path} answered 500: {body}");
     assert!(run.faults != Faults::None || !status.is_server_error(), "{path} answered {status} without faults: {body}");
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    // A 502 is HAProxy's: the instance died before it answered.
+    let unanswered = matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY);
+    if unanswered {
         run.unanswered.fetch_add(1, Ordering::SeqCst);
     }
     let outcome = if status.is_success() {
         Outcome::Done
-    } else if status == StatusCode::SERVICE_UNAVAILABLE || body["code"] == "IDEMPOTENCY_KEY_IN_USE" {
+    } else if unanswered || body["code"] == "IDEMPOTENCY_KEY_IN_USE" {
         Outcome::Unknown
     } else {
         Outcome::Refused
