@@ -36,30 +36,36 @@ pub async fn ensure_admin(
         AdminSetup::DemoIfMissing => (DEMO_ADMIN_PASSWORD, false),
     };
     let password = Password::parse(password.to_owned()).context("ADMIN_PASSWORD")?;
-    let mut conn = db.write().await?;
-    match users::find_by_email(&mut conn, email.as_str()).await? {
+    let found = users::find_by_email(&mut *db.read().await?, email.as_str()).await?;
+    match found {
         Some(_) if !reset => {}
         Some(user) => {
             let current =
                 user.role() == Role::Admin && passwords.verify(password.expose(), Some(&user.password_hash)).await?;
             if !current {
                 let hash = passwords.hash(password.expose()).await?;
-                users::promote_to_admin(&mut conn, user.id, &hash).await?;
+                let mut tx = Tx::begin(db).await?;
+                users::promote_to_admin(&mut tx, user.id, &hash).await?;
                 // A new password ends the account's logins: whoever knew
                 // the old one keeps no refresh token.
-                sessions::revoke_all(&mut conn, user.id).await?;
+                sessions::revoke_all(&mut tx, user.id).await?;
+                tx.commit().await?;
             }
         }
         None => {
             let hash = passwords.hash(password.expose()).await?;
-            match users::insert(&mut conn, email.as_str(), "Admin", &hash, Role::Admin).await {
+            let mut tx = Tx::begin(db).await?;
+            match users::insert(&mut tx, email.as_str(), "Admin", &hash, Role::Admin).await {
                 // A sibling instance created it first.
                 Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_email_key") => {}
-                other => drop(other?),
+                other => {
+                    other?;
+                    tx.commit().await?;
+                }
             }
         }
     }
-    Ok(conn.commit().await?)
+    Ok(())
 }
 
 /// `shop admin create --email E`: the password comes from standard input.

@@ -323,7 +323,6 @@ pub async fn connect_database(config: &DatabaseConfig) -> anyhow::Result<Db> {
     };
     let mut conn = within_connect_timeout(reach).await.with_context(|| format!("cannot reach {place}"))?;
     MIGRATOR.run(&mut conn).await.with_context(|| format!("cannot migrate {place}"))?;
-    conn.close().await.ok();
 
     let (pool_options, pool_place) = match &config.database_pooler_url {
         Some(url) => {
@@ -353,10 +352,42 @@ pub async fn connect_database(config: &DatabaseConfig) -> anyhow::Result<Db> {
     let pool = within_connect_timeout(async { Ok(pool.await?) })
         .await
         .with_context(|| format!("cannot reach {pool_place}"))?;
-    Ok(match config.database_pooler_url {
-        Some(_) => Db::through_pooler(pool, direct),
+    let db = match config.database_pooler_url {
+        Some(_) => {
+            let db = Db::through_pooler(pool, direct);
+            check_pooler(&db, &mut conn).await.with_context(|| format!("through {pool_place}"))?;
+            db
+        }
         None => Db::direct_pool(pool),
-    })
+    };
+    conn.close().await.ok();
+    Ok(db)
+}
+
+/// The pooler must lead to the database `DATABASE_URL` names, where
+/// migrations ran and where a lost COMMIT is asked about; and its server
+/// connections should end a transaction left idle, as direct ones do.
+async fn check_pooler(db: &Db, direct: &mut PgConnection) -> anyhow::Result<()> {
+    async fn identity(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+        sqlx::query_scalar!(
+            r#"SELECT format('database %s of the server %s', current_database(), system_identifier) AS "identity!"
+               FROM pg_control_system()"#
+        )
+        .fetch_one(conn)
+        .await
+    }
+    let (here, there) = (identity(direct).await?, identity(&mut *db.read().await?).await?);
+    anyhow::ensure!(here == there, "DATABASE_POOLER_URL leads to {there}, not to DATABASE_URL's {here}");
+    let idle = sqlx::query_scalar!(r#"SELECT current_setting('idle_in_transaction_session_timeout') AS "timeout!""#)
+        .fetch_one(&mut *db.read().await?)
+        .await?;
+    if idle == "0" {
+        tracing::warn!(
+            "the pooler's server connections never end an idle transaction: a frozen instance would hold its locks; \
+             set idle_in_transaction_session_timeout in PgBouncer's connect_query (scripts/pgbouncer.ini)"
+        );
+    }
+    Ok(())
 }
 
 async fn within_connect_timeout<T>(reach: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {

@@ -77,7 +77,7 @@ impl Db {
 
     async fn lend(&self, begin: &'static str) -> Result<Lent, sqlx::Error> {
         Ok(if self.through_pooler {
-            Lent::InTransaction(self.pool.begin_with(begin).await?)
+            Lent::InTransaction(self.begin_with(begin).await?)
         } else {
             Lent::Connection(self.pool.acquire().await?)
         })
@@ -86,7 +86,22 @@ impl Db {
     /// A transaction on the pool. A write transaction whose COMMIT must not
     /// be lost unnoticed is a [`Tx`](super::Tx).
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.pool.begin().await
+        self.begin_with("BEGIN").await
+    }
+
+    /// Begins on a task of its own. sqlx counts a transaction only once
+    /// BEGIN has answered, so a caller dropped while it waits (a request
+    /// past its deadline, a client gone) would hand the connection back to
+    /// the pool still inside the transaction, and the next borrower's
+    /// statements would join it (sqlx issue 4393). Through a pooler BEGIN
+    /// is where a request waits for a server connection, so the wait is
+    /// real. The task finishes the BEGIN; if no one awaits it any more, the
+    /// transaction it returns is dropped, which rolls it back.
+    async fn begin_with(&self, begin: &'static str) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.begin_with(begin).await })
+            .await
+            .unwrap_or_else(|stopped| Err(sqlx::Error::Io(std::io::Error::other(stopped))))
     }
 
     /// How to reach PostgreSQL itself, for connections of their own.

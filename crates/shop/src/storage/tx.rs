@@ -63,7 +63,7 @@ impl Tx {
         match tx.commit().await {
             Ok(()) => Ok(()),
             // The server answered: the transaction was rolled back.
-            Err(error @ sqlx::Error::Database(_)) => Err(error.into()),
+            Err(error) if !reply_lost(&error) => Err(error.into()),
             Err(error) => {
                 metrics::counter!("shop_commit_replies_lost_total").increment(1);
                 tracing::warn!(%error, xid, "the reply to COMMIT was lost; asking PostgreSQL what became of it");
@@ -92,6 +92,20 @@ impl Deref for Tx {
 impl DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut PgConnection {
         &mut self.tx
+    }
+}
+
+/// Whether a failed COMMIT may have committed. An error from PostgreSQL
+/// says it did not, but for those that end the connection instead of
+/// answering the COMMIT: a pooler whose server connection broke mid-COMMIT
+/// says so with its own `08P01`, and a server shutting down says `57P01`,
+/// whether or not the commit got through.
+fn reply_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => {
+            error.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+        }
+        _ => true,
     }
 }
 

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind};
 
 use crate::support::pg_proxy::{PgProxy, Statement};
+use crate::support::pgbouncer::PgBouncer;
 use crate::support::redis_proxy::RedisProxy;
-use crate::support::{TestApp, User, assert_problem, eventually, spawn_app_behind, spawn_app_with};
+use crate::support::{TestApp, User, assert_problem, database_name, eventually, spawn_app_behind, spawn_app_with};
 
 /// The statement of a lone charge (`atomic`, and `batch` with one charge).
 const LONE_CHARGE: &str = "WITH charged AS (";
@@ -92,6 +93,28 @@ async fn a_keyed_charge_whose_commit_reply_is_lost_answers_what_happened_and_rep
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.json::<Value>().await.unwrap(), first);
     assert_eq!(app.balance_and_ledger_sum(user.id).await, (10_000, 10_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_charge_whose_commit_reply_pgbouncer_lost_is_resolved_not_redone() {
+    // PgBouncer's server connection breaks mid-COMMIT: PgBouncer tells the
+    // shop with an error of its own (08P01), which is no answer to the
+    // COMMIT, so the shop asks PostgreSQL directly what became of it.
+    let proxy = PgProxy::start().await;
+    let bouncer = PgBouncer::start_before(proxy.port()).await;
+    let app = spawn_app_with(|config| {
+        config.points_strategy = PointsStrategyKind::Atomic;
+        let database = database_name(&config.database.database_url);
+        config.database.database_pooler_url = Some(format!("{}/{database}", bouncer.url()));
+    })
+    .await;
+    let user = app.new_user().await;
+    proxy.lose_reply_to(Statement::Commit, 1);
+    let charged = charge_request(&app, &user, 10_000, None).send().await.unwrap();
+    assert_eq!(proxy.fired(), 1);
+    assert_eq!(charged.status(), StatusCode::OK, "the charge committed, and the shop found out");
+    assert_eq!(app.balance_and_ledger_sum(user.id).await, (10_000, 10_000), "charged once");
+    assert!(bouncer.served(&app.db).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -138,6 +138,11 @@ impl PgProxy {
         PgProxy { port, state }
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `database` on PostgreSQL, through this proxy.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)

@@ -17,11 +17,20 @@ pub struct PgBouncer {
 
 impl PgBouncer {
     pub async fn start() -> Self {
+        Self::start_before(5432).await
+    }
+
+    /// One whose server connections go to `postgres_port` (a proxy's, say)
+    /// instead of PostgreSQL's.
+    pub async fn start_before(postgres_port: u16) -> Self {
         let port = super::free_port();
         let dir = std::env::temp_dir().join(format!("shop-test-pgbouncer-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         let template = include_str!("../../../../scripts/pgbouncer.ini");
-        let config = template.replace("LISTEN_PORT", &port.to_string()).replace("RUN_DIR", dir.to_str().unwrap());
+        let config = template
+            .replace("LISTEN_PORT", &port.to_string())
+            .replace("RUN_DIR", dir.to_str().unwrap())
+            .replace("port=5432", &format!("port={postgres_port}"));
         std::fs::write(dir.join("pgbouncer.ini"), config).unwrap();
         std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
         // PgBouncer refuses to run as root: it runs as postgres.
