@@ -163,16 +163,18 @@ pub async fn refresh(
         .tokens
         .verify_refresh(&request.refresh_token)
         .ok_or(AppError::Unauthenticated("the refresh token is invalid or expired"))?;
-    let mut conn = state.db.write().await?;
+    // A `Tx`, whose lost COMMIT is looked into: answered 503 after the
+    // rotation committed, the client would retry with the old token and end
+    // its own login as a reuse.
+    let mut tx = Tx::begin(&state.db).await?;
     // The account's current role goes into the new tokens.
-    let user = users::find(&mut conn, caller.user_id)
-        .await?
-        .ok_or(AppError::Unauthenticated("the account no longer exists"))?;
+    let user =
+        users::find(&mut tx, caller.user_id).await?.ok_or(AppError::Unauthenticated("the account no longer exists"))?;
     let role = user.role();
     let tokens = state.tokens.issue(Caller { role, ..caller }).map_err(AppError::Internal)?;
     let rotation =
-        sessions::rotate(&mut conn, caller.session, presented, tokens.refresh_id, tokens.refresh_expires_at).await?;
-    conn.commit().await?;
+        sessions::rotate(&mut tx, caller.session, presented, tokens.refresh_id, tokens.refresh_expires_at).await?;
+    tx.commit().await?;
     match rotation {
         Rotation::Rotated => Ok(Json(AuthResponse::new(user, tokens))),
         Rotation::Reused => {

@@ -70,7 +70,9 @@ impl Db {
     /// from one to the next, nothing to undo if a later one fails): each
     /// takes effect at once when the pool reaches PostgreSQL directly;
     /// through a pooler they share a transaction, which [`Write::commit`]
-    /// commits. What must happen together is a [`Tx`](super::Tx).
+    /// commits. What must happen together, or must not be answered 503
+    /// when it may have happened (a lost reply is not looked into here), is
+    /// a [`Tx`](super::Tx).
     pub async fn write(&self) -> Result<Write, sqlx::Error> {
         Ok(Write(self.lend("BEGIN").await?))
     }

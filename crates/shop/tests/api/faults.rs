@@ -118,6 +118,22 @@ async fn a_charge_whose_commit_reply_pgbouncer_lost_is_resolved_not_redone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_whose_commit_reply_is_lost_answers_its_new_tokens() {
+    let proxy = PgProxy::start().await;
+    let app = spawn_app_behind(&proxy, |_| {}).await;
+    let user = app.new_user().await;
+    proxy.lose_reply_to(Statement::Commit, 1);
+    let refreshed = app.post("/api/auth/refresh", None, json!({"refreshToken": user.refresh_token})).await;
+    assert_eq!(proxy.fired(), 1);
+    // Answered 503, the client would retry with the rotated token, and end
+    // its own login as a reuse.
+    assert_eq!(refreshed.status(), StatusCode::OK, "the rotation committed, and the shop found out");
+    let refreshed: Value = refreshed.json().await.unwrap();
+    let next = app.post("/api/auth/refresh", None, json!({"refreshToken": refreshed["refreshToken"]})).await;
+    assert_eq!(next.status(), StatusCode::OK, "the login goes on with the new token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_outcome_that_cannot_be_found_out_is_503_and_its_key_replays_once_it_can() {
     let proxy = PgProxy::start().await;
     let app = spawn_app_behind(&proxy, |config| config.points_strategy = PointsStrategyKind::Atomic).await;
