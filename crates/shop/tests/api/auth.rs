@@ -291,10 +291,11 @@ async fn attempts_refused_by_an_address_past_its_limit_write_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_login_the_shop_could_not_check_does_not_count_as_a_failure() {
     let app = spawn_app_with(|config| {
-        // Seconds a hash (four at a time on two cores): longer than a
-        // login waits for its turn.
+        // Seconds a hash (four at a time on two cores): well past the two
+        // a login waits for its turn, even on an idle machine (at ten
+        // passes, about two).
         config.password_cost.argon2_memory_kib = 96 * 1024;
-        config.password_cost.argon2_iterations = 10;
+        config.password_cost.argon2_iterations = 30;
         config.login_max_failures = 1;
     })
     .await;
