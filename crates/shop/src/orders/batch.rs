@@ -10,10 +10,10 @@
 //!
 //! It first reads without locks and takes what it decided at the end, each
 //! statement conditional (stock still there, coupons still available): the
-//! coupons after the orders are inserted, the stock in the very message
-//! that commits ([`Locking::Late`], `Tx::commit_after`). A hot product's
-//! row is then held by one batch for one round trip, not for the whole
-//! transaction, so the batches of many instances pass it in turn quickly.
+//! stock in the statement that inserts the orders, just before its commit
+//! ([`Locking::Late`]). A hot product's row is then held by one batch for
+//! that statement and the `COMMIT`, not for the whole transaction, so the
+//! batches of many instances pass it in turn quickly.
 //! If a condition fails — another batch took the stock or the coupon since
 //! the read — the batch is rolled back and decided again under locks
 //! ([`Locking::First`]): its products (ascending id, a [`StockTally`]),
@@ -172,12 +172,14 @@ async fn write_with(db: &Db, jobs: &[Job], locking: Locking) -> Result<Vec<Resul
     let accepted: Vec<(&Job, &Accepted)> =
         jobs.iter().zip(&decisions).filter_map(|(job, decision)| Some((job, decision.as_ref().ok()?))).collect();
     let mut views = Vec::with_capacity(accepted.len());
-    let mut take = StockTake::default();
     if !accepted.is_empty() {
-        match locking {
-            Locking::First => stock.write(&mut tx).await?,
-            Locking::Late => take = stock.into_take(),
-        }
+        let take = match locking {
+            Locking::First => {
+                stock.write(&mut tx).await?;
+                StockTake::default()
+            }
+            Locking::Late => stock.into_take(),
+        };
         fail::fail_point!(
             "orders::batch::taken",
             |_| Err(AppError::internal(anyhow!("failed at a fail point")).into())
@@ -193,7 +195,12 @@ async fn write_with(db: &Db, jobs: &[Job], locking: Locking) -> Result<Vec<Resul
                 items: &order.items,
             })
             .collect();
-        let rows = orders::insert_many(&mut tx, &new).await?;
+        // Under `Late` this statement takes the stock too: a hot product's
+        // row is held from here to the commit.
+        let (rows, taken) = orders::insert_many(&mut tx, &new, &take).await?;
+        if taken != take.product_ids.len() as i64 {
+            return Err(Unwritten::Raced);
+        }
         let (coupon_ids, holders): (Vec<i64>, Vec<i64>) =
             rows.iter().filter_map(|row| Some((row.coupon_id?, row.id))).unzip();
         if !coupon_ids.is_empty()
@@ -212,13 +219,7 @@ async fn write_with(db: &Db, jobs: &[Job], locking: Locking) -> Result<Vec<Resul
             views.push(view);
         }
     }
-    if take.product_ids.is_empty() {
-        tx.commit().await?;
-    } else {
-        // Fails with a serialization failure (decided again) if another
-        // batch took the stock since the read.
-        tx.commit_after(&take.statement()).await?;
-    }
+    tx.commit().await?;
     // The views follow the accepted orders, which follow the jobs.
     let mut views = views.into_iter();
     Ok(decisions

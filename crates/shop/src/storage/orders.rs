@@ -93,11 +93,18 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
     .await
 }
 
-/// Inserts PENDING orders and their lines in one statement; returns the
-/// orders in the order given. Ids are drawn first, so that each line finds
-/// its order by position. Gate reservations are not recorded: only the
-/// batch strategy places orders this way.
-pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Result<Vec<OrderRow>, sqlx::Error> {
+/// Inserts PENDING orders and their lines and takes `take`'s stock, in one
+/// statement; returns the orders in the order given, and from how many of
+/// `take`'s products it took (each only if it still has the quantity; the
+/// caller rolls back unless it took from all). The products are locked in
+/// ascending id order first, the order every writer of stock locks them in. Ids are drawn first, so that
+/// each line finds its order by position. Gate reservations are not
+/// recorded: only the batch strategy places orders this way.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    new: &[NewOrder<'_>],
+    take: &StockTake,
+) -> Result<(Vec<OrderRow>, i64), sqlx::Error> {
     let mut lines = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (n, order) in new.iter().enumerate() {
         for item in order.items {
@@ -113,7 +120,14 @@ pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Resul
     // and text[] only as `&[String]` (names).
     let rows = sqlx::query_as!(
         InsertedRow,
-        r#"WITH input AS (
+        r#"WITH locked AS (
+             SELECT id FROM products WHERE id = ANY($12) ORDER BY id FOR NO KEY UPDATE
+         ), taken AS (
+             UPDATE products p SET stock = p.stock - t.quantity, version = p.version + 1
+             FROM unnest($12::bigint[], $13::bigint[]) AS t(id, quantity) JOIN locked USING (id)
+             WHERE p.id = t.id AND p.stock >= t.quantity
+             RETURNING p.id
+         ), input AS (
              SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id, o.*
              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[])
                   WITH ORDINALITY AS o(user_id, total_amount, discount_amount, final_amount, coupon_id, timeout, n)
@@ -132,7 +146,8 @@ pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Resul
                   AS line(n, product_id, name, quantity, price)
              JOIN input USING (n)
          )
-         SELECT new_orders.* FROM new_orders JOIN input USING (id) ORDER BY input.n"#,
+         SELECT new_orders.*, (SELECT count(*) FROM taken) AS "taken!"
+         FROM new_orders JOIN input USING (id) ORDER BY input.n"#,
         &new.iter().map(|order| order.user_id).collect::<Vec<_>>(),
         &new.iter().map(|order| order.amounts.total).collect::<Vec<_>>(),
         &new.iter().map(|order| order.amounts.discount).collect::<Vec<_>>(),
@@ -144,30 +159,20 @@ pub async fn insert_many(conn: &mut PgConnection, new: &[NewOrder<'_>]) -> Resul
         &lines.2 as _,
         &lines.3,
         &lines.4,
+        &take.product_ids,
+        &take.quantities,
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(OrderRow::from).collect())
+    let taken = rows.first().map_or(0, |row| row.taken);
+    Ok((rows.into_iter().map(OrderRow::from).collect(), taken))
 }
 
-/// Stock taken from products read without a lock: `quantities[i]` units
-/// of `product_ids[i]`.
+/// Stock an [`insert_many`] takes: `quantities[i]` units of `product_ids[i]`.
 #[derive(Debug, Default)]
 pub struct StockTake {
     pub product_ids: Vec<i64>,
     pub quantities: Vec<i64>,
-}
-
-impl StockTake {
-    /// The statement that takes it if every product still has it, else
-    /// fails with a serialization failure (`take_stock`, migration 0010),
-    /// for [`Tx::commit_after`](super::Tx::commit_after). Its arguments are
-    /// written in: they are numbers, and the statement rides in one message
-    /// with the COMMIT, where no parameters can go.
-    pub fn statement(&self) -> String {
-        let list = |values: &[i64]| values.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        format!("SELECT take_stock('{{{}}}', '{{{}}}')", list(&self.product_ids), list(&self.quantities))
-    }
 }
 
 struct InsertedRow {
@@ -181,6 +186,7 @@ struct InsertedRow {
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     paid_at: Option<DateTime<Utc>>,
+    taken: i64,
 }
 
 impl From<InsertedRow> for OrderRow {

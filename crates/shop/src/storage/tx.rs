@@ -64,46 +64,21 @@ impl Tx {
             Ok(()) => Ok(()),
             // The server answered: the transaction was rolled back.
             Err(error) if !reply_lost(&error) => Err(error.into()),
-            Err(error) => lost(&db, xid, error).await,
-        }
-    }
-
-    /// Runs `last` and commits, in one message and so in one round trip:
-    /// rows that `last` locks are held for that round trip only, where a
-    /// statement and then a COMMIT would hold them for two (a hot product's
-    /// row, taken by several instances' batches in turn). If `last` fails,
-    /// nothing is committed and its error is returned. `last` is sent as
-    /// simple query text, without parameters: the caller writes its values
-    /// in.
-    pub async fn commit_after(mut self, last: &str) -> Result<(), AppError> {
-        // sqlx counts the transaction open until its own COMMIT: the message
-        // ends by beginning an empty one, for that COMMIT to end (it has
-        // nothing to write or wait for).
-        let message = format!("{last}; COMMIT; BEGIN");
-        match sqlx::raw_sql(sqlx::AssertSqlSafe(message)).execute(&mut *self.tx).await {
-            Ok(_) => {
-                self.tx.commit().await.ok();
-                Ok(())
+            Err(error) => {
+                metrics::counter!("shop_commit_replies_lost_total").increment(1);
+                tracing::warn!(%error, xid, "the reply to COMMIT was lost; asking PostgreSQL what became of it");
+                let outcome = resolve(&db, xid).await;
+                let label = match &outcome {
+                    Ok(()) => "committed",
+                    Err(AppError::OutcomeUnknown) => "unknown",
+                    Err(_) => "aborted",
+                };
+                metrics::counter!("shop_commit_outcomes_total", "outcome" => label).increment(1);
+                tracing::warn!(xid, outcome = label, "resolved a lost COMMIT");
+                outcome
             }
-            Err(error) if !reply_lost(&error) => Err(error.into()),
-            Err(error) => lost(&self.db, self.xid, error).await,
         }
     }
-}
-
-/// A COMMIT sent without an answer: what became of `xid`.
-async fn lost(db: &Db, xid: i64, error: sqlx::Error) -> Result<(), AppError> {
-    metrics::counter!("shop_commit_replies_lost_total").increment(1);
-    tracing::warn!(%error, xid, "the reply to COMMIT was lost; asking PostgreSQL what became of it");
-    let outcome = resolve(db, xid).await;
-    let label = match &outcome {
-        Ok(()) => "committed",
-        Err(AppError::OutcomeUnknown) => "unknown",
-        Err(_) => "aborted",
-    };
-    metrics::counter!("shop_commit_outcomes_total", "outcome" => label).increment(1);
-    tracing::warn!(xid, outcome = label, "resolved a lost COMMIT");
-    outcome
 }
 
 impl Deref for Tx {

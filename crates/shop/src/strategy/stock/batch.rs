@@ -81,8 +81,8 @@ impl StockTally {
         }
     }
 
-    /// What was counted, to take from products read without a lock if each
-    /// still has it (`StockTake::statement`).
+    /// What was counted, for a statement that takes it from products read
+    /// without a lock if each still has it (`storage::orders::insert_many`).
     pub fn into_take(self) -> StockTake {
         let (product_ids, quantities) = self.taken.into_iter().unzip();
         StockTake { product_ids, quantities }
