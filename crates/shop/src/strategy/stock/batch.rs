@@ -59,7 +59,7 @@ impl StockTally {
     }
 
     /// Reads the products without a lock: the rows found, and their stock
-    /// to count down; [`StockTally::write_if_left`] takes it.
+    /// to count down; [`StockTally::into_take`] says what to take.
     pub async fn read(conn: &mut PgConnection, product_ids: &[i64]) -> Result<(Vec<ProductRow>, Self), AppError> {
         let found = products::by_ids(conn, product_ids).await?;
         fail::fail_point!("stock::take::read");
