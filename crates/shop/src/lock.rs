@@ -33,6 +33,7 @@ use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use crate::backoff;
+use crate::redis_conn::RunScript;
 use crate::redis_conn::{Keyspace, RedisConn};
 
 /// KEYS: lock, fencing counter, give-up flag (optional), all of the
@@ -127,7 +128,7 @@ impl LeaseLocks {
         }
         acquire.arg(&token).arg(self.lease.as_millis() as u64);
         for attempt in 0.. {
-            let fence: Option<i64> = acquire.invoke_async(&mut redis).await?;
+            let fence: Option<i64> = acquire.run(&mut redis).await?;
             if fence == Some(-1) {
                 return Err(LockError::GaveUp);
             }
@@ -168,12 +169,7 @@ impl LeaseLocks {
     /// Lifts the fencing counter of `resource` to at least `fence`, after the
     /// database refused a token because Redis had lost the counter.
     pub async fn advance_fence(&self, resource: &str, fence: i64) -> Result<(), redis::RedisError> {
-        ADVANCE_FENCE
-            .key(self.fence_key(resource))
-            .arg(fence)
-            .invoke_async::<i64>(&mut self.redis.clone())
-            .await
-            .map(drop)
+        ADVANCE_FENCE.key(self.fence_key(resource)).arg(fence).run::<i64>(&mut self.redis.clone()).await.map(drop)
     }
 
     /// Raises a flag of `resource` that makes waiters acquiring with it give
@@ -229,7 +225,7 @@ impl Lease {
     /// the lease runs out by itself, and the next holder waits until then.
     pub async fn release(mut self) {
         self.keep_alive.abort();
-        let released = RELEASE.key(&self.key).arg(&self.token).invoke_async::<i64>(&mut self.redis).await;
+        let released = RELEASE.key(&self.key).arg(&self.token).run::<i64>(&mut self.redis).await;
         drop(self.turn.take());
         if let Err(error) = released {
             tracing::warn!(%error, lock = %self.key, "lock release failed; the lease will expire");
@@ -249,7 +245,7 @@ async fn keep_alive(mut redis: RedisConn, key: String, token: String, lease: Dur
         tokio::time::sleep(lease / 3).await;
         // Tests cut a holder off from Redis here to let its lease run out.
         fail::fail_point!("lock::renew", |_| ());
-        let renewed = RENEW.key(&key).arg(&token).arg(lease.as_millis() as u64).invoke_async::<i64>(&mut redis).await;
+        let renewed = RENEW.key(&key).arg(&token).arg(lease.as_millis() as u64).run::<i64>(&mut redis).await;
         match renewed {
             Ok(1) => {}
             Ok(_) => {

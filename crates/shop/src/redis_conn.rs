@@ -16,7 +16,10 @@ use futures_util::FutureExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Script, ScriptInvocation,
+    ServerErrorKind, Value,
+};
 
 /// Where Redis is: a single server, or a cluster's seed nodes.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +84,40 @@ impl Cluster {
                 tracing::info!("renewed the Redis Cluster connection after a node stopped answering");
             }
             Err(error) => tracing::warn!(%error, "could not renew the Redis Cluster connection"),
+        }
+    }
+}
+
+/// How often a script whose hash a node still does not know, once loaded,
+/// is tried again, and the pause before each try (times the attempt).
+const UNKNOWN_SCRIPT_RETRIES: u32 = 4;
+const UNKNOWN_SCRIPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Runs a script by its hash, as `invoke_async` does (loading it where a
+/// node does not know it), and once more, after a pause, when the node
+/// still does not know it. A replica promoted by a failover lacks the
+/// scripts its master had (script caches are not replicated), and while
+/// the topology changes the client may load a script on the nodes it knew
+/// and miss the new master: without this the request would fail. A script
+/// refused as unknown never ran, so running it again is safe.
+pub trait RunScript {
+    fn run<T: FromRedisValue + Send>(&self, redis: &mut RedisConn) -> impl Future<Output = RedisResult<T>> + Send;
+}
+
+impl RunScript for ScriptInvocation<'_> {
+    async fn run<T: FromRedisValue + Send>(&self, redis: &mut RedisConn) -> RedisResult<T> {
+        let mut attempt = 0;
+        loop {
+            match self.invoke_async(redis).await {
+                Err(error)
+                    if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+                        && attempt < UNKNOWN_SCRIPT_RETRIES =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(UNKNOWN_SCRIPT_PAUSE * attempt).await;
+                }
+                answer => return answer,
+            }
         }
     }
 }
@@ -188,7 +225,7 @@ impl RedisConn {
         static TIME: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
             Script::new("local now = redis.call('TIME') return now[1] * 1000 + math.floor(now[2] / 1000)")
         });
-        TIME.key(key).invoke_async(self).await
+        TIME.key(key).run(self).await
     }
 }
 

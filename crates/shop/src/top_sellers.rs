@@ -29,6 +29,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::AppError;
+use crate::redis_conn::RunScript;
 use crate::redis_conn::{Keyspace, RedisConn};
 use crate::storage::Db;
 use crate::storage::payments::Sale;
@@ -212,7 +213,7 @@ impl TopSellers {
         script.key(&keys.quantities).key(&keys.revenue).key(&keys.snapshot).key(&keys.log);
         script.arg(LOG_TTL.as_millis() as u64).arg(entry);
         // A missed update heals when the day is next rebuilt.
-        if let Err(error) = script.invoke_async::<i64>(&mut self.redis.clone()).await {
+        if let Err(error) = script.run::<i64>(&mut self.redis.clone()).await {
             tracing::warn!(%error, "could not update the top sellers");
         }
     }
@@ -325,7 +326,7 @@ impl TopSellers {
         for ((product_id, quantity), revenue) in read.product_ids.iter().zip(&read.quantities).zip(&read.revenues) {
             script.arg(product_id).arg(quantity).arg(revenue);
         }
-        script.invoke_async::<i64>(&mut redis).await?;
+        script.run::<i64>(&mut redis).await?;
         metrics::counter!("shop_top_sellers_rebuilds_total").increment(1);
         Ok(())
     }

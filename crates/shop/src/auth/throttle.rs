@@ -22,6 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 use crate::error::AppError;
+use crate::redis_conn::RunScript;
 use crate::redis_conn::{Keyspace, RedisConn};
 
 /// How many times the per-account limit one client address may fail.
@@ -108,7 +109,7 @@ impl LoginThrottle {
         let [account, client] = &admitted.keys;
         let (mut one, mut other) = (self.redis.clone(), self.redis.clone());
         let (account, client) = (GIVE_BACK.key(account), GIVE_BACK.key(client));
-        tokio::try_join!(account.invoke_async::<()>(&mut one), client.invoke_async::<()>(&mut other))?;
+        tokio::try_join!(account.run::<()>(&mut one), client.run::<()>(&mut other))?;
         Ok(())
     }
 }

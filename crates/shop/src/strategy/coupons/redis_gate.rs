@@ -51,6 +51,7 @@ use super::{CouponHold, CouponStrategy, Issued, StreamEntry, count_issued, refus
 use crate::config::CouponStrategyKind;
 use crate::domain::coupon::CouponType;
 use crate::error::AppError;
+use crate::redis_conn::RunScript;
 use crate::redis_conn::{Keyspace, RedisConn, campaign_slot};
 use crate::storage::Db;
 use crate::storage::coupons;
@@ -317,7 +318,7 @@ impl CouponGate {
             }
         }
         loop {
-            let answer: String = script.invoke_async(&mut self.redis.clone()).await?;
+            let answer: String = script.run(&mut self.redis.clone()).await?;
             let (outcome, granted) = answer.split_once(':').unwrap_or((answer.as_str(), ""));
             metrics::counter!("shop_coupon_gate_total", "outcome" => outcome.to_lowercase()).increment(1);
             match outcome {
@@ -356,7 +357,7 @@ impl CouponGate {
         if let Some(keep) = keep_holder {
             invocation.arg(u8::from(keep));
         }
-        if invocation.invoke_async::<i64>(&mut self.redis.clone()).await? == 2 {
+        if invocation.run::<i64>(&mut self.redis.clone()).await? == 2 {
             self.settled.notify_waiters();
         }
         Ok(())
@@ -398,7 +399,7 @@ impl CouponGate {
             .key(&keys.loading)
             .arg(left)
             .arg(&token)
-            .invoke_async(&mut redis)
+            .run(&mut redis)
             .await?;
         if installed == 1 {
             metrics::counter!("shop_coupon_gate_loads_total").increment(1);

@@ -58,6 +58,7 @@ use super::{RecordedChanges, StockHold, StockStrategy, atomic};
 use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
+use crate::redis_conn::RunScript;
 use crate::redis_conn::{Keyspace, RedisConn};
 use crate::storage::Db;
 use crate::storage::products::StockChange;
@@ -328,7 +329,7 @@ impl StockGate {
             let mut script = RESERVE.key(&keys.counter);
             script.key(&keys.pending).key(&keys.reservations).arg(reservation.id.to_string()).arg(quantity);
             outcome = loop {
-                let answer: String = match script.invoke_async(&mut self.redis.clone()).await {
+                let answer: String = match script.run(&mut self.redis.clone()).await {
                     Ok(answer) => answer,
                     Err(error) => break Err(AppError::from(error)),
                 };
@@ -395,7 +396,7 @@ impl StockGate {
         let keys = self.product_keys(product_id);
         let mut invocation = script.key(&keys.counter);
         invocation.key(&keys.pending).key(&keys.reservations).arg(reservation);
-        invocation.invoke_async::<i64>(&mut self.redis.clone()).await.map(drop)
+        invocation.run::<i64>(&mut self.redis.clone()).await.map(drop)
     }
 
     /// Loads a product's counter, missing from Redis, from PostgreSQL.
@@ -417,7 +418,7 @@ impl StockGate {
                 .arg(row.stock)
                 .arg(row.version)
                 .arg(drops.unwrap_or(0))
-                .invoke_async(&mut redis)
+                .run(&mut redis)
                 .await?;
             if loaded == 1 {
                 metrics::counter!("shop_stock_gate_loads_total").increment(1);
@@ -441,7 +442,7 @@ impl StockGate {
             }
             script.arg(KEPT_ASIDE.as_millis() as u64);
             let mut redis = self.redis.clone();
-            async move { script.invoke_async::<i64>(&mut redis).await }
+            async move { script.run::<i64>(&mut redis).await }
         });
         futures_util::future::try_join_all(scripts).await.map(drop)
     }
@@ -464,7 +465,7 @@ impl StockGate {
     /// refuses.
     async fn forget(&self, product_id: i64) {
         let keys = self.product_keys(product_id);
-        let dropped = DROP.key(&keys.counter).key(&keys.drops).invoke_async::<i64>(&mut self.redis.clone()).await;
+        let dropped = DROP.key(&keys.counter).key(&keys.drops).run::<i64>(&mut self.redis.clone()).await;
         if let Err(error) = dropped {
             tracing::warn!(%error, product_id, "could not drop a stock gate counter");
         }
@@ -516,7 +517,7 @@ impl StockGate {
             .key(&keys.pending)
             .arg(self.reconcile_after.as_millis() as u64)
             .arg(500)
-            .invoke_async(&mut self.redis.clone())
+            .run(&mut self.redis.clone())
             .await?;
         for id in stale {
             let Ok(reservation) = Uuid::parse_str(&id) else {
