@@ -10,6 +10,7 @@
 //! - [`setup`]: users, products and campaigns through the API.
 
 mod compare;
+mod cpu;
 mod load;
 mod receiver;
 mod scenario;
@@ -150,6 +151,8 @@ pub(crate) struct Report {
     throughput: f64,
     /// Runs on one hot row: that row's own update rate, measured just before.
     single_row: Option<f64>,
+    /// CPU time per request, over the load (not its preparation).
+    cpu: cpu::PerRequest,
     latency: Latency,
     answers: std::collections::BTreeMap<String, u64>,
     /// Asynchronous scenarios: from acceptance to the final state.
@@ -253,7 +256,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
     };
     let outcome = measure(&args, &targets).await;
     let report = match outcome {
-        Ok((prepared, outcome)) => {
+        Ok((prepared, outcome, cpu)) => {
             let checked = match &targets.db {
                 Some(db) => {
                     async {
@@ -289,6 +292,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 seconds: outcome.elapsed.as_secs_f64(),
                 throughput: outcome.throughput(),
                 single_row,
+                cpu,
                 latency: outcome.latency(),
                 answers: outcome.answers,
                 settlement,
@@ -338,7 +342,7 @@ async fn delivery(receiver: &receiver::Receiver, db: &sqlx::PgPool) -> anyhow::R
     Ok(Delivery { events, drained_in_s, per_second: (events - undelivered) as f64 / drained_in_s, undelivered })
 }
 
-async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<(scenario::Prepared, Outcome)> {
+async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<(scenario::Prepared, Outcome, cpu::PerRequest)> {
     // The TLS provider the shop's HTTP client builds on (both share one reqwest).
     rustls::crypto::ring::default_provider().install_default().ok();
     let client =
@@ -360,8 +364,11 @@ async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<(scenario:
         .await?;
     let pace = args.rate.map_or(Pace::Closed, |rate| Pace::Open { rate });
     let stop = args.requests.map_or(Stop::After(Duration::from_secs_f64(args.seconds)), Stop::Requests);
+    let shop = targets.spawned_pids();
+    let before = cpu::Sample::take(&shop);
     let outcome = load::drive(&client, args.connections, pace, stop, prepared.next.clone()).await;
-    Ok((prepared, outcome))
+    let cpu = before.per_request(&cpu::Sample::take(&shop), outcome.requests, !shop.is_empty());
+    Ok((prepared, outcome, cpu))
 }
 
 fn print_table(report: &Report) {
@@ -382,6 +389,9 @@ fn print_table(report: &Report) {
         "  latency ms  p50 {:.2}   p90 {:.2}   p99 {:.2}   p99.9 {:.2}   max {:.2}",
         l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
     );
+    let cpu = &report.cpu;
+    let shop = cpu.shop_us.map_or("shop not spawned here".to_owned(), |shop| format!("shop {shop:.0}"));
+    println!("  cpu µs/req  {shop}   postgres {:.0}   load generator {:.0}", cpu.postgres_us, cpu.load_generator_us);
     for (answer, count) in &report.answers {
         println!("  {answer:<32} {count:>10}");
     }

@@ -107,6 +107,11 @@ impl Targets {
         })
     }
 
+    /// The process ids of the instances this run started.
+    pub fn spawned_pids(&self) -> Vec<u32> {
+        self.spawned.iter().map(Child::id).collect()
+    }
+
     /// Stops spawned instances and drops the database and Redis keys this
     /// run created.
     pub async fn finish(mut self) {
