@@ -1,6 +1,7 @@
 //! `compare`: every scenario under every strategy, at high and low
 //! contention, on one and three instances, beside the engine limits
-//! measured in the same run; written to `docs/benchmarks.md` with SVG charts.
+//! measured in the same run; written to `docs/benchmarks.md` with SVG charts,
+//! and to `docs/benchmarks.json` for machines.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -8,12 +9,14 @@ use std::process::Command;
 
 use anyhow::Context;
 use clap::ValueEnum;
+use serde::Serialize;
 use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind, value_names};
 
 use crate::scenario::Scenario;
 use crate::{Report, RunArgs, run};
 
 /// One run of the matrix.
+#[derive(Serialize)]
 struct Case {
     scenario: Scenario,
     contention: &'static str,
@@ -64,6 +67,7 @@ fn matrix() -> Vec<Case> {
 const HOT_ROW_CLIENTS: [u32; 3] = [1, 10, 64];
 
 /// Reference rates of the engines alone, on this machine, in this run.
+#[derive(Serialize)]
 struct Limits {
     /// pgbench: a single-row conditional UPDATE, (clients, rate).
     hot_row_by_clients: Vec<(u32, f64)>,
@@ -104,7 +108,8 @@ pub async fn compare(base: &RunArgs, out: &Path) -> anyhow::Result<()> {
         std::fs::write(out.join("benchmarks").join(format!("{}.svg", slug(scenario))), bar_chart(&rows))?;
     }
     std::fs::write(out.join("benchmarks.md"), markdown(base, &limits, &results)?)?;
-    eprintln!("wrote {}", out.join("benchmarks.md").display());
+    std::fs::write(out.join("benchmarks.json"), json(&limits, &results)?)?;
+    eprintln!("wrote {} and benchmarks.json", out.join("benchmarks.md").display());
     Ok(())
 }
 
@@ -226,6 +231,27 @@ fn limit_of(scenario: Scenario, limits: &Limits) -> Option<f64> {
     }
 }
 
+/// The same results for machines: the limits, then each run's case and
+/// report (`shop-bench run --json`'s).
+fn json(limits: &Limits, results: &[(Case, Report)]) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Run<'a> {
+        case: &'a Case,
+        report: &'a Report,
+    }
+    #[derive(Serialize)]
+    struct Benchmarks<'a> {
+        date: String,
+        machine: String,
+        limits: &'a Limits,
+        runs: Vec<Run<'a>>,
+    }
+    let runs = results.iter().map(|(case, report)| Run { case, report }).collect();
+    let benchmarks =
+        Benchmarks { date: chrono::Utc::now().format("%Y-%m-%d").to_string(), machine: machine(), limits, runs };
+    Ok(serde_json::to_string_pretty(&benchmarks)? + "\n")
+}
+
 fn markdown(base: &RunArgs, limits: &Limits, results: &[(Case, Report)]) -> anyhow::Result<String> {
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -258,16 +284,18 @@ fn markdown(base: &RunArgs, limits: &Limits, results: &[(Case, Report)]) -> anyh
     )?;
     writeln!(
         md,
-        "coupon-rush is shown as a share of the gate script's rate; charge-storm and order-rush of the single-row update.\n"
+        "coupon-rush is shown as a share of the gate script's rate; charge-storm and order-rush of the single-row update. \
+         CPU µs/req: the CPU time of the spawned instances and of PostgreSQL over the load (from `/proc`), per request. \
+         The same results, for machines: `benchmarks.json`.\n"
     )?;
     for &scenario in Scenario::value_variants() {
         writeln!(md, "## {}\n", slug(scenario))?;
         writeln!(md, "![{0}](benchmarks/{0}.svg)\n", slug(scenario))?;
         writeln!(
             md,
-            "| contention | strategy | instances | req/s | of limit | p50 ms | p99 ms | p99.9 ms | answers | invariants |"
+            "| contention | strategy | instances | req/s | of limit | p50 ms | p99 ms | p99.9 ms | CPU µs/req: shop, PostgreSQL | answers | invariants |"
         )?;
-        writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---|---|")?;
+        writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|")?;
         for (case, report) in results.iter().filter(|(case, _)| case.scenario == scenario) {
             let share = limit_of(scenario, limits)
                 .map_or("–".into(), |limit| format!("{:.0} %", 100.0 * report.throughput / limit));
@@ -284,9 +312,10 @@ fn markdown(base: &RunArgs, limits: &Limits, results: &[(Case, Report)]) -> anyh
                     settled.p50_ms, settled.p99_ms, settled.max_ms
                 );
             }
+            let cpu = &report.cpu;
             writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.0}, {:.0} | {} | {} |",
                 case.contention,
                 case.strategy,
                 case.instances,
@@ -295,6 +324,8 @@ fn markdown(base: &RunArgs, limits: &Limits, results: &[(Case, Report)]) -> anyh
                 report.latency.p50_ms,
                 report.latency.p99_ms,
                 report.latency.p999_ms,
+                cpu.shop_us.unwrap_or(f64::NAN),
+                cpu.postgres_us,
                 answers.join(", "),
                 invariants
             )?;
