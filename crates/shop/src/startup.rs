@@ -376,10 +376,11 @@ async fn check_pooler(db: &Db, direct: &mut PgConnection) -> anyhow::Result<()> 
         .fetch_one(conn)
         .await
     }
-    let (here, there) = (identity(direct).await?, identity(&mut *db.read().await?).await?);
+    let mut pooled = db.read().await?;
+    let (here, there) = (identity(direct).await?, identity(&mut pooled).await?);
     anyhow::ensure!(here == there, "DATABASE_POOLER_URL leads to {there}, not to DATABASE_URL's {here}");
     let idle = sqlx::query_scalar!(r#"SELECT current_setting('idle_in_transaction_session_timeout') AS "timeout!""#)
-        .fetch_one(&mut *db.read().await?)
+        .fetch_one(&mut *pooled)
         .await?;
     if idle == "0" {
         tracing::warn!(
