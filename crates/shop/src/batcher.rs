@@ -12,7 +12,8 @@
 //! same either way (13,606/s and 13,514/s).
 //!
 //! Used by the `batch` strategies of orders (`orders::batch`) and charges
-//! (`strategy::points::batch`). A request whose client goes away once it is
+//! (`strategy::points::batch`), and by the coupon gate for the coupons it
+//! granted (`strategy::coupons::redis_gate`). A request whose client goes away once it is
 //! queued is still written, as it would be had it reached the database.
 
 use anyhow::anyhow;

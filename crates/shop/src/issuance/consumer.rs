@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Issuance;
 use super::queue::{Entry, IDLE_POLL};
-use crate::domain::coupon::{CouponStatus, CouponType, IssuedCoupon};
+use crate::domain::coupon::CouponType;
 use crate::error::AppError;
 use crate::storage::issue_requests::{self, Outcome, QueuedRequest};
 use crate::storage::{Tx, coupons};
@@ -178,18 +178,11 @@ impl Issuance {
             let written = if issuing.is_empty() {
                 Vec::new()
             } else {
-                issue_requests::issue_many(&mut tx, type_id, coupon_type.terms.valid_days, &users, &grants).await?
+                coupons::issue_many(&mut tx, type_id, coupon_type.terms.valid_days, &users, &grants).await?
             };
             let mut campaign = Decided { coupon_type, outcomes: Vec::new() };
-            for (request, row) in issuing.into_iter().zip(written) {
-                finished.push(Outcome { request: request.clone(), issued: Ok(row.id) });
-                let coupon = IssuedCoupon {
-                    coupon_id: row.id,
-                    user_id: row.user_id,
-                    issued_at: row.issued_at,
-                    expires_at: row.expires_at,
-                    status: CouponStatus::Available,
-                };
+            for (request, coupon) in issuing.into_iter().zip(written) {
+                finished.push(Outcome { request: request.clone(), issued: Ok(coupon.coupon_id) });
                 campaign.outcomes.push((request, Ok(Issued { coupon, last_unit: false })));
             }
             for (request, refusal) in refused {

@@ -1,9 +1,11 @@
 //! Coupon campaigns and the coupons issued from them.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::domain::coupon::{CouponCode, CouponKind, CouponTerms, CouponType};
+use crate::domain::coupon::{CouponCode, CouponKind, CouponStatus, CouponTerms, CouponType, IssuedCoupon};
 
 /// A campaign row; `issued_quantity` rides along for [`types_with_counts`].
 struct CouponTypeRow {
@@ -242,6 +244,53 @@ pub async fn insert(
     )
     .fetch_one(conn)
     .await
+}
+
+/// Writes one coupon per user (valid for the campaign's days, each under
+/// its gate grant) and counts them as issued, in two statements; returns
+/// the coupons in the order of `users`. Past the total,
+/// `coupon_types_issued_check` refuses the lot; a user holding one already,
+/// `coupons_user_type_key`.
+pub async fn issue_many(
+    conn: &mut PgConnection,
+    type_id: i64,
+    valid_days: i32,
+    users: &[i64],
+    grants: &[Option<i64>],
+) -> Result<Vec<IssuedCoupon>, sqlx::Error> {
+    sqlx::query!(
+        "UPDATE coupon_types SET issued_quantity = issued_quantity + $2 WHERE id = $1",
+        type_id,
+        users.len() as i64,
+    )
+    .execute(&mut *conn)
+    .await?;
+    let rows = sqlx::query!(
+        "INSERT INTO coupons (coupon_type_id, user_id, expires_at, gate_grant)
+         SELECT $1, issued.user_id, now() + make_interval(days => $2), issued.gate_grant
+         FROM unnest($3::bigint[], $4::bigint[]) AS issued(user_id, gate_grant)
+         RETURNING user_id, id, issued_at, expires_at",
+        type_id,
+        valid_days,
+        users,
+        grants as _,
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut issued: HashMap<i64, IssuedCoupon> = rows
+        .into_iter()
+        .map(|row| {
+            let coupon = IssuedCoupon {
+                coupon_id: row.id,
+                user_id: row.user_id,
+                issued_at: row.issued_at,
+                expires_at: row.expires_at,
+                status: CouponStatus::Available,
+            };
+            (row.user_id, coupon)
+        })
+        .collect();
+    Ok(users.iter().filter_map(|user| issued.remove(user)).collect())
 }
 
 /// A coupon with its campaign, as a holder's list shows it.

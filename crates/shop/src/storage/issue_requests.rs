@@ -83,52 +83,6 @@ pub async fn holders_among(conn: &mut PgConnection, type_id: i64, user_ids: &[i6
     .await
 }
 
-/// Writes one coupon per user (valid for the campaign's days, each under
-/// its gate grant) and counts them as issued, in two statements; returns
-/// the coupons in the order of `users`. Past the total,
-/// `coupon_types_issued_check` refuses the lot.
-pub async fn issue_many(
-    conn: &mut PgConnection,
-    type_id: i64,
-    valid_days: i32,
-    users: &[i64],
-    grants: &[Option<i64>],
-) -> Result<Vec<IssuedRow>, sqlx::Error> {
-    sqlx::query!(
-        "UPDATE coupon_types SET issued_quantity = issued_quantity + $2 WHERE id = $1",
-        type_id,
-        users.len() as i64,
-    )
-    .execute(&mut *conn)
-    .await?;
-    let rows = sqlx::query!(
-        "INSERT INTO coupons (coupon_type_id, user_id, expires_at, gate_grant)
-         SELECT $1, issued.user_id, now() + make_interval(days => $2), issued.gate_grant
-         FROM unnest($3::bigint[], $4::bigint[]) AS issued(user_id, gate_grant)
-         RETURNING user_id, id, issued_at, expires_at",
-        type_id,
-        valid_days,
-        users,
-        grants as _,
-    )
-    .fetch_all(conn)
-    .await?;
-    let mut issued: Vec<IssuedRow> = rows
-        .into_iter()
-        .map(|row| IssuedRow { user_id: row.user_id, id: row.id, issued_at: row.issued_at, expires_at: row.expires_at })
-        .collect();
-    issued.sort_by_key(|row| users.iter().position(|user| *user == row.user_id));
-    Ok(issued)
-}
-
-/// A coupon [`issue_many`] wrote.
-pub struct IssuedRow {
-    pub user_id: i64,
-    pub id: i64,
-    pub issued_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-}
-
 /// Records how each request ended, inserting any that was queued but never
 /// written (its instance died in between); a request already finished
 /// keeps its first outcome.

@@ -135,18 +135,39 @@ pub trait CouponStrategy: Send + Sync {
     ) -> Result<CouponView, AppError> {
         coupon_type.check_window(Utc::now()).map_err(|_| AppError::CouponNotOpen)?;
         let hold = self.hold(db, coupon_type, user_id).await?;
-        let issued = async {
-            let mut tx = Tx::begin(db).await?;
-            let issued = self.issue(&mut tx, coupon_type, user_id, &hold).await?;
-            if let Some(claim) = claim {
-                claim.save(&mut tx, StatusCode::CREATED, &view(coupon_type, &issued)).await?;
-            }
-            tx.commit().await?;
-            Ok(issued)
-        }
-        .await;
+        let issued =
+            write_alone(db, coupon_type, claim, async |conn| self.issue(conn, coupon_type, user_id, &hold).await).await;
         self.settle(coupon_type, user_id, hold, issued.as_ref()).await;
         issued.map(|issued| view(coupon_type, &issued))
+    }
+}
+
+/// Issues (`issue`, in the transaction) in a transaction of its own, with
+/// the answer stored under the request's Idempotency-Key.
+async fn write_alone(
+    db: &Db,
+    coupon_type: &CouponType,
+    claim: Option<&Claim>,
+    issue: impl AsyncFnOnce(&mut PgConnection) -> Result<Issued, AppError>,
+) -> Result<Issued, AppError> {
+    let mut tx = Tx::begin(db).await?;
+    let issued = issue(&mut tx).await?;
+    save_response(&mut tx, coupon_type, &issued, claim).await?;
+    tx.commit().await?;
+    Ok(issued)
+}
+
+/// Stores the response under the request's Idempotency-Key, in the
+/// transaction of the issue.
+async fn save_response(
+    conn: &mut PgConnection,
+    coupon_type: &CouponType,
+    issued: &Issued,
+    claim: Option<&Claim>,
+) -> Result<(), AppError> {
+    match claim {
+        Some(claim) => claim.save(conn, StatusCode::CREATED, &view(coupon_type, issued)).await,
+        None => Ok(()),
     }
 }
 

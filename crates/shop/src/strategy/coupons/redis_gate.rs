@@ -29,6 +29,16 @@
 //! `coupon_types_issued_check` refuses it, which closes the gate; a holder
 //! the gate forgot is refused by `coupons_user_type_key`.
 //!
+//! Granted requests are written together: the grants an instance hands
+//! out while its previous write is in flight go to PostgreSQL in one
+//! transaction (see [`crate::batcher`]) — one count of the campaign row and
+//! one insert of their coupons — so that the second in which a drop's
+//! coupons are written, while later requests wait on pending grants to
+//! learn they are sold out, lasts a few batches instead of a row lock per
+//! coupon. A batch refused as a whole (a constraint) is written one grant
+//! at a time, each with its own answer; one whose COMMIT's outcome is
+//! unknown leaves its grants pending for the reconciler.
+//!
 //! If Redis loses the keys (a restart without persistence), the script says
 //! so and the gate is rebuilt from PostgreSQL before it answers again: one
 //! instance takes a loading lease and loads `left = total − issued` and the
@@ -39,21 +49,29 @@
 //! refuse the surplus. Redis must not evict these keys
 //! (`maxmemory-policy noeviction`).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::Utc;
 use redis::{AsyncCommands, Script};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 
-use super::{CouponHold, CouponStrategy, Issued, StreamEntry, count_issued, refuse_settled, write_coupon};
+use super::{
+    CouponHold, CouponStrategy, Issued, StreamEntry, count_issued, refuse_settled, save_response, view, write_alone,
+    write_coupon,
+};
+use crate::batcher::{self, Batcher};
 use crate::config::CouponStrategyKind;
-use crate::domain::coupon::CouponType;
+use crate::domain::coupon::{CouponType, CouponView};
 use crate::error::AppError;
+use crate::idempotency::Claim;
 use crate::redis_conn::RunScript;
 use crate::redis_conn::{Keyspace, RedisConn, campaign_slot};
 use crate::storage::Db;
+use crate::storage::Tx;
 use crate::storage::coupons;
 use crate::strategy::active::ActiveSet;
 use crate::strategy::{Chore, Deps};
@@ -181,6 +199,17 @@ pub struct CouponGate {
     settled: Arc<Notify>,
     /// The campaigns the reconciler visits.
     active: ActiveSet,
+    /// Granted requests waiting to be written together.
+    writes: Arc<Batcher<Granted, Result<Issued, AppError>>>,
+}
+
+/// A granted request, to be written.
+struct Granted {
+    coupon_type: CouponType,
+    user_id: i64,
+    /// The grant's time, which the coupon records.
+    grant: Option<i64>,
+    claim: Option<Claim>,
 }
 
 struct Keys {
@@ -223,6 +252,23 @@ impl CouponStrategy for CouponGate {
         self.grant(db, coupon_type, &self.keys(coupon_type.id), user_id, Some(queue)).await
     }
 
+    /// Granted, then written with the grants handed out beside it.
+    #[tracing::instrument(skip_all, fields(user_id, coupon_type = coupon_type.terms.code.as_str(), strategy = ?self.kind()))]
+    async fn issue_alone(
+        &self,
+        db: &Db,
+        coupon_type: &CouponType,
+        user_id: i64,
+        claim: Option<&Claim>,
+    ) -> Result<CouponView, AppError> {
+        coupon_type.check_window(Utc::now()).map_err(|_| AppError::CouponNotOpen)?;
+        let hold = self.hold(db, coupon_type, user_id).await?;
+        let granted = Granted { coupon_type: coupon_type.clone(), user_id, grant: hold.grant, claim: claim.cloned() };
+        let issued = self.writes.submit(granted).await.and_then(|issued| issued);
+        self.settle(coupon_type, user_id, hold, issued.as_ref()).await;
+        issued.map(|issued| view(coupon_type, &issued))
+    }
+
     async fn issue(
         &self,
         conn: &mut PgConnection,
@@ -230,11 +276,7 @@ impl CouponStrategy for CouponGate {
         user_id: i64,
         hold: &CouponHold,
     ) -> Result<Issued, AppError> {
-        // The gate has decided; others racing now get its answer.
-        fail::fail_point!("coupons::issue::read");
-        count_issued(conn, coupon_type.id).await?;
-        let coupon = write_coupon(conn, coupon_type, user_id, hold.grant).await?;
-        Ok(Issued { coupon, last_unit: false })
+        issue_granted(conn, coupon_type, user_id, hold.grant).await
     }
 
     async fn settle(&self, coupon_type: &CouponType, user_id: i64, _: CouponHold, issued: Result<&Issued, &AppError>) {
@@ -277,6 +319,10 @@ impl CouponGate {
             reconcile_after: deps.locks.gate_reconcile_after(),
             settled: Arc::new(Notify::new()),
             active: ActiveSet::new(deps.keys.key("coupon-gate", "active")),
+            writes: Arc::new(Batcher::start("coupons", {
+                let db = deps.db.clone();
+                move |grants| write_grants(db.clone(), grants)
+            })),
         }
     }
 
@@ -477,4 +523,70 @@ async fn refusal_from_database(db: &Db, coupon_type: &CouponType, user_id: i64) 
         Err(refusal) => refusal,
         Ok(()) => AppError::Unavailable("a coupon of this campaign is still being settled"),
     }
+}
+
+/// Counts and writes the coupon of a grant.
+async fn issue_granted(
+    conn: &mut PgConnection,
+    coupon_type: &CouponType,
+    user_id: i64,
+    grant: Option<i64>,
+) -> Result<Issued, AppError> {
+    // The gate has decided; others racing now get its answer.
+    fail::fail_point!("coupons::issue::read");
+    count_issued(conn, coupon_type.id).await?;
+    let coupon = write_coupon(conn, coupon_type, user_id, grant).await?;
+    Ok(Issued { coupon, last_unit: false })
+}
+
+/// Writes the grants handed out together: alone, as any issue is written;
+/// several, in one transaction.
+async fn write_grants(db: Db, grants: Vec<Granted>) -> Vec<Result<Issued, AppError>> {
+    if let [grant] = grants.as_slice() {
+        return vec![write_one(&db, grant).await];
+    }
+    match write_together(&db, &grants).await {
+        Ok(issued) => issued.into_iter().map(Ok).collect(),
+        Err(failure) => batcher::one_by_one("coupons", &grants, failure, |grant| write_one(&db, grant)).await,
+    }
+}
+
+async fn write_one(db: &Db, grant: &Granted) -> Result<Issued, AppError> {
+    write_alone(db, &grant.coupon_type, grant.claim.as_ref(), async |conn| {
+        issue_granted(conn, &grant.coupon_type, grant.user_id, grant.grant).await
+    })
+    .await
+}
+
+/// Counts and writes every grant's coupon in one transaction, campaign by
+/// campaign in ascending id (the order every writer takes campaign rows),
+/// with each answer stored under its request's Idempotency-Key. A
+/// constraint that refuses any grant fails the lot, and nothing is written.
+async fn write_together(db: &Db, grants: &[Granted]) -> Result<Vec<Issued>, AppError> {
+    let mut by_campaign: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (index, grant) in grants.iter().enumerate() {
+        by_campaign.entry(grant.coupon_type.id).or_default().push(index);
+    }
+    let mut tx = Tx::begin(db).await?;
+    // The gate has decided; others racing now get its answer.
+    fail::fail_point!("coupons::issue::read");
+    let mut issued = Vec::with_capacity(grants.len());
+    for (type_id, indexes) in by_campaign {
+        let users: Vec<i64> = indexes.iter().map(|&index| grants[index].user_id).collect();
+        let marks: Vec<Option<i64>> = indexes.iter().map(|&index| grants[index].grant).collect();
+        let valid_days = grants[indexes[0]].coupon_type.terms.valid_days;
+        let coupons = coupons::issue_many(&mut tx, type_id, valid_days, &users, &marks).await?;
+        if coupons.len() != indexes.len() {
+            return Err(AppError::internal(anyhow::anyhow!("a batch of grants wrote fewer coupons than asked")));
+        }
+        issued.extend(
+            indexes.into_iter().zip(coupons).map(|(index, coupon)| (index, Issued { coupon, last_unit: false })),
+        );
+    }
+    issued.sort_by_key(|(index, _)| *index);
+    for (grant, (_, issued)) in grants.iter().zip(&issued) {
+        save_response(&mut tx, &grant.coupon_type, issued, grant.claim.as_ref()).await?;
+    }
+    tx.commit().await?;
+    Ok(issued.into_iter().map(|(_, issued)| issued).collect())
 }
