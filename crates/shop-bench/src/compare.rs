@@ -1,9 +1,15 @@
 //! `compare`: every scenario under every strategy, at high and low
-//! contention, on one and three instances, beside the engine limits
-//! measured in the same run; written to `docs/benchmarks.md` with SVG charts,
-//! and to `docs/benchmarks.json` for machines.
+//! contention, on one and three instances, beside reference lines measured
+//! in the same run — the engines alone (pgbench, redis-benchmark) and the
+//! shop's own ceiling (`GET /health/live`). The matrix runs `--rounds`
+//! times, round after round, so each case's run-to-run noise is measured.
+//! Written to `docs/benchmarks.md` with SVG charts (throughput bars, and
+//! latency by percentile for each contention level), and to
+//! `docs/benchmarks.json` for machines and `shop-bench diff`.
 
-use std::fmt::Write as _;
+mod charts;
+mod markdown;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -12,10 +18,11 @@ use clap::ValueEnum;
 use serde::Serialize;
 use shop::config::{CouponStrategyKind, PointsStrategyKind, StockStrategyKind, value_names};
 
+use crate::rounds::{self, Round, Summary};
 use crate::scenario::Scenario;
 use crate::{Report, RunArgs, run};
 
-/// One run of the matrix.
+/// One case of the matrix.
 #[derive(Serialize)]
 struct Case {
     scenario: Scenario,
@@ -66,9 +73,12 @@ fn matrix() -> Vec<Case> {
 /// row's best), the spawned instances' pool, and the load's connections.
 const HOT_ROW_CLIENTS: [u32; 3] = [1, 10, 64];
 
-/// Reference rates of the engines alone, on this machine, in this run.
+/// Reference rates, on this machine, in this run.
 #[derive(Serialize)]
 struct Limits {
+    /// The shop itself: `GET /health/live` on one spawned instance with
+    /// the runs' connections, requests per second. No endpoint can beat it.
+    ceiling: f64,
     /// pgbench: a single-row conditional UPDATE, (clients, rate).
     hot_row_by_clients: Vec<(u32, f64)>,
     /// The best of those: the single row's limit.
@@ -77,50 +87,171 @@ struct Limits {
     gate_script: Option<f64>,
 }
 
-pub async fn compare(base: &RunArgs, out: &Path) -> anyhow::Result<()> {
-    let hot_row_by_clients = pgbench(&base.postgres, &HOT_ROW_CLIENTS, base.seconds.ceil() as u64)?;
-    let hot_row = hot_row_by_clients.iter().map(|(_, rate)| *rate).reduce(f64::max);
-    let limits = Limits { hot_row_by_clients, hot_row, gate_script: redis_gate_script(base).await? };
-    let mut results = Vec::new();
-    for case in matrix() {
-        let mut args = base.clone();
-        args.scenario = case.scenario;
-        args.spawn = Some(case.instances);
-        args.stock = case.stock;
-        args.wallets = case.wallets;
-        args.products = case.products;
-        args.points_strategy = None;
-        args.stock_strategy = None;
-        args.coupon_strategy = None;
-        match case.variable {
-            "POINTS_STRATEGY" => args.points_strategy = Some(case.strategy.clone()),
-            "STOCK_STRATEGY" => args.stock_strategy = Some(case.strategy.clone()),
-            "COUPON_STRATEGY" => args.coupon_strategy = Some(case.strategy.clone()),
-            _ => {}
+/// One case and its report from every round.
+struct Measured {
+    case: Case,
+    rounds: Vec<Report>,
+}
+
+impl Measured {
+    fn summary(&self) -> Summary {
+        let rounds: Vec<Round> =
+            self.rounds.iter().map(|r| Round { throughput: r.throughput, p99_ms: r.latency.p99_ms }).collect();
+        rounds::summarize(&rounds).expect("every case runs in every round, and there is at least one")
+    }
+
+    /// The round the tables and latency charts show.
+    fn shown(&self) -> &Report {
+        &self.rounds[self.summary().shown_round]
+    }
+}
+
+pub async fn compare(base: &RunArgs, rounds: u32, out: &Path) -> anyhow::Result<()> {
+    let limits = limits(base).await?;
+    let mut results: Vec<Measured> = matrix().into_iter().map(|case| Measured { case, rounds: Vec::new() }).collect();
+    // Round after round rather than case after case: a drift of the shared
+    // machine (another job, a cache warming) then touches every case alike,
+    // and shows in each case's noise instead of in one case's figures.
+    for round in 1..=rounds {
+        for measured in &mut results {
+            let case = &measured.case;
+            eprintln!(
+                "round {round} of {rounds}: {} · {} · {} · {}×",
+                slug(case.scenario),
+                case.contention,
+                case.strategy,
+                case.instances
+            );
+            let report = run(args_of(base, case))
+                .await
+                .with_context(|| format!("round {round}: {:?} {} {}", case.scenario, case.contention, case.strategy))?;
+            measured.rounds.push(report);
         }
-        let report =
-            run(args).await.with_context(|| format!("{:?} {} {}", case.scenario, case.contention, case.strategy))?;
-        results.push((case, report));
     }
     std::fs::create_dir_all(out.join("benchmarks"))?;
-    for &scenario in Scenario::value_variants() {
-        let rows: Vec<_> = results.iter().filter(|(case, _)| case.scenario == scenario).collect();
-        std::fs::write(out.join("benchmarks").join(format!("{}.svg", slug(scenario))), bar_chart(&rows))?;
+    for (file, svg) in charts_of(&results) {
+        std::fs::write(out.join("benchmarks").join(file), svg)?;
     }
-    std::fs::write(out.join("benchmarks.md"), markdown(base, &limits, &results)?)?;
-    std::fs::write(out.join("benchmarks.json"), json(&limits, &results)?)?;
+    let machine = machine();
+    std::fs::write(out.join("benchmarks.md"), markdown::markdown(base, rounds, &limits, &results, &machine)?)?;
+    std::fs::write(out.join("benchmarks.json"), json(rounds, &limits, &results, machine)?)?;
     eprintln!("wrote {} and benchmarks.json", out.join("benchmarks.md").display());
     Ok(())
 }
 
-fn slug(scenario: Scenario) -> &'static str {
-    match scenario {
-        Scenario::CouponRush => "coupon-rush",
-        Scenario::CouponRushAsync => "coupon-rush-async",
-        Scenario::ChargeStorm => "charge-storm",
-        Scenario::OrderRush => "order-rush",
-        Scenario::Mixed => "mixed",
-        Scenario::Events => "events",
+/// The ceiling first, then the engines alone.
+async fn limits(base: &RunArgs) -> anyhow::Result<Limits> {
+    let mut health = base.clone();
+    health.scenario = Scenario::Health;
+    health.spawn = Some(1);
+    let ceiling = run(health).await.context("the /health/live ceiling")?.throughput;
+    let hot_row_by_clients = pgbench(&base.postgres, &HOT_ROW_CLIENTS, base.seconds.ceil() as u64)?;
+    let hot_row = hot_row_by_clients.iter().map(|(_, rate)| *rate).reduce(f64::max);
+    Ok(Limits { ceiling, hot_row_by_clients, hot_row, gate_script: redis_gate_script(base).await? })
+}
+
+fn args_of(base: &RunArgs, case: &Case) -> RunArgs {
+    let mut args = base.clone();
+    args.scenario = case.scenario;
+    args.spawn = Some(case.instances);
+    args.stock = case.stock;
+    args.wallets = case.wallets;
+    args.products = case.products;
+    args.points_strategy = None;
+    args.stock_strategy = None;
+    args.coupon_strategy = None;
+    let strategy = Some(case.strategy.clone());
+    match case.variable {
+        "POINTS_STRATEGY" => args.points_strategy = strategy,
+        "STOCK_STRATEGY" => args.stock_strategy = strategy,
+        "COUPON_STRATEGY" => args.coupon_strategy = strategy,
+        _ => {}
+    }
+    args
+}
+
+/// The scenarios of `results`, in the matrix's order.
+fn scenarios_in(results: &[Measured]) -> Vec<Scenario> {
+    let mut scenarios = Vec::new();
+    for measured in results {
+        if !scenarios.contains(&measured.case.scenario) {
+            scenarios.push(measured.case.scenario);
+        }
+    }
+    scenarios
+}
+
+fn rows_of(results: &[Measured], scenario: Scenario) -> Vec<&Measured> {
+    results.iter().filter(|measured| measured.case.scenario == scenario).collect()
+}
+
+/// The contention levels of `rows`, in order.
+fn contentions_in(rows: &[&Measured]) -> Vec<&'static str> {
+    let mut contentions = Vec::new();
+    for measured in rows {
+        if !contentions.contains(&measured.case.contention) {
+            contentions.push(measured.case.contention);
+        }
+    }
+    contentions
+}
+
+/// The scenario's name on the command line.
+fn slug(scenario: Scenario) -> String {
+    scenario.to_possible_value().map_or_else(String::new, |value| value.get_name().to_owned())
+}
+
+fn bar_chart_file(scenario: Scenario) -> String {
+    format!("{}.svg", slug(scenario))
+}
+
+/// `coupon-rush-high-2000-users-100-coupons-latency.svg`: the scenario and
+/// the contention's words, without the thousands' commas.
+fn latency_chart_file(scenario: Scenario, contention: &str) -> String {
+    let words = contention.replace(',', "");
+    let words = words.split(|c: char| !c.is_alphanumeric()).filter(|word| !word.is_empty());
+    let mut file = slug(scenario);
+    for word in words {
+        file.push('-');
+        file.push_str(&word.to_lowercase());
+    }
+    file + "-latency.svg"
+}
+
+/// Each scenario's throughput bars, then the latency by percentile at each
+/// of its contention levels (of each case's round shown): (file, SVG).
+fn charts_of(results: &[Measured]) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for scenario in scenarios_in(results) {
+        let rows = rows_of(results, scenario);
+        let bars: Vec<charts::Bar> = rows.iter().map(|measured| bar_of(measured)).collect();
+        files.push((bar_chart_file(scenario), charts::bar_chart(&bars)));
+        for contention in contentions_in(&rows) {
+            let lines: Vec<charts::Line> = rows
+                .iter()
+                .filter(|measured| measured.case.contention == contention)
+                .map(|measured| charts::Line {
+                    strategy: measured.case.strategy.clone(),
+                    instances: measured.case.instances,
+                    points: measured.shown().distribution.clone(),
+                })
+                .collect();
+            let title = format!("{} · {contention}: latency by percentile", slug(scenario));
+            files.push((latency_chart_file(scenario, contention), charts::latency_chart(&title, &lines)));
+        }
+    }
+    files
+}
+
+fn bar_of(measured: &Measured) -> charts::Bar {
+    let case = &measured.case;
+    let throughputs = || measured.rounds.iter().map(|report| report.throughput);
+    charts::Bar {
+        label: format!("{} · {} · {}×", case.contention, case.strategy, case.instances),
+        instances: case.instances,
+        mean: measured.summary().throughput,
+        min: throughputs().fold(f64::INFINITY, f64::min),
+        max: throughputs().fold(0.0, f64::max),
     }
 }
 
@@ -222,149 +353,207 @@ fn machine() -> String {
     )
 }
 
-/// The reference line a scenario's throughput is a share of.
+/// The engine limit a scenario's throughput is a share of.
 fn limit_of(scenario: Scenario, limits: &Limits) -> Option<f64> {
     match scenario {
         Scenario::CouponRush | Scenario::CouponRushAsync => limits.gate_script,
         Scenario::ChargeStorm | Scenario::OrderRush => limits.hot_row,
-        Scenario::Mixed | Scenario::Events => None,
+        Scenario::Mixed | Scenario::Events | Scenario::Health => None,
     }
 }
 
-/// The same results for machines: the limits, then each run's case and
-/// report (`shop-bench run --json`'s).
-fn json(limits: &Limits, results: &[(Case, Report)]) -> anyhow::Result<String> {
+/// The same results for machines and `shop-bench diff`: the limits, then
+/// each case with its summary over the rounds and every round's report
+/// (`shop-bench run --json`'s).
+fn json(rounds: u32, limits: &Limits, results: &[Measured], machine: String) -> anyhow::Result<String> {
     #[derive(Serialize)]
     struct Run<'a> {
         case: &'a Case,
-        report: &'a Report,
+        summary: Summary,
+        rounds: &'a [Report],
     }
     #[derive(Serialize)]
     struct Benchmarks<'a> {
         date: String,
         machine: String,
+        rounds: u32,
         limits: &'a Limits,
         runs: Vec<Run<'a>>,
     }
-    let runs = results.iter().map(|(case, report)| Run { case, report }).collect();
-    let benchmarks =
-        Benchmarks { date: chrono::Utc::now().format("%Y-%m-%d").to_string(), machine: machine(), limits, runs };
-    Ok(serde_json::to_string_pretty(&benchmarks)? + "\n")
+    let runs = results
+        .iter()
+        .map(|measured| Run { case: &measured.case, summary: measured.summary(), rounds: &measured.rounds })
+        .collect();
+    let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    Ok(serde_json::to_string_pretty(&Benchmarks { date, machine, rounds, limits, runs })? + "\n")
 }
 
-fn markdown(base: &RunArgs, limits: &Limits, results: &[(Case, Report)]) -> anyhow::Result<String> {
-    let mut md = String::new();
-    writeln!(md, "# Benchmarks\n")?;
-    writeln!(
-        md,
-        "Written by `cargo run --release -p shop-bench -- compare` on {} ({} s per run, closed loop, {} connections, \
-         fresh database and spawned instances per run, {} database connections shared by the instances (at least 4 \
-         each); every run's invariants were checked). One run each on a \
-         shared 2-core machine: read differences under ~15 % as noise.\n",
-        chrono::Utc::now().format("%Y-%m-%d"),
-        base.seconds,
-        base.connections,
-        crate::TOTAL_POOL
-    )?;
-    writeln!(md, "## Machine\n\n{}", machine())?;
-    writeln!(md, "## Engine limits, measured in the same run\n")?;
-    let show = |rate: Option<f64>| rate.map_or("not measured (tool missing)".into(), |r| format!("{r:.0} /s"));
-    let by_clients: Vec<String> =
-        limits.hot_row_by_clients.iter().map(|(clients, rate)| format!("{rate:.0} /s with {clients}")).collect();
-    writeln!(
-        md,
-        "- PostgreSQL, `pgbench`: a single-row conditional `UPDATE` ({}); the best, **{}**, is the single row's limit",
-        if by_clients.is_empty() { "not measured".into() } else { by_clients.join(", ") },
-        show(limits.hot_row)
-    )?;
-    writeln!(
-        md,
-        "- Redis, `redis-benchmark`: the coupon gate's Lua script on a sold-out campaign, 64 clients: **{}**\n",
-        show(limits.gate_script)
-    )?;
-    writeln!(
-        md,
-        "coupon-rush is shown as a share of the gate script's rate; charge-storm and order-rush of the single-row update. \
-         CPU µs/req: the CPU time of the spawned instances and of PostgreSQL over the load (from `/proc`), per request. \
-         The same results, for machines: `benchmarks.json`.\n"
-    )?;
-    for &scenario in Scenario::value_variants() {
-        writeln!(md, "## {}\n", slug(scenario))?;
-        writeln!(md, "![{0}](benchmarks/{0}.svg)\n", slug(scenario))?;
-        writeln!(
-            md,
-            "| contention | strategy | instances | req/s | of limit | p50 ms | p99 ms | p99.9 ms | CPU µs/req: shop, PostgreSQL | answers | invariants |"
-        )?;
-        writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|")?;
-        for (case, report) in results.iter().filter(|(case, _)| case.scenario == scenario) {
-            let share = limit_of(scenario, limits)
-                .map_or("–".into(), |limit| format!("{:.0} %", 100.0 * report.throughput / limit));
-            let answers: Vec<String> =
-                report.answers.iter().map(|(answer, count)| format!("{answer}: {count}")).collect();
-            let mut invariants =
-                if report.broken_invariants.is_empty() { "hold".into() } else { report.broken_invariants.join("; ") };
-            if let Some(delivery) = &report.delivery {
-                invariants += &format!("; delivered {:.0} events/s", delivery.per_second);
-            }
-            if let Some(settled) = &report.settlement {
-                invariants += &format!(
-                    "; settled p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-                    settled.p50_ms, settled.p99_ms, settled.max_ms
-                );
-            }
-            let cpu = &report.cpu;
-            writeln!(
-                md,
-                "| {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.0}, {:.0} | {} | {} |",
-                case.contention,
-                case.strategy,
-                case.instances,
-                report.throughput,
-                share,
-                report.latency.p50_ms,
-                report.latency.p99_ms,
-                report.latency.p999_ms,
-                cpu.shop_us.unwrap_or(f64::NAN),
-                cpu.postgres_us,
-                answers.join(", "),
-                invariants
-            )?;
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::cpu::PerRequest;
+    use crate::load::{Latency, Point};
+
+    fn report(scenario: Scenario, throughput: f64, p99_ms: f64) -> Report {
+        let distribution = [(50.0, 0.25), (90.0, 0.5), (99.0, 1.0), (99.9, 2.0), (99.99, 3.0), (100.0, 4.0)]
+            .map(|(percentile, share)| Point { percentile, ms: p99_ms * share })
+            .to_vec();
+        Report {
+            scenario,
+            instances: 1,
+            strategies: Vec::new(),
+            connections: 64,
+            rate: None,
+            requests: (throughput * 2.0) as u64,
+            seconds: 2.0,
+            throughput,
+            single_row: None,
+            cpu: PerRequest { shop_us: Some(120.0), postgres_us: 80.0, load_generator_us: 30.0 },
+            latency: Latency {
+                p50_ms: p99_ms * 0.25,
+                p90_ms: p99_ms * 0.5,
+                p99_ms,
+                p999_ms: p99_ms * 2.0,
+                p9999_ms: p99_ms * 3.0,
+                max_ms: p99_ms * 4.0,
+            },
+            distribution,
+            answers: BTreeMap::from([("201".to_owned(), 100), ("409 COUPON_SOLD_OUT".to_owned(), 900)]),
+            scrapes: Default::default(),
+            settlement: None,
+            delivery: None,
+            broken_invariants: Vec::new(),
         }
-        writeln!(md)?;
     }
-    Ok(md)
-}
 
-/// A horizontal bar chart of throughput, one bar per run. Written by hand:
-/// the charting crates need a font backend (and a font file at run time)
-/// even to place SVG text, and one series of bars is a few lines of markup.
-fn bar_chart(rows: &[&(Case, Report)]) -> String {
-    let (bar_height, label_width, chart_width) = (18.0, 430.0, 360.0);
-    let top = rows.iter().map(|(_, report)| report.throughput).fold(1.0, f64::max);
-    let height = 20.0 + bar_height * rows.len() as f64;
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="11">"#,
-        label_width + chart_width + 70.0
-    );
-    for (i, (case, report)) in rows.iter().enumerate() {
-        let y = 10.0 + bar_height * i as f64;
-        let width = chart_width * report.throughput / top;
-        let colour = if case.instances == 1 { "#4c78a8" } else { "#f58518" };
-        let label = format!("{} · {} · {}×", case.contention, case.strategy, case.instances);
-        let _ = write!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{}" y="{}" width="{width:.1}" height="{}" fill="{colour}"/><text x="{}" y="{}">{:.0}/s</text>"#,
-            label_width - 6.0,
-            y + 12.0,
-            label.replace('&', "&amp;").replace('<', "&lt;"),
-            label_width,
-            y + 2.0,
-            bar_height - 4.0,
-            label_width + width + 4.0,
-            y + 12.0,
-            report.throughput
-        );
+    /// A case of `scenario` with a report per round: (throughput, p99 ms).
+    fn measured(
+        scenario: Scenario,
+        contention: &'static str,
+        strategy: &str,
+        instances: usize,
+        rounds: &[(f64, f64)],
+    ) -> Measured {
+        let case = Case {
+            scenario,
+            contention,
+            variable: "COUPON_STRATEGY",
+            strategy: strategy.to_owned(),
+            instances,
+            stock: Some(100),
+            wallets: 1,
+            products: 1,
+        };
+        let rounds = rounds.iter().map(|&(throughput, p99)| report(scenario, throughput, p99)).collect();
+        Measured { case, rounds }
     }
-    svg.push_str("</svg>\n");
-    svg
+
+    fn limits() -> Limits {
+        Limits {
+            ceiling: 20_000.0,
+            hot_row_by_clients: vec![(1, 4000.0)],
+            hot_row: Some(4000.0),
+            gate_script: Some(100_000.0),
+        }
+    }
+
+    fn results() -> Vec<Measured> {
+        let high = "high: 2,000 users, 100 coupons";
+        let low = "low: 2,000 users, 1,000,000 coupons";
+        let mut results = Vec::new();
+        for instances in [1, 3] {
+            for strategy in ["atomic", "redis-gate"] {
+                for contention in [high, low] {
+                    results.push(measured(
+                        Scenario::CouponRush,
+                        contention,
+                        strategy,
+                        instances,
+                        &[(11_000.0, 8.0), (9_000.0, 12.0)],
+                    ));
+                }
+            }
+        }
+        results.push(measured(Scenario::Mixed, "defaults", "defaults", 1, &[(6_000.0, 20.0), (6_000.0, 20.0)]));
+        results
+    }
+
+    fn base() -> RunArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        Wrapper::parse_from(["shop-bench", "mixed", "--seconds", "2"]).args
+    }
+
+    #[test]
+    fn latency_chart_files_are_named_by_scenario_and_contention() {
+        assert_eq!(
+            latency_chart_file(Scenario::CouponRush, "high: 2,000 users, 100 coupons"),
+            "coupon-rush-high-2000-users-100-coupons-latency.svg"
+        );
+        assert_eq!(
+            latency_chart_file(Scenario::OrderRush, "high, scarce: one product of 100"),
+            "order-rush-high-scarce-one-product-of-100-latency.svg"
+        );
+        assert_eq!(bar_chart_file(Scenario::CouponRushAsync), "coupon-rush-async.svg");
+    }
+
+    #[test]
+    fn every_chart_the_markdown_shows_is_written() {
+        let results = results();
+        let files: Vec<String> = charts_of(&results).into_iter().map(|(file, _)| file).collect();
+        assert_eq!(
+            files,
+            [
+                "coupon-rush.svg",
+                "coupon-rush-high-2000-users-100-coupons-latency.svg",
+                "coupon-rush-low-2000-users-1000000-coupons-latency.svg",
+                "mixed.svg",
+                "mixed-defaults-latency.svg",
+            ]
+        );
+        let md = markdown::markdown(&base(), 2, &limits(), &results, "- a machine\n").expect("markdown");
+        let shown: Vec<&str> = md.split("](benchmarks/").skip(1).filter_map(|rest| rest.split(')').next()).collect();
+        assert_eq!(shown, files);
+    }
+
+    #[test]
+    fn a_latency_chart_has_a_line_per_strategy_and_instance_count() {
+        let results = results();
+        let (_, svg) = charts_of(&results).into_iter().nth(1).expect("a latency chart");
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert!(svg.contains("coupon-rush · high: 2,000 users, 100 coupons: latency by percentile"));
+    }
+
+    #[test]
+    fn tables_show_the_mean_the_noise_and_the_shares() {
+        let mut results = results();
+        results[0].rounds[1].broken_invariants.push("101 coupons issued".to_owned());
+        let md = markdown::markdown(&base(), 2, &limits(), &results, "- a machine\n").expect("markdown");
+        assert!(md.contains(
+            "| req/s | noise: req/s, p99 | of limit | of ceiling | p50 ms | p99 ms | p99.9 ms | p99.99 ms |"
+        ));
+        // Mean 10,000/s, spread 20 % and 40 %; 10 % of the gate script and
+        // 50 % of the ceiling; the slower round's p99 (12 ms) and p99.99 (36 ms).
+        let row = "| high: 2,000 users, 100 coupons | atomic | 1 | 10000 | 20 %, 40 % | 10 % | 50 % | 3.00 | 12.00 | 24.00 | 36.00 | 120, 80 |";
+        assert!(md.contains(row), "{md}");
+        assert!(md.contains("| round 2: 101 coupons issued |"), "{md}");
+        // Mixed has no engine limit, but a share of the ceiling.
+        assert!(md.contains("| defaults | defaults | 1 | 6000 | 0 %, 0 % | – | 30 % |"), "{md}");
+        assert!(md.contains("ceiling, `GET /health/live` on one spawned instance, 64 connections: **20000 /s**"));
+        assert!(md.contains("The whole matrix ran 2 times"));
+    }
+
+    #[test]
+    fn one_round_says_no_noise_was_measured() {
+        let results = vec![measured(Scenario::CouponRush, "high", "atomic", 1, &[(1_000.0, 5.0)])];
+        let md = markdown::markdown(&base(), 1, &limits(), &results, "- a machine\n").expect("markdown");
+        assert!(md.contains("One round: no run-to-run noise was measured"));
+        assert!(md.contains("| high | atomic | 1 | 1000 | – | 1 % | 5 % |"), "{md}");
+    }
 }

@@ -48,7 +48,19 @@ pub struct Latency {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    pub p9999_ms: f64,
     pub max_ms: f64,
+}
+
+/// The percentiles a distribution is drawn through: two between each
+/// "nine", where a tail's bend shows.
+const DISTRIBUTION_PERCENTILES: [f64; 9] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99];
+
+/// One point of the latency distribution; percentile 100 is the maximum.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Point {
+    pub percentile: f64,
+    pub ms: f64,
 }
 
 impl Outcome {
@@ -57,14 +69,27 @@ impl Outcome {
     }
 
     pub fn latency(&self) -> Latency {
-        let ms = |micros: u64| micros as f64 / 1000.0;
         Latency {
-            p50_ms: ms(self.histogram.value_at_quantile(0.50)),
-            p90_ms: ms(self.histogram.value_at_quantile(0.90)),
-            p99_ms: ms(self.histogram.value_at_quantile(0.99)),
-            p999_ms: ms(self.histogram.value_at_quantile(0.999)),
-            max_ms: ms(self.histogram.max()),
+            p50_ms: self.ms_at(50.0),
+            p90_ms: self.ms_at(90.0),
+            p99_ms: self.ms_at(99.0),
+            p999_ms: self.ms_at(99.9),
+            p9999_ms: self.ms_at(99.99),
+            max_ms: self.ms_at(100.0),
         }
+    }
+
+    /// The latency at each of [`DISTRIBUTION_PERCENTILES`], then the maximum.
+    pub fn distribution(&self) -> Vec<Point> {
+        DISTRIBUTION_PERCENTILES
+            .into_iter()
+            .chain([100.0])
+            .map(|percentile| Point { percentile, ms: self.ms_at(percentile) })
+            .collect()
+    }
+
+    fn ms_at(&self, percentile: f64) -> f64 {
+        self.histogram.value_at_percentile(percentile) as f64 / 1000.0
     }
 
     /// How many answers had this key (`"201"`, `"409 COUPON_SOLD_OUT"`, …).
@@ -194,4 +219,33 @@ async fn show_progress(sequence: Arc<AtomicU64>, done: Arc<AtomicBool>, started:
         last = sent;
     }
     eprintln!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome_of(micros: impl IntoIterator<Item = u64>) -> Outcome {
+        let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+        for value in micros {
+            histogram.record(value).expect("in bounds");
+        }
+        let requests = histogram.len();
+        Outcome { histogram, answers: BTreeMap::new(), requests, elapsed: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn the_distribution_rises_to_the_maximum() {
+        // 1 µs to 10 ms, one request each: the p-th percentile is p % of 10 ms.
+        let outcome = outcome_of(1..=10_000);
+        let distribution = outcome.distribution();
+        let percentiles: Vec<f64> = distribution.iter().map(|point| point.percentile).collect();
+        assert_eq!(percentiles, [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0]);
+        assert!(distribution.windows(2).all(|pair| pair[0].ms <= pair[1].ms), "{distribution:?}");
+        let latency = outcome.latency();
+        assert!((latency.p50_ms - 5.0).abs() < 0.01, "{latency:?}");
+        assert!((latency.p9999_ms - 9.999).abs() < 0.01, "{latency:?}");
+        assert_eq!(latency.max_ms, outcome.histogram.max() as f64 / 1000.0);
+        assert_eq!(distribution.last().map(|point| point.ms), Some(latency.max_ms));
+    }
 }

@@ -3,17 +3,23 @@
 //! percentiles from an HDR histogram and the answers by code, then checks
 //! the scenario's invariants in the database and fails if one is broken.
 //!
-//! - [`compare`]: every scenario under every strategy, into `docs/benchmarks.md`.
+//! - [`compare`]: every scenario under every strategy, in rounds, into `docs/benchmarks.md`.
+//! - [`diff`]: two `compare` results, flagging what moved beyond the noise.
+//! - [`rounds`]: the figures of a case's rounds, and their noise.
 //! - [`load`]: the closed/open-loop driver and its histogram.
+//! - [`scrape`]: `/metrics` fetched every second during the load.
 //! - [`scenario`]: what each scenario sends and must leave behind.
 //! - [`targets`]: instances given by URL, or spawned on a fresh database.
 //! - [`setup`]: users, products and campaigns through the API.
 
 mod compare;
 mod cpu;
+mod diff;
 mod load;
 mod receiver;
+mod rounds;
 mod scenario;
+mod scrape;
 mod setup;
 mod targets;
 
@@ -24,7 +30,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use load::{Latency, Outcome, Pace, Stop};
+use load::{Latency, Outcome, Pace, Point, Stop};
 use scenario::{Scenario, Setup};
 use setup::Api;
 use targets::{Spawn, Targets};
@@ -49,9 +55,15 @@ enum Command {
     /// Runs one scenario and reports it.
     Run(Box<RunArgs>),
     /// Runs every scenario under every strategy, at high and low contention,
-    /// on one and three instances, beside the engine limits, and writes
-    /// `docs/benchmarks.md` with SVG charts.
+    /// on one and three instances, `--rounds` times round after round (each
+    /// case's noise is their spread), beside the engine limits and the
+    /// shop's ceiling (`GET /health/live`), and writes `docs/benchmarks.md`
+    /// with SVG charts (throughput, and latency by percentile) and
+    /// `docs/benchmarks.json`.
     Compare(CompareArgs),
+    /// Compares two `benchmarks.json` case by case, flagging the throughput
+    /// and p99 that moved by more than the case's run-to-run noise.
+    Diff(DiffArgs),
 }
 
 #[derive(Args)]
@@ -59,6 +71,10 @@ struct CompareArgs {
     /// Seconds per run.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Times the whole matrix runs, round after round; with one, no noise
+    /// is measured.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     #[arg(long, default_value_t = 64)]
     connections: usize,
     #[arg(long, default_value_t = 2000)]
@@ -70,6 +86,17 @@ struct CompareArgs {
     /// Where `benchmarks.md` and its charts go.
     #[arg(long, default_value = "docs")]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// The earlier `benchmarks.json`.
+    old: PathBuf,
+    /// The later one.
+    new: PathBuf,
+    /// Exit 1 when a figure got slower by more than its noise.
+    #[arg(long)]
+    fail_on_regression: bool,
 }
 
 #[derive(Args, Clone)]
@@ -127,6 +154,10 @@ pub(crate) struct RunArgs {
     pooler: Option<String>,
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// The `/metrics` URL of each --target, when they serve it on their
+    /// METRICS_ADDR (default: each target's own `/metrics`).
+    #[arg(long = "metrics", conflicts_with = "spawn")]
+    metrics_urls: Vec<String>,
     /// The database of the --target shop, for the invariant checks.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
@@ -154,7 +185,11 @@ pub(crate) struct Report {
     /// CPU time per request, over the load (not its preparation).
     cpu: cpu::PerRequest,
     latency: Latency,
+    /// The latency at percentiles from 50 to 99.99, then 100 (the maximum).
+    distribution: Vec<Point>,
     answers: std::collections::BTreeMap<String, u64>,
+    /// `/metrics` fetched during the load, as Prometheus would.
+    scrapes: scrape::Scrapes,
     /// Asynchronous scenarios: from acceptance to the final state.
     settlement: Option<scenario::Settlement>,
     /// The events scenario: how fast the backlog drained.
@@ -186,13 +221,15 @@ async fn main() -> ExitCode {
                 postgres: args.postgres,
                 pooler: None,
                 redis_url: args.redis_url,
+                metrics_urls: Vec::new(),
                 database_url: None,
                 admin_email: "admin@shop.local".into(),
                 admin_password: "admin-password".into(),
                 json: None,
             };
-            compare::compare(&base, &args.out).await.map(|()| true)
+            compare::compare(&base, args.rounds, &args.out).await.map(|()| true)
         }
+        Command::Diff(args) => diff::diff(&args.old, &args.new, args.fail_on_regression),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -254,9 +291,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let outcome = measure(&args, &targets).await;
-    let report = match outcome {
-        Ok((prepared, outcome, cpu)) => {
+    let measured = measure(&args, &targets).await;
+    let report = match measured {
+        Ok(Load { prepared, outcome, cpu, scrapes }) => {
             let checked = match &targets.db {
                 Some(db) => {
                     async {
@@ -294,7 +331,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 single_row,
                 cpu,
                 latency: outcome.latency(),
+                distribution: outcome.distribution(),
                 answers: outcome.answers,
+                scrapes,
                 settlement,
                 delivery,
                 broken_invariants: broken,
@@ -342,7 +381,15 @@ async fn delivery(receiver: &receiver::Receiver, db: &sqlx::PgPool) -> anyhow::R
     Ok(Delivery { events, drained_in_s, per_second: (events - undelivered) as f64 / drained_in_s, undelivered })
 }
 
-async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<(scenario::Prepared, Outcome, cpu::PerRequest)> {
+/// A run's load and what it left to check.
+struct Load {
+    prepared: scenario::Prepared,
+    outcome: Outcome,
+    cpu: cpu::PerRequest,
+    scrapes: scrape::Scrapes,
+}
+
+async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<Load> {
     // The TLS provider the shop's HTTP client builds on (both share one reqwest).
     rustls::crypto::ring::default_provider().install_default().ok();
     let client =
@@ -364,11 +411,18 @@ async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<(scenario:
         .await?;
     let pace = args.rate.map_or(Pace::Closed, |rate| Pace::Open { rate });
     let stop = args.requests.map_or(Stop::After(Duration::from_secs_f64(args.seconds)), Stop::Requests);
+    let metrics_urls = if args.metrics_urls.is_empty() {
+        targets.urls.iter().map(|url| format!("{url}/metrics")).collect()
+    } else {
+        args.metrics_urls.clone()
+    };
     let shop = targets.spawned_pids();
     let before = cpu::Sample::take(&shop);
+    let scraper = scrape::Scraper::start(&metrics_urls)?;
     let outcome = load::drive(&client, args.connections, pace, stop, prepared.next.clone()).await;
+    let scrapes = scraper.stop();
     let cpu = before.per_request(&cpu::Sample::take(&shop), outcome.requests, !shop.is_empty());
-    Ok((prepared, outcome, cpu))
+    Ok(Load { prepared, outcome, cpu, scrapes })
 }
 
 fn print_table(report: &Report) {
@@ -386,12 +440,17 @@ fn print_table(report: &Report) {
     }
     let l = &report.latency;
     println!(
-        "  latency ms  p50 {:.2}   p90 {:.2}   p99 {:.2}   p99.9 {:.2}   max {:.2}",
-        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+        "  latency ms  p50 {:.2}   p90 {:.2}   p99 {:.2}   p99.9 {:.2}   p99.99 {:.2}   max {:.2}",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.p9999_ms, l.max_ms
     );
     let cpu = &report.cpu;
     let shop = cpu.shop_us.map_or("shop not spawned here".to_owned(), |shop| format!("shop {shop:.0}"));
     println!("  cpu µs/req  {shop}   postgres {:.0}   load generator {:.0}", cpu.postgres_us, cpu.load_generator_us);
+    let scrapes = &report.scrapes;
+    println!(
+        "  scrapes     {} of /metrics, {} failed (each instance, every second)",
+        scrapes.succeeded, scrapes.failed
+    );
     for (answer, count) in &report.answers {
         println!("  {answer:<32} {count:>10}");
     }

@@ -30,6 +30,9 @@ pub enum Scenario {
     /// platform: their backlog built while the receiver refuses, then
     /// drained (reports delivered events per second).
     Events,
+    /// `GET /health/live` alone: no database, no Redis, no JSON read. The
+    /// most any request can do here, the ceiling others are a share of.
+    Health,
 }
 
 /// How long accepted asynchronous requests took to become final.
@@ -53,6 +56,7 @@ enum Check {
     QueuedCoupons { code: String, total: i64 },
     Charges { user_ids: Vec<i64> },
     Stock { product_ids: Vec<i64>, initial: i64 },
+    AllOk,
     Nothing,
 }
 
@@ -146,6 +150,15 @@ impl Scenario {
             }
             Scenario::Mixed => mixed(setup, urls).await,
             Scenario::Events => payments(setup, urls).await,
+            Scenario::Health => {
+                let next = move |n: u64| Request {
+                    method: Method::GET,
+                    url: round_robin(&urls, n, "/health/live"),
+                    token: None,
+                    body: None,
+                };
+                Ok(Prepared { next: Arc::new(next), check: Check::AllOk })
+            }
         }
     }
 
@@ -236,6 +249,12 @@ impl Scenario {
                 let made = initial * product_ids.len() as i64;
                 if stock != made - sold {
                     broken.push(format!("stock {stock} ≠ {made} − {sold} orders placed"));
+                }
+            }
+            Check::AllOk => {
+                let others = outcome.requests - outcome.count("200");
+                if others > 0 {
+                    broken.push(format!("{others} of {} answers were not 200", outcome.requests));
                 }
             }
             Check::Nothing => {}
