@@ -148,8 +148,7 @@ impl Issuance {
             let ids: Vec<_> = requests.iter().map(|request| request.id).collect();
             let rows: HashMap<Uuid, bool> = issue_requests::lock_among(&mut tx, &ids).await?.into_iter().collect();
             let users: Vec<i64> = requests.iter().map(|request| request.user_id).collect();
-            let mut held: HashSet<i64> =
-                issue_requests::holders_among(&mut tx, type_id, &users).await?.into_iter().collect();
+            let mut held: HashSet<i64> = coupons::holders_among(&mut tx, type_id, &users).await?.into_iter().collect();
             let mut seen = HashSet::new();
             let mut left = coupon_type.terms.total_quantity - issued;
             let (mut issuing, mut refused) = (Vec::new(), Vec::new());

@@ -246,6 +246,17 @@ pub async fn insert(
     .await
 }
 
+/// Of these users, the ones that hold a coupon of the campaign.
+pub async fn holders_among(conn: &mut PgConnection, type_id: i64, user_ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT user_id FROM coupons WHERE coupon_type_id = $1 AND user_id = ANY($2)",
+        type_id,
+        user_ids,
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// Writes one coupon per user (valid for the campaign's days, each under
 /// its gate grant) and counts them as issued, in two statements; returns
 /// the coupons in the order of `users`. Past the total,

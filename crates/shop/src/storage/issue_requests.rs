@@ -72,17 +72,6 @@ pub async fn lock_among(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(Uu
     Ok(rows.into_iter().map(|row| (row.id, row.pending)).collect())
 }
 
-/// Of these users, the ones that hold a coupon of the campaign.
-pub async fn holders_among(conn: &mut PgConnection, type_id: i64, user_ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "SELECT user_id FROM coupons WHERE coupon_type_id = $1 AND user_id = ANY($2)",
-        type_id,
-        user_ids,
-    )
-    .fetch_all(conn)
-    .await
-}
-
 /// Records how each request ended, inserting any that was queued but never
 /// written (its instance died in between); a request already finished
 /// keeps its first outcome.

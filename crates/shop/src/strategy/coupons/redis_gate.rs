@@ -35,9 +35,12 @@
 //! one insert of their coupons — so that the second in which a drop's
 //! coupons are written, while later requests wait on pending grants to
 //! learn they are sold out, lasts a few batches instead of a row lock per
-//! coupon. A batch refused as a whole (a constraint) is written one grant
-//! at a time, each with its own answer; one whose COMMIT's outcome is
-//! unknown leaves its grants pending for the reconciler.
+//! coupon. The batch decides its grants under the campaign row's lock, as
+//! the database sees them, so a gate that granted more than the database
+//! has left costs no redo; a batch that fails all the same (a lost
+//! connection) is written one grant at a time, each with its own answer,
+//! and one whose COMMIT's outcome is unknown leaves its grants pending for
+//! the reconciler.
 //!
 //! If Redis loses the keys (a restart without persistence), the script says
 //! so and the gate is rebuilt from PostgreSQL before it answers again: one
@@ -49,7 +52,7 @@
 //! refuse the surplus. Redis must not evict these keys
 //! (`maxmemory-policy noeviction`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -546,7 +549,7 @@ async fn write_grants(db: Db, grants: Vec<Granted>) -> Vec<Result<Issued, AppErr
         return vec![write_one(&db, grant).await];
     }
     match write_together(&db, &grants).await {
-        Ok(issued) => issued.into_iter().map(Ok).collect(),
+        Ok(answers) => answers,
         Err(failure) => batcher::one_by_one("coupons", &grants, failure, |grant| write_one(&db, grant)).await,
     }
 }
@@ -558,11 +561,17 @@ async fn write_one(db: &Db, grant: &Granted) -> Result<Issued, AppError> {
     .await
 }
 
-/// Counts and writes every grant's coupon in one transaction, campaign by
-/// campaign in ascending id (the order every writer takes campaign rows),
-/// with each answer stored under its request's Idempotency-Key. A
-/// constraint that refuses any grant fails the lot, and nothing is written.
-async fn write_together(db: &Db, grants: &[Granted]) -> Result<Vec<Issued>, AppError> {
+/// Writes the grants' coupons in one transaction, campaign by campaign in
+/// ascending id (the order every writer takes campaign rows). Under each
+/// campaign's row lock the grants are decided in arrival order as the
+/// database sees them — a user holding one already is refused
+/// `COUPON_ALREADY_ISSUED`, one past the total `COUPON_SOLD_OUT` (a gate
+/// may grant more than the database has left: an asynchronous request took
+/// a unit without a grant, or the reconciler returned a unit under a live
+/// writer) — so that no constraint fails the batch and no grant waits for
+/// a redo one at a time. The winners' answers are stored under their
+/// Idempotency-Keys in the same transaction.
+async fn write_together(db: &Db, grants: &[Granted]) -> Result<Vec<Result<Issued, AppError>>, AppError> {
     let mut by_campaign: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
     for (index, grant) in grants.iter().enumerate() {
         by_campaign.entry(grant.coupon_type.id).or_default().push(index);
@@ -570,23 +579,41 @@ async fn write_together(db: &Db, grants: &[Granted]) -> Result<Vec<Issued>, AppE
     let mut tx = Tx::begin(db).await?;
     // The gate has decided; others racing now get its answer.
     fail::fail_point!("coupons::issue::read");
-    let mut issued = Vec::with_capacity(grants.len());
+    let mut answers: Vec<Option<Result<Issued, AppError>>> = grants.iter().map(|_| None).collect();
     for (type_id, indexes) in by_campaign {
+        let (issued, total) = coupons::lock_type(&mut tx, type_id).await?;
         let users: Vec<i64> = indexes.iter().map(|&index| grants[index].user_id).collect();
-        let marks: Vec<Option<i64>> = indexes.iter().map(|&index| grants[index].grant).collect();
-        let valid_days = grants[indexes[0]].coupon_type.terms.valid_days;
-        let coupons = coupons::issue_many(&mut tx, type_id, valid_days, &users, &marks).await?;
-        if coupons.len() != indexes.len() {
-            return Err(AppError::internal(anyhow::anyhow!("a batch of grants wrote fewer coupons than asked")));
+        let mut held: HashSet<i64> = coupons::holders_among(&mut tx, type_id, &users).await?.into_iter().collect();
+        let mut left = total - issued;
+        let mut winners = Vec::new();
+        for index in indexes {
+            if !held.insert(grants[index].user_id) {
+                answers[index] = Some(Err(AppError::CouponAlreadyIssued));
+            } else if left > 0 {
+                left -= 1;
+                winners.push(index);
+            } else {
+                answers[index] = Some(Err(AppError::CouponSoldOut));
+            }
         }
-        issued.extend(
-            indexes.into_iter().zip(coupons).map(|(index, coupon)| (index, Issued { coupon, last_unit: false })),
-        );
+        if winners.is_empty() {
+            continue;
+        }
+        let users: Vec<i64> = winners.iter().map(|&index| grants[index].user_id).collect();
+        let marks: Vec<Option<i64>> = winners.iter().map(|&index| grants[index].grant).collect();
+        let valid_days = grants[winners[0]].coupon_type.terms.valid_days;
+        let coupons = coupons::issue_many(&mut tx, type_id, valid_days, &users, &marks).await?;
+        for (index, coupon) in winners.into_iter().zip(coupons) {
+            let issued = Issued { coupon, last_unit: false };
+            save_response(&mut tx, &grants[index].coupon_type, &issued, grants[index].claim.as_ref()).await?;
+            answers[index] = Some(Ok(issued));
+        }
     }
-    issued.sort_by_key(|(index, _)| *index);
-    for (grant, (_, issued)) in grants.iter().zip(&issued) {
-        save_response(&mut tx, &grant.coupon_type, issued, grant.claim.as_ref()).await?;
-    }
+    // Checked before the commit: a batch that failed is redone one by one.
+    let answers: Vec<Result<Issued, AppError>> = answers
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("a grant of a batch was left unanswered")))?;
     tx.commit().await?;
-    Ok(issued.into_iter().map(|(_, issued)| issued).collect())
+    Ok(answers)
 }

@@ -8,7 +8,7 @@ use shop::config::CouponStrategyKind;
 use std::time::Duration;
 
 use super::{count, together, together_with_bodies};
-use crate::support::{TestApp, spawn_app_with};
+use crate::support::{TestApp, User, spawn_app_with};
 
 async fn app_with(strategy: CouponStrategyKind) -> TestApp {
     spawn_app_with(|config| {
@@ -32,11 +32,36 @@ async fn issued_rows(app: &TestApp, code: &str) -> (i64, i64) {
     .unwrap()
 }
 
+/// The answers of a rush once every request told 503 — retry later,
+/// nothing changed (a pool or a lock queue busy past the request's deadline
+/// on a loaded machine) — was asked again, one at a time, as its client
+/// would.
+async fn after_retries(
+    app: &TestApp,
+    code: &str,
+    users: &[User],
+    outcomes: Vec<(StatusCode, Option<String>)>,
+) -> Vec<(StatusCode, Option<String>)> {
+    let mut answers = Vec::with_capacity(outcomes.len());
+    for (user, outcome) in users.iter().zip(outcomes) {
+        if outcome == (StatusCode::SERVICE_UNAVAILABLE, Some("SERVICE_UNAVAILABLE".to_owned())) {
+            let response = app.issue_coupon(user, code).await;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            answers.push((status, body["code"].as_str().map(str::to_owned)));
+        } else {
+            answers.push(outcome);
+        }
+    }
+    answers
+}
+
 async fn a_thousand_users_race_for_a_hundred(strategy: CouponStrategyKind) {
     let app = app_with(strategy).await;
     let code = app.create_coupon_type("RUSH", 100, json!({})).await;
     let users = app.bulk_users(1000).await;
     let outcomes = together(users.iter().map(|user| app.issue_coupon(user, &code)).collect()).await;
+    let outcomes = after_retries(&app, &code, &users, outcomes).await;
     assert_eq!(count(&outcomes, StatusCode::CREATED), 100, "{strategy:?}");
     for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
         assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")));
@@ -60,7 +85,10 @@ async fn one_user_firing_fifty_gets_one(strategy: CouponStrategyKind) {
 
 /// A rush where every third user asks synchronously and the others
 /// asynchronously: the two paths together issue exactly the total, and
-/// every accepted request is final within 5 s.
+/// every accepted request becomes final. A synchronous request may be told
+/// 503, retry later (its campaign's grants still pending, or the pool busy
+/// past its wait on a loaded machine): changing nothing, it is retried after
+/// the rush and must then get a final answer.
 pub async fn a_mixed_rush_issues_exactly_the_total(strategy: CouponStrategyKind) {
     let app = app_with(strategy).await;
     let code = app.create_coupon_type("MIXED", 100, json!({})).await;
@@ -78,24 +106,35 @@ pub async fn a_mixed_rush_issues_exactly_the_total(strategy: CouponStrategyKind)
         .collect();
     let answers = together_with_bodies(requests).await;
     let mut accepted = Vec::new();
+    let mut retry = Vec::new();
     let mut issued_at_once = 0;
     for ((status, body), user) in answers.iter().zip(&users) {
-        match *status {
-            StatusCode::ACCEPTED => {
+        match (*status, body["code"].as_str()) {
+            (StatusCode::ACCEPTED, _) => {
                 assert_eq!(body["status"], "PENDING");
                 accepted.push((body["requestId"].as_str().unwrap().to_owned(), user.token.clone()));
             }
-            StatusCode::CREATED => issued_at_once += 1,
-            _ => assert_eq!((*status, body["code"].as_str()), (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT"))),
+            (StatusCode::CREATED, _) => issued_at_once += 1,
+            (StatusCode::SERVICE_UNAVAILABLE, Some("SERVICE_UNAVAILABLE")) => retry.push(user),
+            answer => assert_eq!(answer, (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT"))),
         }
     }
-    let views = app.await_issue_requests(&accepted, Duration::from_secs(5)).await;
+    let views = app.await_issue_requests(&accepted, Duration::from_secs(15)).await;
     let mut issued_later = 0;
     for view in &views {
         match view["status"].as_str() {
             Some("ISSUED") => issued_later += 1,
             Some("REJECTED") => assert_eq!(view["reason"], "SOLD_OUT", "{view}"),
-            _ => panic!("{strategy:?}: a request still not final after 5 s: {view}"),
+            _ => panic!("{strategy:?}: a request still not final after 15 s: {view}"),
+        }
+    }
+    for user in retry {
+        let response = app.issue_coupon(user, &code).await;
+        match response.status() {
+            StatusCode::CREATED => issued_at_once += 1,
+            _ => {
+                crate::support::assert_problem(response, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+            }
         }
     }
     assert_eq!(issued_at_once + issued_later, 100, "{strategy:?}: {issued_at_once} at once, {issued_later} later");
@@ -248,6 +287,44 @@ async fn a_failed_write_gives_the_unit_back() {
     assert_eq!(app.redis_hash_field(&left, "left").await, Some(2), "the unit came back");
     assert_eq!(app.issue_coupon(&late, &code).await.status(), StatusCode::CREATED);
     assert_eq!(app.redis_hash_field(&left, "left").await, Some(1));
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grants_the_database_cannot_cover_are_each_answered_what_it_has() {
+    let app = app_with(CouponStrategyKind::RedisGate).await;
+    let code = app.create_coupon_type("SHORT", 10, json!({})).await;
+    assert_eq!(app.issue_coupon(&app.new_user().await, &code).await.status(), StatusCode::CREATED);
+    // Three coupons the gate does not know of (as if taken while Redis was
+    // away): the gate will grant nine units where the database has six.
+    let holders = app.bulk_users(3).await;
+    for holder in &holders {
+        sqlx::query(
+            "WITH counted AS (UPDATE coupon_types SET issued_quantity = issued_quantity + 1 WHERE code = $2 RETURNING id)
+             INSERT INTO coupons (coupon_type_id, user_id, expires_at) SELECT id, $1, now() + interval '1 day' FROM counted",
+        )
+        .bind(holder.id)
+        .bind(&code)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    let mut rush = app.bulk_users(9).await;
+    rush.push(holders[0].clone());
+    let outcomes = together(rush.iter().map(|user| app.issue_coupon(user, &code)).collect()).await;
+
+    assert_eq!(count(&outcomes, StatusCode::CREATED), 6, "{outcomes:?}");
+    for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
+        assert_eq!(*status, StatusCode::CONFLICT, "{outcomes:?}");
+        assert!(matches!(code.as_deref(), Some("COUPON_SOLD_OUT" | "COUPON_ALREADY_ISSUED")), "{outcomes:?}");
+    }
+    let holders_answer = &outcomes.last().unwrap().1;
+    assert!(matches!(holders_answer.as_deref(), Some("COUPON_ALREADY_ISSUED" | "COUPON_SOLD_OUT")));
+    assert_eq!(issued_rows(&app, &code).await, (10, 10));
+    // Every grant was settled by its request, none left to the reconciler.
+    let type_id: i64 =
+        sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1").bind(&code).fetch_one(&app.db).await.unwrap();
+    assert_eq!(app.redis_zcard(&app.coupon_gate_key(type_id, "pending")).await, 0);
     app.assert_invariants().await;
 }
 
