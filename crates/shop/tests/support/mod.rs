@@ -438,8 +438,6 @@ pub fn user_from(body: Value) -> User {
     }
 }
 
-/// `count` accounts inserted into `db` in one statement, signed in with the
-/// test secret.
 /// See [`TestApp::await_issue_requests`]; `url` makes a path absolute.
 pub async fn await_issue_requests(
     client: &reqwest::Client,
@@ -472,9 +470,13 @@ pub async fn await_issue_requests(
 /// shop's own HTTP client needs one chosen (whichever test runs first).
 pub fn http_client() -> reqwest::ClientBuilder {
     rustls::crypto::ring::default_provider().install_default().ok();
-    reqwest::Client::builder()
+    // The shop closes a keep-alive connection idle for 15 s; a client that
+    // keeps it longer may send on one the shop is closing and read nothing
+    // back (hyper's IncompleteMessage), so idle connections go first.
+    reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5))
 }
 
+/// See [`TestApp::bulk_users`].
 pub async fn bulk_users(db: &PgPool, count: usize) -> Vec<User> {
     let run = Uuid::new_v4().simple().to_string();
     let ids: Vec<i64> = sqlx::query_scalar(

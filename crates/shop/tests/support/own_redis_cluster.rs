@@ -141,7 +141,12 @@ fn spawn(dir: &std::path::Path, port: u16, bus: u16) -> Child {
 
 async fn query<T: redis::FromRedisValue>(port: u16, command: &redis::Cmd) -> redis::RedisResult<T> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let mut redis = client.get_multiplexed_async_connection().await?;
+    // The client's default half-second reply wait is too short for a node
+    // busy forming a cluster on a loaded machine.
+    let patient = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    let mut redis = client.get_multiplexed_async_connection_with_config(&patient).await?;
     command.query_async(&mut redis).await
 }
 
