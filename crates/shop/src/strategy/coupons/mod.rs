@@ -122,9 +122,8 @@ pub trait CouponStrategy: Send + Sync {
         Duration::ZERO
     }
 
-    /// An issue asked for over HTTP: held, written in a transaction of its
-    /// own with its answer stored under the request's Idempotency-Key,
-    /// settled.
+    /// An issue asked for over HTTP: held, written (see
+    /// [`CouponStrategy::write`]), settled.
     #[tracing::instrument(skip_all, fields(user_id, coupon_type = coupon_type.terms.code.as_str(), strategy = ?self.kind()))]
     async fn issue_alone(
         &self,
@@ -135,10 +134,23 @@ pub trait CouponStrategy: Send + Sync {
     ) -> Result<CouponView, AppError> {
         coupon_type.check_window(Utc::now()).map_err(|_| AppError::CouponNotOpen)?;
         let hold = self.hold(db, coupon_type, user_id).await?;
-        let issued =
-            write_alone(db, coupon_type, claim, async |conn| self.issue(conn, coupon_type, user_id, &hold).await).await;
+        let issued = self.write(db, coupon_type, user_id, &hold, claim).await;
         self.settle(coupon_type, user_id, hold, issued.as_ref()).await;
         issued.map(|issued| view(coupon_type, &issued))
+    }
+
+    /// The write of an issue asked for over HTTP, once held: in a
+    /// transaction of its own, with its answer stored under the request's
+    /// Idempotency-Key.
+    async fn write(
+        &self,
+        db: &Db,
+        coupon_type: &CouponType,
+        user_id: i64,
+        hold: &CouponHold,
+        claim: Option<&Claim>,
+    ) -> Result<Issued, AppError> {
+        write_alone(db, coupon_type, claim, async |conn| self.issue(conn, coupon_type, user_id, hold).await).await
     }
 }
 

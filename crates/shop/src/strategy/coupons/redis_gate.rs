@@ -57,18 +57,17 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::Utc;
 use redis::{AsyncCommands, Script};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 
 use super::{
-    CouponHold, CouponStrategy, Issued, StreamEntry, count_issued, refuse_settled, save_response, view, write_alone,
+    CouponHold, CouponStrategy, Issued, StreamEntry, count_issued, refuse_settled, save_response, write_alone,
     write_coupon,
 };
 use crate::batcher::{self, Batcher};
 use crate::config::CouponStrategyKind;
-use crate::domain::coupon::{CouponType, CouponView};
+use crate::domain::coupon::CouponType;
 use crate::error::AppError;
 use crate::idempotency::Claim;
 use crate::redis_conn::RunScript;
@@ -255,21 +254,17 @@ impl CouponStrategy for CouponGate {
         self.grant(db, coupon_type, &self.keys(coupon_type.id), user_id, Some(queue)).await
     }
 
-    /// Granted, then written with the grants handed out beside it.
-    #[tracing::instrument(skip_all, fields(user_id, coupon_type = coupon_type.terms.code.as_str(), strategy = ?self.kind()))]
-    async fn issue_alone(
+    /// Written with the grants handed out beside it.
+    async fn write(
         &self,
-        db: &Db,
+        _: &Db,
         coupon_type: &CouponType,
         user_id: i64,
+        hold: &CouponHold,
         claim: Option<&Claim>,
-    ) -> Result<CouponView, AppError> {
-        coupon_type.check_window(Utc::now()).map_err(|_| AppError::CouponNotOpen)?;
-        let hold = self.hold(db, coupon_type, user_id).await?;
+    ) -> Result<Issued, AppError> {
         let granted = Granted { coupon_type: coupon_type.clone(), user_id, grant: hold.grant, claim: claim.cloned() };
-        let issued = self.writes.submit(granted).await.and_then(|issued| issued);
-        self.settle(coupon_type, user_id, hold, issued.as_ref()).await;
-        issued.map(|issued| view(coupon_type, &issued))
+        self.writes.submit(granted).await.and_then(|issued| issued)
     }
 
     async fn issue(
