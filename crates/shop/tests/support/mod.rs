@@ -300,6 +300,11 @@ impl TestApp {
         self.request(Method::POST, path, token, Some(body)).await
     }
 
+    /// A POST that carries an `Idempotency-Key`, sent.
+    pub async fn post_keyed(&self, path: &str, token: &str, key: &str, body: Value) -> Response {
+        self.post_with_key(path, token, key, &body).send().await.unwrap()
+    }
+
     /// A POST that carries an `Idempotency-Key`.
     pub fn post_with_key(&self, path: &str, token: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
         self.client.post(self.url(path)).bearer_auth(token).header("Idempotency-Key", key).json(body)

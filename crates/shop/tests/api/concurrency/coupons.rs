@@ -7,7 +7,7 @@ use shop::config::CouponStrategyKind;
 
 use std::time::Duration;
 
-use super::{count, together, together_with_bodies};
+use super::{after_retries, codes, count, together, together_with_bodies};
 use crate::support::{TestApp, User, spawn_app_with};
 
 async fn app_with(strategy: CouponStrategyKind) -> TestApp {
@@ -32,36 +32,13 @@ async fn issued_rows(app: &TestApp, code: &str) -> (i64, i64) {
     .unwrap()
 }
 
-/// The answers of a rush once every request told 503 — retry later,
-/// nothing changed (a pool or a lock queue busy past the request's deadline
-/// on a loaded machine) — was asked again, one at a time, as its client
-/// would.
-async fn after_retries(
-    app: &TestApp,
-    code: &str,
-    users: &[User],
-    outcomes: Vec<(StatusCode, Option<String>)>,
-) -> Vec<(StatusCode, Option<String>)> {
-    let mut answers = Vec::with_capacity(outcomes.len());
-    for (user, outcome) in users.iter().zip(outcomes) {
-        if outcome == (StatusCode::SERVICE_UNAVAILABLE, Some("SERVICE_UNAVAILABLE".to_owned())) {
-            let response = app.issue_coupon(user, code).await;
-            let status = response.status();
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            answers.push((status, body["code"].as_str().map(str::to_owned)));
-        } else {
-            answers.push(outcome);
-        }
-    }
-    answers
-}
-
 async fn a_thousand_users_race_for_a_hundred(strategy: CouponStrategyKind) {
     let app = app_with(strategy).await;
     let code = app.create_coupon_type("RUSH", 100, json!({})).await;
     let users = app.bulk_users(1000).await;
-    let outcomes = together(users.iter().map(|user| app.issue_coupon(user, &code)).collect()).await;
-    let outcomes = after_retries(&app, &code, &users, outcomes).await;
+    let ask = |i: usize| app.post_keyed("/api/coupons/issue", &users[i].token, "rush", json!({"couponType": code}));
+    let answers = together_with_bodies((0..users.len()).map(ask).collect()).await;
+    let outcomes = codes(after_retries(answers, ask).await);
     assert_eq!(count(&outcomes, StatusCode::CREATED), 100, "{strategy:?}");
     for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
         assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT")));
@@ -85,28 +62,21 @@ async fn one_user_firing_fifty_gets_one(strategy: CouponStrategyKind) {
 
 /// A rush where every third user asks synchronously and the others
 /// asynchronously: the two paths together issue exactly the total, and
-/// every accepted request becomes final. A synchronous request may be told
-/// 503, retry later (its campaign's grants still pending, or the pool busy
-/// past its wait on a loaded machine): changing nothing, it is retried after
-/// the rush and must then get a final answer.
+/// every accepted request becomes final. A request told to come back (its
+/// campaign's grants still pending, or the pool busy past its wait on a
+/// loaded machine) is asked again with its Idempotency-Key after the rush
+/// and must then get a final answer.
 pub async fn a_mixed_rush_issues_exactly_the_total(strategy: CouponStrategyKind) {
     let app = app_with(strategy).await;
     let code = app.create_coupon_type("MIXED", 100, json!({})).await;
     let users = app.bulk_users(1000).await;
-    let requests = users
-        .iter()
-        .enumerate()
-        .map(|(i, user)| {
-            let app = &app;
-            let code = &code;
-            async move {
-                if i % 3 == 0 { app.issue_coupon(user, code).await } else { app.issue_coupon_async(user, code).await }
-            }
-        })
-        .collect();
-    let answers = together_with_bodies(requests).await;
+    let ask = |i: usize| {
+        let path = if i.is_multiple_of(3) { "/api/coupons/issue" } else { "/api/coupons/issue-async" };
+        app.post_keyed(path, &users[i].token, "rush", json!({"couponType": code}))
+    };
+    let answers = together_with_bodies((0..users.len()).map(ask).collect()).await;
+    let answers = after_retries(answers, ask).await;
     let mut accepted = Vec::new();
-    let mut retry = Vec::new();
     let mut issued_at_once = 0;
     for ((status, body), user) in answers.iter().zip(&users) {
         match (*status, body["code"].as_str()) {
@@ -115,7 +85,6 @@ pub async fn a_mixed_rush_issues_exactly_the_total(strategy: CouponStrategyKind)
                 accepted.push((body["requestId"].as_str().unwrap().to_owned(), user.token.clone()));
             }
             (StatusCode::CREATED, _) => issued_at_once += 1,
-            (StatusCode::SERVICE_UNAVAILABLE, Some("SERVICE_UNAVAILABLE")) => retry.push(user),
             answer => assert_eq!(answer, (StatusCode::CONFLICT, Some("COUPON_SOLD_OUT"))),
         }
     }
@@ -126,15 +95,6 @@ pub async fn a_mixed_rush_issues_exactly_the_total(strategy: CouponStrategyKind)
             Some("ISSUED") => issued_later += 1,
             Some("REJECTED") => assert_eq!(view["reason"], "SOLD_OUT", "{view}"),
             _ => panic!("{strategy:?}: a request still not final after 15 s: {view}"),
-        }
-    }
-    for user in retry {
-        let response = app.issue_coupon(user, &code).await;
-        match response.status() {
-            StatusCode::CREATED => issued_at_once += 1,
-            _ => {
-                crate::support::assert_problem(response, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
-            }
         }
     }
     assert_eq!(issued_at_once + issued_later, 100, "{strategy:?}: {issued_at_once} at once, {issued_later} later");
@@ -260,6 +220,20 @@ async fn queued_requests_survive_redis_losing_its_keys_under_atomic() {
     queued_requests_survive_redis_losing_its_keys(CouponStrategyKind::Atomic).await;
 }
 
+/// Gives `user` a coupon of `code` written to PostgreSQL alone, as one
+/// issued while Redis was away: the gate does not know of it.
+async fn coupon_behind_the_gates_back(app: &TestApp, code: &str, user: &User) {
+    sqlx::query(
+        "WITH counted AS (UPDATE coupon_types SET issued_quantity = issued_quantity + 1 WHERE code = $2 RETURNING id)
+         INSERT INTO coupons (coupon_type_id, user_id, expires_at) SELECT id, $1, now() + interval '1 day' FROM counted",
+    )
+    .bind(user.id)
+    .bind(code)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_failed_write_gives_the_unit_back() {
     let app = app_with(CouponStrategyKind::RedisGate).await;
@@ -268,15 +242,7 @@ async fn a_failed_write_gives_the_unit_back() {
     assert_eq!(app.issue_coupon(&early, &code).await.status(), StatusCode::CREATED);
     // The holder got a coupon the gate does not know of (written while Redis
     // was away), so the gate will hand them a unit the database then refuses.
-    sqlx::query(
-        "WITH counted AS (UPDATE coupon_types SET issued_quantity = issued_quantity + 1 WHERE code = $2 RETURNING id)
-         INSERT INTO coupons (coupon_type_id, user_id, expires_at) SELECT id, $1, now() + interval '1 day' FROM counted",
-    )
-    .bind(holder.id)
-    .bind(&code)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    coupon_behind_the_gates_back(&app, &code, &holder).await;
     let type_id: i64 =
         sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1").bind(&code).fetch_one(&app.db).await.unwrap();
     let left = app.coupon_gate_key(type_id, "state");
@@ -299,15 +265,7 @@ async fn grants_the_database_cannot_cover_are_each_answered_what_it_has() {
     // away): the gate will grant nine units where the database has six.
     let holders = app.bulk_users(3).await;
     for holder in &holders {
-        sqlx::query(
-            "WITH counted AS (UPDATE coupon_types SET issued_quantity = issued_quantity + 1 WHERE code = $2 RETURNING id)
-             INSERT INTO coupons (coupon_type_id, user_id, expires_at) SELECT id, $1, now() + interval '1 day' FROM counted",
-        )
-        .bind(holder.id)
-        .bind(&code)
-        .execute(&app.db)
-        .await
-        .unwrap();
+        coupon_behind_the_gates_back(&app, &code, holder).await;
     }
     let mut rush = app.bulk_users(9).await;
     rush.push(holders[0].clone());

@@ -6,6 +6,7 @@ mod orders;
 mod points;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use reqwest::{Response, StatusCode};
@@ -17,7 +18,41 @@ pub async fn together<F>(requests: Vec<F>) -> Vec<(StatusCode, Option<String>)>
 where
     F: Future<Output = Response>,
 {
-    let answers = together_with_bodies(requests).await;
+    codes(together_with_bodies(requests).await)
+}
+
+/// The answers of a rush once each request told to come back — 503, retry
+/// later (a pool or a lock queue busy past the request's deadline on a
+/// loaded machine), or 409 `IDEMPOTENCY_KEY_IN_USE` while the first attempt
+/// still runs — was asked again by `ask(i)`, as its client would, until its
+/// answer was final. A request whose retry could act twice must carry an
+/// Idempotency-Key, so that the retry replays what the first attempt did.
+pub async fn after_retries<F>(answers: Vec<(StatusCode, Value)>, ask: impl Fn(usize) -> F) -> Vec<(StatusCode, Value)>
+where
+    F: Future<Output = Response>,
+{
+    let come_back = |(status, body): &(StatusCode, Value)| {
+        matches!(
+            (*status, body["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("SERVICE_UNAVAILABLE"))
+                | (StatusCode::CONFLICT, Some("IDEMPOTENCY_KEY_IN_USE"))
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answers = answers;
+    for (i, answer) in answers.iter_mut().enumerate() {
+        while come_back(answer) {
+            assert!(Instant::now() < deadline, "request {i} still told to come back after a minute: {answer:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let response = ask(i).await;
+            *answer = (response.status(), response.json().await.unwrap_or_default());
+        }
+    }
+    answers
+}
+
+/// Each answer's status and problem code.
+pub fn codes(answers: Vec<(StatusCode, Value)>) -> Vec<(StatusCode, Option<String>)> {
     answers.into_iter().map(|(status, body)| (status, body["code"].as_str().map(str::to_owned))).collect()
 }
 
