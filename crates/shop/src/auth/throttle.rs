@@ -76,7 +76,7 @@ impl LoginThrottle {
             tokio::try_join!(count(&account), count(&client))?;
         // Simultaneous attempts all passed the look: the count decides.
         if let Err(refused) = self.within_limits((Some(account_count), account_ttl, Some(client_count), client_ttl)) {
-            self.give_back(Admitted { keys: [account, client] }).await?;
+            self.give_back(Admitted { keys: [account, client] }).await;
             return Err(refused);
         }
         Ok(Admitted { keys: [account, client] })
@@ -104,13 +104,16 @@ impl LoginThrottle {
 
     /// The attempt was no failure (a right password, or the shop could not
     /// tell): it does not count. A counter whose window ended meanwhile is
-    /// left alone rather than taken below zero.
-    pub async fn give_back(&self, admitted: Admitted) -> Result<(), AppError> {
+    /// left alone rather than taken below zero. If Redis cannot be reached
+    /// the attempt stays counted until its window ends: the login's own
+    /// answer stands, as a right password must not be told 503 for it.
+    pub async fn give_back(&self, admitted: Admitted) {
         let [account, client] = &admitted.keys;
         let (mut one, mut other) = (self.redis.clone(), self.redis.clone());
         let (account, client) = (GIVE_BACK.key(account), GIVE_BACK.key(client));
-        tokio::try_join!(account.run::<()>(&mut one), client.run::<()>(&mut other))?;
-        Ok(())
+        if let Err(error) = tokio::try_join!(account.run::<()>(&mut one), client.run::<()>(&mut other)) {
+            tracing::warn!(%error, "could not give back a login attempt; it counts until its window ends");
+        }
     }
 }
 

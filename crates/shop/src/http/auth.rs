@@ -122,7 +122,7 @@ pub async fn login(
         // Only a wrong password counts as a failure.
         Err(AppError::InvalidCredentials) => return Err(AppError::InvalidCredentials),
         outcome => {
-            state.logins.give_back(admitted).await?;
+            state.logins.give_back(admitted).await;
             outcome?
         }
     };
