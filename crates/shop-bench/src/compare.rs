@@ -30,42 +30,56 @@ struct Case {
     variable: &'static str,
     strategy: String,
     instances: usize,
+    #[serde(flatten)]
+    load: Load,
+}
+
+/// What a contention level loads (see `RunArgs`).
+#[derive(Serialize, Clone, Copy)]
+struct Load {
     stock: Option<i64>,
     wallets: usize,
     products: usize,
+    moving_hot_spot: bool,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Self { stock: None, wallets: 1, products: 1, moving_hot_spot: false }
+    }
 }
 
 fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
-    let mut add = |scenario, contention, variable, strategies: &[String], stock, wallets, products| {
+    let mut add = |scenario, contention, variable, strategies: &[String], load| {
         for instances in [1, 3] {
             for strategy in strategies {
                 let strategy = strategy.clone();
-                cases.push(Case { scenario, contention, variable, strategy, instances, stock, wallets, products });
+                cases.push(Case { scenario, contention, variable, strategy, instances, load });
             }
         }
     };
     let coupons = value_names::<CouponStrategyKind>();
-    add(Scenario::CouponRush, "high: 2,000 users, 100 coupons", "COUPON_STRATEGY", &coupons, Some(100), 1, 1);
-    add(Scenario::CouponRushAsync, "high: 2,000 users, 100 coupons", "COUPON_STRATEGY", &coupons, Some(100), 1, 1);
-    add(
-        Scenario::CouponRush,
-        "low: 2,000 users, 1,000,000 coupons",
-        "COUPON_STRATEGY",
-        &coupons,
-        Some(1_000_000),
-        1,
-        1,
-    );
+    let units = |units| Load { stock: Some(units), ..Load::default() };
+    add(Scenario::CouponRush, "high: 2,000 users, 100 coupons", "COUPON_STRATEGY", &coupons, units(100));
+    add(Scenario::CouponRushAsync, "high: 2,000 users, 100 coupons", "COUPON_STRATEGY", &coupons, units(100));
+    let plenty = units(1_000_000);
+    add(Scenario::CouponRush, "low: 2,000 users, 1,000,000 coupons", "COUPON_STRATEGY", &coupons, plenty);
     let points = value_names::<PointsStrategyKind>();
-    add(Scenario::ChargeStorm, "high: one wallet", "POINTS_STRATEGY", &points, None, 1, 1);
-    add(Scenario::ChargeStorm, "low: 64 wallets", "POINTS_STRATEGY", &points, None, 64, 1);
+    let wallets = |wallets, moving_hot_spot| Load { wallets, moving_hot_spot, ..Load::default() };
+    add(Scenario::ChargeStorm, "high: one wallet", "POINTS_STRATEGY", &points, wallets(1, false));
+    add(Scenario::ChargeStorm, "low: 64 wallets", "POINTS_STRATEGY", &points, wallets(64, false));
+    let moving = "moving: 64 wallets, 3 in 4 charges on one, another each second";
+    add(Scenario::ChargeStorm, moving, "POINTS_STRATEGY", &points, wallets(64, true));
     let stock = value_names::<StockStrategyKind>();
-    add(Scenario::OrderRush, "high, ample: one product", "STOCK_STRATEGY", &stock, None, 1, 1);
-    add(Scenario::OrderRush, "high, scarce: one product of 100", "STOCK_STRATEGY", &stock, Some(100), 1, 1);
-    add(Scenario::OrderRush, "low: 64 products", "STOCK_STRATEGY", &stock, None, 1, 64);
-    add(Scenario::Mixed, "defaults", "", &["defaults".to_owned()], None, 1, 1);
-    add(Scenario::Events, "defaults", "", &["defaults".to_owned()], None, 1, 1);
+    let products = |products, moving_hot_spot| Load { products, moving_hot_spot, ..Load::default() };
+    add(Scenario::OrderRush, "high, ample: one product", "STOCK_STRATEGY", &stock, products(1, false));
+    add(Scenario::OrderRush, "high, scarce: one product of 100", "STOCK_STRATEGY", &stock, units(100));
+    add(Scenario::OrderRush, "low: 64 products", "STOCK_STRATEGY", &stock, products(64, false));
+    let moving = "moving: 64 products, 3 in 4 orders for one, another each second";
+    add(Scenario::OrderRush, moving, "STOCK_STRATEGY", &stock, products(64, true));
+    add(Scenario::Mixed, "defaults", "", &["defaults".to_owned()], Load::default());
+    add(Scenario::Events, "defaults", "", &["defaults".to_owned()], Load::default());
     cases
 }
 
@@ -154,9 +168,10 @@ fn args_of(base: &RunArgs, case: &Case) -> RunArgs {
     let mut args = base.clone();
     args.scenario = case.scenario;
     args.spawn = Some(case.instances);
-    args.stock = case.stock;
-    args.wallets = case.wallets;
-    args.products = case.products;
+    args.stock = case.load.stock;
+    args.wallets = case.load.wallets;
+    args.products = case.load.products;
+    args.moving_hot_spot = case.load.moving_hot_spot;
     args.points_strategy = None;
     args.stock_strategy = None;
     args.coupon_strategy = None;
@@ -442,9 +457,7 @@ mod tests {
             variable: "COUPON_STRATEGY",
             strategy: strategy.to_owned(),
             instances,
-            stock: Some(100),
-            wallets: 1,
-            products: 1,
+            load: Load { stock: Some(100), ..Load::default() },
         };
         let rounds = rounds.iter().map(|&(throughput, p99)| report(scenario, throughput, p99)).collect();
         Measured { case, rounds }

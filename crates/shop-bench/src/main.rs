@@ -129,6 +129,10 @@ pub(crate) struct RunArgs {
     /// order-rush: products the orders spread over (1 = one hot product).
     #[arg(long, default_value_t = 1)]
     products: usize,
+    /// charge-storm, order-rush: three requests in four go to one of the
+    /// wallets or products, a different one each second; the rest spread.
+    #[arg(long)]
+    moving_hot_spot: bool,
     /// A running shop to load (repeat for several; requests round-robin).
     #[arg(long = "target", conflicts_with = "spawn")]
     targets: Vec<String>,
@@ -212,6 +216,7 @@ async fn main() -> ExitCode {
                 stock: None,
                 wallets: 1,
                 products: 1,
+                moving_hot_spot: false,
                 targets: Vec::new(),
                 spawn: None,
                 pool: None,
@@ -407,6 +412,7 @@ async fn measure(args: &RunArgs, targets: &Targets) -> anyhow::Result<Load> {
             stock: args.stock,
             wallets: args.wallets,
             products: args.products,
+            moving_hot_spot: args.moving_hot_spot,
         })
         .await?;
     let pace = args.rate.map_or(Pace::Closed, |rate| Pace::Open { rate });

@@ -2,6 +2,7 @@
 //! hold in the database afterwards.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::ValueEnum;
 use futures::StreamExt;
@@ -70,10 +71,23 @@ pub struct Setup<'a> {
     pub wallets: usize,
     /// Products an order rush spreads over (1: one hot product).
     pub products: usize,
+    /// Whether three in four charges or orders go to one wallet or product,
+    /// another each second.
+    pub moving_hot_spot: bool,
 }
 
 fn round_robin(urls: &[String], n: u64, path: &str) -> String {
     format!("{}{path}", urls[n as usize % urls.len()])
+}
+
+/// Which of `rows` wallets or products request `n` goes to: each in turn,
+/// or, with a hot spot moving since `moving`, three in four to the row of
+/// the current second.
+fn row_of(n: u64, rows: usize, moving: Option<Instant>) -> usize {
+    match moving {
+        Some(since) if !n.is_multiple_of(4) => since.elapsed().as_secs() as usize % rows,
+        _ => n as usize % rows,
+    }
 }
 
 impl Scenario {
@@ -89,6 +103,7 @@ impl Scenario {
 
     pub async fn prepare(self, setup: Setup<'_>) -> anyhow::Result<Prepared> {
         let urls: Arc<[String]> = setup.urls.into();
+        let moving = setup.moving_hot_spot.then(Instant::now);
         match self {
             Scenario::CouponRush | Scenario::CouponRushAsync => {
                 let total = setup.stock.unwrap_or(100);
@@ -120,7 +135,7 @@ impl Scenario {
                     .map(|wallet| (format!("/api/users/{}/points", wallet.user_id), wallet.token))
                     .collect();
                 let next = move |n: u64| {
-                    let (path, token) = &wallets[n as usize % wallets.len()];
+                    let (path, token) = &wallets[row_of(n, wallets.len(), moving)];
                     Request {
                         method: Method::POST,
                         url: round_robin(&urls, n, path),
@@ -144,7 +159,7 @@ impl Scenario {
                     method: Method::POST,
                     url: round_robin(&urls, n, "/api/orders"),
                     token: Some(users[n as usize % users.len()].clone()),
-                    body: Some(bodies[n as usize % bodies.len()].clone()),
+                    body: Some(bodies[row_of(n, bodies.len(), moving)].clone()),
                 };
                 Ok(Prepared { next: Arc::new(next), check: Check::Stock { product_ids, initial } })
             }
