@@ -296,6 +296,8 @@ pub enum PointsStrategyKind {
     RedisLock,
     /// The charges an instance receives together are made in one transaction.
     Batch,
+    /// `atomic` while a wallet is quiet, `batch` while charges queue on it.
+    Adaptive,
     /// No concurrency control at all: unlocked reads, unconditional writes.
     /// Compiled only for the tests that show the races.
     #[cfg(feature = "naive")]
@@ -312,6 +314,8 @@ pub enum StockStrategyKind {
     RedisGate,
     /// The orders an instance receives together are placed in one transaction.
     Batch,
+    /// `atomic` while a product is quiet, `batch` while orders queue on it.
+    Adaptive,
     /// No concurrency control at all: unlocked reads, unconditional writes.
     /// Compiled only for the tests that show the races.
     #[cfg(feature = "naive")]

@@ -119,7 +119,8 @@ pub struct Placement<'a> {
 }
 
 /// Places orders through the stock strategy: each in a transaction of its
-/// own, or in batches when the strategy places them together.
+/// own, or in batches when the strategy places them together (`adaptive`:
+/// those over a hot product).
 pub struct Placing {
     db: Db,
     stock: Arc<dyn StockStrategy>,
@@ -138,9 +139,14 @@ impl Placing {
     /// the coupon.
     #[tracing::instrument(skip_all, fields(user_id = placement.user_id))]
     pub async fn place(&self, placement: Placement<'_>, claim: Option<&Claim>) -> Result<OrderView, AppError> {
-        match &self.together {
-            Some(batcher) => batcher.place(placement, claim).await,
-            None => place_alone(&self.db, &*self.stock, placement, claim).await,
+        let Some(batcher) = &self.together else {
+            return place_alone(&self.db, &*self.stock, placement, claim).await;
+        };
+        let passage = self.stock.hot_rows().map(|hot| hot.enter(placement.lines.iter().map(|(id, _)| id)));
+        if passage.as_ref().is_none_or(|passage| passage.together()) {
+            batcher.place(placement, claim).await
+        } else {
+            place_alone(&self.db, &*self.stock, placement, claim).await
         }
     }
 }

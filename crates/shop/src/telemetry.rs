@@ -15,6 +15,10 @@ pub fn describe() {
     describe_counter!("shop_optimistic_retries_total", "optimistic-lock retries after a version conflict");
     describe_counter!("shop_fence_rejections_total", "writes refused because their lease's fencing token was stale");
     describe_histogram!("shop_batch_size", "requests written together in one batch transaction");
+    describe_counter!(
+        "shop_adaptive_writes_total",
+        "writes the adaptive strategies sent alone or to the batch, by route"
+    );
     describe_counter!("shop_commit_replies_lost_total", "COMMITs whose reply never came, looked up afterwards");
     describe_counter!("shop_commit_outcomes_total", "what those lookups found, by outcome");
     describe_counter!("shop_coupon_gate_total", "coupon gate answers, by outcome");

@@ -23,6 +23,7 @@
 
 mod active;
 pub mod coupons;
+pub mod hot_rows;
 pub mod points;
 pub mod stock;
 

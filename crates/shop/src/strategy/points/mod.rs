@@ -5,6 +5,7 @@
 //! protocol of [`crate::strategy`]; all write the balance and its ledger row
 //! in one transaction.
 
+mod adaptive;
 mod atomic;
 mod batch;
 #[cfg(feature = "naive")]
@@ -114,6 +115,7 @@ pub fn build(kind: PointsStrategyKind, deps: &Deps<'_>) -> Arc<dyn PointsStrateg
         PointsStrategyKind::Atomic => Arc::new(atomic::Atomic),
         PointsStrategyKind::RedisLock => Arc::new(redis_lock::RedisLock { locks: deps.leases.clone() }),
         PointsStrategyKind::Batch => Arc::new(batch::Batch::start(deps.db.clone())),
+        PointsStrategyKind::Adaptive => Arc::new(adaptive::Adaptive::start(deps.db.clone())),
         #[cfg(feature = "naive")]
         PointsStrategyKind::Naive => Arc::new(naive::Naive),
     }

@@ -5,6 +5,7 @@
 //! never deadlock. The strategies follow the protocol of
 //! [`crate::strategy`]: hold, take in the order's transaction, settle.
 
+mod adaptive;
 mod atomic;
 mod batch;
 #[cfg(feature = "naive")]
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 pub use batch::StockTally;
 
+use super::hot_rows::HotRows;
 use super::{Chore, Deps, release_all};
 use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
@@ -81,6 +83,13 @@ pub trait StockStrategy: Send + Sync {
         false
     }
 
+    /// For a strategy that places together: the rows whose heat decides
+    /// whether an order goes to the batch or is placed alone. `None`: every
+    /// order goes to the batch.
+    fn hot_rows(&self) -> Option<&HotRows> {
+        None
+    }
+
     /// In the order's transaction, after the stock: reserves the order's
     /// coupon if it is still available. Only a strategy without any
     /// concurrency control reserves it whatever its state.
@@ -134,6 +143,7 @@ pub fn build(kind: StockStrategyKind, deps: &Deps<'_>) -> Arc<dyn StockStrategy>
         StockStrategyKind::RedisLock => Arc::new(redis_lock::RedisLock { locks: deps.leases.clone() }),
         StockStrategyKind::RedisGate => Arc::new(redis_gate::StockGate::new(deps)),
         StockStrategyKind::Batch => Arc::new(batch::Batch),
+        StockStrategyKind::Adaptive => Arc::new(adaptive::Adaptive::default()),
         #[cfg(feature = "naive")]
         StockStrategyKind::Naive => Arc::new(naive::Naive),
     }

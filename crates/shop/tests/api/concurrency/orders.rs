@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shop::config::{PointsStrategyKind, StockStrategyKind};
 
-use super::{count, together};
+use super::{after_retries, codes, count, together, together_with_bodies};
 use crate::support::{TestApp, spawn_app_with};
 
 async fn app_with(stock: StockStrategyKind) -> TestApp {
@@ -23,7 +23,10 @@ async fn four_hundred_buyers_of_fifty(strategy: StockStrategyKind) {
     let app = app_with(strategy).await;
     let hot = app.create_product("hot", 1000, 50).await;
     let buyers = app.bulk_users(400).await;
-    let outcomes = together(buyers.iter().map(|buyer| app.place_order(buyer, &[(hot, 1)], None)).collect()).await;
+    let order = json!({"items": [{"productId": hot, "quantity": 1}]});
+    let ask = |i: usize| app.post_keyed("/api/orders", &buyers[i].token, "rush", order.clone());
+    let answers = together_with_bodies((0..buyers.len()).map(ask).collect()).await;
+    let outcomes = codes(after_retries(answers, ask).await);
     assert_eq!(count(&outcomes, StatusCode::CREATED), 50, "{strategy:?}");
     for (status, code) in outcomes.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
         assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("OUT_OF_STOCK")), "{strategy:?}");
@@ -156,6 +159,7 @@ for_each_stock_strategy! {
     redis_lock => RedisLock,
     redis_gate => RedisGate,
     batch => Batch,
+    adaptive => Adaptive,
 }
 
 async fn thirty_payments_of_one_order(strategy: PointsStrategyKind) {
@@ -231,6 +235,7 @@ mod payments {
         atomic => Atomic,
         redis_lock => RedisLock,
         batch => Batch,
+        adaptive => Adaptive,
     }
 }
 

@@ -27,7 +27,13 @@ async fn two_hundred_charges_lose_no_update(strategy: PointsStrategyKind) {
     for (status, code) in &failures {
         assert_eq!((*status, code.as_deref()), (StatusCode::CONFLICT, Some("CONCURRENCY_CONFLICT")));
     }
-    if matches!(strategy, PointsStrategyKind::Atomic | PointsStrategyKind::Pessimistic | PointsStrategyKind::Batch) {
+    if matches!(
+        strategy,
+        PointsStrategyKind::Atomic
+            | PointsStrategyKind::Pessimistic
+            | PointsStrategyKind::Batch
+            | PointsStrategyKind::Adaptive
+    ) {
         assert!(failures.is_empty(), "{strategy:?} should queue, not fail: {} failures", failures.len());
     }
     assert!(successes > 0);
@@ -69,6 +75,38 @@ async fn ten_charges_under_a_daily_limit_of_three_give_three(strategy: PointsStr
     assert_eq!(counted, 3);
 }
 
+/// Under `adaptive`, a wallet charged from many tabs at once goes to the
+/// batch while wallets charged once in the same moment are written alone:
+/// both routes write side by side, and no charge is lost on either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adaptive_batches_a_hot_wallet_beside_quiet_ones_written_alone() {
+    let app = spawn_app_with(|config| {
+        config.points_strategy = PointsStrategyKind::Adaptive;
+        config.points_daily_charge_limit = 0;
+        config.points_monthly_charge_limit = 0;
+    })
+    .await;
+    let hot = app.new_user().await;
+    let quiet = app.bulk_users(20).await;
+    let mut charges: Vec<_> = (0..100).map(|_| app.charge(&hot, 1000)).collect();
+    charges.extend(quiet.iter().map(|user| app.charge(user, 1000)));
+
+    let outcomes = together(charges).await;
+    assert!(outcomes.iter().all(|(status, _)| *status == StatusCode::OK), "{outcomes:?}");
+    assert_eq!(app.balance_and_ledger_sum(hot.id).await, (100_000, 100_000));
+    for user in &quiet {
+        assert_eq!(app.balance_and_ledger_sum(user.id).await, (1000, 1000));
+    }
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    let routed = |route: &str| -> f64 {
+        let name = format!(r#"shop_adaptive_writes_total{{route="{route}"}} "#);
+        metrics.lines().find_map(|line| line.strip_prefix(&name)?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    assert!(routed("alone") > 0.0 && routed("together") > 0.0, "both routes wrote: {metrics}");
+    assert_eq!(routed("alone") + routed("together"), 120.0);
+    app.assert_invariants().await;
+}
+
 macro_rules! for_each_points_strategy {
     ($($module:ident => $strategy:ident),* $(,)?) => {
         $(
@@ -102,4 +140,5 @@ for_each_points_strategy! {
     atomic => Atomic,
     redis_lock => RedisLock,
     batch => Batch,
+    adaptive => Adaptive,
 }

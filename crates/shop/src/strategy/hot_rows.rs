@@ -1,0 +1,196 @@
+//! Which wallets or products are hot on this instance, for the `adaptive`
+//! strategies: a write goes to the instance's batch (see
+//! [`crate::batcher`]) when one of its rows is hot or when the instance
+//! already writes enough on their own, and otherwise on its request's own
+//! task with `atomic`'s one statement.
+//!
+//! A row turns hot when a second write of it is in flight here at once,
+//! and stays hot until [`COOLING`] has passed without another overlap, so
+//! a row that queues now and then does not flap between the two paths.
+//! Both paths take the row's lock in PostgreSQL for their statement, so
+//! a write alone and a batch that meet on one row (here, or from two
+//! instances, which decide separately) queue on it as two `atomic` writes
+//! would: the route decides speed, never correctness.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a row stays hot after its last overlap.
+pub const COOLING: Duration = Duration::from_secs(1);
+
+/// Writes on their own task at once, at most, before the others go to
+/// the batch. Written alone, each is a transaction and a WAL flush; a
+/// batch of many is one of each. Measured under 64 connections
+/// (docs/benchmarks.md, 64 wallets), a batch made charges about three times
+/// faster than `atomic`, so writes alone are kept to a few: those that
+/// would otherwise wait for the batch in flight.
+const ALONE_AT_ONCE: usize = 4;
+
+/// Rows remembered before a sweep forgets those cooled and idle.
+const SWEEP_OVER: usize = 1024;
+
+#[derive(Default)]
+pub struct HotRows {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    rows: HashMap<i64, Row>,
+    /// Writes in flight on their own task.
+    alone: usize,
+    /// Rows remembered after the last sweep: the next runs at twice as many.
+    swept_at: usize,
+}
+
+#[derive(Default)]
+struct Row {
+    in_flight: u32,
+    hot_until: Option<Instant>,
+}
+
+impl Row {
+    fn hot(&self, now: Instant) -> bool {
+        self.hot_until.is_some_and(|until| until > now)
+    }
+}
+
+/// A write of some rows in flight; dropped once written.
+pub struct Passage<'a> {
+    hot: &'a HotRows,
+    ids: Vec<i64>,
+    together: bool,
+}
+
+impl Passage<'_> {
+    /// Whether the write goes to the batch.
+    pub fn together(&self) -> bool {
+        self.together
+    }
+}
+
+impl HotRows {
+    /// A write of `ids` begins: its route, held until it is written.
+    pub fn enter(&self, ids: impl IntoIterator<Item = i64>) -> Passage<'_> {
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("not poisoned");
+        let ids: Vec<i64> = ids.into_iter().collect();
+        let mut together = state.alone >= ALONE_AT_ONCE;
+        for &id in &ids {
+            let row = state.rows.entry(id).or_default();
+            row.in_flight += 1;
+            if row.in_flight >= 2 {
+                row.hot_until = Some(now + COOLING);
+            }
+            together |= row.hot(now);
+        }
+        if together {
+            metrics::counter!("shop_adaptive_writes_total", "route" => "together").increment(1);
+        } else {
+            state.alone += 1;
+            metrics::counter!("shop_adaptive_writes_total", "route" => "alone").increment(1);
+        }
+        state.sweep(now);
+        Passage { hot: self, ids, together }
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.state.lock().expect("not poisoned").rows.len()
+    }
+}
+
+impl State {
+    /// Forgets the rows with nothing in flight that have cooled, once there
+    /// are twice as many as the last sweep left (and at least
+    /// [`SWEEP_OVER`]): the map stays the size of the rows recently hot.
+    fn sweep(&mut self, now: Instant) {
+        if self.rows.len() < SWEEP_OVER.max(2 * self.swept_at) {
+            return;
+        }
+        self.rows.retain(|_, row| row.in_flight > 0 || row.hot(now));
+        self.swept_at = self.rows.len();
+    }
+}
+
+impl Drop for Passage<'_> {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let mut state = self.hot.state.lock().expect("not poisoned");
+        if !self.together {
+            state.alone -= 1;
+        }
+        for id in &self.ids {
+            if let Some(row) = state.rows.get_mut(id) {
+                row.in_flight -= 1;
+                if row.in_flight == 0 && !row.hot(now) {
+                    state.rows.remove(id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_written_once_at_a_time_stays_alone() {
+        let hot = HotRows::default();
+        for _ in 0..10 {
+            assert!(!hot.enter([7]).together());
+        }
+        assert_eq!(hot.remembered(), 0);
+    }
+
+    #[test]
+    fn a_second_write_in_flight_turns_the_row_hot_until_it_cools() {
+        let hot = HotRows::default();
+        let first = hot.enter([7]);
+        let second = hot.enter([7]);
+        assert!(!first.together());
+        assert!(second.together(), "the overlap sends the second write to the batch");
+        drop((first, second));
+        assert!(hot.enter([7]).together(), "a row stays hot while it cools");
+        assert!(!hot.enter([8]).together(), "other rows are not");
+        let now = Instant::now();
+        hot.state.lock().unwrap().rows.get_mut(&7).unwrap().hot_until = Some(now);
+        assert!(!hot.enter([7]).together(), "cooled, it is written alone again");
+    }
+
+    #[test]
+    fn an_order_over_one_hot_product_goes_to_the_batch() {
+        let hot = HotRows::default();
+        let _first = hot.enter([3]);
+        let _second = hot.enter([3]);
+        assert!(hot.enter([1, 3, 5]).together());
+    }
+
+    #[test]
+    fn past_a_few_writes_alone_the_rest_go_to_the_batch() {
+        let hot = HotRows::default();
+        let alone: Vec<Passage> = (0..ALONE_AT_ONCE as i64).map(|id| hot.enter([id])).collect();
+        assert!(alone.iter().all(|passage| !passage.together()));
+        assert!(hot.enter([100]).together());
+        drop(alone);
+        assert!(!hot.enter([100]).together());
+    }
+
+    #[test]
+    fn rows_cooled_and_idle_are_forgotten() {
+        let hot = HotRows::default();
+        for id in 1..SWEEP_OVER as i64 {
+            let (first, second) = (hot.enter([id]), hot.enter([id]));
+            drop((first, second));
+        }
+        assert_eq!(hot.remembered(), SWEEP_OVER - 1, "hot rows are remembered while they cool");
+        let now = Instant::now();
+        for row in hot.state.lock().unwrap().rows.values_mut() {
+            row.hot_until = Some(now);
+        }
+        let _ = hot.enter([-1]);
+        assert!(hot.remembered() <= 1);
+    }
+}
