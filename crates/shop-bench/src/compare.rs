@@ -41,11 +41,13 @@ struct Load {
     wallets: usize,
     products: usize,
     moving_hot_spot: bool,
+    /// In place of the run's connections: a light load.
+    connections: Option<usize>,
 }
 
 impl Default for Load {
     fn default() -> Self {
-        Self { stock: None, wallets: 1, products: 1, moving_hot_spot: false }
+        Self { stock: None, wallets: 1, products: 1, moving_hot_spot: false, connections: None }
     }
 }
 
@@ -71,6 +73,8 @@ fn matrix() -> Vec<Case> {
     add(Scenario::ChargeStorm, "low: 64 wallets", "POINTS_STRATEGY", &points, wallets(64, false));
     let moving = "moving: 64 wallets, 3 in 4 charges on one, another each second";
     add(Scenario::ChargeStorm, moving, "POINTS_STRATEGY", &points, wallets(64, true));
+    let light = Load { connections: Some(LIGHT), ..wallets(64, false) };
+    add(Scenario::ChargeStorm, "light: 64 wallets, 4 connections", "POINTS_STRATEGY", &points, light);
     let stock = value_names::<StockStrategyKind>();
     let products = |products, moving_hot_spot| Load { products, moving_hot_spot, ..Load::default() };
     add(Scenario::OrderRush, "high, ample: one product", "STOCK_STRATEGY", &stock, products(1, false));
@@ -78,10 +82,16 @@ fn matrix() -> Vec<Case> {
     add(Scenario::OrderRush, "low: 64 products", "STOCK_STRATEGY", &stock, products(64, false));
     let moving = "moving: 64 products, 3 in 4 orders for one, another each second";
     add(Scenario::OrderRush, moving, "STOCK_STRATEGY", &stock, products(64, true));
+    let light = Load { connections: Some(LIGHT), ..products(64, false) };
+    add(Scenario::OrderRush, "light: 64 products, 4 connections", "STOCK_STRATEGY", &stock, light);
     add(Scenario::Mixed, "defaults", "", &["defaults".to_owned()], Load::default());
     add(Scenario::Events, "defaults", "", &["defaults".to_owned()], Load::default());
     cases
 }
+
+/// The connections of a light load: a few requests at once, where a batch
+/// has little to gather and a request alone waits for the one in flight.
+const LIGHT: usize = 4;
 
 /// Client counts pgbench updates the hot row with: one (no lock queue, the
 /// row's best), the spawned instances' pool, and the load's connections.
@@ -172,6 +182,7 @@ fn args_of(base: &RunArgs, case: &Case) -> RunArgs {
     args.wallets = case.load.wallets;
     args.products = case.load.products;
     args.moving_hot_spot = case.load.moving_hot_spot;
+    args.connections = case.load.connections.unwrap_or(base.connections);
     args.points_strategy = None;
     args.stock_strategy = None;
     args.coupon_strategy = None;

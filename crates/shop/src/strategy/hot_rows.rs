@@ -1,8 +1,10 @@
 //! Which wallets or products are hot on this instance, for the `adaptive`
 //! strategies: a write goes to the instance's batch (see
-//! [`crate::batcher`]) when one of its rows is hot or when the instance
-//! already writes enough on their own, and otherwise on its request's own
-//! task with `atomic`'s one statement.
+//! [`crate::batcher`]) when one of its rows is hot, when the batch is
+//! already at work, or when the instance already writes a few on their
+//! own; otherwise it is written on its request's own task with `atomic`'s
+//! one statement, in parallel with the others, where the batch would have
+//! written them one after another.
 //!
 //! A row turns hot when a second write of it is in flight here at once,
 //! and stays hot until [`COOLING`] has passed without another overlap, so
@@ -21,10 +23,12 @@ pub const COOLING: Duration = Duration::from_secs(1);
 
 /// Writes on their own task at once, at most, before the others go to
 /// the batch. Written alone, each is a transaction and a WAL flush; a
-/// batch of many is one of each. Measured under 64 connections
-/// (docs/benchmarks.md, 64 wallets), a batch made charges about three times
-/// faster than `atomic`, so writes alone are kept to a few: those that
-/// would otherwise wait for the batch in flight.
+/// batch of many is one of each. Under 64 connections over 64 wallets a
+/// batch made charges about three times as fast as `atomic`
+/// (docs/benchmarks.md), and writes alone beside a working batch cost
+/// PostgreSQL half as much CPU again per charge and the instance 12 %
+/// of its charges (`shop-bench run charge-storm --wallets 64`, alternated),
+/// so writes go alone only while the batch is idle, and a few at most.
 const ALONE_AT_ONCE: usize = 4;
 
 /// Rows remembered before a sweep forgets those cooled and idle.
@@ -40,6 +44,8 @@ struct State {
     rows: HashMap<i64, Row>,
     /// Writes in flight on their own task.
     alone: usize,
+    /// Writes in flight through the batch.
+    together: usize,
     /// Rows remembered after the last sweep: the next runs at twice as many.
     swept_at: usize,
 }
@@ -76,7 +82,7 @@ impl HotRows {
         let now = Instant::now();
         let mut state = self.state.lock().expect("not poisoned");
         let ids: Vec<i64> = ids.into_iter().collect();
-        let mut together = state.alone >= ALONE_AT_ONCE;
+        let mut together = state.together > 0 || state.alone >= ALONE_AT_ONCE;
         for &id in &ids {
             let row = state.rows.entry(id).or_default();
             row.in_flight += 1;
@@ -86,6 +92,7 @@ impl HotRows {
             together |= row.hot(now);
         }
         if together {
+            state.together += 1;
             metrics::counter!("shop_adaptive_writes_total", "route" => "together").increment(1);
         } else {
             state.alone += 1;
@@ -118,7 +125,9 @@ impl Drop for Passage<'_> {
     fn drop(&mut self) {
         let now = Instant::now();
         let mut state = self.hot.state.lock().expect("not poisoned");
-        if !self.together {
+        if self.together {
+            state.together -= 1;
+        } else {
             state.alone -= 1;
         }
         for id in &self.ids {
@@ -166,6 +175,16 @@ mod tests {
         let _first = hot.enter([3]);
         let _second = hot.enter([3]);
         assert!(hot.enter([1, 3, 5]).together());
+    }
+
+    #[test]
+    fn while_the_batch_works_every_write_joins_it() {
+        let hot = HotRows::default();
+        let (_first, second) = (hot.enter([1]), hot.enter([1]));
+        assert!(second.together());
+        assert!(hot.enter([2]).together(), "a quiet row joins the batch at work");
+        drop(second);
+        assert!(!hot.enter([2]).together(), "and is written alone once it is idle");
     }
 
     #[test]
