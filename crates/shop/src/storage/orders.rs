@@ -97,8 +97,13 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<Order
 /// statement; returns the orders in the order given, and from how many of
 /// `take`'s products it took (each only if it still has the quantity; the
 /// caller rolls back unless it took from all). The products are locked in
-/// ascending id order first, the order every writer of stock locks them in. Ids are drawn first, so that
-/// each line finds its order by position. Gate reservations are not
+/// ascending id order first, the order every writer of stock locks them in:
+/// the orders wait for the count of what was taken, as PostgreSQL runs a
+/// WITH query's parts as their rows are asked for, and an order inserted
+/// before the take would hold its coupon's slot in `orders_coupon_live_key`
+/// while waiting for a product that an order placed alone (which takes its
+/// stock first) holds while waiting for that slot: a deadlock. Ids are drawn
+/// first, so that each line finds its order by position. Gate reservations are not
 /// recorded: only the batch strategy places orders this way.
 pub async fn insert_many(
     conn: &mut PgConnection,
@@ -128,8 +133,9 @@ pub async fn insert_many(
              WHERE p.id = t.id AND p.stock >= t.quantity
              RETURNING p.id
          ), input AS (
-             SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id, o.*
-             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[])
+             SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id, o.*, took.count AS took
+             FROM (SELECT count(*) FROM taken) AS took,
+                  unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[])
                   WITH ORDINALITY AS o(user_id, total_amount, discount_amount, final_amount, coupon_id, timeout, n)
          ), new_orders AS (
              INSERT INTO orders (id, user_id, total_amount, discount_amount, final_amount, coupon_id, expires_at)
@@ -146,7 +152,7 @@ pub async fn insert_many(
                   AS line(n, product_id, name, quantity, price)
              JOIN input USING (n)
          )
-         SELECT new_orders.*, (SELECT count(*) FROM taken) AS "taken!"
+         SELECT new_orders.*, input.took AS "taken!"
          FROM new_orders JOIN input USING (id) ORDER BY input.n"#,
         &new.iter().map(|order| order.user_id).collect::<Vec<_>>(),
         &new.iter().map(|order| order.amounts.total).collect::<Vec<_>>(),
