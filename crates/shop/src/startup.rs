@@ -82,6 +82,9 @@ impl Server {
         // The one TLS provider the webhook client may use (a second start
         // in one process finds it installed).
         rustls::crypto::ring::default_provider().install_default().ok();
+        // Before anything registers a metric handle (the strategies do): one
+        // taken before the recorder is installed records nowhere.
+        let metrics = metrics_handle()?;
         // First, so that a wrong sink setting stops the start before anything is touched.
         let sinks = Sinks::new(&config.events).await.context("cannot set up the event sinks")?;
         let db = connect_database(&config.database).await?;
@@ -160,7 +163,7 @@ impl Server {
                 monthly: config.points_monthly_charge_limit,
             },
             timezone: config.shop_timezone,
-            metrics: metrics_handle()?,
+            metrics,
             tasks: TaskTracker::new(),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             metrics_elsewhere: config.metrics_addr.is_some(),

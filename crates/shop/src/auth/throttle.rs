@@ -104,14 +104,17 @@ impl LoginThrottle {
 
     /// The attempt was no failure (a right password, or the shop could not
     /// tell): it does not count. A counter whose window ended meanwhile is
-    /// left alone rather than taken below zero. If Redis cannot be reached
-    /// the attempt stays counted until its window ends: the login's own
-    /// answer stands, as a right password must not be told 503 for it.
+    /// left alone rather than taken below zero. A counter Redis cannot be
+    /// reached for keeps the attempt until its window ends — during a
+    /// partial outage right passwords may count, and with them a user may
+    /// be refused sooner — but the login's own answer stands: a right
+    /// password is not told 503 for it.
     pub async fn give_back(&self, admitted: Admitted) {
         let [account, client] = &admitted.keys;
         let (mut one, mut other) = (self.redis.clone(), self.redis.clone());
         let (account, client) = (GIVE_BACK.key(account), GIVE_BACK.key(client));
-        if let Err(error) = tokio::try_join!(account.run::<()>(&mut one), client.run::<()>(&mut other)) {
+        let (account, client) = tokio::join!(account.run::<()>(&mut one), client.run::<()>(&mut other));
+        for error in [account.err(), client.err()].into_iter().flatten() {
             tracing::warn!(%error, "could not give back a login attempt; it counts until its window ends");
         }
     }

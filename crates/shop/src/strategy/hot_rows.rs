@@ -15,8 +15,10 @@
 //! would: the route decides speed, never correctness.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use metrics::Counter;
 
 /// How long a row stays hot after its last overlap.
 pub const COOLING: Duration = Duration::from_secs(1);
@@ -34,9 +36,10 @@ const ALONE_AT_ONCE: usize = 4;
 /// Rows remembered before a sweep forgets those cooled and idle.
 const SWEEP_OVER: usize = 1024;
 
-#[derive(Default)]
 pub struct HotRows {
     state: Mutex<State>,
+    routed_alone: Counter,
+    routed_together: Counter,
 }
 
 #[derive(Default)]
@@ -77,11 +80,17 @@ impl Passage<'_> {
 }
 
 impl HotRows {
+    /// `rows` (wallets, products) labels the count of writes by route.
+    pub fn new(rows: &'static str) -> Self {
+        let routed = |route| metrics::counter!("shop_adaptive_writes_total", "rows" => rows, "route" => route);
+        Self { state: Mutex::default(), routed_alone: routed("alone"), routed_together: routed("together") }
+    }
+
     /// A write of `ids` begins: its route, held until it is written.
     pub fn enter(&self, ids: impl IntoIterator<Item = i64>) -> Passage<'_> {
-        let now = Instant::now();
-        let mut state = self.state.lock().expect("not poisoned");
         let ids: Vec<i64> = ids.into_iter().collect();
+        let now = Instant::now();
+        let mut state = self.lock();
         let mut together = state.together > 0 || state.alone >= ALONE_AT_ONCE;
         for &id in &ids {
             let row = state.rows.entry(id).or_default();
@@ -93,18 +102,23 @@ impl HotRows {
         }
         if together {
             state.together += 1;
-            metrics::counter!("shop_adaptive_writes_total", "route" => "together").increment(1);
         } else {
             state.alone += 1;
-            metrics::counter!("shop_adaptive_writes_total", "route" => "alone").increment(1);
         }
         state.sweep(now);
+        drop(state);
+        if together { &self.routed_together } else { &self.routed_alone }.increment(1);
         Passage { hot: self, ids, together }
+    }
+
+    /// The counts stay whole whatever panics: each change is one step.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     #[cfg(test)]
     fn remembered(&self) -> usize {
-        self.state.lock().expect("not poisoned").rows.len()
+        self.lock().rows.len()
     }
 }
 
@@ -124,7 +138,7 @@ impl State {
 impl Drop for Passage<'_> {
     fn drop(&mut self) {
         let now = Instant::now();
-        let mut state = self.hot.state.lock().expect("not poisoned");
+        let mut state = self.hot.lock();
         if self.together {
             state.together -= 1;
         } else {
@@ -147,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_row_written_once_at_a_time_stays_alone() {
-        let hot = HotRows::default();
+        let hot = HotRows::new("test");
         for _ in 0..10 {
             assert!(!hot.enter([7]).together());
         }
@@ -156,7 +170,7 @@ mod tests {
 
     #[test]
     fn a_second_write_in_flight_turns_the_row_hot_until_it_cools() {
-        let hot = HotRows::default();
+        let hot = HotRows::new("test");
         let first = hot.enter([7]);
         let second = hot.enter([7]);
         assert!(!first.together());
@@ -165,13 +179,13 @@ mod tests {
         assert!(hot.enter([7]).together(), "a row stays hot while it cools");
         assert!(!hot.enter([8]).together(), "other rows are not");
         let now = Instant::now();
-        hot.state.lock().unwrap().rows.get_mut(&7).unwrap().hot_until = Some(now);
+        hot.lock().rows.get_mut(&7).unwrap().hot_until = Some(now);
         assert!(!hot.enter([7]).together(), "cooled, it is written alone again");
     }
 
     #[test]
     fn an_order_over_one_hot_product_goes_to_the_batch() {
-        let hot = HotRows::default();
+        let hot = HotRows::new("test");
         let _first = hot.enter([3]);
         let _second = hot.enter([3]);
         assert!(hot.enter([1, 3, 5]).together());
@@ -179,7 +193,7 @@ mod tests {
 
     #[test]
     fn while_the_batch_works_every_write_joins_it() {
-        let hot = HotRows::default();
+        let hot = HotRows::new("test");
         let (_first, second) = (hot.enter([1]), hot.enter([1]));
         assert!(second.together());
         assert!(hot.enter([2]).together(), "a quiet row joins the batch at work");
@@ -189,7 +203,7 @@ mod tests {
 
     #[test]
     fn past_a_few_writes_alone_the_rest_go_to_the_batch() {
-        let hot = HotRows::default();
+        let hot = HotRows::new("test");
         let alone: Vec<Passage> = (0..ALONE_AT_ONCE as i64).map(|id| hot.enter([id])).collect();
         assert!(alone.iter().all(|passage| !passage.together()));
         assert!(hot.enter([100]).together());
@@ -199,14 +213,14 @@ mod tests {
 
     #[test]
     fn rows_cooled_and_idle_are_forgotten() {
-        let hot = HotRows::default();
+        let hot = HotRows::new("test");
         for id in 1..SWEEP_OVER as i64 {
             let (first, second) = (hot.enter([id]), hot.enter([id]));
             drop((first, second));
         }
         assert_eq!(hot.remembered(), SWEEP_OVER - 1, "hot rows are remembered while they cool");
         let now = Instant::now();
-        for row in hot.state.lock().unwrap().rows.values_mut() {
+        for row in hot.lock().rows.values_mut() {
             row.hot_until = Some(now);
         }
         let _ = hot.enter([-1]);

@@ -26,7 +26,7 @@ pub struct Adaptive {
 
 impl Adaptive {
     pub fn start(db: Db) -> Self {
-        Self { hot: HotRows::default(), batch: batch::Batch::start(db) }
+        Self { hot: HotRows::new("wallets"), batch: batch::Batch::start(db) }
     }
 }
 
@@ -44,6 +44,7 @@ impl PointsStrategy for Adaptive {
         atomic::debit_once(conn, spend).await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = charge.user_id, strategy = ?self.kind()))]
     async fn charge_alone(&self, db: &Db, charge: Charge, claim: Option<&Claim>) -> Result<i64, AppError> {
         let passage = self.hot.enter([charge.user_id]);
         if passage.together() {

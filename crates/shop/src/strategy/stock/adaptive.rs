@@ -24,9 +24,14 @@ use crate::domain::order::OrderLines;
 use crate::error::AppError;
 use crate::strategy::hot_rows::HotRows;
 
-#[derive(Default)]
 pub struct Adaptive {
     hot: HotRows,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Self { hot: HotRows::new("products") }
+    }
 }
 
 #[async_trait]

@@ -90,6 +90,7 @@ async fn adaptive_batches_a_hot_wallet_beside_quiet_ones_written_alone() {
     let quiet = app.bulk_users(20).await;
     let mut charges: Vec<_> = (0..100).map(|_| app.charge(&hot, 1000)).collect();
     charges.extend(quiet.iter().map(|user| app.charge(user, 1000)));
+    let before = (routed(&app, "alone").await, routed(&app, "together").await);
 
     let outcomes = together(charges).await;
     assert!(outcomes.iter().all(|(status, _)| *status == StatusCode::OK), "{outcomes:?}");
@@ -97,14 +98,22 @@ async fn adaptive_batches_a_hot_wallet_beside_quiet_ones_written_alone() {
     for user in &quiet {
         assert_eq!(app.balance_and_ledger_sum(user.id).await, (1000, 1000));
     }
-    let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    let routed = |route: &str| -> f64 {
-        let name = format!(r#"shop_adaptive_writes_total{{route="{route}"}} "#);
-        metrics.lines().find_map(|line| line.strip_prefix(&name)?.trim().parse().ok()).unwrap_or(0.0)
-    };
-    assert!(routed("alone") > 0.0 && routed("together") > 0.0, "both routes wrote: {metrics}");
-    assert_eq!(routed("alone") + routed("together"), 120.0);
+    let (alone, batched) = (routed(&app, "alone").await - before.0, routed(&app, "together").await - before.1);
+    assert!(alone > 0.0 && batched > 0.0, "both routes wrote: {alone} alone, {batched} batched");
+    assert_eq!(alone + batched, 120.0);
     app.assert_invariants().await;
+}
+
+/// Charges the adaptive strategy has sent by `route` since the process began.
+async fn routed(app: &TestApp, route: &str) -> f64 {
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    let route = format!(r#"route="{route}""#);
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("shop_adaptive_writes_total{") && line.contains(r#"rows="wallets""#))
+        .filter(|line| line.contains(&route))
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 macro_rules! for_each_points_strategy {
