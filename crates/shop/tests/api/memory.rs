@@ -65,8 +65,12 @@ async fn the_heap_stays_flat_under_steady_load_while_nothing_scrapes() {
     let app = spawn_app().await;
     // Thirty-two clients sending one request at a time: thirty-two
     // connections throughout, so their buffers weigh the same at both
-    // measurements.
-    let clients: Vec<reqwest::Client> = (0..32).map(|_| http_client().build().unwrap()).collect();
+    // measurements. They keep them idle across the pauses below (and
+    // within the shop's 15 s), so that no measurement counts connections
+    // closed and opened again.
+    let keep = PAST_AN_UPKEEP + Duration::from_secs(4);
+    let clients: Vec<reqwest::Client> =
+        (0..32).map(|_| http_client().pool_idle_timeout(keep).build().unwrap()).collect();
     let url = app.url("/health/live");
     let load = async |requests: usize| {
         join_all(clients.iter().map(|client| async {
