@@ -21,7 +21,7 @@ use crate::storage::orders::{ItemRow, NewItem, NewOrder, OrderRow};
 use crate::storage::payments::Sale;
 use crate::storage::products::ProductRow;
 use crate::storage::{Tx, coupons, ledger, orders, payments, products, wallets};
-use crate::strategy::stock::StockStrategy;
+use crate::strategy::stock::{StockStrategy, Together};
 use crate::top_sellers::{SaleRecord, TopSellers};
 
 mod batch;
@@ -129,7 +129,10 @@ pub struct Placing {
 
 impl Placing {
     pub fn new(db: Db, stock: Arc<dyn StockStrategy>) -> Self {
-        let together = stock.places_together().then(|| OrderBatcher::start(db.clone(), stock.clone()));
+        let together = match stock.places_together() {
+            Together::Never => None,
+            Together::Always | Together::WhenHot(_) => Some(OrderBatcher::start(db.clone(), stock.clone())),
+        };
         Self { db, stock, together }
     }
 
@@ -142,7 +145,10 @@ impl Placing {
         let Some(batcher) = &self.together else {
             return place_alone(&self.db, &*self.stock, placement, claim).await;
         };
-        let passage = self.stock.hot_rows().map(|hot| hot.enter(placement.lines.iter().map(|(id, _)| id)));
+        let passage = match self.stock.places_together() {
+            Together::WhenHot(hot) => Some(hot.enter(placement.lines.iter().map(|(id, _)| id))),
+            Together::Never | Together::Always => None,
+        };
         if passage.as_ref().is_none_or(|passage| passage.together()) {
             batcher.place(placement, claim).await
         } else {

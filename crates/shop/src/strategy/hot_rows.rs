@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use metrics::Counter;
 
 /// How long a row stays hot after its last overlap.
-pub const COOLING: Duration = Duration::from_secs(1);
+const COOLING: Duration = Duration::from_secs(1);
 
 /// Writes on their own task at once, at most, before the others go to
 /// the batch. Written alone, each is a transaction and a WAL flush; a

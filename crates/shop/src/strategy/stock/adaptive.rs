@@ -18,7 +18,7 @@
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
-use super::{StockHold, StockStrategy, atomic};
+use super::{StockHold, StockStrategy, Together, atomic};
 use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
@@ -44,11 +44,7 @@ impl StockStrategy for Adaptive {
         atomic::take_each(conn, lines).await
     }
 
-    fn places_together(&self) -> bool {
-        true
-    }
-
-    fn hot_rows(&self) -> Option<&HotRows> {
-        Some(&self.hot)
+    fn places_together(&self) -> Together<'_> {
+        Together::WhenHot(&self.hot)
     }
 }

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
-use super::{StockHold, StockStrategy, atomic};
+use super::{StockHold, StockStrategy, Together, atomic};
 use crate::config::StockStrategyKind;
 use crate::domain::order::OrderLines;
 use crate::error::AppError;
@@ -37,8 +37,8 @@ impl StockStrategy for Batch {
         atomic::take_each(conn, lines).await
     }
 
-    fn places_together(&self) -> bool {
-        true
+    fn places_together(&self) -> Together<'_> {
+        Together::Always
     }
 }
 

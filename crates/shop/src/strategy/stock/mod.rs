@@ -34,6 +34,15 @@ use crate::storage::Db;
 use crate::storage::coupons;
 use crate::storage::products::StockChange;
 
+/// When a strategy places orders together (see
+/// [`StockStrategy::places_together`]).
+pub enum Together<'a> {
+    Never,
+    Always,
+    /// Those with a hot product; the others each alone.
+    WhenHot(&'a HotRows),
+}
+
 /// What a reservation holds across its transaction.
 #[derive(Default)]
 pub struct StockHold {
@@ -79,15 +88,8 @@ pub trait StockStrategy: Send + Sync {
 
     /// Whether orders that arrive together are placed together, in one
     /// transaction whose stock is counted by a [`StockTally`].
-    fn places_together(&self) -> bool {
-        false
-    }
-
-    /// For a strategy that places together: the rows whose heat decides
-    /// whether an order goes to the batch or is placed alone. `None`: every
-    /// order goes to the batch.
-    fn hot_rows(&self) -> Option<&HotRows> {
-        None
+    fn places_together(&self) -> Together<'_> {
+        Together::Never
     }
 
     /// In the order's transaction, after the stock: reserves the order's
