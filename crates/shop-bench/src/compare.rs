@@ -130,9 +130,35 @@ impl Measured {
     }
 }
 
-pub async fn compare(base: &RunArgs, rounds: u32, out: &Path) -> anyhow::Result<()> {
+/// A part of the matrix to run, to settle a few cells with more rounds than
+/// the whole would take time for. Empty lists keep everything.
+pub struct Only {
+    pub scenarios: Vec<Scenario>,
+    pub strategies: Vec<String>,
+}
+
+impl Only {
+    fn everything(&self) -> bool {
+        self.scenarios.is_empty() && self.strategies.is_empty()
+    }
+
+    fn keeps(&self, case: &Case) -> bool {
+        (self.scenarios.is_empty() || self.scenarios.contains(&case.scenario))
+            && (self.strategies.is_empty() || self.strategies.contains(&case.strategy))
+    }
+}
+
+pub async fn compare(base: &RunArgs, rounds: u32, only: &Only, out: &Path) -> anyhow::Result<()> {
+    // The committed report is the whole matrix; a part of it must not take
+    // its place, and a filter that keeps nothing is a typo.
+    anyhow::ensure!(
+        only.everything() || out != Path::new("docs"),
+        "--scenarios and --strategies run a part of the matrix: give it an --out other than docs"
+    );
+    let matrix: Vec<Case> = matrix().into_iter().filter(|case| only.keeps(case)).collect();
+    anyhow::ensure!(!matrix.is_empty(), "--scenarios and --strategies leave no case of the matrix to run");
     let limits = limits(base).await?;
-    let mut results: Vec<Measured> = matrix().into_iter().map(|case| Measured { case, rounds: Vec::new() }).collect();
+    let mut results: Vec<Measured> = matrix.into_iter().map(|case| Measured { case, rounds: Vec::new() }).collect();
     // Round after round rather than case after case: a drift of the shared
     // machine (another job, a cache warming) then touches every case alike,
     // and shows in each case's noise instead of in one case's figures.
@@ -571,6 +597,19 @@ mod tests {
         assert!(md.contains("| defaults | defaults | 1 | 6000 | 0 %, 0 % | – | 30 % |"), "{md}");
         assert!(md.contains("ceiling, `GET /health/live` on one spawned instance, 64 connections: **20000 /s**"));
         assert!(md.contains("The whole matrix ran 2 times"));
+    }
+
+    #[test]
+    fn a_part_of_the_matrix_keeps_the_cases_named_and_only_them() {
+        let only = Only { scenarios: vec![Scenario::ChargeStorm], strategies: vec!["batch".into(), "adaptive".into()] };
+        let kept: Vec<Case> = matrix().into_iter().filter(|case| only.keeps(case)).collect();
+        // Four loads, two strategies, one and three instances.
+        assert_eq!(kept.len(), 4 * 2 * 2);
+        assert!(kept.iter().all(|case| case.scenario == Scenario::ChargeStorm));
+        assert!(kept.iter().any(|case| case.strategy == "adaptive"));
+        let everything = Only { scenarios: Vec::new(), strategies: Vec::new() };
+        assert!(everything.everything());
+        assert_eq!(matrix().into_iter().filter(|case| everything.keeps(case)).count(), matrix().len());
     }
 
     #[test]

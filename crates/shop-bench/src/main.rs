@@ -86,6 +86,14 @@ struct CompareArgs {
     /// Where `benchmarks.md` and its charts go.
     #[arg(long, default_value = "docs")]
     out: PathBuf,
+    /// Only these scenarios' cases (comma-separated): the report then holds
+    /// only them, so it needs an `--out` other than `docs`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
+    /// Only these strategies' cases (comma-separated, e.g. `batch,adaptive`;
+    /// `defaults` names the mixed and events cases), with the same proviso.
+    #[arg(long, value_delimiter = ',')]
+    strategies: Vec<String>,
 }
 
 #[derive(Args)]
@@ -232,7 +240,8 @@ async fn main() -> ExitCode {
                 admin_password: "admin-password".into(),
                 json: None,
             };
-            compare::compare(&base, args.rounds, &args.out).await.map(|()| true)
+            let only = compare::Only { scenarios: args.scenarios, strategies: args.strategies };
+            compare::compare(&base, args.rounds, &only, &args.out).await.map(|()| true)
         }
         Command::Diff(args) => diff::diff(&args.old, &args.new, args.fail_on_regression),
     };
