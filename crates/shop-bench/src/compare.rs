@@ -132,6 +132,7 @@ impl Measured {
 
 /// A part of the matrix to run, to settle a few cells with more rounds than
 /// the whole would take time for. Empty lists keep everything.
+#[derive(Default)]
 pub struct Only {
     pub scenarios: Vec<Scenario>,
     pub strategies: Vec<String>,
@@ -140,6 +141,20 @@ pub struct Only {
 impl Only {
     fn everything(&self) -> bool {
         self.scenarios.is_empty() && self.strategies.is_empty()
+    }
+
+    /// The filters as given on the command line, for the report to say
+    /// what ran.
+    fn arguments(&self) -> String {
+        let mut arguments = String::new();
+        if !self.scenarios.is_empty() {
+            let names: Vec<String> = self.scenarios.iter().map(|&scenario| slug(scenario)).collect();
+            arguments += &format!(" --scenarios {}", names.join(","));
+        }
+        if !self.strategies.is_empty() {
+            arguments += &format!(" --strategies {}", self.strategies.join(","));
+        }
+        arguments
     }
 
     fn keeps(&self, case: &Case) -> bool {
@@ -183,7 +198,7 @@ pub async fn compare(base: &RunArgs, rounds: u32, only: &Only, out: &Path) -> an
         std::fs::write(out.join("benchmarks").join(file), svg)?;
     }
     let machine = machine();
-    std::fs::write(out.join("benchmarks.md"), markdown::markdown(base, rounds, &limits, &results, &machine)?)?;
+    std::fs::write(out.join("benchmarks.md"), markdown::markdown(base, rounds, only, &limits, &results, &machine)?)?;
     std::fs::write(out.join("benchmarks.json"), json(rounds, &limits, &results, machine)?)?;
     eprintln!("wrote {} and benchmarks.json", out.join("benchmarks.md").display());
     Ok(())
@@ -567,7 +582,8 @@ mod tests {
                 "mixed-defaults-latency.svg",
             ]
         );
-        let md = markdown::markdown(&base(), 2, &limits(), &results, "- a machine\n").expect("markdown");
+        let md =
+            markdown::markdown(&base(), 2, &Only::default(), &limits(), &results, "- a machine\n").expect("markdown");
         let shown: Vec<&str> = md.split("](benchmarks/").skip(1).filter_map(|rest| rest.split(')').next()).collect();
         assert_eq!(shown, files);
     }
@@ -584,7 +600,8 @@ mod tests {
     fn tables_show_the_mean_the_noise_and_the_shares() {
         let mut results = results();
         results[0].rounds[1].broken_invariants.push("101 coupons issued".to_owned());
-        let md = markdown::markdown(&base(), 2, &limits(), &results, "- a machine\n").expect("markdown");
+        let md =
+            markdown::markdown(&base(), 2, &Only::default(), &limits(), &results, "- a machine\n").expect("markdown");
         assert!(md.contains(
             "| req/s | noise: req/s, p99 | of limit | of ceiling | p50 ms | p99 ms | p99.9 ms | p99.99 ms |"
         ));
@@ -607,15 +624,18 @@ mod tests {
         assert_eq!(kept.len(), 4 * 2 * 2);
         assert!(kept.iter().all(|case| case.scenario == Scenario::ChargeStorm));
         assert!(kept.iter().any(|case| case.strategy == "adaptive"));
-        let everything = Only { scenarios: Vec::new(), strategies: Vec::new() };
+        assert_eq!(only.arguments(), " --scenarios charge-storm --strategies batch,adaptive");
+        let everything = Only::default();
         assert!(everything.everything());
+        assert_eq!(everything.arguments(), "");
         assert_eq!(matrix().into_iter().filter(|case| everything.keeps(case)).count(), matrix().len());
     }
 
     #[test]
     fn one_round_says_no_noise_was_measured() {
         let results = vec![measured(Scenario::CouponRush, "high", "atomic", 1, &[(1_000.0, 5.0)])];
-        let md = markdown::markdown(&base(), 1, &limits(), &results, "- a machine\n").expect("markdown");
+        let md =
+            markdown::markdown(&base(), 1, &Only::default(), &limits(), &results, "- a machine\n").expect("markdown");
         assert!(md.contains("One round: no run-to-run noise was measured"));
         assert!(md.contains("| high | atomic | 1 | 1000 | – | 1 % | 5 % |"), "{md}");
     }

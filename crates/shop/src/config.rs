@@ -161,9 +161,9 @@ pub struct Config {
     pub admin_password: Option<String>,
     /// The three strategies default to the winners of docs/benchmarks.md
     /// (see the README).
-    #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Batch)]
+    #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Adaptive)]
     pub points_strategy: PointsStrategyKind,
-    #[arg(long, env = "STOCK_STRATEGY", value_enum, default_value_t = StockStrategyKind::Batch)]
+    #[arg(long, env = "STOCK_STRATEGY", value_enum, default_value_t = StockStrategyKind::Adaptive)]
     pub stock_strategy: StockStrategyKind,
     #[arg(long, env = "COUPON_STRATEGY", value_enum, default_value_t = CouponStrategyKind::RedisGate)]
     pub coupon_strategy: CouponStrategyKind,

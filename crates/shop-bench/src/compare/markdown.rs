@@ -4,13 +4,14 @@
 use std::fmt::Write as _;
 
 use super::{
-    Limits, Measured, bar_chart_file, contentions_in, latency_chart_file, limit_of, rows_of, scenarios_in, slug,
+    Limits, Measured, Only, bar_chart_file, contentions_in, latency_chart_file, limit_of, rows_of, scenarios_in, slug,
 };
 use crate::RunArgs;
 
 pub fn markdown(
     base: &RunArgs,
     rounds: u32,
+    only: &Only,
     limits: &Limits,
     results: &[Measured],
     machine: &str,
@@ -19,16 +20,17 @@ pub fn markdown(
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
-        "Written by `cargo run --release -p shop-bench -- compare --rounds {rounds}` on {} ({} s per run, closed loop, \
+        "Written by `cargo run --release -p shop-bench -- compare --rounds {rounds}{}` on {} ({} s per run, closed loop, \
          {} connections, fresh database and spawned instances per run, {} database connections shared by the \
          instances (at least 4 each); every run's invariants were checked). As deployed: the instances ran their \
          background upkeep, and a scraper fetched each one's `/metrics` every second during the load.\n",
+        only.arguments(),
         chrono::Utc::now().format("%Y-%m-%d"),
         base.seconds,
         base.connections,
         crate::TOTAL_POOL
     )?;
-    writeln!(md, "{}\n", how_rounds_are_shown(rounds))?;
+    writeln!(md, "{}\n", how_rounds_are_shown(rounds, only))?;
     writeln!(md, "## Machine\n\n{machine}")?;
     engine_limits(&mut md, base, limits)?;
     for scenario in scenarios_in(results) {
@@ -49,18 +51,19 @@ fn chart_path(file: &str) -> String {
     format!("benchmarks/{file}")
 }
 
-fn how_rounds_are_shown(rounds: u32) -> String {
+fn how_rounds_are_shown(rounds: u32, only: &Only) -> String {
     if rounds < 2 {
         return "One round: no run-to-run noise was measured; on a shared 2-core machine, read differences under \
                 ~15 % as noise."
             .to_owned();
     }
     format!(
-        "The whole matrix ran {rounds} times, round after round, so that a drift of the machine touches every case \
+        "{} ran {rounds} times, round after round, so that a drift of the machine touches every case \
          alike. req/s is the mean of a case's rounds; *noise* is how far its rounds spread, (max − min) / mean, \
          of req/s and of p99: read a difference smaller than it as noise (`shop-bench diff OLD.json NEW.json` \
          flags those beyond it). The other columns and the latency charts are of the round of median throughput \
-         (of an even number, the slower middle one); invariants were checked in every round."
+         (of an even number, the slower middle one); invariants were checked in every round.",
+        if only.everything() { "The whole matrix" } else { "This part of the matrix" }
     )
 }
 
