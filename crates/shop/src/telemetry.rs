@@ -24,6 +24,10 @@ pub fn describe() {
     describe_counter!("shop_coupon_gate_total", "coupon gate answers, by outcome");
     describe_counter!("shop_coupon_gate_loads_total", "coupon gates loaded from PostgreSQL");
     describe_counter!(
+        "shop_coupon_gate_remembered_total",
+        "coupon requests refused from a campaign known sold out for good, without asking Redis"
+    );
+    describe_counter!(
         "shop_coupon_gate_reconciled_total",
         "pending coupon grants settled by the reconciler, by action"
     );

@@ -292,6 +292,17 @@ impl TestApp {
         request.send().await.expect("the server answers")
     }
 
+    /// The sum of a counter's series on `/metrics` (0 before its first
+    /// increment). Every instance of a test process shares its recorder.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let metrics = self.get("/metrics", None).await.text().await.unwrap();
+        metrics
+            .lines()
+            .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<u64>().ok())
+            .sum()
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
         self.request(Method::GET, path, token, None).await
     }

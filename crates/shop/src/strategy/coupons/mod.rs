@@ -11,6 +11,7 @@ mod naive;
 mod pessimistic;
 mod redis_gate;
 mod redis_lock;
+mod sold_out;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -61,6 +61,7 @@ use redis::{AsyncCommands, Script};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 
+use super::sold_out::SoldOut;
 use super::{
     CouponHold, CouponStrategy, Issued, StreamEntry, count_issued, refuse_settled, save_response, write_alone,
     write_coupon,
@@ -203,6 +204,8 @@ pub struct CouponGate {
     active: ActiveSet,
     /// Granted requests waiting to be written together.
     writes: Arc<Batcher<Granted, Result<Issued, AppError>>>,
+    /// Campaigns known sold out for good, answered without Redis.
+    sold_out: Arc<SoldOut>,
 }
 
 /// A granted request, to be written.
@@ -317,6 +320,7 @@ impl CouponGate {
             reconcile_after: deps.locks.gate_reconcile_after(),
             settled: Arc::new(Notify::new()),
             active: ActiveSet::new(deps.keys.key("coupon-gate", "active")),
+            sold_out: Arc::new(SoldOut::default()),
             writes: Arc::new(Batcher::start("coupons", {
                 let db = deps.db.clone();
                 move |grants| write_grants(db.clone(), grants)
@@ -349,6 +353,10 @@ impl CouponGate {
         user_id: i64,
         queue: Option<&StreamEntry>,
     ) -> Result<Option<i64>, AppError> {
+        if let Some(refusal) = self.sold_out.refusal(coupon_type.id, user_id) {
+            metrics::counter!("shop_coupon_gate_remembered_total").increment(1);
+            return Err(refusal);
+        }
         let asked = Instant::now();
         let mut loads = 0;
         let mut pause = Duration::from_millis(5);
@@ -367,7 +375,10 @@ impl CouponGate {
             metrics::counter!("shop_coupon_gate_total", "outcome" => outcome.to_lowercase()).increment(1);
             match outcome {
                 "GRANTED" => return granted.parse().map(Some).map_err(AppError::internal),
-                "SOLD_OUT" => return Err(AppError::CouponSoldOut),
+                "SOLD_OUT" => {
+                    self.remember_sold_out(db, coupon_type.id);
+                    return Err(AppError::CouponSoldOut);
+                }
                 "ALREADY_ISSUED" => return Err(AppError::CouponAlreadyIssued),
                 "NOT_LOADED" if loads < 3 => {
                     loads += 1;
@@ -387,6 +398,34 @@ impl CouponGate {
                 other => return Err(AppError::internal(anyhow::anyhow!("unexpected gate answer {other}"))),
             }
         }
+    }
+
+    /// After the gate said `SOLD_OUT`, which is final: reads the campaign's
+    /// holders in the background, once, so that its later requests are
+    /// answered without Redis (see [`SoldOut`]).
+    fn remember_sold_out(&self, db: &Db, type_id: i64) {
+        if !self.sold_out.start_reading(type_id) {
+            return;
+        }
+        let (sold_out, db) = (self.sold_out.clone(), db.clone());
+        tokio::spawn(async move {
+            let read = async { coupons::holders(&mut *db.read().await?, type_id).await.map_err(AppError::from) };
+            match read.await {
+                Ok((0, holders)) => sold_out.read(type_id, Some(holders)),
+                Ok((left, _)) => {
+                    // The gate is never pessimistic; should it ever be, the
+                    // campaign is not sold out, and the gate answers on.
+                    tracing::warn!(type_id, left, "the coupon gate said sold out with units left in PostgreSQL");
+                    sold_out.read(type_id, None);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, type_id, "could not read a sold-out campaign's holders");
+                    // One read a second at most while PostgreSQL fails.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    sold_out.read(type_id, None);
+                }
+            }
+        });
     }
 
     async fn settle_grant(

@@ -323,7 +323,7 @@ async fn a_lost_gate_is_rebuilt_once_across_instances() {
     for user in &users[..10] {
         assert_eq!(first.issue_coupon(user, &code).await.status(), StatusCode::CREATED);
     }
-    let loads_before = gate_loads(&first).await;
+    let loads_before = first.metric("shop_coupon_gate_loads_total").await;
     first.lose_redis_keys().await;
     let outcomes = together(
         users[10..]
@@ -339,20 +339,46 @@ async fn a_lost_gate_is_rebuilt_once_across_instances() {
     .await;
     assert_eq!(count(&outcomes, StatusCode::CREATED), 30);
     // Both instances share this process's metrics recorder.
-    assert_eq!(gate_loads(&first).await - loads_before, 1, "loaded once");
+    assert_eq!(first.metric("shop_coupon_gate_loads_total").await - loads_before, 1, "loaded once");
     // The rebuilt gate remembers the earlier holders.
     let again = first.issue_coupon(&users[0], &code).await;
     crate::support::assert_problem(again, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
     first.assert_invariants().await;
 }
 
-async fn gate_loads(app: &TestApp) -> u64 {
-    let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    metrics
-        .lines()
-        .find(|line| line.starts_with("shop_coupon_gate_loads_total"))
-        .and_then(|line| line.split_whitespace().last())
-        .map_or(0, |value| value.parse().unwrap())
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaign_sold_out_for_good_is_answered_without_the_gate_holders_first() {
+    let app = app_with(CouponStrategyKind::RedisGate).await;
+    let code = app.create_coupon_type("GONE", 3, json!({})).await;
+    let users = app.bulk_users(6).await;
+    for holder in &users[..3] {
+        assert_eq!(app.issue_coupon(holder, &code).await.status(), StatusCode::CREATED);
+    }
+    // The gate's first `SOLD_OUT` has the instance read the holders.
+    let refused = app.issue_coupon(&users[3], &code).await;
+    crate::support::assert_problem(refused, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+    crate::support::eventually("the sold-out campaign remembered", async || {
+        let before = app.metric("shop_coupon_gate_remembered_total").await;
+        let answer = app.issue_coupon(&users[4], &code).await;
+        assert_eq!(answer.status(), StatusCode::CONFLICT);
+        app.metric("shop_coupon_gate_remembered_total").await > before
+    })
+    .await;
+
+    let (gate_answers, remembered) =
+        (app.metric("shop_coupon_gate_total").await, app.metric("shop_coupon_gate_remembered_total").await);
+    for holder in &users[..3] {
+        let again = app.issue_coupon(holder, &code).await;
+        crate::support::assert_problem(again, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
+    }
+    for other in &users[3..] {
+        let refused = app.issue_coupon(other, &code).await;
+        crate::support::assert_problem(refused, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+    }
+    assert_eq!(app.metric("shop_coupon_gate_total").await, gate_answers, "Redis was not asked");
+    assert_eq!(app.metric("shop_coupon_gate_remembered_total").await, remembered + 6);
+    assert_eq!(issued_rows(&app, &code).await, (3, 3));
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
