@@ -159,7 +159,8 @@ pub struct Config {
     /// with the published password `admin-password`.
     #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
-    /// The three strategies default to the winners of docs/benchmarks.md
+    /// The three strategies default to the winners of docs/benchmarks.md,
+    /// points and stock to the one docs/adaptive/benchmarks.md settled
     /// (see the README).
     #[arg(long, env = "POINTS_STRATEGY", value_enum, default_value_t = PointsStrategyKind::Adaptive)]
     pub points_strategy: PointsStrategyKind,

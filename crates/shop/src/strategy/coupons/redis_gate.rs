@@ -186,6 +186,9 @@ const HOLDERS_PER_SADD: usize = 5_000;
 /// a saturated machine; a grant pending longer lost its writer, and the
 /// reconciler settles it.
 const PENDING_WAIT: Duration = Duration::from_secs(5);
+/// How long the read of a sold-out campaign's holders may take before it
+/// is given up, to be tried again by a later `SOLD_OUT`.
+const HOLDERS_READ_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest pause between two looks while waiting: settlements by other
 /// instances are seen this late at most (this instance's wake waiters).
 const PENDING_POLL: Duration = Duration::from_millis(200);
@@ -376,7 +379,7 @@ impl CouponGate {
             match outcome {
                 "GRANTED" => return granted.parse().map(Some).map_err(AppError::internal),
                 "SOLD_OUT" => {
-                    self.remember_sold_out(db, coupon_type.id);
+                    self.remember_sold_out(db, coupon_type);
                     return Err(AppError::CouponSoldOut);
                 }
                 "ALREADY_ISSUED" => return Err(AppError::CouponAlreadyIssued),
@@ -400,31 +403,40 @@ impl CouponGate {
         }
     }
 
-    /// After the gate said `SOLD_OUT`, which is final: reads the campaign's
-    /// holders in the background, once, so that its later requests are
-    /// answered without Redis (see [`SoldOut`]).
-    fn remember_sold_out(&self, db: &Db, type_id: i64) {
-        if !self.sold_out.start_reading(type_id) {
+    /// After the gate said `SOLD_OUT`: reads the campaign's holders in the
+    /// background, once, so that its later requests are answered without
+    /// Redis (see [`SoldOut`]). Each instance reads them once per drop, the
+    /// campaign's coupons in one statement.
+    fn remember_sold_out(&self, db: &Db, coupon_type: &CouponType) {
+        let type_id = coupon_type.id;
+        if !self.sold_out.start_reading(type_id, coupon_type.terms.total_quantity) {
             return;
         }
         let (sold_out, db) = (self.sold_out.clone(), db.clone());
         tokio::spawn(async move {
             let read = async { coupons::holders(&mut *db.read().await?, type_id).await.map_err(AppError::from) };
-            match read.await {
-                Ok((0, holders)) => sold_out.read(type_id, Some(holders)),
-                Ok((left, _)) => {
-                    // The gate is never pessimistic; should it ever be, the
-                    // campaign is not sold out, and the gate answers on.
+            let holders = match tokio::time::timeout(HOLDERS_READ_DEADLINE, read).await {
+                Ok(Ok((0, holders))) => Some(holders),
+                // The gate is never pessimistic; should it ever be, the
+                // campaign is not sold out, and the gate answers on.
+                Ok(Ok((left, _))) => {
                     tracing::warn!(type_id, left, "the coupon gate said sold out with units left in PostgreSQL");
-                    sold_out.read(type_id, None);
+                    None
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::warn!(%error, type_id, "could not read a sold-out campaign's holders");
-                    // One read a second at most while PostgreSQL fails.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    sold_out.read(type_id, None);
+                    None
                 }
+                Err(_) => {
+                    tracing::warn!(type_id, "reading a sold-out campaign's holders timed out");
+                    None
+                }
+            };
+            if holders.is_none() {
+                // One read a second at most while it cannot be remembered.
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            sold_out.read(type_id, holders);
         });
     }
 

@@ -11,7 +11,7 @@
 //! are the same.
 //!
 //! The gate is not one of its paths: on a product selling out, `batch`
-//! answered 2.4 times as many orders as `redis-gate` did
+//! answered 2.2–2.6 times as many orders as `redis-gate` did
 //! (docs/benchmarks.md, one product of 100), as a batch refuses its orders
 //! with one read of the row.
 

@@ -350,16 +350,21 @@ async fn a_lost_gate_is_rebuilt_once_across_instances() {
 async fn a_campaign_sold_out_for_good_is_answered_without_the_gate_holders_first() {
     let app = app_with(CouponStrategyKind::RedisGate).await;
     let code = app.create_coupon_type("GONE", 3, json!({})).await;
-    let users = app.bulk_users(6).await;
-    for holder in &users[..3] {
+    let open = app.create_coupon_type("STILL_OPEN", 10, json!({})).await;
+    let users = app.bulk_users(7).await;
+    let (holders, others) = users.split_at(3);
+    for holder in &holders[..2] {
         assert_eq!(app.issue_coupon(holder, &code).await.status(), StatusCode::CREATED);
     }
-    // The gate's first `SOLD_OUT` has the instance read the holders.
-    let refused = app.issue_coupon(&users[3], &code).await;
+    // The last coupon was written while Redis was away: the gate grants its
+    // unit again, the database refuses it, and the gate closes.
+    coupon_behind_the_gates_back(&app, &code, &holders[2]).await;
+    let refused = app.issue_coupon(&others[0], &code).await;
     crate::support::assert_problem(refused, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+    // The gate's `SOLD_OUT` has the instance read the holders.
     crate::support::eventually("the sold-out campaign remembered", async || {
         let before = app.metric("shop_coupon_gate_remembered_total").await;
-        let answer = app.issue_coupon(&users[4], &code).await;
+        let answer = app.issue_coupon(&others[1], &code).await;
         assert_eq!(answer.status(), StatusCode::CONFLICT);
         app.metric("shop_coupon_gate_remembered_total").await > before
     })
@@ -367,17 +372,57 @@ async fn a_campaign_sold_out_for_good_is_answered_without_the_gate_holders_first
 
     let (gate_answers, remembered) =
         (app.metric("shop_coupon_gate_total").await, app.metric("shop_coupon_gate_remembered_total").await);
-    for holder in &users[..3] {
+    // Holders first, the one the gate never saw too; synchronous or not.
+    for holder in holders {
         let again = app.issue_coupon(holder, &code).await;
         crate::support::assert_problem(again, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
     }
-    for other in &users[3..] {
+    for other in others {
         let refused = app.issue_coupon(other, &code).await;
         crate::support::assert_problem(refused, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
     }
+    let queued = app.issue_coupon_async(&others[3], &code).await;
+    crate::support::assert_problem(queued, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+    let queued = app.issue_coupon_async(&holders[0], &code).await;
+    crate::support::assert_problem(queued, StatusCode::CONFLICT, "COUPON_ALREADY_ISSUED").await;
     assert_eq!(app.metric("shop_coupon_gate_total").await, gate_answers, "Redis was not asked");
-    assert_eq!(app.metric("shop_coupon_gate_remembered_total").await, remembered + 6);
+    assert_eq!(app.metric("shop_coupon_gate_remembered_total").await, remembered + 9);
+
+    // Another campaign of the instance is the gate's still.
+    for user in &users[..2] {
+        assert_eq!(app.issue_coupon(user, &open).await.status(), StatusCode::CREATED);
+    }
     assert_eq!(issued_rows(&app, &code).await, (3, 3));
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gate_that_says_sold_out_while_the_database_has_units_left_is_not_remembered() {
+    let app = app_with(CouponStrategyKind::RedisGate).await;
+    let code = app.create_coupon_type("NOT_GONE", 3, json!({})).await;
+    let users = app.bulk_users(3).await;
+    assert_eq!(app.issue_coupon(&users[0], &code).await.status(), StatusCode::CREATED);
+    let type_id: i64 =
+        sqlx::query_scalar("SELECT id FROM coupon_types WHERE code = $1").bind(&code).fetch_one(&app.db).await.unwrap();
+    let state = app.coupon_gate_key(type_id, "state");
+    let set_left = async |left: i64| {
+        let _: i64 =
+            redis::cmd("HSET").arg(&state).arg("left").arg(left).query_async(&mut app.redis().await).await.unwrap();
+    };
+    // A gate wrong the other way round, which the gate never is: sold out
+    // in Redis while PostgreSQL has two units left.
+    set_left(0).await;
+    let refused = app.issue_coupon(&users[1], &code).await;
+    crate::support::assert_problem(refused, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+    // The read finds units left: nothing is remembered, whatever the wait.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(app.metric("shop_coupon_gate_remembered_total").await, 0);
+        let refused = app.issue_coupon(&users[1], &code).await;
+        crate::support::assert_problem(refused, StatusCode::CONFLICT, "COUPON_SOLD_OUT").await;
+    }
+    set_left(2).await;
+    assert_eq!(app.issue_coupon(&users[2], &code).await.status(), StatusCode::CREATED);
     app.assert_invariants().await;
 }
 
