@@ -28,6 +28,10 @@ pub fn describe() {
         "coupon requests refused from a campaign known sold out for good, without asking Redis"
     );
     describe_counter!(
+        "shop_coupon_gate_holders_reads_total",
+        "reads of a sold-out campaign's holders, by outcome: sold_out, units_left, failed"
+    );
+    describe_counter!(
         "shop_coupon_gate_reconciled_total",
         "pending coupon grants settled by the reconciler, by action"
     );

@@ -293,7 +293,8 @@ impl TestApp {
     }
 
     /// The sum of a counter's series on `/metrics` (0 before its first
-    /// increment). Every instance of a test process shares its recorder.
+    /// increment); `name{label="value"}` names one series. Every instance
+    /// of a test process shares its recorder.
     pub async fn metric(&self, name: &str) -> u64 {
         let metrics = self.get("/metrics", None).await.text().await.unwrap();
         metrics

@@ -404,9 +404,10 @@ impl CouponGate {
     }
 
     /// After the gate said `SOLD_OUT`: reads the campaign's holders in the
-    /// background, once, so that its later requests are answered without
-    /// Redis (see [`SoldOut`]). Each instance reads them once per drop, the
-    /// campaign's coupons in one statement.
+    /// background, so that its later requests are answered without Redis
+    /// (see [`SoldOut`]). One read at a time per campaign, in one
+    /// statement; one that cannot be kept is tried again after
+    /// [`RETRY`](super::sold_out::RETRY) at the earliest.
     fn remember_sold_out(&self, db: &Db, coupon_type: &CouponType) {
         let type_id = coupon_type.id;
         if !self.sold_out.start_reading(type_id, coupon_type.terms.total_quantity) {
@@ -415,27 +416,24 @@ impl CouponGate {
         let (sold_out, db) = (self.sold_out.clone(), db.clone());
         tokio::spawn(async move {
             let read = async { coupons::holders(&mut *db.read().await?, type_id).await.map_err(AppError::from) };
-            let holders = match tokio::time::timeout(HOLDERS_READ_DEADLINE, read).await {
-                Ok(Ok((0, holders))) => Some(holders),
+            let (outcome, holders) = match tokio::time::timeout(HOLDERS_READ_DEADLINE, read).await {
+                Ok(Ok((0, holders))) => ("sold_out", Some(holders)),
                 // The gate is never pessimistic; should it ever be, the
                 // campaign is not sold out, and the gate answers on.
                 Ok(Ok((left, _))) => {
                     tracing::warn!(type_id, left, "the coupon gate said sold out with units left in PostgreSQL");
-                    None
+                    ("units_left", None)
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(%error, type_id, "could not read a sold-out campaign's holders");
-                    None
+                    ("failed", None)
                 }
                 Err(_) => {
                     tracing::warn!(type_id, "reading a sold-out campaign's holders timed out");
-                    None
+                    ("failed", None)
                 }
             };
-            if holders.is_none() {
-                // One read a second at most while it cannot be remembered.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            metrics::counter!("shop_coupon_gate_holders_reads_total", "outcome" => outcome).increment(1);
             sold_out.read(type_id, holders);
         });
     }

@@ -11,20 +11,30 @@
 //! and answer `COUPON_ALREADY_ISSUED` to a holder and `COUPON_SOLD_OUT` to
 //! anyone else. (The gate agrees, but for a holder it never saw, such as
 //! a coupon written while Redis was away: the gate calls that holder sold
-//! out, the holders read here say already issued, which is the truth.)
+//! out, the holders read here say already issued, which is the truth. An
+//! instance that has not read them yet answers as the gate does.)
 //!
-//! Bounded: at most [`MAX_HOLDERS`] holders are kept, over all campaigns; a
-//! campaign whose total is larger is never read, and to make room the
-//! campaign answered from longest ago is forgotten, to be read again if it
-//! is asked for again.
+//! Bounded: at most [`MAX_HOLDERS`] holders are kept, over all campaigns. A
+//! campaign whose total is larger is never read. Room is made by forgetting
+//! campaigns nobody asked for in [`IDLE`], the longest idle first; a
+//! campaign still asked for is never forgotten for a newcomer, which is
+//! left to the gate and read again after [`RETRY`], so that two large
+//! drops at once do not take turns being read.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::error::AppError;
 
 /// Holders kept over all campaigns: 8 MB of user ids.
 pub const MAX_HOLDERS: usize = 1_000_000;
+/// A campaign not asked for this long may be forgotten to make room.
+pub const IDLE: Duration = Duration::from_secs(60);
+/// How long a campaign that could not be kept is left to the gate before
+/// it is read again: a read that failed, found units left, or found no
+/// room.
+pub const RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub struct SoldOut {
@@ -36,8 +46,6 @@ struct Campaigns {
     by_id: HashMap<i64, Holders>,
     /// Holders kept, over all campaigns.
     kept: usize,
-    /// Answers given so far: the clock of `last_answered`.
-    answers: u64,
 }
 
 enum Holders {
@@ -46,20 +54,20 @@ enum Holders {
     Known {
         /// Sorted.
         holders: Vec<i64>,
-        last_answered: u64,
+        last_asked: Instant,
     },
+    /// Left to the gate until then.
+    NotKept { until: Instant },
 }
 
 impl SoldOut {
     /// The final refusal for the user, if the campaign is known sold out.
     pub fn refusal(&self, type_id: i64, user_id: i64) -> Option<AppError> {
         let mut campaigns = self.lock();
-        campaigns.answers += 1;
-        let now = campaigns.answers;
-        let Some(Holders::Known { holders, last_answered }) = campaigns.by_id.get_mut(&type_id) else {
+        let Some(Holders::Known { holders, last_asked }) = campaigns.by_id.get_mut(&type_id) else {
             return None;
         };
-        *last_answered = now;
+        *last_asked = Instant::now();
         Some(if holders.binary_search(&user_id).is_ok() {
             AppError::CouponAlreadyIssued
         } else {
@@ -68,25 +76,27 @@ impl SoldOut {
     }
 
     /// Marks the campaign as being read, if it fits the bound and nobody
-    /// reads or knows it yet: `true` tells the caller to read it and hand
-    /// the holders to [`SoldOut::read`].
+    /// reads or knows it: `true` tells the caller to read it and hand the
+    /// outcome to [`SoldOut::read`].
     pub fn start_reading(&self, type_id: i64, total: i64) -> bool {
         if !usize::try_from(total).is_ok_and(|total| total <= MAX_HOLDERS) {
             return false;
         }
         let mut campaigns = self.lock();
-        if campaigns.by_id.contains_key(&type_id) {
-            return false;
+        match campaigns.by_id.get(&type_id) {
+            None => {}
+            Some(Holders::NotKept { until }) if *until <= Instant::now() => {}
+            Some(_) => return false,
         }
         campaigns.by_id.insert(type_id, Holders::Reading);
         true
     }
 
     /// Ends the campaign's read: its holders as PostgreSQL has them once
-    /// sold out, or `None` if the read failed or found units left, which
-    /// leaves the campaign to the gate until the next read.
+    /// sold out, or `None` if the read failed or found units left. Either
+    /// way a campaign not kept is left to the gate for [`RETRY`].
     pub fn read(&self, type_id: i64, holders: Option<Vec<i64>>) {
-        let holders = holders.filter(|holders| holders.len() <= MAX_HOLDERS).map(|mut holders| {
+        let holders = holders.map(|mut holders| {
             holders.sort_unstable();
             holders
         });
@@ -94,12 +104,15 @@ impl SoldOut {
         if !matches!(campaigns.by_id.get(&type_id), Some(Holders::Reading)) {
             return;
         }
-        campaigns.by_id.remove(&type_id);
-        let Some(holders) = holders else { return };
-        while campaigns.kept + holders.len() > MAX_HOLDERS && campaigns.forget_least_recently_answered() {}
-        campaigns.kept += holders.len();
-        let last_answered = campaigns.answers;
-        campaigns.by_id.insert(type_id, Holders::Known { holders, last_answered });
+        let now = Instant::now();
+        let entry = match holders {
+            Some(holders) if campaigns.make_room(holders.len(), now) => {
+                campaigns.kept += holders.len();
+                Holders::Known { holders, last_asked: now }
+            }
+            _ => Holders::NotKept { until: now + RETRY },
+        };
+        campaigns.by_id.insert(type_id, entry);
     }
 
     /// A poisoned lock still holds consistent data: nothing done under it
@@ -110,20 +123,33 @@ impl SoldOut {
 }
 
 impl Campaigns {
-    /// Forgets the known campaign answered from longest ago; `false` if
-    /// none is known. Campaigns being read are left to their reads.
-    fn forget_least_recently_answered(&mut self) -> bool {
-        let oldest = self
+    /// Forgets idle campaigns, the longest idle first, until `needed` more
+    /// holders fit; `false` if they cannot, and then forgets none.
+    fn make_room(&mut self, needed: usize, now: Instant) -> bool {
+        if self.kept + needed <= MAX_HOLDERS {
+            return true;
+        }
+        let mut idle: Vec<(Instant, i64, usize)> = self
             .by_id
             .iter()
             .filter_map(|(&type_id, holders)| match holders {
-                Holders::Known { last_answered, .. } => Some((*last_answered, type_id)),
-                Holders::Reading => None,
+                Holders::Known { holders, last_asked } if now.duration_since(*last_asked) >= IDLE => {
+                    Some((*last_asked, type_id, holders.len()))
+                }
+                _ => None,
             })
-            .min();
-        let Some((_, type_id)) = oldest else { return false };
-        if let Some(Holders::Known { holders, .. }) = self.by_id.remove(&type_id) {
-            self.kept -= holders.len();
+            .collect();
+        let freeable: usize = idle.iter().map(|&(_, _, len)| len).sum();
+        if self.kept - freeable + needed > MAX_HOLDERS {
+            return false;
+        }
+        idle.sort_unstable();
+        for (_, type_id, len) in idle {
+            if self.kept + needed <= MAX_HOLDERS {
+                break;
+            }
+            self.by_id.remove(&type_id);
+            self.kept -= len;
         }
         true
     }
@@ -148,6 +174,20 @@ mod tests {
         sold_out.read(type_id, Some(holders));
     }
 
+    /// Makes the campaign look last asked for `ago` ago.
+    fn asked_ago(sold_out: &SoldOut, type_id: i64, ago: Duration) {
+        if let Some(Holders::Known { last_asked, .. }) = sold_out.lock().by_id.get_mut(&type_id) {
+            *last_asked = Instant::now() - ago;
+        }
+    }
+
+    /// Makes a campaign left to the gate due for another read.
+    fn retry_due(sold_out: &SoldOut, type_id: i64) {
+        if let Some(Holders::NotKept { until }) = sold_out.lock().by_id.get_mut(&type_id) {
+            *until = Instant::now();
+        }
+    }
+
     #[test]
     fn a_campaign_read_sold_out_refuses_holders_as_holders_and_others_as_sold_out() {
         let sold_out = SoldOut::default();
@@ -163,11 +203,13 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_read_leaves_the_campaign_to_the_gate_and_to_a_later_read() {
+    fn a_failed_read_leaves_the_campaign_to_the_gate_until_it_is_read_again() {
         let sold_out = SoldOut::default();
         assert!(sold_out.start_reading(1, 3));
         sold_out.read(1, None);
         assert!(sold_out.refusal(1, 7).is_none());
+        assert!(!sold_out.start_reading(1, 3), "not at once");
+        retry_due(&sold_out, 1);
         assert!(sold_out.start_reading(1, 3));
     }
 
@@ -189,19 +231,31 @@ mod tests {
     }
 
     #[test]
-    fn the_campaign_answered_from_longest_ago_is_forgotten_to_keep_the_bound() {
+    fn room_is_made_from_idle_campaigns_the_longest_idle_first() {
         let sold_out = SoldOut::default();
         remember(&sold_out, 1, (0..HALF).collect());
         remember(&sold_out, 2, (0..HALF).collect());
-        // Campaign 1 is still asked for; 2 is not.
-        assert!(is_held(sold_out.refusal(1, 0)));
-        assert!(sold_out.start_reading(4, HALF));
-        assert!(sold_out.start_reading(3, HALF));
-        sold_out.read(3, Some((0..HALF).collect()));
-        assert!(sold_out.refusal(2, 0).is_none(), "forgotten");
-        assert!(is_held(sold_out.refusal(1, 0)));
+        asked_ago(&sold_out, 1, IDLE * 3);
+        asked_ago(&sold_out, 2, IDLE * 2);
+        remember(&sold_out, 3, (0..HALF).collect());
+        assert!(sold_out.refusal(1, 0).is_none(), "the longest idle is forgotten");
+        assert!(is_held(sold_out.refusal(2, 0)), "one was enough");
         assert!(is_held(sold_out.refusal(3, 0)));
         assert_eq!(sold_out.lock().kept, MAX_HOLDERS);
-        assert!(!sold_out.start_reading(4, HALF), "a read under way is not forgotten");
+    }
+
+    #[test]
+    fn a_campaign_still_asked_for_is_not_forgotten_for_a_newcomer() {
+        let sold_out = SoldOut::default();
+        remember(&sold_out, 1, (0..HALF).collect());
+        remember(&sold_out, 2, (0..HALF).collect());
+        asked_ago(&sold_out, 1, IDLE * 2);
+        // A newcomer needing both halves: only one is idle, so none goes.
+        assert!(sold_out.start_reading(3, MAX_HOLDERS as i64));
+        sold_out.read(3, Some((0..MAX_HOLDERS as i64).collect()));
+        assert!(sold_out.refusal(3, 0).is_none(), "left to the gate");
+        assert!(is_held(sold_out.refusal(1, 0)), "nothing forgotten for nothing");
+        assert!(is_held(sold_out.refusal(2, 0)));
+        assert!(!sold_out.start_reading(3, MAX_HOLDERS as i64), "not read again at once");
     }
 }
