@@ -425,6 +425,7 @@ async fn a_gate_that_says_sold_out_while_the_database_has_units_left_is_not_reme
     assert_eq!(app.metric("shop_coupon_gate_remembered_total").await, 0);
     set_left(2).await;
     assert_eq!(app.issue_coupon(&users[2], &code).await.status(), StatusCode::CREATED);
+    assert_eq!(issued_rows(&app, &code).await, (2, 2));
     app.assert_invariants().await;
 }
 
